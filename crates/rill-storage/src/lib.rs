@@ -1,0 +1,49 @@
+//! `rill-storage`: the partition log.
+//!
+//! A partition is a directory of segments; each segment is a `.log` file of
+//! Kafka record batches (magic v2, byte for byte as produced, with the
+//! broker-assigned base offset and leader epoch) and two sparse indexes. This
+//! crate appends, reads, recovers, truncates, retains and compacts such logs.
+//!
+//! **Architecture Invariant:** this crate knows nothing of Kafka APIs,
+//! networking or Raft. It returns its own [`StorageError`]; only the broker
+//! turns errors into Kafka error codes. Time comes from a
+//! [`rill_types::Clock`].
+//!
+//! # Layout
+//! - [`batch`]: the v2 batch header, validation, in-place edits.
+//! - [`records`]: the records inside a batch, and [`records::BatchBuilder`].
+//! - [`compression`]: gzip, snappy, lz4 and zstd as Kafka frames them.
+//! - [`config`]: [`LogConfig`], the topic-level settings of a log.
+//! - `index`, `segment`: the sparse indexes and one segment file.
+//! - [`log`]: [`Log`], the partition log itself (append, read, offsets,
+//!   flush with group commit, truncation, retention).
+//! - `cleaner`: compaction, as [`Log::compact`].
+//! - [`epoch`]: the leader-epoch cache.
+//! - [`manager`]: [`LogManager`], all logs of a data directory and their
+//!   checkpoints.
+//! - [`files`]: the bounded cache of open segment files.
+//! - `checkpoint`: atomic replacement of small text files.
+
+pub mod batch;
+mod checkpoint;
+mod cleaner;
+pub mod compression;
+pub mod config;
+pub mod epoch;
+pub mod error;
+pub mod files;
+mod index;
+pub mod log;
+pub mod manager;
+pub mod records;
+mod segment;
+
+pub use batch::{BatchHeader, Compression, ProducerFields, TimestampType};
+pub use cleaner::CleanerStats;
+pub use config::{CleanupPolicy, LogConfig};
+pub use epoch::{EpochEndOffset, EpochEntry};
+pub use error::{CorruptBatch, InvalidRecord, Result, StorageError};
+pub use files::FileCache;
+pub use log::{AppendInfo, FileRegion, Log, LogOpenOptions, ReadInfo, TimestampOffset};
+pub use manager::{LogManager, LogManagerConfig};

@@ -1,0 +1,329 @@
+//! The logs of one data directory: opening them all at start-up, creating
+//! and deleting them, and the per-directory checkpoints that make restarts
+//! fast and truncations crash-safe.
+//!
+//! Files in the data directory, as in Kafka:
+//! - `<topic>-<partition>/`: one log each.
+//! - `recovery-point-offset-checkpoint`: per log, the offset below which
+//!   everything was flushed. A restart after a crash scans only from the
+//!   segment holding it.
+//! - `log-start-offset-checkpoint`: per log, its start offset (moved by
+//!   DeleteRecords inside a segment, which the segment files cannot show).
+//! - `.kafka_cleanshutdown`: written last by a clean shutdown, removed at
+//!   start-up; when present no log is scanned.
+//! - `.lock`: held while a process uses the directory.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rill_types::{Clock, TopicPartition};
+use tracing::{info, warn};
+
+use crate::checkpoint;
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::files::FileCache;
+use crate::log::{Log, LogOpenOptions};
+
+pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
+pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
+pub const CLEAN_SHUTDOWN_MARKER: &str = ".kafka_cleanshutdown";
+const LOCK_FILE: &str = ".lock";
+/// Suffix of a partition directory whose deletion was started.
+const DELETE_SUFFIX: &str = "-delete";
+
+/// Settings for a [`LogManager`].
+#[derive(Debug, Clone)]
+pub struct LogManagerConfig {
+    /// The most segment files open at once across all logs.
+    pub open_files_max: usize,
+    /// The configuration of logs found at start-up, until the broker sets
+    /// each one's own.
+    pub default_log_config: LogConfig,
+}
+
+impl Default for LogManagerConfig {
+    fn default() -> Self {
+        Self {
+            open_files_max: FileCache::CAPACITY_DEFAULT,
+            default_log_config: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct LogManager {
+    data_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    files: Arc<FileCache>,
+    logs: RwLock<HashMap<TopicPartition, Arc<Log>>>,
+    /// Serialises checkpoint writes, which rewrite whole files.
+    checkpointing: Mutex<()>,
+    _lock: File,
+}
+
+type OffsetsByPartition = HashMap<TopicPartition, i64>;
+
+fn read_offsets_checkpoint(path: &Path) -> OffsetsByPartition {
+    let Ok(bytes) = fs::read(path) else {
+        return HashMap::new();
+    };
+    match checkpoint::decode(&bytes, |fields| match fields {
+        [topic, partition, offset] => Some((
+            TopicPartition::new(
+                rill_types::TopicName::new(*topic).ok()?,
+                partition.parse().ok()?,
+            ),
+            offset.parse::<i64>().ok()?,
+        )),
+        _ => None,
+    }) {
+        Ok(entries) => entries.into_iter().collect(),
+        Err(reason) => {
+            warn!(path = %path.display(), %reason, "checkpoint is unreadable; ignoring it");
+            HashMap::new()
+        }
+    }
+}
+
+impl LogManager {
+    /// Opens every log in `data_dir` (creating the directory if needed).
+    pub fn open(data_dir: &Path, config: LogManagerConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        config.default_log_config.validate()?;
+        fs::create_dir_all(data_dir).map_err(StorageError::io("create directory", data_dir))?;
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(StorageError::io("create", &lock_path))?;
+        lock.try_lock().map_err(|e| StorageError::Io {
+            op: "lock (is another process using this data directory?)",
+            path: lock_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+
+        let marker = data_dir.join(CLEAN_SHUTDOWN_MARKER);
+        let clean_shutdown = marker.exists();
+        let recovery_points = read_offsets_checkpoint(&data_dir.join(RECOVERY_POINT_CHECKPOINT));
+        let log_starts = read_offsets_checkpoint(&data_dir.join(LOG_START_OFFSET_CHECKPOINT));
+        let files = FileCache::new(config.open_files_max);
+        let mut logs = HashMap::new();
+        for entry in fs::read_dir(data_dir).map_err(StorageError::io("list", data_dir))? {
+            let entry = entry.map_err(StorageError::io("list", data_dir))?;
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(DELETE_SUFFIX) {
+                info!(dir = %name, "finishing an interrupted partition deletion");
+                fs::remove_dir_all(entry.path())
+                    .map_err(StorageError::io("remove", entry.path()))?;
+                continue;
+            }
+            let Some(tp) = TopicPartition::from_dir_name(&name) else {
+                warn!(dir = %name, "ignoring a directory that is not named <topic>-<partition>");
+                continue;
+            };
+            let options = LogOpenOptions {
+                recovery_point: recovery_points.get(&tp).copied().unwrap_or(0),
+                log_start_offset: log_starts.get(&tp).copied().unwrap_or(0),
+                // A clean marker vouches only for logs it has a recovery point for.
+                clean_shutdown: clean_shutdown && recovery_points.contains_key(&tp),
+            };
+            let log = Log::open(
+                &entry.path(),
+                config.default_log_config.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&files),
+                options,
+            )?;
+            logs.insert(tp, Arc::new(log));
+        }
+        info!(data_dir = %data_dir.display(), logs = logs.len(), clean_shutdown, "opened logs");
+        let manager = Self {
+            data_dir: data_dir.to_path_buf(),
+            clock,
+            files,
+            logs: RwLock::new(logs),
+            checkpointing: Mutex::new(()),
+            _lock: lock,
+        };
+        // From here on a crash is not clean; the checkpoints must say where
+        // recovery has to start before the marker goes.
+        manager.checkpoint()?;
+        if clean_shutdown {
+            fs::remove_file(&marker).map_err(StorageError::io("remove", &marker))?;
+            checkpoint::sync_dir(data_dir)?;
+        }
+        Ok(manager)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn files(&self) -> &Arc<FileCache> {
+        &self.files
+    }
+
+    pub fn get(&self, tp: &TopicPartition) -> Option<Arc<Log>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tp)
+            .cloned()
+    }
+
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        self.logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.logs.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The log of `tp`, created with `config` if it does not exist; an
+    /// existing log gets `config`.
+    pub fn get_or_create(&self, tp: &TopicPartition, config: LogConfig) -> Result<Arc<Log>> {
+        let mut logs = self.logs.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = logs.get(tp) {
+            log.set_config(config)?;
+            return Ok(Arc::clone(log));
+        }
+        let log = Arc::new(Log::open(
+            &self.data_dir.join(tp.dir_name()),
+            config,
+            Arc::clone(&self.clock),
+            Arc::clone(&self.files),
+            LogOpenOptions::default(),
+        )?);
+        logs.insert(tp.clone(), Arc::clone(&log));
+        Ok(log)
+    }
+
+    /// Deletes `tp`'s log and its files. The directory is first renamed to
+    /// a `-delete` name, so a crash part-way is finished at the next start.
+    pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
+        let Some(log) = self
+            .logs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tp)
+        else {
+            return Ok(false);
+        };
+        let doomed = self.data_dir.join(format!(
+            "{}.{}{DELETE_SUFFIX}",
+            tp.dir_name(),
+            self.clock.now_ms()
+        ));
+        fs::rename(log.dir(), &doomed).map_err(StorageError::io("rename", log.dir()))?;
+        checkpoint::sync_dir(&self.data_dir)?;
+        let _ = log.close();
+        fs::remove_dir_all(&doomed).map_err(StorageError::io("remove", &doomed))?;
+        self.checkpoint()?;
+        Ok(true)
+    }
+
+    /// Truncates `tp`'s log and checkpoints at once, so that a crash cannot
+    /// leave a recovery point above the truncation.
+    pub fn truncate_to(&self, tp: &TopicPartition, offset: i64) -> Result<()> {
+        if let Some(log) = self.get(tp) {
+            log.truncate_to(offset)?;
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// DeleteRecords on `tp`, with the new log start checkpointed before
+    /// returning. Returns the new log start offset.
+    pub fn delete_before(&self, tp: &TopicPartition, offset: i64) -> Result<Option<i64>> {
+        let Some(log) = self.get(tp) else {
+            return Ok(None);
+        };
+        let start = log.delete_before(offset)?;
+        self.checkpoint()?;
+        Ok(Some(start))
+    }
+
+    /// Runs retention and compaction over every log once.
+    pub fn run_cleanup(&self) -> Result<()> {
+        let logs: Vec<Arc<Log>> = self
+            .logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for log in logs {
+            log.apply_retention()?;
+            log.compact()?;
+        }
+        self.checkpoint()
+    }
+
+    /// Writes both offset checkpoints.
+    pub fn checkpoint(&self) -> Result<()> {
+        let _serial = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let logs: Vec<(TopicPartition, Arc<Log>)> = self
+            .logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(tp, log)| (tp.clone(), Arc::clone(log)))
+            .collect();
+        let lines = |value: &dyn Fn(&Log) -> i64| {
+            checkpoint::encode(
+                logs.iter()
+                    .map(|(tp, log)| format!("{} {} {}", tp.topic, tp.partition, value(log))),
+            )
+        };
+        checkpoint::write_atomically(
+            &self.data_dir.join(RECOVERY_POINT_CHECKPOINT),
+            &lines(&|log| log.recovery_point()),
+        )?;
+        checkpoint::write_atomically(
+            &self.data_dir.join(LOG_START_OFFSET_CHECKPOINT),
+            &lines(&|log| log.log_start_offset()),
+        )
+    }
+
+    /// Closes every log, makes all of it durable with one `syncfs` of the
+    /// data directory's file system, checkpoints, and writes the clean
+    /// shutdown marker, so the next start scans nothing.
+    pub fn shutdown(&self) -> Result<()> {
+        let logs: Vec<Arc<Log>> = self
+            .logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for log in &logs {
+            log.close_unsynced()?;
+        }
+        let dir = File::open(&self.data_dir).map_err(StorageError::io("open", &self.data_dir))?;
+        rustix::fs::syncfs(&dir).map_err(|e| StorageError::Io {
+            op: "syncfs",
+            path: self.data_dir.clone(),
+            source: e.into(),
+        })?;
+        for log in &logs {
+            log.mark_durable();
+        }
+        self.checkpoint()?;
+        let marker = self.data_dir.join(CLEAN_SHUTDOWN_MARKER);
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(StorageError::io("create", &marker))?;
+        checkpoint::sync_dir(&self.data_dir)
+    }
+}

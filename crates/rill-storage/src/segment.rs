@@ -1,0 +1,631 @@
+//! One segment of a partition log: a `.log` file of record batches starting
+//! at `base_offset`, and its two indexes.
+//!
+//! A segment does not own a file descriptor; it names its file by a
+//! [`FileId`] and callers pass in the open `File` from the [`FileCache`].
+//! Every method that touches the disk takes that file.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::config::LogConfig;
+use crate::error::{CorruptBatch, Result, StorageError};
+use crate::files::{FileCache, FileId};
+use crate::index::{OffsetIndex, TimeIndex};
+
+pub const LOG_SUFFIX: &str = "log";
+pub const INDEX_SUFFIX: &str = "index";
+pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// A compacted segment being written; removed if found at start-up.
+pub const CLEANED_SUFFIX: &str = "cleaned";
+
+/// How much of a segment the batch cursor reads at a time.
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
+/// Reads of headers alone need far less.
+const HEADER_CHUNK_BYTES: usize = 64 * 1024;
+
+/// `<20-digit base offset>.<suffix>`, as Kafka names segment files.
+pub fn file_name(base_offset: i64, suffix: &str) -> String {
+    format!("{base_offset:020}.{suffix}")
+}
+
+/// Parses a segment file name made by [`file_name`].
+pub fn parse_file_name(name: &str) -> Option<(i64, &str)> {
+    let (stem, suffix) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, suffix))
+}
+
+/// A batch's place in a segment, found by scanning headers.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLocation {
+    pub position: u64,
+    pub header: BatchHeader,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: i64,
+    pub file_id: FileId,
+    pub log_path: PathBuf,
+    /// Bytes of whole batches in the file. The file may be longer after a
+    /// failed write; appends overwrite from here.
+    pub size: u64,
+    /// How much of the file is known to be on disk.
+    pub synced_size: u64,
+    /// The offset after this segment's last batch, or `base_offset` if empty.
+    pub next_offset: i64,
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    /// Whether the index files on disk match the in-memory indexes.
+    pub indexes_persisted: bool,
+    bytes_since_index_entry: u64,
+    /// The largest batch max-timestamp in the segment, -1 if none.
+    pub max_timestamp: i64,
+    /// The base offset of the first batch that carried `max_timestamp`.
+    pub offset_of_max_timestamp: i64,
+    /// When the first batch was appended in this process (for `segment.ms`).
+    pub first_append_ms: Option<i64>,
+}
+
+impl Segment {
+    fn new(dir: &Path, base_offset: i64, files: &FileCache) -> Self {
+        Self {
+            base_offset,
+            file_id: files.next_id(),
+            log_path: dir.join(file_name(base_offset, LOG_SUFFIX)),
+            size: 0,
+            synced_size: 0,
+            next_offset: base_offset,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            indexes_persisted: false,
+            bytes_since_index_entry: 0,
+            max_timestamp: -1,
+            offset_of_max_timestamp: base_offset,
+            first_append_ms: None,
+        }
+    }
+
+    /// Creates an empty segment file, replacing any leftover of that name.
+    pub fn create(dir: &Path, base_offset: i64, files: &FileCache) -> Result<Self> {
+        let segment = Self::new(dir, base_offset, files);
+        for path in [segment.index_path(), segment.time_index_path()] {
+            remove_if_exists(&path)?;
+        }
+        File::create(&segment.log_path).map_err(StorageError::io("create", &segment.log_path))?;
+        Ok(segment)
+    }
+
+    /// A segment whose file exists; call [`Segment::load_trusted`] or
+    /// [`Segment::recover`] before using it.
+    pub fn existing(dir: &Path, base_offset: i64, files: &FileCache) -> Self {
+        Self::new(dir, base_offset, files)
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.log_path.with_extension(INDEX_SUFFIX)
+    }
+
+    pub fn time_index_path(&self) -> PathBuf {
+        self.log_path.with_extension(TIME_INDEX_SUFFIX)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    pub fn file(&self, files: &FileCache) -> Result<std::sync::Arc<File>> {
+        files.get(self.file_id, &self.log_path)
+    }
+
+    fn relative(&self, offset: i64) -> u32 {
+        let relative = offset - self.base_offset;
+        assert!(
+            (0..=i64::from(i32::MAX)).contains(&relative),
+            "offset outside segment"
+        );
+        relative as u32
+    }
+
+    /// Whether `offset` can be stored relative to this segment's base.
+    pub fn can_hold_offset(&self, offset: i64) -> bool {
+        (0..=i64::from(i32::MAX)).contains(&(offset - self.base_offset))
+    }
+
+    pub fn indexes_full(&self, config: &LogConfig) -> bool {
+        self.offset_index.len() >= config.offset_index_entries_max()
+            || self.time_index.len() >= config.time_index_entries_max()
+    }
+
+    /// Accounts for a batch written at `position`: statistics, and an index
+    /// entry when `index.interval.bytes` have passed since the last one.
+    fn track_batch(&mut self, position: u64, header: &BatchHeader, index_interval_bytes: u64) {
+        assert!(
+            header.base_offset >= self.next_offset,
+            "batches must ascend"
+        );
+        if header.max_timestamp > self.max_timestamp {
+            self.max_timestamp = header.max_timestamp;
+            self.offset_of_max_timestamp = header.base_offset;
+        }
+        if self.bytes_since_index_entry > index_interval_bytes {
+            self.offset_index
+                .push(self.relative(header.last_offset()), position as u32);
+            self.time_index.maybe_push(
+                self.max_timestamp,
+                self.relative(self.offset_of_max_timestamp),
+            );
+            self.bytes_since_index_entry = 0;
+            self.indexes_persisted = false;
+        }
+        self.bytes_since_index_entry += header.size() as u64;
+        self.next_offset = header.next_offset();
+    }
+
+    /// Writes `bytes` (whole batches, offsets assigned) at the end of the
+    /// segment and indexes them. `headers` are the batches' headers as written.
+    pub fn append(
+        &mut self,
+        file: &File,
+        bytes: &[u8],
+        headers: &[BatchHeader],
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<()> {
+        file.write_all_at(bytes, self.size)
+            .map_err(StorageError::io("write", &self.log_path))?;
+        let mut position = self.size;
+        for header in headers {
+            self.track_batch(position, header, index_interval_bytes);
+            position += header.size() as u64;
+        }
+        assert_eq!(
+            position,
+            self.size + bytes.len() as u64,
+            "headers must cover the bytes"
+        );
+        self.size = position;
+        self.first_append_ms.get_or_insert(now_ms);
+        Ok(())
+    }
+
+    /// Scans every batch from the start, checking each one's CRC and that
+    /// offsets ascend, and rebuilds the indexes. The file is cut at the first
+    /// batch that fails; the returned reason says why. `on_batch` sees each
+    /// good batch (the log rebuilds its leader-epoch cache from them).
+    pub fn recover(
+        &mut self,
+        file: &File,
+        config: &LogConfig,
+        mut on_batch: impl FnMut(&BatchHeader),
+    ) -> Result<Option<(u64, String)>> {
+        let file_len = file_len(file, &self.log_path)?;
+        let base_offset = self.base_offset;
+        *self = Self::new_like(self);
+        let mut cursor = BatchCursor::new(file, 0, file_len, READ_CHUNK_BYTES);
+        let mut cut = None;
+        loop {
+            let position = cursor.position;
+            let header = match cursor.next_batch() {
+                Ok(None) => break,
+                Ok(Some(bytes)) => match batch::check(bytes) {
+                    Ok(header) => header,
+                    Err(reason) => {
+                        cut = Some((position, reason.to_string()));
+                        break;
+                    }
+                },
+                Err(CursorError::Corrupt(reason)) => {
+                    cut = Some((position, reason.to_string()));
+                    break;
+                }
+                Err(CursorError::Io(e)) => return Err(StorageError::io("read", &self.log_path)(e)),
+            };
+            if let Err(reason) = self.check_ascends(&header) {
+                cut = Some((position, reason));
+                break;
+            }
+            if position > u64::from(u32::MAX) {
+                // Index positions are 32-bit; no segment this log wrote is this long.
+                cut = Some((position, "segment longer than 4 GiB".into()));
+                break;
+            }
+            self.track_batch(position, &header, config.index_interval_bytes);
+            on_batch(&header);
+            self.size = cursor.position;
+        }
+        debug_assert!(self.base_offset == base_offset);
+        if self.size < file_len {
+            file.set_len(self.size)
+                .map_err(StorageError::io("truncate", &self.log_path))?;
+            if cut.is_none() {
+                cut = Some((self.size, "trailing bytes after the last batch".into()));
+            }
+        }
+        self.indexes_persisted = false;
+        Ok(cut)
+    }
+
+    fn new_like(other: &Self) -> Self {
+        Self {
+            base_offset: other.base_offset,
+            file_id: other.file_id,
+            log_path: other.log_path.clone(),
+            size: 0,
+            synced_size: 0,
+            next_offset: other.base_offset,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            indexes_persisted: false,
+            bytes_since_index_entry: 0,
+            max_timestamp: -1,
+            offset_of_max_timestamp: other.base_offset,
+            first_append_ms: None,
+        }
+    }
+
+    fn check_ascends(&self, header: &BatchHeader) -> std::result::Result<(), String> {
+        if header.base_offset < self.next_offset {
+            return Err(format!(
+                "batch base offset {} is below the expected {}",
+                header.base_offset, self.next_offset
+            ));
+        }
+        if header.last_offset_delta < 0 || !self.can_hold_offset(header.last_offset()) {
+            return Err(format!(
+                "batch offsets {}..={} do not fit a segment based at {}",
+                header.base_offset,
+                header.last_offset(),
+                self.base_offset
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads a segment known to be durable (before the recovery point, or
+    /// after a clean shutdown) from its index files, and checks the batches
+    /// after the last index entry, which also yields the segment's end.
+    /// Returns `false` if anything is inconsistent, in which case the caller
+    /// must [`Segment::recover`] it instead.
+    pub fn load_trusted(&mut self, file: &File, config: &LogConfig) -> Result<bool> {
+        let file_len = file_len(file, &self.log_path)?;
+        // A missing index is an empty one (see `persist_indexes`); one that
+        // does not decode consistently is not to be trusted.
+        let offset_index = match read_optional(&self.index_path())? {
+            None => Some(OffsetIndex::default()),
+            Some(bytes) => OffsetIndex::decode(&bytes, file_len),
+        };
+        let time_index = match read_optional(&self.time_index_path())? {
+            None => Some(TimeIndex::default()),
+            Some(bytes) => TimeIndex::decode(&bytes),
+        };
+        let (Some(offset_index), Some(time_index)) = (offset_index, time_index) else {
+            return Ok(false);
+        };
+        *self = Self::new_like(self);
+        let loaded_lens = (offset_index.len(), time_index.len());
+        self.offset_index = offset_index;
+        self.time_index = time_index;
+        if let Some(last) = self.time_index.last() {
+            self.max_timestamp = last.timestamp;
+            self.offset_of_max_timestamp = self.base_offset + i64::from(last.relative_offset);
+        }
+        let start = self
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        let mut cursor = BatchCursor::new(file, start, file_len, READ_CHUNK_BYTES);
+        let mut first = true;
+        loop {
+            let position = cursor.position;
+            let header = match cursor.next_batch() {
+                Ok(None) => break,
+                Ok(Some(bytes)) => match batch::check(bytes) {
+                    Ok(header) => header,
+                    Err(_) => return Ok(false),
+                },
+                Err(CursorError::Corrupt(_)) => return Ok(false),
+                Err(CursorError::Io(e)) => return Err(StorageError::io("read", &self.log_path)(e)),
+            };
+            if first && start > 0 {
+                // This batch is the one the last index entry names: it is
+                // indexed already, so only its offsets and size are taken.
+                let entry = self.offset_index.last().map(|e| e.relative_offset);
+                if entry != Some(self.relative_offset_checked(header.last_offset())) {
+                    return Ok(false);
+                }
+                self.next_offset = header.next_offset();
+                self.bytes_since_index_entry = header.size() as u64;
+                if header.max_timestamp > self.max_timestamp {
+                    self.max_timestamp = header.max_timestamp;
+                    self.offset_of_max_timestamp = header.base_offset;
+                }
+            } else {
+                if self.check_ascends(&header).is_err() {
+                    return Ok(false);
+                }
+                self.track_batch(position, &header, config.index_interval_bytes);
+            }
+            first = false;
+        }
+        self.size = file_len;
+        self.synced_size = file_len;
+        // Entries added while checking the tail mean the files were short.
+        self.indexes_persisted = loaded_lens == (self.offset_index.len(), self.time_index.len());
+        Ok(true)
+    }
+
+    fn relative_offset_checked(&self, offset: i64) -> u32 {
+        u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX)
+    }
+
+    /// Finds the first batch whose last offset is at least `offset`.
+    pub fn find(&self, file: &File, offset: i64) -> Result<Option<BatchLocation>> {
+        let start = if offset <= self.base_offset {
+            0
+        } else {
+            let relative = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
+            self.offset_index
+                .floor(relative)
+                .map_or(0, |e| u64::from(e.position))
+        };
+        let mut cursor = BatchCursor::new(file, start, self.size, HEADER_CHUNK_BYTES);
+        loop {
+            let position = cursor.position;
+            match cursor.next_header() {
+                Ok(Some(header)) if header.last_offset() >= offset => {
+                    return Ok(Some(BatchLocation { position, header }))
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(None),
+                Err(CursorError::Corrupt(reason)) => {
+                    warn!(path = %self.log_path.display(), position, %reason, "unreadable batch header while reading");
+                    return Ok(None);
+                }
+                Err(CursorError::Io(e)) => return Err(StorageError::io("read", &self.log_path)(e)),
+            }
+        }
+    }
+
+    /// The batches from `position` on, whole, in order, until `visit` says stop.
+    pub fn scan_headers(
+        &self,
+        file: &File,
+        position: u64,
+        end: u64,
+        mut visit: impl FnMut(BatchLocation) -> bool,
+    ) -> Result<()> {
+        let mut cursor = BatchCursor::new(file, position, end.min(self.size), HEADER_CHUNK_BYTES);
+        loop {
+            let position = cursor.position;
+            match cursor.next_header() {
+                Ok(Some(header)) => {
+                    if !visit(BatchLocation { position, header }) {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(CursorError::Corrupt(reason)) => {
+                    warn!(path = %self.log_path.display(), position, %reason, "unreadable batch header while reading");
+                    return Ok(());
+                }
+                Err(CursorError::Io(e)) => return Err(StorageError::io("read", &self.log_path)(e)),
+            }
+        }
+    }
+
+    /// Removes every batch whose last offset is at least `offset`. Returns
+    /// the base offset of the first batch removed, if any was.
+    pub fn truncate_to(&mut self, file: &File, offset: i64) -> Result<Option<i64>> {
+        let Some(location) = self.find(file, offset)? else {
+            return Ok(None);
+        };
+        file.set_len(location.position)
+            .map_err(StorageError::io("truncate", &self.log_path))?;
+        file.sync_all()
+            .map_err(StorageError::io("fsync", &self.log_path))?;
+        self.offset_index
+            .truncate_to_position(location.position as u32);
+        let cut = location.header.base_offset;
+        if cut > self.base_offset {
+            self.time_index.truncate_to_offset(self.relative(cut));
+        } else {
+            self.time_index = TimeIndex::default();
+        }
+        self.size = location.position;
+        self.synced_size = self.synced_size.min(self.size);
+        self.indexes_persisted = false;
+        self.rescan_tail(file, offset)?;
+        Ok(Some(cut))
+    }
+
+    /// Recomputes the end offset and timestamps from the last index entries
+    /// and the batches after them (after a truncation).
+    fn rescan_tail(&mut self, file: &File, offset_bound: i64) -> Result<()> {
+        self.max_timestamp = self.time_index.last().map_or(-1, |e| e.timestamp);
+        self.offset_of_max_timestamp = self.time_index.last().map_or(self.base_offset, |e| {
+            self.base_offset + i64::from(e.relative_offset)
+        });
+        self.next_offset = self.base_offset;
+        self.bytes_since_index_entry = 0;
+        let start = self
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        let mut headers = Vec::new();
+        self.scan_headers(file, start, self.size, |location| {
+            headers.push(location);
+            true
+        })?;
+        for (i, location) in headers.iter().enumerate() {
+            let header = &location.header;
+            assert!(
+                header.last_offset() < offset_bound,
+                "truncation left a batch past its bound"
+            );
+            if i == 0 && start > 0 {
+                self.bytes_since_index_entry = header.size() as u64;
+                self.next_offset = header.next_offset();
+                if header.max_timestamp > self.max_timestamp {
+                    self.max_timestamp = header.max_timestamp;
+                    self.offset_of_max_timestamp = header.base_offset;
+                }
+            } else {
+                // Offsets may skip (compaction), so `track_batch` only needs them to ascend.
+                self.track_batch(location.position, header, u64::MAX);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes both index files whole, fsynced if `sync`. Empty indexes
+    /// are not written at all: a missing index file reads as empty, and
+    /// the batch check after the last entry then covers the whole segment.
+    /// This keeps shutdown of many idle partitions cheap.
+    pub fn persist_indexes(&mut self, sync: bool) -> Result<()> {
+        if self.indexes_persisted {
+            return Ok(());
+        }
+        for (path, bytes) in [
+            (self.index_path(), self.offset_index.encode()),
+            (self.time_index_path(), self.time_index.encode()),
+        ] {
+            if bytes.is_empty() {
+                remove_if_exists(&path)?;
+                continue;
+            }
+            let file = File::create(&path).map_err(StorageError::io("create", &path))?;
+            file.write_all_at(&bytes, 0)
+                .map_err(StorageError::io("write", &path))?;
+            if sync {
+                file.sync_all().map_err(StorageError::io("fsync", &path))?;
+            }
+        }
+        self.indexes_persisted = true;
+        Ok(())
+    }
+
+    /// Removes the segment's files.
+    pub fn delete_files(&self, files: &FileCache) -> Result<()> {
+        files.evict(self.file_id);
+        for path in [
+            self.index_path(),
+            self.time_index_path(),
+            self.log_path.clone(),
+        ] {
+            remove_if_exists(&path)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove", path)(e)),
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io("read", path)(e)),
+    }
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(StorageError::io("stat", path))
+}
+
+#[derive(Debug)]
+pub enum CursorError {
+    Corrupt(CorruptBatch),
+    Io(std::io::Error),
+}
+
+/// Walks the batches of a file region `[position, end)` through a reusable
+/// buffer, so that many small batches cost one read.
+#[derive(Debug)]
+pub struct BatchCursor<'f> {
+    file: &'f File,
+    pub position: u64,
+    end: u64,
+    chunk: usize,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl<'f> BatchCursor<'f> {
+    pub fn new(file: &'f File, position: u64, end: u64, chunk: usize) -> Self {
+        Self {
+            file,
+            position,
+            end,
+            chunk,
+            buf: Vec::new(),
+            buf_start: position,
+        }
+    }
+
+    /// Makes `[self.position, self.position + len)` available in the buffer.
+    fn fill(&mut self, len: usize) -> std::io::Result<&[u8]> {
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if self.position < self.buf_start || self.position + len as u64 > buf_end {
+            let want = len.max(self.chunk) as u64;
+            let take = want.min(self.end - self.position) as usize;
+            self.buf.resize(take, 0);
+            self.file.read_exact_at(&mut self.buf, self.position)?;
+            self.buf_start = self.position;
+        }
+        let from = (self.position - self.buf_start) as usize;
+        Ok(&self.buf[from..from + len])
+    }
+
+    /// The next batch's header, checked for magic and that the batch fits
+    /// before `end`; the cursor moves past the batch.
+    pub fn next_header(&mut self) -> Result<Option<BatchHeader>, CursorError> {
+        if self.position >= self.end {
+            return Ok(None);
+        }
+        let remaining = self.end - self.position;
+        if remaining < HEADER_LEN as u64 {
+            return Err(CursorError::Corrupt(CorruptBatch::HeaderTruncated {
+                len: remaining as usize,
+            }));
+        }
+        let header = BatchHeader::parse(self.fill(HEADER_LEN).map_err(CursorError::Io)?)
+            .map_err(CursorError::Corrupt)?;
+        if header.size() as u64 > remaining {
+            return Err(CursorError::Corrupt(CorruptBatch::LengthOverrun {
+                declared: header.size(),
+                available: remaining as usize,
+            }));
+        }
+        self.position += header.size() as u64;
+        Ok(Some(header))
+    }
+
+    /// The next whole batch's bytes (not yet CRC-checked).
+    pub fn next_batch(&mut self) -> Result<Option<&[u8]>, CursorError> {
+        let start = self.position;
+        let Some(header) = self.next_header()? else {
+            return Ok(None);
+        };
+        self.position = start;
+        self.fill(header.size()).map_err(CursorError::Io)?;
+        self.position = start + header.size() as u64;
+        let from = (start - self.buf_start) as usize;
+        Ok(Some(&self.buf[from..from + header.size()]))
+    }
+}

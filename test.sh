@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test rill has. This is the README's test command and what CI runs.
+# It installs what the tests need on a fresh machine first.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# The Rust toolchain comes from rustup; make sure the components the checks use are there.
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+cargo test --workspace --locked
+
+echo "== benchmarks compile"
+cargo bench --workspace --locked --no-run
+
+echo "all tests passed"
