@@ -1140,7 +1140,10 @@ impl Log {
         state.recovery_point = state.log_end_offset();
     }
 
-    /// Closes the log and removes its directory.
+    /// Closes the log and removes its directory. The directory is first
+    /// renamed to `<name>.<time>-delete` (durably), so that a crash part-way
+    /// leaves a name the log manager finishes deleting at the next start,
+    /// never a half-deleted log under the partition's own name.
     pub fn delete(&self) -> Result<()> {
         let _structure = lock(&self.structure);
         let mut state = lock(&self.state);
@@ -1148,7 +1151,17 @@ impl Log {
         for seg in state.segments.values() {
             self.files.evict(seg.file_id);
         }
-        fs::remove_dir_all(&self.dir).map_err(StorageError::io("remove directory", &self.dir))
+        let doomed = self.dir.with_file_name(format!(
+            "{}.{}{}",
+            self.name,
+            self.clock.now_ms(),
+            crate::manager::DELETE_SUFFIX
+        ));
+        fs::rename(&self.dir, &doomed).map_err(StorageError::io("rename", &self.dir))?;
+        if let Some(parent) = self.dir.parent() {
+            checkpoint::sync_dir(parent)?;
+        }
+        fs::remove_dir_all(&doomed).map_err(StorageError::io("remove directory", &doomed))
     }
 
     // The cleaner (see `cleaner.rs`) works on closed segments through these.
@@ -1257,11 +1270,13 @@ fn records_at_or_after(
     let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
     match records::decode_records(bytes) {
         Ok(records) => records.iter().find_map(|r| {
-            let offset = header.base_offset + i64::from(r.offset_delta);
+            // Wrapping, as Kafka's Java arithmetic does: crafted deltas must
+            // not panic.
+            let offset = header.base_offset.wrapping_add(i64::from(r.offset_delta));
             let ts = if log_append_time {
                 header.max_timestamp
             } else {
-                header.base_timestamp + r.timestamp_delta
+                header.base_timestamp.wrapping_add(r.timestamp_delta)
             };
             (ts >= timestamp && offset >= min_offset).then_some(TimestampOffset {
                 timestamp: ts,

@@ -32,7 +32,7 @@ pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".kafka_cleanshutdown";
 const LOCK_FILE: &str = ".lock";
 /// Suffix of a partition directory whose deletion was started.
-const DELETE_SUFFIX: &str = "-delete";
+pub(crate) const DELETE_SUFFIX: &str = "-delete";
 
 /// Settings for a [`LogManager`].
 #[derive(Debug, Clone)]
@@ -209,26 +209,15 @@ impl LogManager {
         Ok(log)
     }
 
-    /// Deletes `tp`'s log and its files. The directory is first renamed to
-    /// a `-delete` name, so a crash part-way is finished at the next start.
+    /// Deletes `tp`'s log and its files (see [`Log::delete`]).
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
-        let Some(log) = self
+        let removed = self
             .logs
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(tp)
-        else {
-            return Ok(false);
-        };
-        let doomed = self.data_dir.join(format!(
-            "{}.{}{DELETE_SUFFIX}",
-            tp.dir_name(),
-            self.clock.now_ms()
-        ));
-        fs::rename(log.dir(), &doomed).map_err(StorageError::io("rename", log.dir()))?;
-        checkpoint::sync_dir(&self.data_dir)?;
-        let _ = log.close();
-        fs::remove_dir_all(&doomed).map_err(StorageError::io("remove", &doomed))?;
+            .remove(tp);
+        let Some(log) = removed else { return Ok(false) };
+        log.delete()?;
         self.checkpoint()?;
         Ok(true)
     }

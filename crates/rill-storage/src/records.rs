@@ -17,7 +17,7 @@
 //! valueLength       varint   -1 for a null value
 //! value             bytes
 //! headerCount       varint
-//! headers           headerKeyLength varint, headerKey UTF-8,
+//! headers           headerKeyLength varint, headerKey bytes,
 //!                   headerValueLength varint (-1 for null), headerValue
 //! ```
 //!
@@ -61,10 +61,11 @@ const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
 
-/// A record header: a UTF-8 key and an optional value.
+/// A record header: a key (UTF-8 by convention; Kafka does not enforce it,
+/// so neither do we) and an optional value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    pub key: String,
+    pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
 }
 
@@ -234,7 +235,7 @@ fn context(what: &str, error: CorruptBatch) -> CorruptBatch {
 
 /// A decoded header that borrows from the batch.
 struct HeaderView<'a> {
-    key: &'a str,
+    key: &'a [u8],
     value: Option<&'a [u8]>,
 }
 
@@ -261,7 +262,7 @@ impl RecordView<'_> {
                 .headers
                 .iter()
                 .map(|h| Header {
-                    key: h.key.to_owned(),
+                    key: h.key.to_vec(),
                     value: h.value.map(<[u8]>::to_vec),
                 })
                 .collect(),
@@ -291,8 +292,7 @@ fn read_record<'a>(reader: &mut Reader<'a>) -> Result<RecordView<'a>, CorruptBat
         let key_len = body.varint("header key length")?;
         let key_len = usize::try_from(key_len)
             .map_err(|_| malformed(format!("header key length {key_len} is negative")))?;
-        let key = std::str::from_utf8(body.bytes(key_len, "header key")?)
-            .map_err(|e| malformed(format!("header key is not UTF-8: {e}")))?;
+        let key = body.bytes(key_len, "header key")?;
         let value = body.nullable_bytes("header value")?;
         headers.push(HeaderView { key, value });
     }
@@ -332,9 +332,8 @@ fn records_section(batch: &[u8]) -> Result<(BatchHeader, usize, Cow<'_, [u8]>), 
     let count = usize::try_from(header.record_count)
         .map_err(|_| malformed(format!("record count {} is negative", header.record_count)))?;
     let section = &batch[HEADER_LEN..];
-    // Kafka reads a batch with no records without decompressing anything,
-    // and writes the empty batches compaction keeps with no records section,
-    // so an empty section is fine whatever codec the attributes name.
+    // Kafka reads a batch with no records without decompressing anything, so
+    // an empty section there is fine whatever codec the attributes name.
     let data = if codec == Compression::None || (count == 0 && section.is_empty()) {
         Cow::Borrowed(section)
     } else {
@@ -376,7 +375,9 @@ fn parse_records<'a>(
 /// The caller is expected to have checked the header and CRC already (see
 /// [`batch::check`]); this still copes with any bytes at all without
 /// panicking. Compressed records may take up to [`DECOMPRESSED_BYTES_MAX`]
-/// bytes once decompressed.
+/// bytes once decompressed, and the returned records several times their
+/// encoded size when they are tiny, so callers that only need to look at
+/// each record should prefer the queries below, which copy nothing.
 pub fn decode_records(batch: &[u8]) -> Result<Vec<Record>, CorruptBatch> {
     let (_, count, data) = records_section(batch)?;
     // The count is the sender's claim; the bytes bound how many records can
@@ -625,7 +626,7 @@ fn encode_record(record: &Record, body: &mut Vec<u8>, out: &mut Vec<u8>) {
     encode_varint(wire_len(record.headers.len(), "header count"), body);
     for header in &record.headers {
         encode_varint(wire_len(header.key.len(), "header key"), body);
-        body.extend_from_slice(header.key.as_bytes());
+        body.extend_from_slice(&header.key);
         encode_nullable(header.value.as_deref(), "header value", body);
     }
     encode_varint(wire_len(body.len(), "record"), out);
@@ -679,7 +680,7 @@ mod tests {
 
     fn header(key: &str, value: Option<&[u8]>) -> Header {
         Header {
-            key: key.to_owned(),
+            key: key.as_bytes().to_vec(),
             value: value.map(<[u8]>::to_vec),
         }
     }
@@ -1015,7 +1016,7 @@ mod tests {
                     value,
                     headers: headers
                         .into_iter()
-                        .map(|(key, value)| Header { key, value })
+                        .map(|(key, value): (String, _)| Header { key: key.into_bytes(), value })
                         .collect(),
                 })
                 .collect();
@@ -1110,7 +1111,7 @@ mod tests {
             key: Some(vec![1, 2, 3, 4]),
             value: Some(vec![5, 6, 7]),
             headers: vec![Header {
-                key: "\u{8}\u{9}\u{a}".to_owned(),
+                key: vec![8, 9, 10],
                 value: Some(vec![11, 12]),
             }],
         }
@@ -1349,10 +1350,13 @@ mod tests {
         let mut negative_key = good;
         negative_key[6] = 0x01;
         assert!(is_malformed(decode_records(&encode(&negative_key))));
-        // A header key that is not UTF-8.
+        // A header key that is not UTF-8 is accepted, as Kafka accepts it.
         let mut not_utf8 = good;
         not_utf8[7] = 0xff;
-        assert!(is_malformed(decode_records(&encode(&not_utf8))));
+        assert_eq!(
+            decode_records(&encode(&not_utf8)).unwrap()[0].headers[0].key,
+            [0xff]
+        );
         // A negative header count, and one larger than the bytes allow.
         let mut negative_count = good;
         negative_count[5] = 0x03;
