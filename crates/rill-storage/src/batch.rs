@@ -172,13 +172,28 @@ impl BatchHeader {
         LOG_OVERHEAD + self.batch_length as usize
     }
 
+    /// The batch's last offset. Wraps rather than panics on absurd values;
+    /// [`BatchHeader::offsets_are_sane`] is the check for untrusted headers.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .wrapping_add(i64::from(self.last_offset_delta))
+    }
+
+    /// Whether the offsets a stored batch claims can be real: a base offset
+    /// at least zero, a lastOffsetDelta at least zero, and an end that does
+    /// not overflow.
+    pub fn offsets_are_sane(&self) -> bool {
+        self.base_offset >= 0
+            && self.last_offset_delta >= 0
+            && self
+                .base_offset
+                .checked_add(i64::from(self.last_offset_delta) + 1)
+                .is_some()
     }
 
     /// The offset after this batch's last.
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().wrapping_add(1)
     }
 
     pub fn compression(&self) -> Result<Compression, CorruptBatch> {
@@ -244,9 +259,12 @@ pub fn check(batch: &[u8]) -> Result<BatchHeader, CorruptBatch> {
     Ok(header)
 }
 
-/// A produced batch must carry one record per offset it spans.
+/// A produced batch must carry at least one record, and one record per
+/// offset it spans.
 pub fn check_record_count(header: &BatchHeader) -> Result<(), CorruptBatch> {
-    if i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1 {
+    if header.record_count < 1
+        || i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1
+    {
         return Err(CorruptBatch::RecordCountMismatch {
             count: header.record_count,
             last_offset_delta: header.last_offset_delta,

@@ -15,13 +15,22 @@ const VERSION: &str = "0";
 
 /// Replaces `path` with `contents`, durably.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomically_with(path, contents, true)
+}
+
+/// Replaces `path` with `contents` atomically; durably only if `sync`. A
+/// caller that passes `false` makes the file system durable by other means
+/// (one `syncfs` at shutdown) before relying on the file.
+pub fn write_atomically_with(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
     file.write_all(contents)
         .map_err(StorageError::io("write", &tmp))?;
-    file.sync_all().map_err(StorageError::io("fsync", &tmp))?;
+    if sync {
+        file.sync_all().map_err(StorageError::io("fsync", &tmp))?;
+    }
     fs::rename(&tmp, path).map_err(StorageError::io("rename", &tmp))?;
-    if let Some(dir) = path.parent() {
+    if let (true, Some(dir)) = (sync, path.parent()) {
         sync_dir(dir)?;
     }
     Ok(())

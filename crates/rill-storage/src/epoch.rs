@@ -52,14 +52,18 @@ pub struct LeaderEpochCache {
     /// Strictly increasing in both epoch and start offset.
     entries: Vec<EpochEntry>,
     dirty: bool,
+    /// The checkpoint was missing or unusable: the log must rebuild the
+    /// cache from its batches.
+    needs_rebuild: bool,
 }
 
 impl LeaderEpochCache {
     /// Loads the checkpoint in `dir`. A missing or unreadable file gives an
-    /// empty cache (logged), which recovery then refills from the log.
+    /// empty cache (logged) that [`LeaderEpochCache::needs_rebuild`], for
+    /// the log to refill from its batches.
     pub fn load(dir: &Path) -> Self {
         let path = dir.join(FILE_NAME);
-        let entries = match std::fs::read(&path) {
+        let loaded = match std::fs::read(&path) {
             Ok(bytes) => match checkpoint::decode(&bytes, |fields| match fields {
                 [epoch, offset] => Some(EpochEntry {
                     epoch: epoch.parse().ok()?,
@@ -67,23 +71,31 @@ impl LeaderEpochCache {
                 }),
                 _ => None,
             }) {
-                Ok(entries) if is_strictly_increasing(&entries) => entries,
+                Ok(entries) if is_strictly_increasing(&entries) => Some(entries),
                 Ok(_) => {
-                    warn!(path = %path.display(), "leader-epoch checkpoint is not increasing; ignoring it");
-                    Vec::new()
+                    warn!(path = %path.display(), "leader-epoch checkpoint is not increasing; rebuilding it");
+                    None
                 }
                 Err(reason) => {
-                    warn!(path = %path.display(), %reason, "leader-epoch checkpoint is unreadable; ignoring it");
-                    Vec::new()
+                    warn!(path = %path.display(), %reason, "leader-epoch checkpoint is unreadable; rebuilding it");
+                    None
                 }
             },
-            Err(_) => Vec::new(),
+            Err(_) => None,
         };
+        let needs_rebuild = loaded.is_none();
         Self {
             path,
-            entries,
-            dirty: false,
+            entries: loaded.unwrap_or_default(),
+            dirty: needs_rebuild,
+            needs_rebuild,
         }
+    }
+
+    /// Whether the checkpoint could not be used, so that the log must feed
+    /// every batch's epoch to [`LeaderEpochCache::assign`].
+    pub fn needs_rebuild(&self) -> bool {
+        self.needs_rebuild
     }
 
     pub fn entries(&self) -> &[EpochEntry] {
@@ -180,8 +192,15 @@ impl LeaderEpochCache {
 
     /// Writes the checkpoint if anything changed since the last write.
     pub fn persist(&mut self) -> Result<()> {
+        self.persist_with(true)
+    }
+
+    /// Writes the checkpoint if it changed, fsynced only if `sync` (see
+    /// [`checkpoint::write_atomically_with`]).
+    pub fn persist_with(&mut self, sync: bool) -> Result<()> {
         if self.dirty {
-            checkpoint::write_atomically(&self.path, &checkpoint::encode(&self.entries))?;
+            let contents = checkpoint::encode(&self.entries);
+            checkpoint::write_atomically_with(&self.path, &contents, sync)?;
             self.dirty = false;
         }
         Ok(())
@@ -203,6 +222,7 @@ mod tests {
             path: PathBuf::from("/nonexistent"),
             entries: Vec::new(),
             dirty: false,
+            needs_rebuild: false,
         };
         for &(epoch, offset) in entries {
             cache.assign(epoch, offset);

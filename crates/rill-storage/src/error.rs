@@ -35,8 +35,10 @@ pub enum InvalidRecord {
         base_offset: i64,
         log_end_offset: i64,
     },
-    #[error("batch has negative lastOffsetDelta {0}")]
-    NegativeOffsetDelta(i32),
+    #[error("batch offsets {base_offset}..={last_offset} are not valid offsets")]
+    BadOffsets { base_offset: i64, last_offset: i64 },
+    #[error("request spans {0} offsets; one append may span at most 2^31")]
+    OffsetSpanTooLarge(i64),
 }
 
 /// Everything that can go wrong in this crate.

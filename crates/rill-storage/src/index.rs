@@ -37,6 +37,10 @@ impl OffsetIndex {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn last(&self) -> Option<OffsetEntry> {
         self.entries.last().copied()
     }
@@ -64,6 +68,16 @@ impl OffsetIndex {
             .entries
             .partition_point(|e| e.relative_offset <= relative_offset);
         after.checked_sub(1).map(|i| self.entries[i])
+    }
+
+    /// The entry for the batch at `position`, if there is one.
+    pub fn at_position(&self, position: u64) -> Option<OffsetEntry> {
+        let position = u32::try_from(position).ok()?;
+        let index = self
+            .entries
+            .binary_search_by_key(&position, |e| e.position)
+            .ok()?;
+        Some(self.entries[index])
     }
 
     /// Drops entries for batches at or after `position`.
@@ -119,6 +133,10 @@ pub struct TimeIndex {
 impl TimeIndex {
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     pub fn last(&self) -> Option<TimeEntry> {

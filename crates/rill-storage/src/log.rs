@@ -89,6 +89,15 @@ pub struct TimestampOffset {
     pub offset: i64,
 }
 
+/// The batches of one append, as the roll decision sees them.
+#[derive(Debug)]
+struct Incoming {
+    bytes: u64,
+    base_offset: i64,
+    last_offset: i64,
+    max_timestamp: i64,
+}
+
 /// Bytes read at a time when scanning batch headers.
 const HEADER_CHUNK: usize = 64 * 1024;
 
@@ -108,6 +117,8 @@ struct SegmentScan {
     file: Arc<File>,
     start_position: u64,
     size: u64,
+    /// What the offset index says the batch at `start_position` ends with.
+    expected_first: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -205,6 +216,7 @@ impl Log {
         }
         bases.sort_unstable();
         let mut epochs = LeaderEpochCache::load(dir);
+        let rebuild_epochs = epochs.needs_rebuild();
         let recovery_segment_base = if options.clean_shutdown {
             i64::MAX
         } else {
@@ -230,9 +242,17 @@ impl Log {
             }
             let file = seg.file(&files)?;
             recovering |= base >= recovery_segment_base;
-            if !recovering && !seg.load_trusted(&file, &config)? {
-                warn!(log = %name, base_offset = base, "segment or its indexes are inconsistent; recovering from here on");
-                recovering = true;
+            if !recovering {
+                if !seg.load_trusted(&file, &config)? {
+                    warn!(log = %name, base_offset = base, "segment or its indexes are inconsistent; recovering from here on");
+                    recovering = true;
+                } else if rebuild_epochs {
+                    seg.scan_headers(&file, 0, seg.size, |location| {
+                        let header = &location.header;
+                        epochs.assign(header.partition_leader_epoch, header.base_offset);
+                        true
+                    })?;
+                }
             }
             let mut cut = None;
             if recovering {
@@ -249,6 +269,21 @@ impl Log {
                     Segment::existing(dir, later, &files).delete_files(&files)?;
                 }
                 break;
+            }
+        }
+        let recovered_end = segments
+            .values()
+            .next_back()
+            .map_or(i64::MIN, |s| s.next_offset);
+        if options.log_start_offset > recovered_end {
+            // The log was emptied past its data (DeleteRecords up to the end,
+            // or a truncation after it) before the crash: start it afresh
+            // where it started, so offsets below are never reused.
+            if !segments.is_empty() {
+                info!(log = %name, log_start_offset = options.log_start_offset, recovered_end, "log start is past the recovered data; restarting the log there");
+            }
+            for (_, seg) in std::mem::take(&mut segments) {
+                seg.delete_files(&files)?;
             }
         }
         if segments.is_empty() {
@@ -369,6 +404,12 @@ impl Log {
             }
             let header = batch::check(batch).map_err(corrupt)?;
             batch::check_record_count(&header).map_err(corrupt)?;
+            // Uncompressed records are walked (not decoded) to check that
+            // the count is true; compressed ones would need decompressing,
+            // which the produce path avoids unless the log is compacted.
+            if header.compression() == Ok(crate::batch::Compression::None) {
+                records::check_uncompressed_count(batch).map_err(corrupt)?;
+            }
             if config.cleanup_policy.compact
                 && !header.is_control()
                 && !records::all_records_have_keys(batch).map_err(corrupt)?
@@ -421,13 +462,20 @@ impl Log {
             position += header.size();
         }
         let last_offset = next_offset - 1;
-        self.roll_if_needed(
-            &mut state,
-            records.len() as u64,
+        if last_offset - base_offset > i64::from(i32::MAX) {
+            // Offsets within a segment are 32-bit; no request may need more.
+            return Err(StorageError::Invalid {
+                batch_index: 0,
+                reason: InvalidRecord::OffsetSpanTooLarge(last_offset - base_offset + 1),
+            });
+        }
+        let incoming = Incoming {
+            bytes: records.len() as u64,
             base_offset,
             last_offset,
-            now_ms,
-        )?;
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+        };
+        self.roll_if_needed(&mut state, &incoming, now_ms)?;
         let files = Arc::clone(&self.files);
         let active = state.active_mut();
         let file = active.file(&files)?;
@@ -459,10 +507,13 @@ impl Log {
                 reason,
             };
             let header = batch::check(batch.map_err(corrupt)?).map_err(corrupt)?;
-            if header.last_offset_delta < 0 {
+            if !header.offsets_are_sane() {
                 return Err(StorageError::Invalid {
                     batch_index,
-                    reason: InvalidRecord::NegativeOffsetDelta(header.last_offset_delta),
+                    reason: InvalidRecord::BadOffsets {
+                        base_offset: header.base_offset,
+                        last_offset: header.last_offset(),
+                    },
                 });
             }
             headers.push(header);
@@ -491,19 +542,16 @@ impl Log {
         if last_offset - base_offset > i64::from(i32::MAX) {
             return Err(StorageError::Invalid {
                 batch_index: 0,
-                reason: InvalidRecord::OffsetBelowLogEnd {
-                    base_offset,
-                    log_end_offset: last_offset,
-                },
+                reason: InvalidRecord::OffsetSpanTooLarge(last_offset - base_offset + 1),
             });
         }
-        self.roll_if_needed(
-            &mut state,
-            records.len() as u64,
+        let incoming = Incoming {
+            bytes: records.len() as u64,
             base_offset,
             last_offset,
-            now_ms,
-        )?;
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+        };
+        self.roll_if_needed(&mut state, &incoming, now_ms)?;
         let files = Arc::clone(&self.files);
         let active = state.active_mut();
         let file = active.file(&files)?;
@@ -537,25 +585,26 @@ impl Log {
 
     /// Rolls to a new segment at `base_offset` if the incoming bytes would
     /// overflow the active one by size, age, index capacity or offset range.
-    fn roll_if_needed(
-        &self,
-        state: &mut LogState,
-        incoming_bytes: u64,
-        base_offset: i64,
-        last_offset: i64,
-        now_ms: i64,
-    ) -> Result<()> {
+    fn roll_if_needed(&self, state: &mut LogState, incoming: &Incoming, now_ms: i64) -> Result<()> {
         let config = Arc::clone(&state.config);
         let active = state.active();
-        let must_roll = !active.can_hold_offset(last_offset);
+        // Kafka's rule: a segment is old when the incoming batches' largest
+        // timestamp is `segment.ms` past the segment's first batch's (both
+        // in the producers' time), or, for batches without timestamps, when
+        // the clock is that far past the first append.
+        let waited_ms = match active.rolling_timestamp_ms {
+            Some(first) => incoming.max_timestamp.saturating_sub(first),
+            None => active
+                .first_append_ms
+                .map_or(0, |t| now_ms.saturating_sub(t)),
+        };
+        let must_roll = !active.can_hold_offset(incoming.last_offset);
         let should_roll = !active.is_empty()
-            && (active.size + incoming_bytes > config.segment_bytes
-                || active
-                    .first_append_ms
-                    .is_some_and(|t| now_ms - t >= config.segment_ms)
+            && (active.size + incoming.bytes > config.segment_bytes
+                || waited_ms >= config.segment_ms
                 || active.indexes_full(&config));
         if must_roll || should_roll {
-            self.roll_at(state, base_offset)?;
+            self.roll_at(state, incoming.base_offset)?;
         }
         Ok(())
     }
@@ -630,6 +679,7 @@ impl Log {
             file: seg.file(&self.files)?,
             start_position,
             size: seg.size,
+            expected_first: seg.indexed_last_offset_at(start_position),
         }))
     }
 
@@ -662,13 +712,14 @@ impl Log {
                 break;
             }
             let mut cursor =
-                BatchCursor::new(&plan.file, plan.start_position, plan.size, HEADER_CHUNK);
+                BatchCursor::new(&plan.file, plan.start_position, plan.size, HEADER_CHUNK)
+                    .expecting_first(plan.expected_first);
             loop {
-                let position = cursor.position;
-                let header = match cursor.next_header() {
-                    Ok(Some(header)) => header,
+                let (position, header) = match cursor.next_located() {
+                    Ok(Some(located)) => located,
                     Ok(None) => break,
                     Err(segment::CursorError::Corrupt(reason)) => {
+                        let position = cursor.position;
                         warn!(log = %self.name, position, %reason, "unreadable batch while reading; the read stops here");
                         return Ok(info);
                     }
@@ -756,7 +807,7 @@ impl Log {
     /// The first record whose timestamp is at least `timestamp`, at or after
     /// the log start (ListOffsets by time). `None` if every record is older.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>> {
-        let (mut scan, log_start_offset) = {
+        let (mut scan, log_start_offset, mut time_entry, segment_start) = {
             let state = lock(&self.state);
             self.ensure_open(&state)?;
             let log_start_offset = state.log_start_offset;
@@ -770,29 +821,43 @@ impl Log {
             else {
                 return Ok(None);
             };
-            let from = seg
-                .time_index
-                .last_below(timestamp)
-                .map_or(seg.base_offset, |e| {
-                    seg.base_offset + i64::from(e.relative_offset)
-                });
+            let entry = seg.time_index.last_below(timestamp);
+            // The entry says the batch based at its offset first carried
+            // its timestamp; that is checked when the scan gets there.
+            let time_entry =
+                entry.map(|e| (seg.base_offset + i64::from(e.relative_offset), e.timestamp));
+            let from = time_entry.map_or(seg.base_offset, |(offset, _)| offset);
+            let segment_start = seg.base_offset.max(log_start_offset);
             (
                 self.plan_scan(&state, ScanFrom::Offset(from.max(log_start_offset)))?,
                 log_start_offset,
+                time_entry.filter(|&(offset, _)| offset >= log_start_offset),
+                segment_start,
             )
         };
-        while let Some(plan) = scan {
+        'segments: while let Some(plan) = scan {
             let mut cursor =
-                BatchCursor::new(&plan.file, plan.start_position, plan.size, HEADER_CHUNK);
+                BatchCursor::new(&plan.file, plan.start_position, plan.size, HEADER_CHUNK)
+                    .expecting_first(plan.expected_first);
             loop {
-                let position = cursor.position;
-                let header = match cursor.next_header() {
-                    Ok(Some(header)) => header,
+                let (position, header) = match cursor.next_located() {
+                    Ok(Some(located)) => located,
                     Ok(None) | Err(segment::CursorError::Corrupt(_)) => break,
                     Err(segment::CursorError::Io(e)) => {
                         return Err(StorageError::io("read", &self.dir)(e))
                     }
                 };
+                if let Some((offset, entry_timestamp)) = time_entry {
+                    if header.last_offset() >= offset {
+                        time_entry = None;
+                        if header.base_offset != offset || header.max_timestamp != entry_timestamp {
+                            warn!(log = %self.name, offset, "time index entry disagrees with the log; scanning the segment from its start");
+                            let state = lock(&self.state);
+                            scan = self.plan_scan(&state, ScanFrom::Offset(segment_start))?;
+                            continue 'segments;
+                        }
+                    }
+                }
                 if header.last_offset() < log_start_offset || header.max_timestamp < timestamp {
                     continue;
                 }
@@ -811,7 +876,7 @@ impl Log {
     /// The earliest record carrying the largest timestamp in the log
     /// (ListOffsets MAX_TIMESTAMP). `None` for an empty log.
     pub fn max_timestamp_offset(&self) -> Result<Option<TimestampOffset>> {
-        let (file, max_timestamp, batch_offset, size, position) = {
+        let (file, max_timestamp, batch_offset, size, position, expected_first) = {
             let state = lock(&self.state);
             self.ensure_open(&state)?;
             let mut best: Option<&Segment> = None;
@@ -828,19 +893,21 @@ impl Log {
                 .floor(relative)
                 .map_or(0, |e| u64::from(e.position));
             let file = seg.file(&self.files)?;
+            let expected_first = seg.indexed_last_offset_at(position);
             (
                 file,
                 seg.max_timestamp,
                 seg.offset_of_max_timestamp,
                 seg.size,
                 position,
+                expected_first,
             )
         };
-        let mut cursor = BatchCursor::new(&file, position, size, HEADER_CHUNK);
+        let mut cursor =
+            BatchCursor::new(&file, position, size, HEADER_CHUNK).expecting_first(expected_first);
         loop {
-            let batch_position = cursor.position;
-            match cursor.next_header() {
-                Ok(Some(header)) if header.base_offset == batch_offset => {
+            match cursor.next_located() {
+                Ok(Some((batch_position, header))) if header.base_offset == batch_offset => {
                     let bytes = read_batch(&file, batch_position, &header, &self.dir)?;
                     return Ok(
                         records_at_or_after(&bytes, &header, max_timestamp, i64::MIN).or(Some(
@@ -984,6 +1051,14 @@ impl Log {
         let active = state.active_mut();
         let file = active.file(&files)?;
         active.truncate_to(&file, offset)?;
+        // The cut falls at a batch boundary, so the log now ends at the
+        // first batch removed (Kafka's followers always truncate at
+        // boundaries, where the two agree). It never ends below its start:
+        // cutting the batch that holds the log start leaves an empty log
+        // ending there, which is also what a restart finds (see `open`).
+        let log_start_offset = state.log_start_offset;
+        let active = state.active_mut();
+        active.next_offset = active.next_offset.max(log_start_offset);
         let log_end_offset = state.log_end_offset();
         state.recovery_point = state.recovery_point.min(log_end_offset);
         state.epochs.truncate_from_end(log_end_offset);
@@ -1125,7 +1200,7 @@ impl Log {
             seg.persist_indexes(sync)?;
             self.files.evict(seg.file_id);
         }
-        state.epochs.persist()?;
+        state.epochs.persist_with(sync)?;
         state.closed = true;
         Ok(())
     }
@@ -1368,8 +1443,12 @@ mod tests {
         assert_eq!(again, out);
         assert_eq!(log.offset_for_timestamp(105).unwrap().unwrap().offset, 10);
         assert_eq!(log.max_timestamp_offset().unwrap().unwrap().offset, 18);
+        // Offset 7 is inside the batch [6, 7]: the whole batch goes.
         log.truncate_to(7).unwrap();
         assert_eq!(log.log_end_offset(), 6);
+        let mut kept = Vec::new();
+        log.read_into(0, u64::MAX, 20, &mut kept).unwrap();
+        assert_eq!(kept.len(), sizes[..3].iter().sum::<usize>());
         log.close().unwrap();
         drop(log);
         let log = open(

@@ -370,6 +370,37 @@ fn parse_records<'a>(
     Ok(())
 }
 
+/// Checks, without decoding them, that an uncompressed batch holds exactly
+/// the records its header declares: each record's length prefix is followed
+/// by that many bytes, and nothing follows the last. This is the cheap part
+/// of what Kafka's validator learns by decoding every record; the produce
+/// path runs it on every uncompressed batch.
+pub fn check_uncompressed_count(batch: &[u8]) -> Result<(), CorruptBatch> {
+    let header = BatchHeader::parse(batch)?;
+    let section = batch
+        .get(HEADER_LEN..header.size())
+        .ok_or(CorruptBatch::LengthOverrun {
+            declared: header.size(),
+            available: batch.len(),
+        })?;
+    let mut reader = Reader { buf: section };
+    let mut found: i64 = 0;
+    while reader.remaining() > 0 {
+        let declared = reader.varint("record length")?;
+        let len = usize::try_from(declared)
+            .map_err(|_| malformed(format!("record length {declared} is negative")))?;
+        reader.bytes(len, "record")?;
+        found += 1;
+    }
+    if found != i64::from(header.record_count) {
+        return Err(malformed(format!(
+            "the header declares {} records but the batch holds {found}",
+            header.record_count
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes every record of `batch`, one whole batch, header included.
 ///
 /// The caller is expected to have checked the header and CRC already (see

@@ -23,8 +23,6 @@ pub const TIME_INDEX_SUFFIX: &str = "timeindex";
 /// A compacted segment being written; removed if found at start-up.
 pub const CLEANED_SUFFIX: &str = "cleaned";
 
-/// How much of a segment the batch cursor reads at a time.
-const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Reads of headers alone need far less.
 const HEADER_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -65,12 +63,19 @@ pub struct Segment {
     pub time_index: TimeIndex,
     /// Whether the index files on disk match the in-memory indexes.
     pub indexes_persisted: bool,
+    /// Whether index files may exist on disk (empty indexes are not written).
+    index_files_on_disk: bool,
     bytes_since_index_entry: u64,
     /// The largest batch max-timestamp in the segment, -1 if none.
     pub max_timestamp: i64,
     /// The base offset of the first batch that carried `max_timestamp`.
     pub offset_of_max_timestamp: i64,
-    /// When the first batch was appended in this process (for `segment.ms`).
+    /// What `segment.ms` counts from, as in Kafka: the first batch's
+    /// timestamp, compared with the timestamps of incoming batches. It lives
+    /// in the batches themselves, so it survives a restart.
+    pub rolling_timestamp_ms: Option<i64>,
+    /// When this process first appended to the segment: what `segment.ms`
+    /// counts from, against the clock, when batches carry no timestamps.
     pub first_append_ms: Option<i64>,
 }
 
@@ -86,19 +91,22 @@ impl Segment {
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             indexes_persisted: false,
+            index_files_on_disk: true,
             bytes_since_index_entry: 0,
             max_timestamp: -1,
             offset_of_max_timestamp: base_offset,
+            rolling_timestamp_ms: None,
             first_append_ms: None,
         }
     }
 
     /// Creates an empty segment file, replacing any leftover of that name.
     pub fn create(dir: &Path, base_offset: i64, files: &FileCache) -> Result<Self> {
-        let segment = Self::new(dir, base_offset, files);
+        let mut segment = Self::new(dir, base_offset, files);
         for path in [segment.index_path(), segment.time_index_path()] {
             remove_if_exists(&path)?;
         }
+        segment.index_files_on_disk = false;
         File::create(&segment.log_path).map_err(StorageError::io("create", &segment.log_path))?;
         Ok(segment)
     }
@@ -151,6 +159,9 @@ impl Segment {
             header.base_offset >= self.next_offset,
             "batches must ascend"
         );
+        if position == 0 && header.max_timestamp >= 0 {
+            self.rolling_timestamp_ms = Some(header.max_timestamp);
+        }
         if header.max_timestamp > self.max_timestamp {
             self.max_timestamp = header.max_timestamp;
             self.offset_of_max_timestamp = header.base_offset;
@@ -209,24 +220,21 @@ impl Segment {
         let file_len = file_len(file, &self.log_path)?;
         let base_offset = self.base_offset;
         *self = Self::new_like(self);
-        let mut cursor = BatchCursor::new(file, 0, file_len, READ_CHUNK_BYTES);
         let mut cut = None;
-        loop {
-            let position = cursor.position;
-            let header = match cursor.next_batch() {
-                Ok(None) => break,
-                Ok(Some(bytes)) => match batch::check(bytes) {
-                    Ok(header) => header,
+        let map = map_segment(file, file_len, &self.log_path)?;
+        for item in MappedBatches::new(&map, 0) {
+            let (position, header) = match item {
+                Ok((position, bytes)) => match batch::check(bytes) {
+                    Ok(header) => (position, header),
                     Err(reason) => {
                         cut = Some((position, reason.to_string()));
                         break;
                     }
                 },
-                Err(CursorError::Corrupt(reason)) => {
+                Err((position, reason)) => {
                     cut = Some((position, reason.to_string()));
                     break;
                 }
-                Err(CursorError::Io(e)) => return Err(StorageError::io("read", &self.log_path)(e)),
             };
             if let Err(reason) = self.check_ascends(&header) {
                 cut = Some((position, reason));
@@ -239,8 +247,10 @@ impl Segment {
             }
             self.track_batch(position, &header, config.index_interval_bytes);
             on_batch(&header);
-            self.size = cursor.position;
+            self.size = position + header.size() as u64;
         }
+        // The mapping must go before the file is cut under it.
+        drop(map);
         debug_assert!(self.base_offset == base_offset);
         if self.size < file_len {
             file.set_len(self.size)
@@ -264,9 +274,11 @@ impl Segment {
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             indexes_persisted: false,
+            index_files_on_disk: true,
             bytes_since_index_entry: 0,
             max_timestamp: -1,
             offset_of_max_timestamp: other.base_offset,
+            rolling_timestamp_ms: None,
             first_append_ms: None,
         }
     }
@@ -278,7 +290,7 @@ impl Segment {
                 header.base_offset, self.next_offset
             ));
         }
-        if header.last_offset_delta < 0 || !self.can_hold_offset(header.last_offset()) {
+        if !header.offsets_are_sane() || !self.can_hold_offset(header.last_offset()) {
             return Err(format!(
                 "batch offsets {}..={} do not fit a segment based at {}",
                 header.base_offset,
@@ -321,18 +333,34 @@ impl Segment {
             .offset_index
             .last()
             .map_or(0, |e| u64::from(e.position));
-        let mut cursor = BatchCursor::new(file, start, file_len, READ_CHUNK_BYTES);
+        let map = map_segment(file, file_len, &self.log_path)?;
+        if let Some(last) = self.time_index.last() {
+            // The segment's largest timestamp steers lookups by time to it;
+            // check that the batch the entry names really carries it.
+            let offset = self.base_offset + i64::from(last.relative_offset);
+            let from = self
+                .offset_index
+                .floor(last.relative_offset)
+                .map_or(0, |e| e.position);
+            let named = MappedBatches::new(&map, u64::from(from))
+                .map_while(|item| item.ok())
+                .filter_map(|(_, bytes)| BatchHeader::parse(bytes).ok())
+                .find(|h| h.last_offset() >= offset);
+            if named.is_none_or(|h| h.base_offset != offset || h.max_timestamp != last.timestamp) {
+                return Ok(false);
+            }
+        }
+        if let Some(Ok((_, bytes))) = MappedBatches::new(&map, 0).next() {
+            let first_timestamp = BatchHeader::parse(bytes).map(|h| h.max_timestamp);
+            self.rolling_timestamp_ms = first_timestamp.ok().filter(|&t| t >= 0);
+        }
         let mut first = true;
-        loop {
-            let position = cursor.position;
-            let header = match cursor.next_batch() {
-                Ok(None) => break,
-                Ok(Some(bytes)) => match batch::check(bytes) {
-                    Ok(header) => header,
-                    Err(_) => return Ok(false),
-                },
-                Err(CursorError::Corrupt(_)) => return Ok(false),
-                Err(CursorError::Io(e)) => return Err(StorageError::io("read", &self.log_path)(e)),
+        for item in MappedBatches::new(&map, start) {
+            let Ok((position, bytes)) = item else {
+                return Ok(false);
+            };
+            let Ok(header) = batch::check(bytes) else {
+                return Ok(false);
             };
             if first && start > 0 {
                 // This batch is the one the last index entry names: it is
@@ -355,6 +383,10 @@ impl Segment {
             }
             first = false;
         }
+        if start > 0 && first {
+            // The last index entry points at the end of the file.
+            return Ok(false);
+        }
         self.size = file_len;
         self.synced_size = file_len;
         // Entries added while checking the tail mean the files were short.
@@ -364,6 +396,13 @@ impl Segment {
 
     fn relative_offset_checked(&self, offset: i64) -> u32 {
         u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX)
+    }
+
+    /// The last offset of the batch the offset index places at `position`,
+    /// if an entry does (to check the entry against the log as it is used).
+    pub fn indexed_last_offset_at(&self, position: u64) -> Option<i64> {
+        let entry = self.offset_index.at_position(position)?;
+        Some(self.base_offset + i64::from(entry.relative_offset))
     }
 
     /// Finds the first batch whose last offset is at least `offset`.
@@ -376,16 +415,17 @@ impl Segment {
                 .floor(relative)
                 .map_or(0, |e| u64::from(e.position))
         };
-        let mut cursor = BatchCursor::new(file, start, self.size, HEADER_CHUNK_BYTES);
+        let mut cursor = BatchCursor::new(file, start, self.size, HEADER_CHUNK_BYTES)
+            .expecting_first(self.indexed_last_offset_at(start));
         loop {
-            let position = cursor.position;
-            match cursor.next_header() {
-                Ok(Some(header)) if header.last_offset() >= offset => {
+            match cursor.next_located() {
+                Ok(Some((position, header))) if header.last_offset() >= offset => {
                     return Ok(Some(BatchLocation { position, header }))
                 }
                 Ok(Some(_)) => continue,
                 Ok(None) => return Ok(None),
                 Err(CursorError::Corrupt(reason)) => {
+                    let position = cursor.position;
                     warn!(path = %self.log_path.display(), position, %reason, "unreadable batch header while reading");
                     return Ok(None);
                 }
@@ -404,15 +444,15 @@ impl Segment {
     ) -> Result<()> {
         let mut cursor = BatchCursor::new(file, position, end.min(self.size), HEADER_CHUNK_BYTES);
         loop {
-            let position = cursor.position;
-            match cursor.next_header() {
-                Ok(Some(header)) => {
+            match cursor.next_located() {
+                Ok(Some((position, header))) => {
                     if !visit(BatchLocation { position, header }) {
                         return Ok(());
                     }
                 }
                 Ok(None) => return Ok(()),
                 Err(CursorError::Corrupt(reason)) => {
+                    let position = cursor.position;
                     warn!(path = %self.log_path.display(), position, %reason, "unreadable batch header while reading");
                     return Ok(());
                 }
@@ -459,6 +499,10 @@ impl Segment {
             .offset_index
             .last()
             .map_or(0, |e| u64::from(e.position));
+        let _unused_start = self
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
         let mut headers = Vec::new();
         self.scan_headers(file, start, self.size, |location| {
             headers.push(location);
@@ -498,7 +542,9 @@ impl Segment {
             (self.time_index_path(), self.time_index.encode()),
         ] {
             if bytes.is_empty() {
-                remove_if_exists(&path)?;
+                if self.index_files_on_disk {
+                    remove_if_exists(&path)?;
+                }
                 continue;
             }
             let file = File::create(&path).map_err(StorageError::io("create", &path))?;
@@ -509,6 +555,7 @@ impl Segment {
             }
         }
         self.indexes_persisted = true;
+        self.index_files_on_disk = !self.offset_index.is_empty() || !self.time_index.is_empty();
         Ok(())
     }
 
@@ -548,6 +595,97 @@ fn file_len(file: &File, path: &Path) -> Result<u64> {
         .map_err(StorageError::io("stat", path))
 }
 
+/// A read-only mapping of a whole segment file, for the scans at start-up.
+/// Mapping avoids copying every byte out of the page cache, which is most of
+/// the cost of recovery: the scan then costs little more than the CRC.
+#[derive(Debug)]
+pub struct SegmentMap(Option<memmap2::Mmap>);
+
+impl std::ops::Deref for SegmentMap {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+/// Maps `file` (of `len` bytes) read-only.
+#[allow(unsafe_code)]
+fn map_segment(file: &File, len: u64, path: &Path) -> Result<SegmentMap> {
+    if len == 0 {
+        // mmap cannot map nothing.
+        return Ok(SegmentMap(None));
+    }
+    let len = usize::try_from(len).map_err(|_| StorageError::Io {
+        op: "map",
+        path: path.to_path_buf(),
+        source: std::io::Error::other("segment larger than the address space"),
+    })?;
+    // SAFETY: `Mmap::map` is unsafe because the mapped file could change
+    // underneath the slice; in particular a truncation by someone else makes
+    // reads past the new end fault (SIGBUS). Segment files are written only
+    // by this process, and a mapping lives only for one scan at start-up or
+    // of a cleaned file no one else has, during which nothing in this
+    // process writes or truncates that file; `recover` drops the mapping
+    // before it cuts the file. The data directory's `.lock` keeps other rill
+    // processes out.
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }
+        .map_err(StorageError::io("map", path))?;
+    // Advice only; a kernel that ignores it costs nothing but speed.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(SegmentMap(Some(map)))
+}
+
+/// The batches of a mapped segment from `position`, each checked only for
+/// a parseable header and a length that fits; the caller checks the CRC.
+/// Stops after the first error, which carries its position.
+#[derive(Debug)]
+pub struct MappedBatches<'m> {
+    bytes: &'m [u8],
+    position: usize,
+    failed: bool,
+}
+
+impl<'m> MappedBatches<'m> {
+    pub fn new(bytes: &'m [u8], position: u64) -> Self {
+        let position = usize::try_from(position)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        Self {
+            bytes,
+            position,
+            failed: false,
+        }
+    }
+}
+
+impl<'m> Iterator for MappedBatches<'m> {
+    type Item = std::result::Result<(u64, &'m [u8]), (u64, CorruptBatch)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.position >= self.bytes.len() {
+            return None;
+        }
+        let position = self.position as u64;
+        let rest = &self.bytes[self.position..];
+        let item = match BatchHeader::parse(rest) {
+            Ok(header) if header.size() <= rest.len() => {
+                self.position += header.size();
+                Ok((position, &rest[..header.size()]))
+            }
+            Ok(header) => Err((
+                position,
+                CorruptBatch::LengthOverrun {
+                    declared: header.size(),
+                    available: rest.len(),
+                },
+            )),
+            Err(reason) => Err((position, reason)),
+        };
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
 #[derive(Debug)]
 pub enum CursorError {
     Corrupt(CorruptBatch),
@@ -564,6 +702,15 @@ pub struct BatchCursor<'f> {
     chunk: usize,
     buf: Vec<u8>,
     buf_start: u64,
+    /// The size of the last batch passed over. When batches are larger than
+    /// a chunk, reading a chunk for each header would read every batch
+    /// whole; then only the header is read.
+    last_batch_len: usize,
+    /// Where an index said the scan should start, the last offset of the
+    /// batch it said is there. Index files are only checked this lazily (a
+    /// full check would read every indexed batch at start-up), so a batch
+    /// that disagrees sends the scan back to the start of the segment.
+    expected_first: Option<i64>,
 }
 
 impl<'f> BatchCursor<'f> {
@@ -575,14 +722,35 @@ impl<'f> BatchCursor<'f> {
             chunk,
             buf: Vec::new(),
             buf_start: position,
+            last_batch_len: 0,
+            expected_first: None,
         }
     }
 
-    /// Makes `[self.position, self.position + len)` available in the buffer.
-    fn fill(&mut self, len: usize) -> std::io::Result<&[u8]> {
+    /// Checks the first batch against what the index promised (see
+    /// `expected_first`).
+    pub fn expecting_first(mut self, last_offset: Option<i64>) -> Self {
+        self.expected_first = last_offset;
+        self
+    }
+
+    fn restart_from_segment_start(&mut self, reason: &str) {
+        warn!(
+            position = self.position,
+            reason, "index entry disagrees with the log; scanning the segment from its start"
+        );
+        self.position = 0;
+        self.buf.clear();
+        self.buf_start = 0;
+        self.last_batch_len = 0;
+    }
+
+    /// Makes `[self.position, self.position + len)` available in the
+    /// buffer, reading at least `read_ahead` bytes when it must read.
+    fn fill(&mut self, len: usize, read_ahead: usize) -> std::io::Result<&[u8]> {
         let buf_end = self.buf_start + self.buf.len() as u64;
         if self.position < self.buf_start || self.position + len as u64 > buf_end {
-            let want = len.max(self.chunk) as u64;
+            let want = len.max(read_ahead) as u64;
             let take = want.min(self.end - self.position) as usize;
             self.buf.resize(take, 0);
             self.file.read_exact_at(&mut self.buf, self.position)?;
@@ -604,26 +772,53 @@ impl<'f> BatchCursor<'f> {
                 len: remaining as usize,
             }));
         }
-        let header = BatchHeader::parse(self.fill(HEADER_LEN).map_err(CursorError::Io)?)
-            .map_err(CursorError::Corrupt)?;
-        if header.size() as u64 > remaining {
-            return Err(CursorError::Corrupt(CorruptBatch::LengthOverrun {
-                declared: header.size(),
-                available: remaining as usize,
-            }));
+        let read_ahead = if self.last_batch_len > self.chunk {
+            HEADER_LEN
+        } else {
+            self.chunk
+        };
+        let parsed =
+            BatchHeader::parse(self.fill(HEADER_LEN, read_ahead).map_err(CursorError::Io)?)
+                .and_then(|header| {
+                    if header.size() as u64 > remaining {
+                        return Err(CorruptBatch::LengthOverrun {
+                            declared: header.size(),
+                            available: remaining as usize,
+                        });
+                    }
+                    Ok(header)
+                });
+        if let Some(expected) = self.expected_first.take() {
+            if parsed
+                .as_ref()
+                .map_or(true, |h| h.last_offset() != expected)
+            {
+                self.restart_from_segment_start("no batch with the indexed offset there");
+                return self.next_header();
+            }
         }
+        let header = parsed.map_err(CursorError::Corrupt)?;
+        self.last_batch_len = header.size();
         self.position += header.size() as u64;
         Ok(Some(header))
     }
 
+    /// [`BatchCursor::next_header`], with the position of the batch.
+    pub fn next_located(&mut self) -> Result<Option<(u64, BatchHeader)>, CursorError> {
+        Ok(self
+            .next_header()?
+            .map(|header| (self.position - header.size() as u64, header)))
+    }
+
     /// The next whole batch's bytes (not yet CRC-checked).
     pub fn next_batch(&mut self) -> Result<Option<&[u8]>, CursorError> {
-        let start = self.position;
         let Some(header) = self.next_header()? else {
             return Ok(None);
         };
+        let start = self.position - header.size() as u64;
         self.position = start;
-        self.fill(header.size()).map_err(CursorError::Io)?;
+        self.fill(header.size(), self.chunk)
+            .map_err(CursorError::Io)?;
         self.position = start + header.size() as u64;
         let from = (start - self.buf_start) as usize;
         Ok(Some(&self.buf[from..from + header.size()]))
