@@ -462,28 +462,11 @@ impl Log {
             position += header.size();
         }
         let last_offset = next_offset - 1;
-        if last_offset - base_offset > i64::from(i32::MAX) {
-            // Offsets within a segment are 32-bit; no request may need more.
-            return Err(StorageError::Invalid {
-                batch_index: 0,
-                reason: InvalidRecord::OffsetSpanTooLarge(last_offset - base_offset + 1),
-            });
-        }
-        let incoming = Incoming {
-            bytes: records.len() as u64,
-            base_offset,
-            last_offset,
-            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
-        };
-        self.roll_if_needed(&mut state, &incoming, now_ms)?;
-        let files = Arc::clone(&self.files);
-        let active = state.active_mut();
-        let file = active.file(&files)?;
-        active.append(
-            &file,
+        self.write_batches(
+            &mut state,
             records,
             &headers,
-            config.index_interval_bytes,
+            (base_offset, last_offset),
             now_ms,
         )?;
         state.epochs.assign(leader_epoch, base_offset);
@@ -523,7 +506,6 @@ impl Log {
         };
         let (base_offset, last_offset) = (first.base_offset, last.last_offset());
         let now_ms = self.clock.now_ms();
-        let config = self.config();
         let mut state = lock(&self.state);
         self.ensure_open(&state)?;
         let mut expected = state.log_end_offset();
@@ -539,27 +521,11 @@ impl Log {
             }
             expected = header.next_offset();
         }
-        if last_offset - base_offset > i64::from(i32::MAX) {
-            return Err(StorageError::Invalid {
-                batch_index: 0,
-                reason: InvalidRecord::OffsetSpanTooLarge(last_offset - base_offset + 1),
-            });
-        }
-        let incoming = Incoming {
-            bytes: records.len() as u64,
-            base_offset,
-            last_offset,
-            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
-        };
-        self.roll_if_needed(&mut state, &incoming, now_ms)?;
-        let files = Arc::clone(&self.files);
-        let active = state.active_mut();
-        let file = active.file(&files)?;
-        active.append(
-            &file,
+        self.write_batches(
+            &mut state,
             records,
             &headers,
-            config.index_interval_bytes,
+            (base_offset, last_offset),
             now_ms,
         )?;
         for header in &headers {
@@ -574,6 +540,37 @@ impl Log {
             log_start_offset: state.log_start_offset,
             batch_count: headers.len(),
         })
+    }
+
+    /// Writes whole batches (offsets final) at the end of the log, rolling
+    /// first if the active segment cannot take them. Shared by leader and
+    /// follower appends; the caller holds the state lock.
+    fn write_batches(
+        &self,
+        state: &mut LogState,
+        records: &[u8],
+        headers: &[BatchHeader],
+        (base_offset, last_offset): (i64, i64),
+        now_ms: i64,
+    ) -> Result<()> {
+        if last_offset - base_offset > i64::from(i32::MAX) {
+            // Offsets within a segment are 32-bit; no request may need more.
+            return Err(StorageError::Invalid {
+                batch_index: 0,
+                reason: InvalidRecord::OffsetSpanTooLarge(last_offset - base_offset + 1),
+            });
+        }
+        let incoming = Incoming {
+            bytes: records.len() as u64,
+            base_offset,
+            last_offset,
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+        };
+        self.roll_if_needed(state, &incoming, now_ms)?;
+        let index_interval_bytes = state.config.index_interval_bytes;
+        let active = state.active_mut();
+        let file = active.file(&self.files)?;
+        active.append(&file, records, headers, index_interval_bytes, now_ms)
     }
 
     fn ensure_open(&self, state: &LogState) -> Result<()> {

@@ -81,10 +81,16 @@ pub struct Segment {
 
 impl Segment {
     fn new(dir: &Path, base_offset: i64, files: &FileCache) -> Self {
+        let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        Self::empty(base_offset, files.next_id(), log_path)
+    }
+
+    /// The state of a segment with no batches.
+    fn empty(base_offset: i64, file_id: FileId, log_path: PathBuf) -> Self {
         Self {
             base_offset,
-            file_id: files.next_id(),
-            log_path: dir.join(file_name(base_offset, LOG_SUFFIX)),
+            file_id,
+            log_path,
             size: 0,
             synced_size: 0,
             next_offset: base_offset,
@@ -258,23 +264,7 @@ impl Segment {
     }
 
     fn new_like(other: &Self) -> Self {
-        Self {
-            base_offset: other.base_offset,
-            file_id: other.file_id,
-            log_path: other.log_path.clone(),
-            size: 0,
-            synced_size: 0,
-            next_offset: other.base_offset,
-            offset_index: OffsetIndex::default(),
-            time_index: TimeIndex::default(),
-            indexes_persisted: false,
-            index_files_on_disk: true,
-            bytes_since_index_entry: 0,
-            max_timestamp: -1,
-            offset_of_max_timestamp: other.base_offset,
-            rolling_timestamp_ms: None,
-            first_append_ms: None,
-        }
+        Self::empty(other.base_offset, other.file_id, other.log_path.clone())
     }
 
     fn check_ascends(&self, header: &BatchHeader) -> std::result::Result<(), String> {
