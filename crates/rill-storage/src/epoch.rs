@@ -196,7 +196,7 @@ impl LeaderEpochCache {
     }
 
     /// Writes the checkpoint if it changed, fsynced only if `sync` (see
-    /// [`checkpoint::write_atomically_with`]).
+    /// `checkpoint::write_atomically_with`).
     pub fn persist_with(&mut self, sync: bool) -> Result<()> {
         if self.dirty {
             let contents = checkpoint::encode(&self.entries);

@@ -1022,6 +1022,14 @@ impl Log {
     /// diverged from its new leader's). Below the log start, the log is
     /// emptied and restarted at `offset`. The cut is fsynced before return;
     /// every intermediate state on disk is a prefix of the old log.
+    ///
+    /// The cut falls at a batch boundary: a batch holding `offset` goes
+    /// whole, and the log then ends where the kept batches end (or at the
+    /// log start, if that is later). Kafka instead sets the end to `offset`
+    /// itself; the two differ only for a cut inside a batch or a compaction
+    /// gap, which a follower (truncating at the leader's batch boundaries)
+    /// never asks for. The recovery-point checkpoint is the log manager's:
+    /// use [`crate::LogManager::truncate_to`] for a crash-safe truncation.
     pub fn truncate_to(&self, offset: i64) -> Result<()> {
         let _structure = lock(&self.structure);
         let mut state = lock(&self.state);
