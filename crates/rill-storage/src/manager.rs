@@ -245,13 +245,7 @@ impl LogManager {
 
     /// Runs retention and compaction over every log once.
     pub fn run_cleanup(&self) -> Result<()> {
-        let logs: Vec<Arc<Log>> = self
-            .logs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let logs: Vec<Arc<Log>> = self.snapshot().into_iter().map(|(_, log)| log).collect();
         for log in logs {
             log.apply_retention()?;
             log.compact()?;
@@ -259,16 +253,18 @@ impl LogManager {
         self.checkpoint()
     }
 
+    /// Every log, as of now; the map's lock is not held while they are used.
+    fn snapshot(&self) -> Vec<(TopicPartition, Arc<Log>)> {
+        let logs = self.logs.read().unwrap_or_else(|p| p.into_inner());
+        logs.iter()
+            .map(|(tp, log)| (tp.clone(), Arc::clone(log)))
+            .collect()
+    }
+
     /// Writes both offset checkpoints.
     pub fn checkpoint(&self) -> Result<()> {
         let _serial = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
-        let logs: Vec<(TopicPartition, Arc<Log>)> = self
-            .logs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(tp, log)| (tp.clone(), Arc::clone(log)))
-            .collect();
+        let logs = self.snapshot();
         let lines = |value: &dyn Fn(&Log) -> i64| {
             checkpoint::encode(
                 logs.iter()
@@ -289,13 +285,7 @@ impl LogManager {
     /// data directory's file system, checkpoints, and writes the clean
     /// shutdown marker, so the next start scans nothing.
     pub fn shutdown(&self) -> Result<()> {
-        let logs: Vec<Arc<Log>> = self
-            .logs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let logs: Vec<Arc<Log>> = self.snapshot().into_iter().map(|(_, log)| log).collect();
         for log in &logs {
             log.close_unsynced()?;
         }
