@@ -1,0 +1,136 @@
+//! The supported-version table: which APIs rill answers, at which versions.
+//!
+//! rill advertises exactly what works. An API appears here only once its
+//! handler exists, and adding one is one line in [`SUPPORTED_APIS`].
+//!
+//! The table is also the gate in front of the body decoders:
+//! [`crate::parse_request`] decodes a body only for an API and version listed
+//! here, so a decoder that has not been reviewed never sees client bytes (see
+//! the crate doc's "Hostile lengths" section before adding an API whose
+//! request has arrays).
+
+use std::ops::RangeInclusive;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+
+/// One API rill implements, with the inclusive range of versions it handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SupportedApi {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+}
+
+impl SupportedApi {
+    /// A table row: `api_key` handled at versions `min..=max`.
+    pub const fn new(key: ApiKey, min: i16, max: i16) -> Self {
+        assert!(min <= max);
+        Self { key, min, max }
+    }
+}
+
+/// Every API rill answers, in API-key order. The broker adds a row when it
+/// implements an API; nothing else needs to change.
+pub const SUPPORTED_APIS: &[SupportedApi] = &[
+    // v4 is left out until the broker has been tested against a client that sends it.
+    SupportedApi::new(ApiKey::ApiVersions, 0, 3),
+];
+
+/// The versions of `api_key` rill handles, or `None` if it does not handle the
+/// API at all.
+pub fn supported(api_key: ApiKey) -> Option<RangeInclusive<i16>> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|api| api.key == api_key)
+        .map(|api| api.min..=api.max)
+}
+
+/// The ApiVersions response body listing every row of [`SUPPORTED_APIS`], with
+/// no error. `throttle_time_ms` is 0; the caller sets it if it throttles.
+pub fn api_versions_response() -> ApiVersionsResponse {
+    let api_keys = SUPPORTED_APIS.iter().map(api_version).collect();
+    ApiVersionsResponse::default()
+        .with_error_code(0)
+        .with_api_keys(api_keys)
+}
+
+/// The body Kafka sends when a client asks for an ApiVersions version newer
+/// than the broker knows: error UNSUPPORTED_VERSION (35) and, since Kafka 2.4
+/// (KIP-511), one entry giving the ApiVersions versions the broker does
+/// support, so the client can retry with the highest of them. It must be
+/// encoded as version 0 (see [`crate::encode_response`] and
+/// [`crate::RequestError::UnsupportedVersion`]).
+pub fn api_versions_unsupported_response() -> ApiVersionsResponse {
+    let api_keys = SUPPORTED_APIS
+        .iter()
+        .filter(|api| api.key == ApiKey::ApiVersions)
+        .map(api_version)
+        .collect();
+    ApiVersionsResponse::default()
+        .with_error_code(ResponseError::UnsupportedVersion.code())
+        .with_api_keys(api_keys)
+}
+
+fn api_version(api: &SupportedApi) -> ApiVersion {
+    ApiVersion::default()
+        .with_api_key(api.key as i16)
+        .with_min_version(api.min)
+        .with_max_version(api.max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::protocol::Message;
+
+    #[test]
+    fn table_is_well_formed() {
+        for (i, api) in SUPPORTED_APIS.iter().enumerate() {
+            assert!(api.min <= api.max, "{api:?}");
+            // Every advertised version must be one kafka-protocol can decode.
+            let valid = api.key.valid_versions();
+            assert!(valid.min <= api.min, "{api:?} below {valid}");
+            assert!(api.max <= valid.max, "{api:?} above {valid}");
+            if let Some(previous) = i.checked_sub(1).map(|p| SUPPORTED_APIS[p]) {
+                assert!(
+                    (previous.key as i16) < (api.key as i16),
+                    "table not sorted by key"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn api_versions_is_always_supported() {
+        // Clients cannot talk to a broker that does not answer ApiVersions v0.
+        let range = supported(ApiKey::ApiVersions).unwrap();
+        assert!(range.contains(&0));
+        assert!(*range.end() <= kafka_protocol::messages::ApiVersionsRequest::VERSIONS.max);
+    }
+
+    #[test]
+    fn unlisted_api_is_unsupported() {
+        assert_eq!(supported(ApiKey::Produce), None);
+    }
+
+    #[test]
+    fn response_lists_the_table() {
+        let response = api_versions_response();
+        assert_eq!(response.error_code, 0);
+        assert_eq!(response.api_keys.len(), SUPPORTED_APIS.len());
+        for (entry, api) in response.api_keys.iter().zip(SUPPORTED_APIS) {
+            assert_eq!(entry.api_key, api.key as i16);
+            assert_eq!((entry.min_version, entry.max_version), (api.min, api.max));
+        }
+    }
+
+    #[test]
+    fn unsupported_response_lists_only_api_versions() {
+        let response = api_versions_unsupported_response();
+        assert_eq!(response.error_code, 35);
+        assert_eq!(response.api_keys.len(), 1);
+        assert_eq!(response.api_keys[0].api_key, ApiKey::ApiVersions as i16);
+    }
+}
