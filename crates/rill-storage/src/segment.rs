@@ -673,14 +673,16 @@ impl<'m> Iterator for MappedBatches<'m> {
 /// The batches of a mapped segment, each fully checked (`batch::check`,
 /// CRC included), in order, stopping after the first that fails.
 ///
-/// The CRC is most of the cost of recovery, so batches are checked a window
-/// at a time on all cores: headers are walked in order (cheap), then the
-/// window's CRCs are split across threads, then results are handed out in
-/// order. The first failure in order ends the iteration, as a sequential
-/// check would.
+/// The CRC is most of the cost of recovery, so the work is pipelined a
+/// window at a time: while other threads check the CRCs of one window, this
+/// thread walks the headers of the next (taking the page faults of the
+/// mapping). Results are handed out in order, and the first failure ends
+/// the iteration, as a sequential check would.
 #[derive(Debug)]
 pub struct CheckedBatches<'m> {
-    batches: MappedBatches<'m>,
+    walker: MappedBatches<'m>,
+    /// The next window, already walked while the previous one was checked.
+    walked: Option<Window<'m>>,
     ready: std::collections::VecDeque<CheckedBatch>,
     done: bool,
     threads: usize,
@@ -688,10 +690,48 @@ pub struct CheckedBatches<'m> {
 
 type CheckedBatch = std::result::Result<(u64, BatchHeader), (u64, CorruptBatch)>;
 
-/// Bytes of batches checked per round of threads.
-const CHECK_WINDOW_BYTES: usize = 32 * 1024 * 1024;
-/// Below this much, one thread checks the window itself.
-const CHECK_PARALLEL_BYTES_MIN: usize = 4 * 1024 * 1024;
+/// Batches whose headers were walked, not yet checked.
+#[derive(Debug, Default)]
+struct Window<'m> {
+    batches: Vec<(u64, &'m [u8])>,
+    bytes: usize,
+    /// A header that could not be walked, ending the segment's good part.
+    structural: Option<(u64, CorruptBatch)>,
+}
+
+/// Bytes of batches per window.
+const CHECK_WINDOW_BYTES: usize = 16 * 1024 * 1024;
+/// Below this much, a window is checked on the calling thread alone.
+const CHECK_PARALLEL_BYTES_MIN: usize = 2 * 1024 * 1024;
+
+fn walk_window<'m>(walker: &mut MappedBatches<'m>) -> Window<'m> {
+    let mut window = Window::default();
+    while window.bytes < CHECK_WINDOW_BYTES {
+        match walker.next() {
+            Some(Ok((position, bytes))) => {
+                window.bytes += bytes.len();
+                window.batches.push((position, bytes));
+            }
+            Some(Err(failure)) => {
+                window.structural = Some(failure);
+                break;
+            }
+            None => break,
+        }
+    }
+    window
+}
+
+fn check_batches(batches: &[(u64, &[u8])]) -> Vec<CheckedBatch> {
+    batches
+        .iter()
+        .map(|&(position, bytes)| {
+            batch::check(bytes)
+                .map(|h| (position, h))
+                .map_err(|e| (position, e))
+        })
+        .collect()
+}
 
 impl<'m> CheckedBatches<'m> {
     pub fn new(bytes: &'m [u8]) -> Self {
@@ -699,52 +739,46 @@ impl<'m> CheckedBatches<'m> {
             .map_or(1, |n| n.get())
             .min(8);
         Self {
-            batches: MappedBatches::new(bytes, 0),
+            walker: MappedBatches::new(bytes, 0),
+            walked: None,
             ready: std::collections::VecDeque::new(),
             done: false,
             threads,
         }
     }
 
-    fn fill_window(&mut self) {
-        let mut window: Vec<(u64, &[u8])> = Vec::new();
-        let mut window_bytes = 0;
-        let mut structural = None;
-        while window_bytes < CHECK_WINDOW_BYTES {
-            match self.batches.next() {
-                Some(Ok((position, bytes))) => {
-                    window_bytes += bytes.len();
-                    window.push((position, bytes));
-                }
-                Some(Err(failure)) => {
-                    structural = Some(failure);
-                    break;
-                }
-                None => break,
-            }
-        }
-        let check = |&(position, bytes): &(u64, &[u8])| -> CheckedBatch {
-            batch::check(bytes)
-                .map(|h| (position, h))
-                .map_err(|e| (position, e))
+    fn fill(&mut self) {
+        let current = match self.walked.take() {
+            Some(window) => window,
+            None => walk_window(&mut self.walker),
         };
-        if self.threads > 1 && window_bytes >= CHECK_PARALLEL_BYTES_MIN {
-            let per_thread = window.len().div_ceil(self.threads);
-            let parts: Vec<Vec<CheckedBatch>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = window
-                    .chunks(per_thread)
-                    .map(|part| scope.spawn(move || part.iter().map(check).collect()))
+        let more = current.structural.is_none() && current.bytes >= CHECK_WINDOW_BYTES;
+        if self.threads > 1 && current.bytes >= CHECK_PARALLEL_BYTES_MIN {
+            let checkers = if more { self.threads - 1 } else { self.threads }.max(1);
+            let per_checker = current.batches.len().div_ceil(checkers).max(1);
+            let walker = &mut self.walker;
+            let (checked, next) = std::thread::scope(|scope| {
+                let handles: Vec<_> = current
+                    .batches
+                    .chunks(per_checker)
+                    .map(|part| scope.spawn(move || check_batches(part)))
                     .collect();
-                handles
+                let next = more.then(|| walk_window(walker));
+                let checked: Vec<Vec<CheckedBatch>> = handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect();
+                (checked, next)
             });
-            self.ready.extend(parts.into_iter().flatten());
+            self.ready.extend(checked.into_iter().flatten());
+            self.walked = next;
         } else {
-            self.ready.extend(window.iter().map(check));
+            self.ready.extend(check_batches(&current.batches));
         }
-        if let Some(failure) = structural {
+        if let Some(failure) = current.structural {
             self.ready.push_back(Err(failure));
         }
         if self.ready.is_empty() {
@@ -761,7 +795,7 @@ impl Iterator for CheckedBatches<'_> {
             return None;
         }
         if self.ready.is_empty() {
-            self.fill_window();
+            self.fill();
         }
         let item = self.ready.pop_front()?;
         if item.is_err() {
