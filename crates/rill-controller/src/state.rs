@@ -1,0 +1,704 @@
+//! The metadata state machine: commands, the image they change, and `apply`.
+//!
+//! `apply` is a pure function of the image and the command. It reads no
+//! clock and draws no random numbers: a topic's id and anything else that
+//! would vary between runs is chosen by whoever proposes the command and
+//! travels inside it. Replaying the same commands therefore rebuilds the
+//! same image on every node and after every restart.
+//!
+//! Every command is checked in full before anything is changed, so a
+//! rejected command leaves the image as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rill_types::{LeaderEpoch, NodeId, PartitionIndex, TopicName};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config;
+
+/// A topic's id, as Kafka assigns it: a random (version 4) UUID chosen when
+/// the topic is created, never the nil UUID.
+pub type TopicId = Uuid;
+
+/// The most partitions one topic may have. Kafka has no hard limit, but a
+/// request for more than this is a mistake or an attack, not a workload.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 100_000;
+
+/// The longest replica list of a partition (Kafka's replication factor is
+/// an `i16`; nobody needs more than a handful).
+pub const REPLICATION_FACTOR_MAX: i16 = 64;
+
+/// A change to the cluster metadata. These are the entries of the
+/// controller's Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// A broker announces itself. Registering a node id again replaces its
+    /// endpoint and bumps its broker epoch.
+    RegisterBroker {
+        node_id: NodeId,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    },
+    /// Creates a topic. When `assignments` is `None` the controller places
+    /// the replicas itself; otherwise it lists, per partition, the replica
+    /// node ids (first is the preferred leader) and must agree with
+    /// `partitions` and `replication_factor`.
+    CreateTopic {
+        name: String,
+        topic_id: TopicId,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        assignments: Option<Vec<Vec<NodeId>>>,
+    },
+    /// Deletes a topic with all its partitions and configs.
+    DeleteTopic { topic_id: TopicId },
+    /// Grows a topic to `new_total` partitions. New replicas are placed by
+    /// the controller unless `assignments` lists them (one list per new
+    /// partition).
+    CreatePartitions {
+        topic_id: TopicId,
+        new_total: i32,
+        assignments: Option<Vec<Vec<NodeId>>>,
+    },
+    /// Sets and removes config entries of a topic or a broker. A removed
+    /// entry falls back to its default.
+    AlterConfigs {
+        resource: ConfigResource,
+        set: BTreeMap<String, String>,
+        delete: BTreeSet<String>,
+    },
+}
+
+/// What an `AlterConfigs` changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigResource {
+    Topic(String),
+    Broker(NodeId),
+}
+
+/// What an applied command did, for the caller that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    BrokerRegistered {
+        node_id: NodeId,
+        broker_epoch: i64,
+    },
+    TopicCreated {
+        topic_id: TopicId,
+        partitions: i32,
+    },
+    TopicDeleted {
+        topic_id: TopicId,
+        name: String,
+    },
+    PartitionsCreated {
+        topic_id: TopicId,
+        total: i32,
+    },
+    ConfigsAltered,
+    /// A Raft entry that carries no command (a leader's blank entry or a
+    /// membership change) was applied.
+    Nothing,
+}
+
+/// Why a command was rejected. Each variant is named after the Kafka error
+/// the broker answers with; [`MetadataError::kafka_code`] gives its code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MetadataError {
+    /// TOPIC_ALREADY_EXISTS (36).
+    #[error("topic '{0}' already exists")]
+    TopicAlreadyExists(String),
+    /// INVALID_TOPIC_EXCEPTION (17): a bad name, a name that collides with
+    /// another after '.' and '_' are equated, or a bad topic id.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    /// INVALID_PARTITIONS (37).
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    /// INVALID_REPLICATION_FACTOR (38).
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    /// INVALID_REPLICA_ASSIGNMENT (39).
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    /// UNKNOWN_TOPIC_OR_PARTITION (3): no topic has this name.
+    #[error("unknown topic '{0}'")]
+    UnknownTopicOrPartition(String),
+    /// UNKNOWN_TOPIC_ID (100): no topic has this id.
+    #[error("unknown topic id {0}")]
+    UnknownTopicId(TopicId),
+    /// INVALID_CONFIG (40).
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// INVALID_REQUEST (42): a command no client request could produce,
+    /// such as a broker registration without a host.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl MetadataError {
+    /// The Kafka error code this rejection maps to.
+    pub fn kafka_code(&self) -> i16 {
+        match self {
+            MetadataError::TopicAlreadyExists(_) => 36,
+            MetadataError::InvalidTopic(_) => 17,
+            MetadataError::InvalidPartitions(_) => 37,
+            MetadataError::InvalidReplicationFactor(_) => 38,
+            MetadataError::InvalidReplicaAssignment(_) => 39,
+            MetadataError::UnknownTopicOrPartition(_) => 3,
+            MetadataError::UnknownTopicId(_) => 100,
+            MetadataError::InvalidConfig(_) => 40,
+            MetadataError::InvalidRequest(_) => 42,
+        }
+    }
+}
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub node_id: NodeId,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    /// Counts this node's registrations, starting at 1.
+    pub broker_epoch: i64,
+}
+
+/// One partition's replicas and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Replica node ids; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// The in-sync replicas.
+    pub isr: Vec<NodeId>,
+    /// The leader's node id, or `-1` when there is none.
+    pub leader: NodeId,
+    pub leader_epoch: LeaderEpoch,
+    /// Bumped on every change to this partition's state (Kafka's
+    /// `partition_epoch`).
+    pub partition_epoch: i32,
+}
+
+/// One topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicState {
+    #[serde(with = "topic_name_serde")]
+    pub name: TopicName,
+    pub topic_id: TopicId,
+    /// Indexed by partition index.
+    pub partitions: Vec<PartitionState>,
+    /// Config entries set on this topic; absent keys take the broker default.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicState {
+    pub fn partition(&self, index: PartitionIndex) -> Option<&PartitionState> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+    }
+}
+
+/// The cluster metadata as of some point in the controller's log.
+///
+/// Brokers keep an `Arc` of the latest image and answer Metadata requests
+/// from it; a new image replaces the old one whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataImage {
+    /// How far into the controller's log this image is: the index of the
+    /// last entry applied plus one, so 0 for an image that has seen no
+    /// entry (Raft's first entry has index 0). Every entry moves it,
+    /// including rejected commands and Raft's own entries, so two images
+    /// of one log with the same version are equal.
+    pub version: u64,
+    topics: BTreeMap<TopicId, TopicState>,
+    /// Topic name → id, kept in step with `topics`.
+    topic_ids: BTreeMap<String, TopicId>,
+    brokers: BTreeMap<NodeId, BrokerRegistration>,
+    broker_configs: BTreeMap<NodeId, BTreeMap<String, String>>,
+}
+
+impl MetadataImage {
+    pub fn topic(&self, name: &str) -> Option<&TopicState> {
+        self.topic_ids.get(name).and_then(|id| self.topics.get(id))
+    }
+
+    pub fn topic_by_id(&self, topic_id: &TopicId) -> Option<&TopicState> {
+        self.topics.get(topic_id)
+    }
+
+    /// All topics, in topic-id order.
+    pub fn topics(&self) -> impl Iterator<Item = &TopicState> {
+        self.topics.values()
+    }
+
+    /// All topic names with their ids, in name order.
+    pub fn topic_names(&self) -> impl Iterator<Item = (&str, &TopicId)> {
+        self.topic_ids.iter().map(|(name, id)| (name.as_str(), id))
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn broker(&self, node_id: NodeId) -> Option<&BrokerRegistration> {
+        self.brokers.get(&node_id)
+    }
+
+    /// All registered brokers, in node-id order.
+    pub fn brokers(&self) -> impl Iterator<Item = &BrokerRegistration> {
+        self.brokers.values()
+    }
+
+    /// Config entries set on a broker (empty if none).
+    pub fn broker_configs(&self, node_id: NodeId) -> Option<&BTreeMap<String, String>> {
+        self.broker_configs.get(&node_id)
+    }
+
+    /// Moves the image to the log entry at `index`. Called by the Raft state
+    /// machine before it applies each entry.
+    pub fn advance_to(&mut self, index: u64) {
+        assert!(
+            index >= self.version,
+            "log index {index} applied to version {}",
+            self.version
+        );
+        self.version = index + 1;
+    }
+
+    /// Checks the image's internal cross-references. Tests call it after
+    /// every command; it is cheap enough for a debug assertion too.
+    pub fn assert_consistent(&self) {
+        assert_eq!(self.topics.len(), self.topic_ids.len());
+        for (name, id) in &self.topic_ids {
+            let topic = &self.topics[id];
+            assert_eq!(topic.name.as_str(), name);
+            assert_eq!(&topic.topic_id, id);
+            assert!(!topic.partitions.is_empty());
+            let replication_factor = topic.partitions[0].replicas.len();
+            for partition in &topic.partitions {
+                assert_eq!(partition.replicas.len(), replication_factor);
+                assert!(partition.isr.iter().all(|r| partition.replicas.contains(r)));
+                assert!(partition.leader == -1 || partition.isr.contains(&partition.leader));
+            }
+        }
+    }
+}
+
+/// Applies one command to the image: checks it against the image and, if
+/// it is valid, makes the change. A rejected command changes nothing.
+pub fn apply(
+    image: &mut MetadataImage,
+    command: &MetadataCommand,
+) -> Result<ApplyOutcome, MetadataError> {
+    check(image, command)?;
+    Ok(mutate(image, command))
+}
+
+/// Checks a command against the image without applying it. This is what a
+/// `validate_only` CreateTopics request runs.
+pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), MetadataError> {
+    match command {
+        MetadataCommand::RegisterBroker {
+            node_id,
+            host,
+            port,
+            rack: _,
+        } => {
+            if *node_id < 0 {
+                return Err(MetadataError::InvalidRequest(format!(
+                    "negative node id {node_id}"
+                )));
+            }
+            if host.is_empty() {
+                return Err(MetadataError::InvalidRequest(
+                    "broker host is empty".to_string(),
+                ));
+            }
+            if *port == 0 {
+                return Err(MetadataError::InvalidRequest(
+                    "broker port is 0".to_string(),
+                ));
+            }
+            Ok(())
+        }
+        MetadataCommand::CreateTopic {
+            name,
+            topic_id,
+            partitions,
+            replication_factor,
+            configs,
+            assignments,
+        } => {
+            let name = TopicName::new(name.as_str())
+                .map_err(|e| MetadataError::InvalidTopic(e.to_string()))?;
+            if image.topic_ids.contains_key(name.as_str()) {
+                return Err(MetadataError::TopicAlreadyExists(name.to_string()));
+            }
+            // Kafka uses '.' and '_' interchangeably in metric names, so it
+            // refuses a topic whose name differs from an existing one only
+            // there.
+            let unified = unify_dots(name.as_str());
+            if let Some(other) = image
+                .topic_ids
+                .keys()
+                .find(|other| unify_dots(other) == unified)
+            {
+                return Err(MetadataError::InvalidTopic(format!(
+                    "topic '{name}' collides with existing topic '{other}'"
+                )));
+            }
+            if topic_id.is_nil() {
+                return Err(MetadataError::InvalidTopic(
+                    "topic id is the nil UUID".to_string(),
+                ));
+            }
+            if image.topics.contains_key(topic_id) {
+                return Err(MetadataError::InvalidTopic(format!(
+                    "topic id {topic_id} is taken"
+                )));
+            }
+            check_partition_count(*partitions)?;
+            check_replication_factor(image, *replication_factor)?;
+            if let Some(assignments) = assignments {
+                check_assignments(image, assignments, *partitions, *replication_factor)?;
+            }
+            for (key, value) in configs {
+                config::validate_topic_config(key, value)?;
+            }
+            Ok(())
+        }
+        MetadataCommand::DeleteTopic { topic_id } => {
+            if !image.topics.contains_key(topic_id) {
+                return Err(MetadataError::UnknownTopicId(*topic_id));
+            }
+            Ok(())
+        }
+        MetadataCommand::CreatePartitions {
+            topic_id,
+            new_total,
+            assignments,
+        } => {
+            let Some(topic) = image.topics.get(topic_id) else {
+                return Err(MetadataError::UnknownTopicId(*topic_id));
+            };
+            let current = partition_count(topic);
+            if *new_total <= current {
+                return Err(MetadataError::InvalidPartitions(format!(
+                    "topic '{}' has {current} partitions; the new total {new_total} must be larger",
+                    topic.name
+                )));
+            }
+            check_partition_count(*new_total)?;
+            let replication_factor = replication_factor_of(topic);
+            check_replication_factor(image, replication_factor)?;
+            if let Some(assignments) = assignments {
+                check_assignments(image, assignments, new_total - current, replication_factor)?;
+            }
+            Ok(())
+        }
+        MetadataCommand::AlterConfigs {
+            resource,
+            set,
+            delete,
+        } => {
+            match resource {
+                ConfigResource::Topic(name) => {
+                    if !image.topic_ids.contains_key(name.as_str()) {
+                        return Err(MetadataError::UnknownTopicOrPartition(name.clone()));
+                    }
+                    for (key, value) in set {
+                        config::validate_topic_config(key, value)?;
+                    }
+                    for key in delete {
+                        if !config::is_topic_config(key) {
+                            return Err(MetadataError::InvalidConfig(format!(
+                                "unknown topic config name: {key}"
+                            )));
+                        }
+                    }
+                }
+                ConfigResource::Broker(node_id) => {
+                    if *node_id < 0 {
+                        return Err(MetadataError::InvalidRequest(format!(
+                            "negative node id {node_id}"
+                        )));
+                    }
+                    for (key, value) in set {
+                        config::validate_broker_config(key, value)?;
+                    }
+                }
+            }
+            if let Some(key) = set.keys().find(|key| delete.contains(*key)) {
+                return Err(MetadataError::InvalidRequest(format!(
+                    "config {key} is both set and deleted"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Makes the change of a command that `check` accepted.
+fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome {
+    match command {
+        MetadataCommand::RegisterBroker {
+            node_id,
+            host,
+            port,
+            rack,
+        } => {
+            let broker_epoch = image.brokers.get(node_id).map_or(1, |b| b.broker_epoch + 1);
+            image.brokers.insert(
+                *node_id,
+                BrokerRegistration {
+                    node_id: *node_id,
+                    host: host.clone(),
+                    port: *port,
+                    rack: rack.clone(),
+                    broker_epoch,
+                },
+            );
+            ApplyOutcome::BrokerRegistered {
+                node_id: *node_id,
+                broker_epoch,
+            }
+        }
+        MetadataCommand::CreateTopic {
+            name,
+            topic_id,
+            partitions,
+            replication_factor,
+            configs,
+            assignments,
+        } => {
+            let name = TopicName::new(name.as_str()).expect("checked");
+            let replicas = match assignments {
+                Some(assignments) => assignments.clone(),
+                None => place_replicas(image, topic_id, 0, *partitions, *replication_factor),
+            };
+            let topic = TopicState {
+                name: name.clone(),
+                topic_id: *topic_id,
+                partitions: replicas.into_iter().map(new_partition).collect(),
+                configs: configs.clone(),
+            };
+            image.topic_ids.insert(name.as_str().to_string(), *topic_id);
+            image.topics.insert(*topic_id, topic);
+            ApplyOutcome::TopicCreated {
+                topic_id: *topic_id,
+                partitions: *partitions,
+            }
+        }
+        MetadataCommand::DeleteTopic { topic_id } => {
+            let topic = image.topics.remove(topic_id).expect("checked");
+            image.topic_ids.remove(topic.name.as_str());
+            ApplyOutcome::TopicDeleted {
+                topic_id: *topic_id,
+                name: topic.name.to_string(),
+            }
+        }
+        MetadataCommand::CreatePartitions {
+            topic_id,
+            new_total,
+            assignments,
+        } => {
+            let topic = &image.topics[topic_id];
+            let current = partition_count(topic);
+            let replicas = match assignments {
+                Some(assignments) => assignments.clone(),
+                None => place_replicas(
+                    image,
+                    topic_id,
+                    current,
+                    new_total - current,
+                    replication_factor_of(topic),
+                ),
+            };
+            let topic = image.topics.get_mut(topic_id).expect("checked");
+            topic
+                .partitions
+                .extend(replicas.into_iter().map(new_partition));
+            ApplyOutcome::PartitionsCreated {
+                topic_id: *topic_id,
+                total: *new_total,
+            }
+        }
+        MetadataCommand::AlterConfigs {
+            resource,
+            set,
+            delete,
+        } => {
+            let configs = match resource {
+                ConfigResource::Topic(name) => {
+                    let topic_id = image.topic_ids[name.as_str()];
+                    &mut image.topics.get_mut(&topic_id).expect("checked").configs
+                }
+                ConfigResource::Broker(node_id) => {
+                    image.broker_configs.entry(*node_id).or_default()
+                }
+            };
+            for key in delete {
+                configs.remove(key);
+            }
+            configs.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            if let ConfigResource::Broker(node_id) = resource {
+                if image
+                    .broker_configs
+                    .get(node_id)
+                    .is_some_and(BTreeMap::is_empty)
+                {
+                    image.broker_configs.remove(node_id);
+                }
+            }
+            ApplyOutcome::ConfigsAltered
+        }
+    }
+}
+
+/// A new partition led by its first replica, with every replica in sync.
+/// On creation no replica has data, so all of them are trivially caught up.
+fn new_partition(replicas: Vec<NodeId>) -> PartitionState {
+    assert!(!replicas.is_empty());
+    PartitionState {
+        leader: replicas[0],
+        isr: replicas.clone(),
+        replicas,
+        leader_epoch: 0,
+        partition_epoch: 0,
+    }
+}
+
+/// Places `count` partitions starting at `first_partition` on the
+/// registered brokers round-robin, as Kafka's rack-unaware assignment does:
+/// partition `p` starts at broker `(start + p) % n` and takes the next
+/// `replication_factor` brokers in node-id order. Kafka picks `start` at
+/// random; here it comes from the topic id, which is random but fixed in
+/// the command, so the placement is deterministic and still spreads leaders
+/// of different topics over different brokers.
+fn place_replicas(
+    image: &MetadataImage,
+    topic_id: &TopicId,
+    first_partition: i32,
+    count: i32,
+    replication_factor: i16,
+) -> Vec<Vec<NodeId>> {
+    let brokers: Vec<NodeId> = image.brokers.keys().copied().collect();
+    let n = brokers.len();
+    let replication_factor = usize::try_from(replication_factor).expect("checked");
+    assert!(replication_factor >= 1);
+    assert!(replication_factor <= n);
+    let start = (topic_id.as_u128() % n as u128) as usize;
+    (first_partition..first_partition + count)
+        .map(|p| {
+            let p = usize::try_from(p).expect("partition indexes are not negative");
+            (0..replication_factor)
+                .map(|r| brokers[(start + p + r) % n])
+                .collect()
+        })
+        .collect()
+}
+
+fn check_partition_count(partitions: i32) -> Result<(), MetadataError> {
+    if partitions < 1 {
+        return Err(MetadataError::InvalidPartitions(format!(
+            "number of partitions must be at least 1, got {partitions}"
+        )));
+    }
+    if partitions > PARTITIONS_PER_TOPIC_MAX {
+        return Err(MetadataError::InvalidPartitions(format!(
+            "number of partitions {partitions} is over the limit of {PARTITIONS_PER_TOPIC_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_replication_factor(
+    image: &MetadataImage,
+    replication_factor: i16,
+) -> Result<(), MetadataError> {
+    if replication_factor < 1 {
+        return Err(MetadataError::InvalidReplicationFactor(format!(
+            "replication factor must be at least 1, got {replication_factor}"
+        )));
+    }
+    if replication_factor > REPLICATION_FACTOR_MAX {
+        return Err(MetadataError::InvalidReplicationFactor(format!(
+            "replication factor {replication_factor} is over the limit of {REPLICATION_FACTOR_MAX}"
+        )));
+    }
+    let brokers = image.brokers.len();
+    if usize::try_from(replication_factor).expect("positive") > brokers {
+        return Err(MetadataError::InvalidReplicationFactor(format!(
+            "replication factor {replication_factor} is larger than the {brokers} available brokers"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks explicit replica lists: one per partition, each as long as the
+/// replication factor, without repeats, naming only registered brokers.
+fn check_assignments(
+    image: &MetadataImage,
+    assignments: &[Vec<NodeId>],
+    partitions: i32,
+    replication_factor: i16,
+) -> Result<(), MetadataError> {
+    if usize::try_from(partitions).ok() != Some(assignments.len()) {
+        return Err(MetadataError::InvalidReplicaAssignment(format!(
+            "{} replica lists given for {partitions} partitions",
+            assignments.len()
+        )));
+    }
+    for (i, replicas) in assignments.iter().enumerate() {
+        if usize::try_from(replication_factor).ok() != Some(replicas.len()) {
+            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                "partition {i} has {} replicas; the replication factor is {replication_factor}",
+                replicas.len()
+            )));
+        }
+        let distinct: BTreeSet<_> = replicas.iter().collect();
+        if distinct.len() != replicas.len() {
+            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                "partition {i} lists a replica twice: {replicas:?}"
+            )));
+        }
+        if let Some(unknown) = replicas.iter().find(|r| !image.brokers.contains_key(r)) {
+            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                "partition {i} names broker {unknown}, which is not registered"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn partition_count(topic: &TopicState) -> i32 {
+    i32::try_from(topic.partitions.len()).expect("bounded by PARTITIONS_PER_TOPIC_MAX")
+}
+
+fn replication_factor_of(topic: &TopicState) -> i16 {
+    i16::try_from(topic.partitions[0].replicas.len()).expect("bounded by REPLICATION_FACTOR_MAX")
+}
+
+fn unify_dots(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+/// `TopicName` comes from `rill-types`, which has no serde; it is stored as
+/// its string and checked again when read back.
+mod topic_name_serde {
+    use rill_types::TopicName;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(name: &TopicName, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(name.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TopicName, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        TopicName::new(name).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,363 @@
+//! The controller end to end: openraft with the file-backed log and state
+//! machine, restarted from the same directory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rill_controller::{
+    ApplyOutcome, ConfigResource, Controller, ControllerError, ControllerOptions, MetadataCommand,
+    MetadataError,
+};
+use uuid::Uuid;
+
+fn register(node_id: i32) -> MetadataCommand {
+    MetadataCommand::RegisterBroker {
+        node_id,
+        host: "127.0.0.1".into(),
+        port: 9092,
+        rack: None,
+    }
+}
+
+fn create(name: &str, topic_id: u128, partitions: i32) -> MetadataCommand {
+    MetadataCommand::CreateTopic {
+        name: name.into(),
+        topic_id: Uuid::from_u128(topic_id),
+        partitions,
+        replication_factor: 1,
+        configs: BTreeMap::from([("retention.ms".to_string(), "60000".to_string())]),
+        assignments: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_survive_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Controller::open(dir.path(), 1).await?;
+    assert_eq!(controller.image().topic_count(), 0);
+    controller.submit(register(1)).await?;
+    let outcome = controller.submit(create("orders", 1, 3)).await?;
+    assert_eq!(
+        outcome,
+        ApplyOutcome::TopicCreated {
+            topic_id: Uuid::from_u128(1),
+            partitions: 3
+        }
+    );
+    controller.submit(create("payments", 2, 1)).await?;
+    controller
+        .submit(MetadataCommand::DeleteTopic {
+            topic_id: Uuid::from_u128(2),
+        })
+        .await?;
+    controller
+        .submit(MetadataCommand::CreatePartitions {
+            topic_id: Uuid::from_u128(1),
+            new_total: 4,
+            assignments: None,
+        })
+        .await?;
+    let before = controller.image();
+    assert_eq!(before.topic("orders").unwrap().partitions.len(), 4);
+    assert!(before.topic("payments").is_none());
+    controller.shutdown().await?;
+    drop(controller);
+
+    let controller = Controller::open(dir.path(), 1).await?;
+    let after = controller.image();
+    // The version is at least as far as before (a restarted leader may
+    // append a blank entry of a new term) and everything else is the same.
+    assert!(after.version >= before.version);
+    assert_eq!(after.topic("orders"), before.topic("orders"));
+    assert_eq!(after.topic("payments"), None);
+    assert_eq!(after.broker(1), before.broker(1));
+    // And it keeps working.
+    controller.submit(create("later", 3, 1)).await?;
+    assert!(controller.image().topic("later").is_some());
+    controller.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_commands_change_nothing_and_say_why() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Controller::open(dir.path(), 1).await?;
+    // No broker is registered yet: replication factor 1 is too many.
+    let error = controller.submit(create("early", 1, 1)).await.unwrap_err();
+    assert!(matches!(
+        error,
+        ControllerError::Rejected(MetadataError::InvalidReplicationFactor(_))
+    ));
+    controller.submit(register(1)).await?;
+    controller.submit(create("t", 1, 1)).await?;
+    let error = controller.submit(create("t", 2, 1)).await.unwrap_err();
+    assert!(matches!(
+        error,
+        ControllerError::Rejected(MetadataError::TopicAlreadyExists(_))
+    ));
+    let error = controller
+        .submit(MetadataCommand::AlterConfigs {
+            resource: ConfigResource::Topic("t".into()),
+            set: BTreeMap::from([("segment.bytes".to_string(), "1".to_string())]),
+            delete: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        ControllerError::Rejected(MetadataError::InvalidConfig(_))
+    ));
+    assert_eq!(controller.image().topic_count(), 1);
+    controller.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Controller::open(dir.path(), 1).await?;
+    controller.submit(register(1)).await?;
+    for i in 0..20 {
+        controller
+            .submit(create(&format!("topic-{i}"), i + 1, 2))
+            .await?;
+    }
+    controller.snapshot().await?;
+    assert!(dir.path().join("snapshot.json").exists());
+    // Some more after the snapshot, which only the log has.
+    controller.submit(create("after-snapshot", 100, 1)).await?;
+    let before = controller.image();
+    controller.shutdown().await?;
+    drop(controller);
+
+    let controller = Controller::open(dir.path(), 1).await?;
+    let after = controller.image();
+    assert_eq!(after.topic_count(), 21);
+    for (name, _) in before.topic_names() {
+        assert_eq!(after.topic(name), before.topic(name), "{name}");
+    }
+    controller.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_snapshots_purge_the_log_and_restart_from_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ControllerOptions {
+        snapshot_logs_since_last: 10,
+        snapshot_logs_to_keep: 2,
+        ..ControllerOptions::default()
+    };
+    let controller = Controller::open_with(dir.path(), 1, options.clone()).await?;
+    controller.submit(register(1)).await?;
+    for i in 0..40 {
+        controller
+            .submit(create(&format!("t{i}"), i + 1, 1))
+            .await?;
+    }
+    let before = controller.image();
+    controller.shutdown().await?;
+    drop(controller);
+    let entries = std::fs::read_dir(dir.path().join("log"))?.count();
+    assert!(
+        entries < 30,
+        "{entries} log files left; the log was not purged"
+    );
+    assert!(dir.path().join("purged.json").exists());
+
+    let controller = Controller::open_with(dir.path(), 1, options).await?;
+    assert_eq!(controller.image().topic_count(), 40);
+    for (name, _) in before.topic_names() {
+        assert_eq!(controller.image().topic(name), before.topic(name));
+    }
+    controller.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_all_apply_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Arc::new(Controller::open(dir.path(), 1).await?);
+    controller.submit(register(1)).await?;
+    let mut tasks = Vec::new();
+    for i in 0..50u128 {
+        let controller = controller.clone();
+        tasks.push(tokio::spawn(async move {
+            controller.submit(create(&format!("c{i}"), i + 1, 1)).await
+        }));
+    }
+    // The same name from many proposers: exactly one wins.
+    for i in 0..10u128 {
+        let controller = controller.clone();
+        tasks.push(tokio::spawn(async move {
+            controller.submit(create("contested", 1000 + i, 1)).await
+        }));
+    }
+    let mut created = 0;
+    let mut already_exists = 0;
+    for task in tasks {
+        match task.await? {
+            Ok(ApplyOutcome::TopicCreated { .. }) => created += 1,
+            Err(ControllerError::Rejected(MetadataError::TopicAlreadyExists(_))) => {
+                already_exists += 1
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((created, already_exists), (51, 9));
+    assert_eq!(controller.image().topic_count(), 51);
+    controller.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_each_committed_change() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Controller::open(dir.path(), 1).await?;
+    let mut images = controller.subscribe();
+    images.borrow_and_update();
+    controller.submit(register(1)).await?;
+    images.changed().await?;
+    assert!(images.borrow_and_update().broker(1).is_some());
+    controller.submit(create("watched", 1, 1)).await?;
+    images.changed().await?;
+    let image = images.borrow_and_update().clone();
+    assert!(image.topic("watched").is_some());
+    assert_eq!(image.version, controller.image().version);
+    controller.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_node_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = Controller::open(dir.path(), -1).await.unwrap_err();
+    assert!(matches!(error, ControllerError::InvalidNodeId(-1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_cuts_what_an_interrupted_append_left() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Controller::open(dir.path(), 1).await?;
+    controller.submit(register(1)).await?;
+    controller.submit(create("kept", 1, 2)).await?;
+    let before = controller.image();
+    controller.shutdown().await?;
+    drop(controller);
+
+    // What a crash in the middle of an append can leave behind: a
+    // temporary file, a torn entry after the last one, and an entry after a
+    // gap. None of them was reported flushed.
+    let log = dir.path().join("log");
+    let mut indexes: Vec<u64> = std::fs::read_dir(&log)?
+        .map(|e| {
+            e.unwrap().file_name().to_string_lossy()[..20]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    indexes.sort_unstable();
+    let last = *indexes.last().unwrap();
+    let last_bytes = std::fs::read(log.join(format!("{last:020}.json")))?;
+    std::fs::write(
+        log.join(format!("{:020}.json.tmp", last + 1)),
+        b"{\"log_id\"",
+    )?;
+    std::fs::write(
+        log.join(format!("{:020}.json", last + 1)),
+        &last_bytes[..last_bytes.len() / 2],
+    )?;
+    std::fs::write(log.join(format!("{:020}.json", last + 3)), &last_bytes)?;
+
+    let controller = Controller::open(dir.path(), 1).await?;
+    assert_eq!(controller.image().topic("kept"), before.topic("kept"));
+    controller.submit(create("more", 2, 1)).await?;
+    assert_eq!(controller.image().topic_count(), 2);
+    controller.shutdown().await?;
+    drop(controller);
+    let controller = Controller::open(dir.path(), 1).await?;
+    assert_eq!(controller.image().topic_count(), 2);
+    controller.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_id_cannot_open_the_data_dir() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Controller::open(dir.path(), 1).await?;
+    controller.shutdown().await?;
+    drop(controller);
+    let error = Controller::open(dir.path(), 2).await.unwrap_err();
+    assert!(
+        matches!(error, ControllerError::NotAVoter { node_id: 2, .. }),
+        "{error}"
+    );
+    // The rightful node still can.
+    let controller = Controller::open(dir.path(), 1).await?;
+    controller.shutdown().await?;
+    Ok(())
+}
+
+/// The image the controller publishes is what applying the same commands
+/// directly gives, across a snapshot and restarts: the state is a function
+/// of the commands alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_is_the_pure_replay_of_the_commands() -> anyhow::Result<()> {
+    let commands = vec![
+        create("too-early", 1, 1), // rejected: no brokers
+        register(1),
+        register(2),
+        create("a", 2, 3),
+        create("a", 3, 1), // rejected: exists
+        create("b", 4, 2),
+        MetadataCommand::CreatePartitions {
+            topic_id: Uuid::from_u128(2),
+            new_total: 5,
+            assignments: None,
+        },
+        MetadataCommand::AlterConfigs {
+            resource: ConfigResource::Topic("b".into()),
+            set: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+            delete: ["retention.ms".to_string()].into(),
+        },
+        MetadataCommand::DeleteTopic {
+            topic_id: Uuid::from_u128(4),
+        },
+        MetadataCommand::DeleteTopic {
+            topic_id: Uuid::from_u128(4),
+        }, // rejected: gone
+        register(1),
+        create("b", 5, 4),
+    ];
+    let mut expected = rill_controller::MetadataImage::default();
+    let expected_outcomes: Vec<_> = commands
+        .iter()
+        .map(|c| rill_controller::apply(&mut expected, c))
+        .collect();
+
+    let dir = tempfile::tempdir()?;
+    let mut outcomes = Vec::new();
+    for (round, chunk) in commands.chunks(4).enumerate() {
+        let controller = Controller::open(dir.path(), 1).await?;
+        for command in chunk {
+            outcomes.push(match controller.submit(command.clone()).await {
+                Ok(outcome) => Ok(outcome),
+                Err(ControllerError::Rejected(e)) => Err(e),
+                Err(e) => return Err(e.into()),
+            });
+        }
+        if round == 1 {
+            controller.snapshot().await?;
+        }
+        controller.shutdown().await?;
+    }
+    assert_eq!(outcomes, expected_outcomes);
+
+    let controller = Controller::open(dir.path(), 1).await?;
+    let image = controller.image();
+    assert!(image.topics().eq(expected.topics()));
+    assert!(image.topic_names().eq(expected.topic_names()));
+    assert!(image.brokers().eq(expected.brokers()));
+    controller.shutdown().await?;
+    Ok(())
+}

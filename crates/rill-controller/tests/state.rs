@@ -1,0 +1,662 @@
+//! Every metadata command and every rejection, applied to an image without
+//! Raft; and property tests of determinism and of snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use rill_controller::state::{PARTITIONS_PER_TOPIC_MAX, REPLICATION_FACTOR_MAX};
+use rill_controller::{
+    apply, check, ApplyOutcome, ConfigResource, MetadataCommand, MetadataError, MetadataImage,
+};
+use uuid::Uuid;
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+fn register(node_id: i32) -> MetadataCommand {
+    MetadataCommand::RegisterBroker {
+        node_id,
+        host: format!("broker-{node_id}"),
+        port: 9092,
+        rack: None,
+    }
+}
+
+fn create(name: &str, topic_id: Uuid, partitions: i32, replication_factor: i16) -> MetadataCommand {
+    MetadataCommand::CreateTopic {
+        name: name.to_string(),
+        topic_id,
+        partitions,
+        replication_factor,
+        configs: BTreeMap::new(),
+        assignments: None,
+    }
+}
+
+fn configs(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// An image with brokers 1..=n registered.
+fn image_with_brokers(n: i32) -> MetadataImage {
+    let mut image = MetadataImage::default();
+    for node_id in 1..=n {
+        apply(&mut image, &register(node_id)).unwrap();
+    }
+    image
+}
+
+/// Applies a command that must be rejected and checks that nothing changed.
+fn reject(image: &mut MetadataImage, command: MetadataCommand) -> MetadataError {
+    let before = image.clone();
+    let error = apply(image, &command).unwrap_err();
+    assert_eq!(*image, before, "a rejected command changed the image");
+    assert_eq!(check(image, &command), Err(error.clone()));
+    error
+}
+
+#[test]
+fn register_broker_and_register_again() {
+    let mut image = MetadataImage::default();
+    assert_eq!(
+        apply(&mut image, &register(1)).unwrap(),
+        ApplyOutcome::BrokerRegistered {
+            node_id: 1,
+            broker_epoch: 1
+        }
+    );
+    let again = MetadataCommand::RegisterBroker {
+        node_id: 1,
+        host: "elsewhere".into(),
+        port: 19092,
+        rack: Some("r1".into()),
+    };
+    assert_eq!(
+        apply(&mut image, &again).unwrap(),
+        ApplyOutcome::BrokerRegistered {
+            node_id: 1,
+            broker_epoch: 2
+        }
+    );
+    let broker = image.broker(1).unwrap();
+    assert_eq!(
+        (broker.host.as_str(), broker.port, broker.rack.as_deref()),
+        ("elsewhere", 19092, Some("r1"))
+    );
+    assert_eq!(image.brokers().count(), 1);
+}
+
+#[test]
+fn register_broker_rejections() {
+    let mut image = MetadataImage::default();
+    for command in [
+        MetadataCommand::RegisterBroker {
+            node_id: -1,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+        },
+        MetadataCommand::RegisterBroker {
+            node_id: 1,
+            host: "".into(),
+            port: 1,
+            rack: None,
+        },
+        MetadataCommand::RegisterBroker {
+            node_id: 1,
+            host: "h".into(),
+            port: 0,
+            rack: None,
+        },
+    ] {
+        assert!(matches!(
+            reject(&mut image, command),
+            MetadataError::InvalidRequest(_)
+        ));
+    }
+}
+
+#[test]
+fn create_topic_assigns_replicas_and_leaders() {
+    let mut image = image_with_brokers(3);
+    let command = MetadataCommand::CreateTopic {
+        name: "orders".into(),
+        topic_id: id(7),
+        partitions: 6,
+        replication_factor: 2,
+        configs: configs(&[("retention.ms", "1000"), ("cleanup.policy", "compact")]),
+        assignments: None,
+    };
+    assert_eq!(
+        apply(&mut image, &command).unwrap(),
+        ApplyOutcome::TopicCreated {
+            topic_id: id(7),
+            partitions: 6
+        }
+    );
+    image.assert_consistent();
+    let topic = image.topic("orders").unwrap();
+    assert_eq!(image.topic_by_id(&id(7)).unwrap(), topic);
+    assert_eq!(topic.partitions.len(), 6);
+    assert_eq!(
+        topic.configs,
+        configs(&[("retention.ms", "1000"), ("cleanup.policy", "compact")])
+    );
+    let mut leaders = BTreeMap::new();
+    for partition in &topic.partitions {
+        assert_eq!(partition.replicas.len(), 2);
+        assert_ne!(partition.replicas[0], partition.replicas[1]);
+        assert_eq!(partition.leader, partition.replicas[0]);
+        assert_eq!(partition.isr, partition.replicas);
+        assert_eq!(partition.leader_epoch, 0);
+        *leaders.entry(partition.leader).or_insert(0) += 1;
+    }
+    // Round-robin placement spreads leadership evenly.
+    assert_eq!(leaders.values().collect::<Vec<_>>(), vec![&2, &2, &2]);
+    assert!(topic.partition(5).is_some());
+    assert!(topic.partition(6).is_none());
+    assert!(topic.partition(-1).is_none());
+    assert_eq!(
+        image.topic_names().collect::<Vec<_>>(),
+        vec![("orders", &id(7))]
+    );
+}
+
+#[test]
+fn create_topic_with_explicit_assignments() {
+    let mut image = image_with_brokers(3);
+    let command = MetadataCommand::CreateTopic {
+        name: "placed".into(),
+        topic_id: id(1),
+        partitions: 2,
+        replication_factor: 2,
+        configs: BTreeMap::new(),
+        assignments: Some(vec![vec![3, 1], vec![2, 3]]),
+    };
+    apply(&mut image, &command).unwrap();
+    let topic = image.topic("placed").unwrap();
+    assert_eq!(topic.partitions[0].replicas, vec![3, 1]);
+    assert_eq!(topic.partitions[0].leader, 3);
+    assert_eq!(topic.partitions[1].replicas, vec![2, 3]);
+}
+
+#[test]
+fn create_topic_rejections() {
+    let mut image = image_with_brokers(1);
+    apply(&mut image, &create("taken", id(1), 1, 1)).unwrap();
+    apply(&mut image, &create("a.b", id(2), 1, 1)).unwrap();
+
+    assert_eq!(
+        reject(&mut image, create("taken", id(3), 1, 1)),
+        MetadataError::TopicAlreadyExists("taken".into())
+    );
+    for name in [
+        "",
+        ".",
+        "..",
+        "has space",
+        "ümlaut",
+        &"x".repeat(250),
+        "a_b",
+    ] {
+        let error = reject(&mut image, create(name, id(3), 1, 1));
+        assert!(
+            matches!(error, MetadataError::InvalidTopic(_)),
+            "{name:?}: {error}"
+        );
+        assert_eq!(error.kafka_code(), 17);
+    }
+    // The longest valid name is fine.
+    apply(&mut image, &create(&"x".repeat(249), id(4), 1, 1)).unwrap();
+    // Topic ids: not nil, not reused.
+    assert!(matches!(
+        reject(&mut image, create("fresh", Uuid::nil(), 1, 1)),
+        MetadataError::InvalidTopic(_)
+    ));
+    assert!(matches!(
+        reject(&mut image, create("fresh", id(1), 1, 1)),
+        MetadataError::InvalidTopic(_)
+    ));
+
+    for partitions in [0, -1, i32::MIN, PARTITIONS_PER_TOPIC_MAX + 1, i32::MAX] {
+        let error = reject(&mut image, create("fresh", id(5), partitions, 1));
+        assert!(
+            matches!(error, MetadataError::InvalidPartitions(_)),
+            "{partitions}"
+        );
+        assert_eq!(error.kafka_code(), 37);
+    }
+    for replication_factor in [0, -1, 2, REPLICATION_FACTOR_MAX + 1, i16::MAX] {
+        let error = reject(&mut image, create("fresh", id(5), 1, replication_factor));
+        assert!(
+            matches!(error, MetadataError::InvalidReplicationFactor(_)),
+            "{replication_factor}"
+        );
+        assert_eq!(error.kafka_code(), 38);
+    }
+    // No brokers at all: even replication factor 1 is too many.
+    let mut empty = MetadataImage::default();
+    assert!(matches!(
+        reject(&mut empty, create("fresh", id(5), 1, 1)),
+        MetadataError::InvalidReplicationFactor(_)
+    ));
+
+    let bad_configs = MetadataCommand::CreateTopic {
+        name: "fresh".into(),
+        topic_id: id(5),
+        partitions: 1,
+        replication_factor: 1,
+        configs: configs(&[("retention.ms", "forever")]),
+        assignments: None,
+    };
+    let error = reject(&mut image, bad_configs);
+    assert!(matches!(error, MetadataError::InvalidConfig(_)));
+    assert_eq!(error.kafka_code(), 40);
+    let unknown_config = MetadataCommand::CreateTopic {
+        name: "fresh".into(),
+        topic_id: id(5),
+        partitions: 1,
+        replication_factor: 1,
+        configs: configs(&[("no.such.thing", "1")]),
+        assignments: None,
+    };
+    assert!(matches!(
+        reject(&mut image, unknown_config),
+        MetadataError::InvalidConfig(_)
+    ));
+}
+
+#[test]
+fn create_topic_assignment_rejections() {
+    let mut image = image_with_brokers(2);
+    let with =
+        |partitions, replication_factor, assignments: Vec<Vec<i32>>| MetadataCommand::CreateTopic {
+            name: "placed".into(),
+            topic_id: id(1),
+            partitions,
+            replication_factor,
+            configs: BTreeMap::new(),
+            assignments: Some(assignments),
+        };
+    for command in [
+        with(2, 1, vec![vec![1]]),    // too few lists
+        with(1, 2, vec![vec![1]]),    // list shorter than the factor
+        with(1, 2, vec![vec![1, 1]]), // a replica twice
+        with(1, 1, vec![vec![9]]),    // an unregistered broker
+    ] {
+        let error = reject(&mut image, command);
+        assert!(
+            matches!(error, MetadataError::InvalidReplicaAssignment(_)),
+            "{error}"
+        );
+        assert_eq!(error.kafka_code(), 39);
+    }
+}
+
+#[test]
+fn delete_topic() {
+    let mut image = image_with_brokers(1);
+    apply(&mut image, &create("doomed", id(1), 3, 1)).unwrap();
+    apply(&mut image, &create("kept", id(2), 1, 1)).unwrap();
+    assert_eq!(
+        apply(
+            &mut image,
+            &MetadataCommand::DeleteTopic { topic_id: id(1) }
+        )
+        .unwrap(),
+        ApplyOutcome::TopicDeleted {
+            topic_id: id(1),
+            name: "doomed".into()
+        }
+    );
+    image.assert_consistent();
+    assert!(image.topic("doomed").is_none());
+    assert!(image.topic_by_id(&id(1)).is_none());
+    assert_eq!(image.topic_count(), 1);
+    // The name can be used again, with a new id.
+    apply(&mut image, &create("doomed", id(3), 1, 1)).unwrap();
+    assert_eq!(image.topic("doomed").unwrap().topic_id, id(3));
+}
+
+#[test]
+fn delete_unknown_topic_is_rejected() {
+    let mut image = image_with_brokers(1);
+    let error = reject(&mut image, MetadataCommand::DeleteTopic { topic_id: id(9) });
+    assert_eq!(error, MetadataError::UnknownTopicId(id(9)));
+    assert_eq!(error.kafka_code(), 100);
+}
+
+#[test]
+fn create_partitions() {
+    let mut image = image_with_brokers(2);
+    apply(&mut image, &create("grow", id(1), 2, 2)).unwrap();
+    let before = image.topic("grow").unwrap().partitions.clone();
+    let command = MetadataCommand::CreatePartitions {
+        topic_id: id(1),
+        new_total: 5,
+        assignments: None,
+    };
+    assert_eq!(
+        apply(&mut image, &command).unwrap(),
+        ApplyOutcome::PartitionsCreated {
+            topic_id: id(1),
+            total: 5
+        }
+    );
+    image.assert_consistent();
+    let topic = image.topic("grow").unwrap();
+    assert_eq!(topic.partitions.len(), 5);
+    assert_eq!(
+        topic.partitions[..2],
+        before[..],
+        "existing partitions are untouched"
+    );
+    assert!(topic.partitions.iter().all(|p| p.replicas.len() == 2));
+
+    let explicit = MetadataCommand::CreatePartitions {
+        topic_id: id(1),
+        new_total: 6,
+        assignments: Some(vec![vec![2, 1]]),
+    };
+    apply(&mut image, &explicit).unwrap();
+    assert_eq!(
+        image.topic("grow").unwrap().partitions[5].replicas,
+        vec![2, 1]
+    );
+}
+
+#[test]
+fn create_partitions_rejections() {
+    let mut image = image_with_brokers(1);
+    apply(&mut image, &create("grow", id(1), 3, 1)).unwrap();
+    let grow = |topic_id, new_total| MetadataCommand::CreatePartitions {
+        topic_id,
+        new_total,
+        assignments: None,
+    };
+    assert_eq!(
+        reject(&mut image, grow(id(2), 4)),
+        MetadataError::UnknownTopicId(id(2))
+    );
+    for new_total in [3, 2, 0, -1, PARTITIONS_PER_TOPIC_MAX + 1] {
+        assert!(
+            matches!(
+                reject(&mut image, grow(id(1), new_total)),
+                MetadataError::InvalidPartitions(_)
+            ),
+            "{new_total}"
+        );
+    }
+    let wrong_count = MetadataCommand::CreatePartitions {
+        topic_id: id(1),
+        new_total: 5,
+        assignments: Some(vec![vec![1]]),
+    };
+    assert!(matches!(
+        reject(&mut image, wrong_count),
+        MetadataError::InvalidReplicaAssignment(_)
+    ));
+}
+
+#[test]
+fn alter_topic_configs() {
+    let mut image = image_with_brokers(1);
+    apply(&mut image, &create("t", id(1), 1, 1)).unwrap();
+    let alter = |set: &[(&str, &str)], delete: &[&str]| MetadataCommand::AlterConfigs {
+        resource: ConfigResource::Topic("t".into()),
+        set: configs(set),
+        delete: delete.iter().map(|k| k.to_string()).collect(),
+    };
+    assert_eq!(
+        apply(
+            &mut image,
+            &alter(&[("retention.ms", "5"), ("segment.bytes", "1024")], &[])
+        )
+        .unwrap(),
+        ApplyOutcome::ConfigsAltered
+    );
+    assert_eq!(
+        image.topic("t").unwrap().configs,
+        configs(&[("retention.ms", "5"), ("segment.bytes", "1024")])
+    );
+    apply(
+        &mut image,
+        &alter(
+            &[("retention.ms", "6")],
+            &["segment.bytes", "cleanup.policy"],
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        image.topic("t").unwrap().configs,
+        configs(&[("retention.ms", "6")])
+    );
+
+    assert_eq!(
+        reject(
+            &mut image,
+            MetadataCommand::AlterConfigs {
+                resource: ConfigResource::Topic("nope".into()),
+                set: configs(&[("retention.ms", "5")]),
+                delete: BTreeSet::new(),
+            }
+        ),
+        MetadataError::UnknownTopicOrPartition("nope".into())
+    );
+    assert!(matches!(
+        reject(&mut image, alter(&[("retention.ms", "x")], &[])),
+        MetadataError::InvalidConfig(_)
+    ));
+    assert!(matches!(
+        reject(&mut image, alter(&[], &["bogus"])),
+        MetadataError::InvalidConfig(_)
+    ));
+    assert!(matches!(
+        reject(
+            &mut image,
+            alter(&[("retention.ms", "1")], &["retention.ms"])
+        ),
+        MetadataError::InvalidRequest(_)
+    ));
+}
+
+#[test]
+fn alter_broker_configs() {
+    let mut image = image_with_brokers(1);
+    let alter = |set: &[(&str, &str)], delete: &[&str]| MetadataCommand::AlterConfigs {
+        resource: ConfigResource::Broker(1),
+        set: configs(set),
+        delete: delete.iter().map(|k| k.to_string()).collect(),
+    };
+    apply(&mut image, &alter(&[("log.retention.ms", "100")], &[])).unwrap();
+    assert_eq!(
+        image.broker_configs(1),
+        Some(&configs(&[("log.retention.ms", "100")]))
+    );
+    apply(&mut image, &alter(&[], &["log.retention.ms"])).unwrap();
+    assert_eq!(image.broker_configs(1), None);
+    assert!(matches!(
+        reject(&mut image, alter(&[("", "1")], &[])),
+        MetadataError::InvalidConfig(_)
+    ));
+    assert!(matches!(
+        reject(
+            &mut image,
+            MetadataCommand::AlterConfigs {
+                resource: ConfigResource::Broker(-5),
+                set: BTreeMap::new(),
+                delete: BTreeSet::new(),
+            }
+        ),
+        MetadataError::InvalidRequest(_)
+    ));
+}
+
+#[test]
+fn images_and_commands_round_trip_through_json() {
+    let mut image = image_with_brokers(2);
+    let command = MetadataCommand::CreateTopic {
+        name: "t".into(),
+        topic_id: id(99),
+        partitions: 3,
+        replication_factor: 2,
+        configs: configs(&[("retention.ms", "5")]),
+        assignments: None,
+    };
+    apply(&mut image, &command).unwrap();
+    image.advance_to(7);
+    let json = serde_json::to_string(&image).unwrap();
+    let back: MetadataImage = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, image);
+    assert_eq!(back.version, 8);
+    let json = serde_json::to_string(&command).unwrap();
+    assert_eq!(
+        serde_json::from_str::<MetadataCommand>(&json).unwrap(),
+        command
+    );
+    // A stored image with an invalid topic name is refused, not trusted.
+    let tampered = serde_json::to_string(&image)
+        .unwrap()
+        .replace("\"name\":\"t\"", "\"name\":\"..\"");
+    assert!(serde_json::from_str::<MetadataImage>(&tampered).is_err());
+}
+
+// ---- property tests ----
+
+fn arb_command() -> impl Strategy<Value = MetadataCommand> {
+    // Small domains, so that commands hit existing topics and collide.
+    let name =
+        prop::sample::select(vec!["a", "b", "c", "a.b", "a_b", "", ".."]).prop_map(String::from);
+    let topic_id = (0u128..6).prop_map(Uuid::from_u128);
+    let config = prop::sample::select(vec![
+        ("retention.ms", "100"),
+        ("retention.ms", "-7"),
+        ("segment.bytes", "1048576"),
+        ("cleanup.policy", "compact"),
+        ("bogus", "1"),
+    ]);
+    let configs = prop::collection::btree_map(
+        config.prop_map(|(k, v)| (k.to_string(), v.to_string())),
+        Just(()),
+        0..3,
+    )
+    .prop_map(|m| m.into_keys().collect::<BTreeMap<String, String>>());
+    let assignments = prop::option::weighted(
+        0.2,
+        prop::collection::vec(prop::collection::vec(0i32..5, 1..3), 1..4),
+    );
+    prop_oneof![
+        (0i32..5, prop::option::of(Just("r".to_string()))).prop_map(|(node_id, rack)| {
+            MetadataCommand::RegisterBroker {
+                node_id,
+                host: format!("h{node_id}"),
+                port: 9092,
+                rack,
+            }
+        }),
+        (
+            name.clone(),
+            topic_id.clone(),
+            -1i32..5,
+            -1i16..4,
+            configs.clone(),
+            assignments.clone()
+        )
+            .prop_map(
+                |(name, topic_id, partitions, replication_factor, configs, assignments)| {
+                    MetadataCommand::CreateTopic {
+                        name,
+                        topic_id,
+                        partitions,
+                        replication_factor,
+                        configs,
+                        assignments,
+                    }
+                }
+            ),
+        topic_id
+            .clone()
+            .prop_map(|topic_id| MetadataCommand::DeleteTopic { topic_id }),
+        (topic_id, 0i32..8, assignments).prop_map(|(topic_id, new_total, assignments)| {
+            MetadataCommand::CreatePartitions {
+                topic_id,
+                new_total,
+                assignments,
+            }
+        }),
+        (
+            name,
+            configs,
+            prop::collection::btree_set(
+                prop::sample::select(vec!["retention.ms".to_string(), "bogus".to_string()]),
+                0..2
+            )
+        )
+            .prop_map(|(name, set, delete)| MetadataCommand::AlterConfigs {
+                resource: ConfigResource::Topic(name),
+                set,
+                delete,
+            }),
+    ]
+}
+
+/// Applies commands the way the Raft state machine does: each at its log
+/// index, keeping every outcome.
+fn run(
+    image: &mut MetadataImage,
+    first_index: u64,
+    commands: &[MetadataCommand],
+) -> Vec<Result<ApplyOutcome, MetadataError>> {
+    commands
+        .iter()
+        .enumerate()
+        .map(|(i, command)| {
+            image.advance_to(first_index + i as u64);
+            let outcome = apply(image, command);
+            image.assert_consistent();
+            outcome
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The same log gives the same image and the same outcomes, every time.
+    #[test]
+    fn applying_a_log_is_deterministic(commands in prop::collection::vec(arb_command(), 0..60)) {
+        let mut first = MetadataImage::default();
+        let mut second = MetadataImage::default();
+        let first_outcomes = run(&mut first, 0, &commands);
+        let second_outcomes = run(&mut second, 0, &commands);
+        prop_assert_eq!(&first_outcomes, &second_outcomes);
+        prop_assert_eq!(&first, &second);
+        // Equal down to the bytes that a snapshot would hold.
+        prop_assert_eq!(serde_json::to_vec(&first).unwrap(), serde_json::to_vec(&second).unwrap());
+    }
+
+    /// Snapshot at any point, restore, continue: the same as never stopping.
+    #[test]
+    fn snapshot_restore_continue_equals_continuing(
+        commands in prop::collection::vec(arb_command(), 0..60),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let cut = cut.index(commands.len() + 1);
+        let mut direct = MetadataImage::default();
+        let direct_outcomes = run(&mut direct, 0, &commands);
+
+        let mut before = MetadataImage::default();
+        let mut outcomes = run(&mut before, 0, &commands[..cut]);
+        let snapshot = serde_json::to_vec(&before).unwrap();
+        let mut restored: MetadataImage = serde_json::from_slice(&snapshot).unwrap();
+        prop_assert_eq!(&restored, &before);
+        outcomes.extend(run(&mut restored, cut as u64, &commands[cut..]));
+
+        prop_assert_eq!(&outcomes, &direct_outcomes);
+        prop_assert_eq!(&restored, &direct);
+    }
+}
