@@ -37,10 +37,6 @@ impl OffsetIndex {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn last(&self) -> Option<OffsetEntry> {
         self.entries.last().copied()
     }
@@ -133,10 +129,6 @@ pub struct TimeIndex {
 impl TimeIndex {
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     pub fn last(&self) -> Option<TimeEntry> {

@@ -967,11 +967,11 @@ impl Log {
             file: Arc<File>,
             size: u64,
         }
-        let (target, work, closed_bases, dir_dirty) = {
+        let (target, work, closed_indexes, dir_dirty) = {
             let mut state = lock(&self.state);
             let active_base = state.active().base_offset;
             let mut work = Vec::new();
-            let mut closed_bases = Vec::new();
+            let mut closed_indexes = Vec::new();
             for seg in state.segments.values() {
                 if seg.synced_size < seg.size {
                     work.push(Work {
@@ -980,15 +980,17 @@ impl Log {
                         size: seg.size,
                     });
                 }
-                if seg.base_offset != active_base && !seg.indexes_persisted {
-                    closed_bases.push(seg.base_offset);
+                if seg.base_offset != active_base {
+                    if let Some(pending) = seg.pending_indexes() {
+                        closed_indexes.push((seg.base_offset, pending));
+                    }
                 }
             }
             let dir_dirty = std::mem::take(&mut state.dir_dirty);
             // The epoch checkpoint changes only when leadership does; writing
             // it here, under the lock, keeps it consistent with the log.
             state.epochs.persist()?;
-            (state.log_end_offset(), work, closed_bases, dir_dirty)
+            (state.log_end_offset(), work, closed_indexes, dir_dirty)
         };
         for w in &work {
             w.file
@@ -1001,12 +1003,18 @@ impl Log {
                 return Err(e);
             }
         }
+        // Closed segments' indexes no longer change (only truncation and
+        // the cleaner's swap rewrite them, and both wait for `structure`);
+        // writing them now, before the recovery point passes them, is what
+        // lets a restart trust them. They are written outside the state
+        // lock so that appends do not wait for these fsyncs.
+        for (_, pending) in &closed_indexes {
+            pending.write(true)?;
+        }
         let mut state = lock(&self.state);
-        // Closed segments' indexes no longer change; writing them now, before
-        // the recovery point passes them, is what lets a restart trust them.
-        for base in closed_bases {
-            if let Some(seg) = state.segments.get_mut(&base) {
-                seg.persist_indexes(true)?;
+        for (base, pending) in &closed_indexes {
+            if let Some(seg) = state.segments.get_mut(base) {
+                seg.mark_indexes_written(pending);
             }
         }
         for w in work {

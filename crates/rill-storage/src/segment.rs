@@ -513,34 +513,38 @@ impl Segment {
         Ok(())
     }
 
-    /// Writes both index files whole, fsynced if `sync`. Empty indexes
-    /// are not written at all: a missing index file reads as empty, and
-    /// the batch check after the last entry then covers the whole segment.
-    /// This keeps shutdown of many idle partitions cheap.
+    /// Writes both index files whole, fsynced if `sync` (see
+    /// [`PendingIndexes`]).
     pub fn persist_indexes(&mut self, sync: bool) -> Result<()> {
-        if self.indexes_persisted {
-            return Ok(());
+        if let Some(pending) = self.pending_indexes() {
+            pending.write(sync)?;
+            self.mark_indexes_written(&pending);
         }
-        for (path, bytes) in [
-            (self.index_path(), self.offset_index.encode()),
-            (self.time_index_path(), self.time_index.encode()),
-        ] {
-            if bytes.is_empty() {
-                if self.index_files_on_disk {
-                    remove_if_exists(&path)?;
-                }
-                continue;
-            }
-            let file = File::create(&path).map_err(StorageError::io("create", &path))?;
-            file.write_all_at(&bytes, 0)
-                .map_err(StorageError::io("write", &path))?;
-            if sync {
-                file.sync_all().map_err(StorageError::io("fsync", &path))?;
-            }
-        }
-        self.indexes_persisted = true;
-        self.index_files_on_disk = !self.offset_index.is_empty() || !self.time_index.is_empty();
         Ok(())
+    }
+
+    /// The indexes as they should be on disk, if they are not yet: encoded
+    /// under the log's lock, written outside it.
+    pub fn pending_indexes(&self) -> Option<PendingIndexes> {
+        if self.indexes_persisted {
+            return None;
+        }
+        Some(PendingIndexes {
+            file_id: self.file_id,
+            files: [
+                (self.index_path(), self.offset_index.encode()),
+                (self.time_index_path(), self.time_index.encode()),
+            ],
+            may_exist: self.index_files_on_disk,
+        })
+    }
+
+    /// Records that `pending` (taken from this segment) is on disk.
+    pub fn mark_indexes_written(&mut self, pending: &PendingIndexes) {
+        if pending.file_id == self.file_id {
+            self.indexes_persisted = true;
+            self.index_files_on_disk = pending.files.iter().any(|(_, bytes)| !bytes.is_empty());
+        }
     }
 
     /// Removes the segment's files.
@@ -552,6 +556,38 @@ impl Segment {
             self.log_path.clone(),
         ] {
             remove_if_exists(&path)?;
+        }
+        Ok(())
+    }
+}
+
+/// A segment's two index files, encoded. Empty indexes are not written at
+/// all (an existing file is removed): a missing index file reads as empty,
+/// and the batch check after the last entry then covers the whole segment.
+/// This keeps shutdown of many idle partitions cheap.
+#[derive(Debug)]
+pub struct PendingIndexes {
+    file_id: FileId,
+    files: [(PathBuf, Vec<u8>); 2],
+    /// Whether index files may exist from before (to be removed if empty).
+    may_exist: bool,
+}
+
+impl PendingIndexes {
+    pub fn write(&self, sync: bool) -> Result<()> {
+        for (path, bytes) in &self.files {
+            if bytes.is_empty() {
+                if self.may_exist {
+                    remove_if_exists(path)?;
+                }
+                continue;
+            }
+            let file = File::create(path).map_err(StorageError::io("create", path))?;
+            file.write_all_at(bytes, 0)
+                .map_err(StorageError::io("write", path))?;
+            if sync {
+                file.sync_all().map_err(StorageError::io("fsync", path))?;
+            }
         }
         Ok(())
     }
