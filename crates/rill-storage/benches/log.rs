@@ -430,9 +430,23 @@ fn raw_benches(group: &mut BenchmarkGroup<'_, WallTime>, s: &Setup) {
 fn append_benches(group: &mut BenchmarkGroup<'_, WallTime>, s: &Setup) {
     let (count, bytes) = s.batches();
     group.throughput(Throughput::Bytes(bytes));
-    for (name, fsync_every) in [
-        ("append_no_fsync", None),
-        ("append_fsync_inline_every_mib", Some(FSYNC_EVERY)),
+    // How each benchmark makes its appends durable.
+    #[derive(Clone, Copy)]
+    enum Durability {
+        None,
+        InlineEvery(u64),
+        GroupCommitEvery(u64),
+    }
+    for (name, durability) in [
+        ("append_no_fsync", Durability::None),
+        (
+            "append_fsync_inline_every_mib",
+            Durability::InlineEvery(FSYNC_EVERY),
+        ),
+        (
+            "append_group_commit_every_mib",
+            Durability::GroupCommitEvery(FSYNC_EVERY),
+        ),
     ] {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -440,27 +454,21 @@ fn append_benches(group: &mut BenchmarkGroup<'_, WallTime>, s: &Setup) {
                     let dir = s.temp_dir("append-");
                     let log = open_log(&dir.path().join("bench-0"));
                     sync_machine();
-                    let elapsed = timed(|| append_batches(&log, &s.batch, count, fsync_every));
+                    let elapsed = timed(|| match durability {
+                        Durability::None => append_batches(&log, &s.batch, count, None),
+                        Durability::InlineEvery(every) => {
+                            append_batches(&log, &s.batch, count, Some(every))
+                        }
+                        Durability::GroupCommitEvery(every) => {
+                            append_batches_group_commit(&log, &s.batch, count, every)
+                        }
+                    });
                     assert_eq!(log.size_bytes(), bytes);
                     elapsed
                 })
             })
         });
     }
-    let name = "append_group_commit_every_mib";
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            repeat(name, iters, || {
-                let dir = s.temp_dir("append-");
-                let log = open_log(&dir.path().join("bench-0"));
-                sync_machine();
-                let elapsed =
-                    timed(|| append_batches_group_commit(&log, &s.batch, count, FSYNC_EVERY));
-                assert_eq!(log.size_bytes(), bytes);
-                elapsed
-            })
-        })
-    });
 }
 
 fn read_benches(group: &mut BenchmarkGroup<'_, WallTime>, s: &Setup) {

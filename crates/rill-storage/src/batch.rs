@@ -59,6 +59,9 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Every codec a v2 batch can name.
+    pub const ALL: [Self; 5] = [Self::None, Self::Gzip, Self::Snappy, Self::Lz4, Self::Zstd];
+
     pub fn from_attributes(attributes: i16) -> Result<Self, CorruptBatch> {
         match attributes & ATTR_COMPRESSION_MASK {
             0 => Ok(Self::None),

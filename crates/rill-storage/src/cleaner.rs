@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::batch::{self, BatchHeader, TimestampType};
 use crate::error::{CorruptBatch, Result, StorageError};
@@ -56,7 +56,7 @@ impl Log {
         // Pass 1: the latest offset of every key in the closed segments.
         let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
         for seg in &segments {
-            for_each_batch(&seg.file, seg.size, |header, bytes| {
+            for_each_batch(seg, |header, bytes| {
                 if header.is_control() || header.is_transactional() {
                     return Ok(());
                 }
@@ -72,16 +72,11 @@ impl Log {
         // Pass 2: rewrite each segment.
         let now_ms = self.clock_now_ms();
         let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
-        for ClosedSegment {
-            base_offset,
-            file_id,
-            file,
-            size,
-        } in segments
-        {
+        for seg in &segments {
+            let (base_offset, file_id, size) = (seg.base_offset, seg.file_id, seg.size);
             let mut out = Vec::with_capacity(size as usize);
             let mut changed = false;
-            for_each_batch(&file, size, |header, bytes| {
+            for_each_batch(seg, |header, bytes| {
                 if header.is_control() || header.is_transactional() {
                     out.extend_from_slice(bytes);
                     return Ok(());
@@ -173,41 +168,29 @@ fn rebuild(
     Ok(builder.build())
 }
 
-/// Calls `visit` with every batch of a segment file, in order.
+/// Calls `visit` with every batch of a segment file, in order. A batch that
+/// fails its checks or whose records do not decode stops the pass with
+/// [`StorageError::CorruptLog`], naming the file and position.
 fn for_each_batch(
-    file: &File,
-    size: u64,
+    seg: &ClosedSegment,
     mut visit: impl FnMut(&BatchHeader, &[u8]) -> std::result::Result<(), CorruptBatch>,
 ) -> Result<()> {
-    let mut cursor = BatchCursor::new(file, 0, size, READ_CHUNK_BYTES);
+    let corrupt = |position, reason| StorageError::CorruptLog {
+        path: seg.log_path.clone(),
+        position,
+        reason,
+    };
+    let mut cursor = BatchCursor::new(&seg.file, 0, seg.size, READ_CHUNK_BYTES);
     loop {
         let position = cursor.position;
         match cursor.next_batch() {
             Ok(Some(bytes)) => {
-                let header = batch::check(bytes).map_err(|reason| StorageError::Corrupt {
-                    batch_index: 0,
-                    reason,
-                })?;
-                visit(&header, bytes).map_err(|reason| StorageError::Corrupt {
-                    batch_index: 0,
-                    reason,
-                })?;
+                let header = batch::check(bytes).map_err(|reason| corrupt(position, reason))?;
+                visit(&header, bytes).map_err(|reason| corrupt(position, reason))?;
             }
             Ok(None) => return Ok(()),
-            Err(CursorError::Corrupt(reason)) => {
-                warn!(position, %reason, "cleaner found an unreadable batch; skipping this pass");
-                return Err(StorageError::Corrupt {
-                    batch_index: 0,
-                    reason,
-                });
-            }
-            Err(CursorError::Io(e)) => {
-                return Err(StorageError::Io {
-                    op: "read",
-                    path: Default::default(),
-                    source: e,
-                })
-            }
+            Err(CursorError::Corrupt(reason)) => return Err(corrupt(position, reason)),
+            Err(CursorError::Io(e)) => return Err(StorageError::io("read", &seg.log_path)(e)),
         }
     }
 }

@@ -59,6 +59,14 @@ pub enum StorageError {
         batch_index: usize,
         reason: InvalidRecord,
     },
+    /// A batch already in the log failed its checks when read back (found
+    /// by the cleaner; recovery cuts such damage at start-up instead).
+    #[error("corrupt record batch in {} at byte {position}: {reason}", path.display())]
+    CorruptLog {
+        path: PathBuf,
+        position: u64,
+        reason: CorruptBatch,
+    },
     /// A read or lookup named an offset outside `[log start, log end]`
     /// (OFFSET_OUT_OF_RANGE upstream).
     #[error("offset {offset} is outside the log's range [{log_start_offset}, {log_end_offset}]")]

@@ -79,6 +79,7 @@ pub(crate) struct ClosedSegment {
     pub base_offset: i64,
     pub file_id: crate::files::FileId,
     pub file: Arc<File>,
+    pub log_path: PathBuf,
     pub size: u64,
 }
 
@@ -787,14 +788,18 @@ impl Log {
                 return Ok(headers);
             }
             for region in &info.regions {
-                let mut cursor = BatchCursor::new(
-                    &region.file,
-                    region.position,
-                    region.position + region.len,
-                    64 * 1024,
-                );
-                while let Ok(Some(header)) = cursor.next_header() {
-                    headers.push(header);
+                let end = region.position + region.len;
+                let mut cursor = BatchCursor::new(&region.file, region.position, end, HEADER_CHUNK);
+                loop {
+                    match cursor.next_header() {
+                        Ok(Some(header)) => headers.push(header),
+                        // `read` walked these very batches; a region that no
+                        // longer parses was cut meanwhile (truncation).
+                        Ok(None) | Err(segment::CursorError::Corrupt(_)) => break,
+                        Err(segment::CursorError::Io(e)) => {
+                            return Err(StorageError::io("read", &self.dir)(e))
+                        }
+                    }
                 }
             }
             offset = info.next_offset;
@@ -1276,6 +1281,7 @@ impl Log {
                     base_offset: s.base_offset,
                     file_id: s.file_id,
                     file: s.file(&self.files)?,
+                    log_path: s.log_path.clone(),
                     size: s.size,
                 })
             })

@@ -243,14 +243,21 @@ impl LogManager {
         Ok(Some(start))
     }
 
-    /// Runs retention and compaction over every log once.
+    /// Runs retention and compaction over every log once. A log that fails
+    /// (a corrupt batch the cleaner cannot read, a full disk) is logged and
+    /// skipped so that the others are still cleaned; the first failure is
+    /// returned after the pass.
     pub fn run_cleanup(&self) -> Result<()> {
-        let logs: Vec<Arc<Log>> = self.snapshot().into_iter().map(|(_, log)| log).collect();
-        for log in logs {
-            log.apply_retention()?;
-            log.compact()?;
+        let mut first_failure = None;
+        for (tp, log) in self.snapshot() {
+            let result = log.apply_retention().and_then(|_| log.compact());
+            if let Err(error) = result {
+                warn!(topic = %tp.topic, partition = tp.partition, %error, "cleanup of this log failed; skipping it this pass");
+                first_failure.get_or_insert(error);
+            }
         }
-        self.checkpoint()
+        self.checkpoint()?;
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Every log, as of now; the map's lock is not held while they are used.

@@ -690,13 +690,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const CODECS: [Compression; 5] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
+    const CODECS: [Compression; 5] = Compression::ALL;
 
     fn record(offset_delta: i32, key: Option<&[u8]>, value: Option<&[u8]>) -> Record {
         Record {

@@ -1951,6 +1951,59 @@ mod manager {
         lines
     }
 
+    /// A segment damaged on disk after it was written stops the cleaner for
+    /// that log with an error that names the file and the position, and the
+    /// other logs are still cleaned.
+    #[test]
+    fn cleanup_reports_a_corrupt_segment_and_cleans_the_other_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = open(dir.path());
+        let config = LogConfig {
+            segment_bytes: 200,
+            cleanup_policy: rill_storage::CleanupPolicy::COMPACT,
+            ..small_config()
+        };
+        // Four healthy logs beside the damaged one: whatever order the
+        // manager visits them in, stopping at the damaged one would leave
+        // some of them uncleaned.
+        let damaged = tp(0);
+        let healthy: Vec<TopicPartition> = (1..5).map(tp).collect();
+        for tp in std::iter::once(&damaged).chain(&healthy) {
+            let log = manager.get_or_create(tp, config.clone()).unwrap();
+            for i in 0..6 {
+                // Every batch rewrites the same key, so compaction has work.
+                log.append(&mut batch_of(&[(Some(b"k"), Some(b"v"), START_MS + i)]), 0)
+                    .unwrap();
+            }
+            assert!(log.segment_count() > 2);
+        }
+        let first_segment = dir
+            .path()
+            .join(damaged.dir_name())
+            .join("00000000000000000000.log");
+        let mut bytes = std::fs::read(&first_segment).unwrap();
+        // A byte of the first batch's records, which its CRC covers.
+        bytes[63] ^= 0xff;
+        std::fs::write(&first_segment, bytes).unwrap();
+
+        let error = manager.run_cleanup().unwrap_err();
+        match &error {
+            StorageError::CorruptLog { path, position, .. } => {
+                assert_eq!(path, &first_segment);
+                assert_eq!(*position, 0);
+            }
+            other => panic!("expected CorruptLog, got {other:?}"),
+        }
+        assert!(
+            error.to_string().contains("00000000000000000000.log"),
+            "{error}"
+        );
+        for tp in &healthy {
+            let kept = decode_all(&read_all(&manager.get(tp).unwrap()));
+            assert!(kept.len() < 6, "{tp} was not compacted: {kept:?}");
+        }
+    }
+
     #[test]
     fn creates_checkpoints_and_restarts_cleanly() {
         init_tracing();
