@@ -16,6 +16,9 @@
 //!   broker whether to answer or close the connection.
 //! - [`response`]: [`encode_response`] writes a whole response frame with the
 //!   header version Kafka uses (always v0 for ApiVersions).
+//! - [`fetch`]: [`encode_fetch_response`], the zero-copy Fetch writer: the
+//!   response encoded around holes where each partition's records go, for
+//!   the broker to fill with `sendfile`.
 //! - [`versions`]: [`SUPPORTED_APIS`], the supported-version table, and the
 //!   ApiVersions response bodies built from it.
 //!
@@ -60,11 +63,16 @@
 //! `tests/hostile_lengths.rs` show the problem and will fail when a vulnerable
 //! API is added to the table.
 
+pub mod fetch;
 pub mod frame;
 pub mod request;
 pub mod response;
 pub mod versions;
 
+pub use fetch::{
+    encode_fetch_response, FetchPartitionOut, FetchResponseOut, FetchTopicOut, FramePart,
+    RecordSource, FETCH_VERSIONS,
+};
 pub use frame::{
     decode_frame, encode_frame, finish_frame, start_frame, FrameError, FrameStart,
     REQUEST_BYTES_MAX_DEFAULT, SIZE_PREFIX_LEN,
