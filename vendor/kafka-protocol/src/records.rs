@@ -514,7 +514,11 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // rill patch (see PATCHES.md): the declared count is checked against
+        // the bytes left before anything is reserved for it.
+        let record_count = batch_decode_info.record_count as usize;
+        types::check_collection_len(record_count, buf)?;
+        records.reserve(types::collection_capacity::<Record>(record_count));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -893,7 +897,13 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        // rill patch (see PATCHES.md): the declared count is checked against
+        // the bytes left before anything is allocated for it.
+        types::check_collection_len(num_headers, buf)?;
+        let mut headers = IndexMap::with_capacity(types::collection_capacity::<(
+            StrBytes,
+            Option<Bytes>,
+        )>(num_headers));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

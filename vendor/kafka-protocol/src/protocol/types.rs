@@ -10,6 +10,49 @@ use anyhow::{bail, Result};
 use std::convert::TryFrom;
 use std::string::String as StdString;
 
+// rill patch (see PATCHES.md at the crate root): the three functions below
+// keep a client-declared length from reaching an allocation unchecked.
+
+/// Rejects a declared collection length larger than the bytes left in the
+/// buffer, before anything is allocated for the collection.
+///
+/// Every element takes at least one byte on the wire, so a longer declaration
+/// cannot be honest, and reserving it first would let a few bytes of input ask
+/// for gigabytes. Kafka's generated readers make the same check with the same
+/// message.
+pub(crate) fn check_collection_len<B: ByteBuf>(len: usize, buf: &B) -> Result<()> {
+    let remaining = buf.remaining();
+    if len > remaining {
+        bail!(
+            "Tried to allocate a collection of size {len}, but there are only {remaining} bytes remaining"
+        );
+    }
+    Ok(())
+}
+
+/// The most bytes reserved for a collection before its elements are read, as
+/// serde's `size_hint::cautious`. A declared length that passed
+/// [`check_collection_len`] can still be as large as the frame, and elements
+/// are larger in memory than their minimum on the wire; past this bound the
+/// collection grows only as elements are actually decoded.
+const COLLECTION_PREALLOCATION_BYTES_MAX: usize = 1024 * 1024;
+
+/// The capacity to reserve for a collection of `len` elements of `T`, where
+/// `len` has passed [`check_collection_len`].
+pub(crate) fn collection_capacity<T>(len: usize) -> usize {
+    len.min(COLLECTION_PREALLOCATION_BYTES_MAX / std::mem::size_of::<T>().max(1))
+}
+
+/// Rejects a declared string or byte-array length larger than the bytes left
+/// in the buffer, before a buffer of that length is allocated and zeroed.
+fn check_data_len<B: ByteBuf>(len: usize, buf: &B) -> Result<()> {
+    let remaining = buf.remaining();
+    if len > remaining {
+        bail!("Error reading byte array of {len} byte(s): only {remaining} byte(s) available");
+    }
+    Ok(())
+}
+
 macro_rules! define_copy_impl {
     ($e:ident, $t:ty) => (
         impl Encoder<$t> for $e {
@@ -359,6 +402,7 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                check_data_len(n as usize, buf)?;
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -511,6 +555,7 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                check_data_len((n - 1) as usize, buf)?;
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +700,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                check_data_len(n as usize, buf)?;
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +850,7 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                check_data_len((n - 1) as usize, buf)?;
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -985,7 +1032,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                check_collection_len(n as usize, buf)?;
+                let mut result = Vec::with_capacity(collection_capacity::<T>(n as usize));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,7 +1141,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                check_collection_len((n - 1) as usize, buf)?;
+                let mut result = Vec::with_capacity(collection_capacity::<T>((n - 1) as usize));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
