@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`state`]: [`MetadataCommand`], [`MetadataImage`] and [`apply`], the
 //!   state machine itself: topics (by name and by id), partitions with their
-//!   replicas, leader, leader epoch and ISR, topic and broker configs, and
-//!   registered brokers. No I/O, no clock, no randomness.
+//!   replicas, leader, leader epoch and ISR, topic and broker configs,
+//!   registered brokers, and the next free producer id (blocks of ids go to
+//!   brokers, which hand them to idempotent producers). No I/O, no clock,
+//!   no randomness.
 //! - [`config`]: which topic configs exist and what values they take
 //!   (INVALID_CONFIG otherwise).
 //! - [`raft`]: the state machine run by openraft with this node as the only

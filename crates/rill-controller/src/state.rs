@@ -29,6 +29,15 @@ pub const PARTITIONS_PER_TOPIC_MAX: i32 = 100_000;
 /// an `i16`; nobody needs more than a handful).
 pub const REPLICATION_FACTOR_MAX: i16 = 64;
 
+/// The producer ids a broker takes from the controller at a time, as in
+/// Kafka (`ProducerIdsBlock.PRODUCER_ID_BLOCK_SIZE`).
+pub const PRODUCER_ID_BLOCK_SIZE: i32 = 1000;
+
+/// The largest block one `AllocateProducerIds` may ask for. Kafka's brokers
+/// always ask for [`PRODUCER_ID_BLOCK_SIZE`]; the bound keeps a mistaken
+/// caller from burning through the id space.
+pub const PRODUCER_ID_BLOCK_SIZE_MAX: i32 = 1_000_000;
+
 /// A change to the cluster metadata. These are the entries of the
 /// controller's Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +79,11 @@ pub enum MetadataCommand {
         set: BTreeMap<String, String>,
         delete: BTreeSet<String>,
     },
+    /// Reserves the next `count` producer ids for broker `node_id`, which
+    /// hands them to idempotent producers (InitProducerId). Ids are never
+    /// handed out twice: the next free id is part of the image, so it
+    /// survives restarts and snapshots, and every broker takes from it.
+    AllocateProducerIds { node_id: NodeId, count: i32 },
 }
 
 /// What an `AlterConfigs` changes.
@@ -99,6 +113,12 @@ pub enum ApplyOutcome {
         total: i32,
     },
     ConfigsAltered,
+    /// The producer ids `first..first + count` now belong to the broker
+    /// that asked.
+    ProducerIdsAllocated {
+        first: i64,
+        count: i32,
+    },
     /// A Raft entry that carries no command (a leader's blank entry or a
     /// membership change) was applied.
     Nothing,
@@ -137,6 +157,14 @@ pub enum MetadataError {
     /// such as a broker registration without a host.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// BROKER_ID_NOT_REGISTERED (102): a broker-only command from a node
+    /// that has not registered.
+    #[error("broker {0} is not registered")]
+    BrokerIdNotRegistered(NodeId),
+    /// UNKNOWN_SERVER_ERROR (-1): what Kafka answers when the producer-id
+    /// space (`i64`) is used up.
+    #[error("{0}")]
+    UnknownServerError(String),
 }
 
 impl MetadataError {
@@ -152,6 +180,8 @@ impl MetadataError {
             MetadataError::UnknownTopicId(_) => 100,
             MetadataError::InvalidConfig(_) => 40,
             MetadataError::InvalidRequest(_) => 42,
+            MetadataError::BrokerIdNotRegistered(_) => 102,
+            MetadataError::UnknownServerError(_) => -1,
         }
     }
 }
@@ -219,6 +249,11 @@ pub struct MetadataImage {
     topic_ids: BTreeMap<String, TopicId>,
     brokers: BTreeMap<NodeId, BrokerRegistration>,
     broker_configs: BTreeMap<NodeId, BTreeMap<String, String>>,
+    /// The first producer id no broker has been given. Snapshots written
+    /// before producer ids existed lack it; they had handed out none, so 0
+    /// is right for them.
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -258,6 +293,11 @@ impl MetadataImage {
         self.broker_configs.get(&node_id)
     }
 
+    /// The first producer id not yet allocated to any broker.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
+    }
+
     /// Moves the image to the log entry at `index`. Called by the Raft state
     /// machine before it applies each entry.
     pub fn advance_to(&mut self, index: u64) {
@@ -272,6 +312,7 @@ impl MetadataImage {
     /// Checks the image's internal cross-references. Tests call it after
     /// every command; it is cheap enough for a debug assertion too.
     pub fn assert_consistent(&self) {
+        assert!(self.next_producer_id >= 0);
         assert_eq!(self.topics.len(), self.topic_ids.len());
         for (name, id) in &self.topic_ids {
             let topic = &self.topics[id];
@@ -439,6 +480,27 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
             }
             Ok(())
         }
+        MetadataCommand::AllocateProducerIds { node_id, count } => {
+            if !image.brokers.contains_key(node_id) {
+                return Err(MetadataError::BrokerIdNotRegistered(*node_id));
+            }
+            if !(1..=PRODUCER_ID_BLOCK_SIZE_MAX).contains(count) {
+                return Err(MetadataError::InvalidRequest(format!(
+                    "producer id block size {count} is not in 1..={PRODUCER_ID_BLOCK_SIZE_MAX}"
+                )));
+            }
+            if image
+                .next_producer_id
+                .checked_add(i64::from(*count))
+                .is_none()
+            {
+                return Err(MetadataError::UnknownServerError(format!(
+                    "exhausted all producer ids: the block at {} of {count} would pass i64::MAX",
+                    image.next_producer_id
+                )));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -555,6 +617,14 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
                 }
             }
             ApplyOutcome::ConfigsAltered
+        }
+        MetadataCommand::AllocateProducerIds { node_id: _, count } => {
+            let first = image.next_producer_id;
+            image.next_producer_id = first + i64::from(*count);
+            ApplyOutcome::ProducerIdsAllocated {
+                first,
+                count: *count,
+            }
         }
     }
 }

@@ -78,6 +78,39 @@ async fn topics_survive_a_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Producer ids are never handed out twice, whether the controller restarts
+/// from its log alone or from a snapshot plus the log after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_id_blocks_are_unique_across_restarts() -> anyhow::Result<()> {
+    let allocate = MetadataCommand::AllocateProducerIds {
+        node_id: 1,
+        count: 1000,
+    };
+    let dir = tempfile::tempdir()?;
+    let mut firsts = Vec::new();
+    for round in 0..3 {
+        let controller = Controller::open(dir.path(), 1).await?;
+        if round == 0 {
+            controller.submit(register(1)).await?;
+        }
+        for _ in 0..2 {
+            match controller.submit(allocate.clone()).await? {
+                ApplyOutcome::ProducerIdsAllocated { first, count } => {
+                    assert_eq!(count, 1000);
+                    firsts.push(first);
+                }
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        if round == 1 {
+            controller.snapshot().await?;
+        }
+        controller.shutdown().await?;
+    }
+    assert_eq!(firsts, vec![0, 1000, 2000, 3000, 4000, 5000]);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_commands_change_nothing_and_say_why() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use rill_controller::state::{PARTITIONS_PER_TOPIC_MAX, REPLICATION_FACTOR_MAX};
+use rill_controller::state::{
+    PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_SIZE, PRODUCER_ID_BLOCK_SIZE_MAX,
+    REPLICATION_FACTOR_MAX,
+};
 use rill_controller::{
     apply, check, ApplyOutcome, ConfigResource, MetadataCommand, MetadataError, MetadataImage,
 };
@@ -525,6 +528,85 @@ fn images_and_commands_round_trip_through_json() {
     assert!(serde_json::from_str::<MetadataImage>(&tampered).is_err());
 }
 
+fn allocate(node_id: i32, count: i32) -> MetadataCommand {
+    MetadataCommand::AllocateProducerIds { node_id, count }
+}
+
+#[test]
+fn producer_id_blocks_follow_each_other_across_brokers() {
+    let mut image = image_with_brokers(2);
+    assert_eq!(image.next_producer_id(), 0);
+    assert_eq!(
+        apply(&mut image, &allocate(1, PRODUCER_ID_BLOCK_SIZE)).unwrap(),
+        ApplyOutcome::ProducerIdsAllocated {
+            first: 0,
+            count: PRODUCER_ID_BLOCK_SIZE
+        }
+    );
+    assert_eq!(
+        apply(&mut image, &allocate(2, PRODUCER_ID_BLOCK_SIZE)).unwrap(),
+        ApplyOutcome::ProducerIdsAllocated {
+            first: 1000,
+            count: PRODUCER_ID_BLOCK_SIZE
+        }
+    );
+    assert_eq!(
+        apply(&mut image, &allocate(1, 1)).unwrap(),
+        ApplyOutcome::ProducerIdsAllocated {
+            first: 2000,
+            count: 1
+        }
+    );
+    assert_eq!(image.next_producer_id(), 2001);
+    image.assert_consistent();
+}
+
+#[test]
+fn producer_id_allocation_rejections() {
+    let mut image = image_with_brokers(1);
+    assert_eq!(
+        reject(&mut image, allocate(7, PRODUCER_ID_BLOCK_SIZE)),
+        MetadataError::BrokerIdNotRegistered(7)
+    );
+    assert_eq!(
+        reject(&mut image, allocate(7, PRODUCER_ID_BLOCK_SIZE)).kafka_code(),
+        102
+    );
+    for count in [0, -1, PRODUCER_ID_BLOCK_SIZE_MAX + 1] {
+        assert!(matches!(
+            reject(&mut image, allocate(1, count)),
+            MetadataError::InvalidRequest(_)
+        ));
+    }
+    // Up to the last id an i64 holds, then no further.
+    let mut json = serde_json::to_value(&image).unwrap();
+    json["next_producer_id"] = serde_json::json!(i64::MAX - 10);
+    let mut image: MetadataImage = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        apply(&mut image, &allocate(1, 10)).unwrap(),
+        ApplyOutcome::ProducerIdsAllocated {
+            first: i64::MAX - 10,
+            count: 10
+        }
+    );
+    let error = reject(&mut image, allocate(1, 1));
+    assert!(matches!(error, MetadataError::UnknownServerError(_)));
+    assert_eq!(error.kafka_code(), -1);
+}
+
+#[test]
+fn snapshots_from_before_producer_ids_load_with_none_handed_out() {
+    let mut image = image_with_brokers(1);
+    let mut json = serde_json::to_value(&image).unwrap();
+    json.as_object_mut().unwrap().remove("next_producer_id");
+    let old: MetadataImage = serde_json::from_value(json).unwrap();
+    assert_eq!(old, image);
+    assert_eq!(old.next_producer_id(), 0);
+    apply(&mut image, &allocate(1, 5)).unwrap();
+    let back: MetadataImage = serde_json::from_slice(&serde_json::to_vec(&image).unwrap()).unwrap();
+    assert_eq!(back.next_producer_id(), 5);
+}
+
 // ---- property tests ----
 
 fn arb_command() -> impl Strategy<Value = MetadataCommand> {
@@ -601,6 +683,11 @@ fn arb_command() -> impl Strategy<Value = MetadataCommand> {
                 set,
                 delete,
             }),
+        (
+            0i32..5,
+            prop::sample::select(vec![0, 1, PRODUCER_ID_BLOCK_SIZE])
+        )
+            .prop_map(|(node_id, count)| MetadataCommand::AllocateProducerIds { node_id, count }),
     ]
 }
 
