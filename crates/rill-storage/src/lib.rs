@@ -20,6 +20,9 @@
 //!   flush with group commit, truncation, retention).
 //! - `cleaner`: compaction, as [`Log::compact`].
 //! - [`epoch`]: the leader-epoch cache.
+//! - [`producer_state`]: idempotent producers' epochs and last batches per
+//!   partition, the sequence rules, and its snapshots (the caller holds a
+//!   lock across check, append and record).
 //! - [`manager`]: [`LogManager`], all logs of a data directory and their
 //!   checkpoints.
 //! - [`files`]: the bounded cache of open segment files.
@@ -36,6 +39,7 @@ pub mod files;
 mod index;
 pub mod log;
 pub mod manager;
+pub mod producer_state;
 pub mod records;
 mod segment;
 
