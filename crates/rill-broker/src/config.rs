@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rill_storage::producer_state::ProducerStateConfig;
 use rill_storage::LogConfig;
 use rill_types::NodeId;
 
@@ -37,6 +38,13 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// How often retention and compaction run (`log.retention.check.interval.ms`).
     pub log_cleanup_interval: Duration,
+    /// Idempotent producers' state in each partition:
+    /// `producer.id.expiration.ms` (one day) and the most producers one
+    /// partition remembers.
+    pub producer_state: ProducerStateConfig,
+    /// How often idle producers are expired
+    /// (`producer.id.expiration.check.interval.ms`).
+    pub producer_id_expiration_check_interval: Duration,
 
     /// `socket.request.max.bytes`: a larger request frame closes the connection.
     pub request_bytes_max: usize,
@@ -84,6 +92,8 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             log_defaults: LogConfig::default(),
             log_cleanup_interval: Duration::from_secs(300),
+            producer_state: ProducerStateConfig::default(),
+            producer_id_expiration_check_interval: Duration::from_secs(600),
             request_bytes_max: rill_protocol::REQUEST_BYTES_MAX_DEFAULT,
             connections_max: Self::CONNECTIONS_MAX_DEFAULT,
             inflight_requests_per_connection_max:

@@ -209,6 +209,9 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
         RequestKind::DeleteTopics(body) => ready(ResponseKind::DeleteTopics(
             handlers::delete_topics::handle(b, v, body).await,
         )),
+        RequestKind::InitProducerId(body) => ready(ResponseKind::InitProducerId(
+            handlers::init_producer_id::handle(b, v, body).await,
+        )),
         other => {
             // The version table let it through, so a handler must exist: a bug.
             warn!(api_key = ?api_key, "no handler for an advertised API; closing the connection");

@@ -3,8 +3,11 @@
 //! Kafka codes).
 
 use kafka_protocol::error::ResponseError;
-use rill_controller::ControllerError;
+use rill_controller::{ControllerError, MetadataError};
+use rill_storage::producer_state::ProducerStateError;
 use rill_storage::StorageError;
+
+use crate::replica::AppendError;
 
 use rill_protocol::kafka_protocol;
 
@@ -24,6 +27,41 @@ pub fn storage_error_code(error: &StorageError) -> i16 {
         }
     };
     kind.code()
+}
+
+/// The Kafka error code for a refused leader append.
+pub fn append_error_code(error: &AppendError) -> i16 {
+    match error {
+        AppendError::Storage(error) => storage_error_code(error),
+        AppendError::Producer(error) => producer_state_error_code(error),
+        AppendError::InvalidRecord(_) => ResponseError::InvalidRecord.code(),
+        AppendError::InvalidTxnState(_) => ResponseError::InvalidTxnState.code(),
+    }
+}
+
+/// The Kafka error code for a batch the idempotence rules refused. Kafka
+/// answers INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED, to a produce from
+/// a fenced epoch since 2.7 (KIP-588): clients treat it as abortable.
+pub fn producer_state_error_code(error: &ProducerStateError) -> i16 {
+    let kind = match error {
+        ProducerStateError::InvalidSequence { .. } => ResponseError::InvalidRecord,
+        ProducerStateError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        ProducerStateError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+    };
+    kind.code()
+}
+
+/// The Kafka error code for an InitProducerId whose block of ids could not
+/// be had from the controller. Kafka answers COORDINATOR_LOAD_IN_PROGRESS
+/// while a broker waits for its next block, which clients retry; only an
+/// exhausted id space is final.
+pub fn producer_id_error_code(error: &ControllerError) -> i16 {
+    match error {
+        ControllerError::Rejected(rejection @ MetadataError::UnknownServerError(_)) => {
+            rejection.kafka_code()
+        }
+        _ => ResponseError::CoordinatorLoadInProgress.code(),
+    }
 }
 
 /// The Kafka error code and message for a failed controller proposal.

@@ -10,9 +10,11 @@
 //!   off the connection's path).
 //! - `handlers`: one module per Kafka API with the same shape:
 //!   `handle(broker, version, request) -> response`.
-//! - [`replica`]: [`replica::Partition`] (log, leader epoch, high watermark)
-//!   and [`replica::ReplicaManager`], kept in step with the controller's
-//!   metadata image.
+//! - [`replica`]: [`replica::Partition`] (log, leader epoch, high watermark,
+//!   idempotent producers' state) and [`replica::ReplicaManager`], kept in
+//!   step with the controller's metadata image.
+//! - `producer_ids`: producer ids for InitProducerId, from blocks the
+//!   controller allocates.
 //! - `errors`: storage and controller errors → Kafka error codes; the only
 //!   place that mapping lives.
 //! - `http`: `/health`.
@@ -27,6 +29,7 @@ mod connection;
 mod errors;
 mod handlers;
 mod http;
+mod producer_ids;
 pub mod replica;
 pub mod server;
 

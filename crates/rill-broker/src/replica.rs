@@ -6,18 +6,29 @@
 //! end offset: the only in-sync replica is the leader itself. The fields are
 //! kept apart anyway so that replication adds followers without changing how
 //! handlers read a partition.
+//!
+//! Each partition also holds the state of its idempotent producers
+//! ([`rill_storage::producer_state`]): loaded when the partition is opened
+//! (a snapshot plus the log after it), checked and updated by every append
+//! of a batch with a producer id, snapshotted by housekeeping and at
+//! shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use rill_controller::{MetadataImage, TopicId};
+use rill_storage::batch::{self, BatchHeader};
+use rill_storage::producer_state::{
+    self, AppendCheck, ProducerBatch, ProducerStateConfig, ProducerStateError, ProducerStateManager,
+};
 use rill_storage::{
     AppendInfo, CleanupPolicy, Log, LogConfig, LogManager, StorageError, TimestampType,
 };
-use rill_types::{NodeId, PartitionIndex, TopicPartition};
+use rill_types::{Clock, NodeId, PartitionIndex, TopicPartition};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// One partition this node holds a replica of.
 #[derive(Debug)]
@@ -31,6 +42,39 @@ pub struct Partition {
     isr_size: AtomicI32,
     /// The topic's `min.insync.replicas`.
     min_insync_replicas: AtomicI32,
+    /// Idempotent producers' epochs and last batches. A `std` mutex held
+    /// across the check of a producer's batch, its append and its
+    /// recording, so that two copies of one retried batch cannot both pass
+    /// the check (Kafka holds its log lock the same way). Appends without a
+    /// producer id do not take it.
+    producers: Mutex<ProducerStateManager>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A leader append that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderAppend {
+    pub info: AppendInfo,
+    /// The batch was a producer's retry of one already in the log: nothing
+    /// was appended, and `info` gives the original's offsets.
+    pub duplicate: bool,
+}
+
+/// Why a leader append was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Producer(#[from] ProducerStateError),
+    /// INVALID_RECORD: a batch the producer rules do not allow, such as an
+    /// idempotent batch sharing a request with others.
+    #[error("{0}")]
+    InvalidRecord(String),
+    /// INVALID_TXN_STATE: a transactional batch, with no transaction
+    /// coordinator to have begun its transaction.
+    #[error("{0}")]
+    InvalidTxnState(String),
 }
 
 impl Partition {
@@ -57,11 +101,138 @@ impl Partition {
 
     /// Appends a producer's batches as leader and, with every replica in
     /// sync (this node alone), moves the high watermark to the new log end.
-    pub fn append_as_leader(&self, records: &mut [u8]) -> Result<AppendInfo, StorageError> {
-        let info = self.log.append(records, self.leader_epoch())?;
+    ///
+    /// A batch with a producer id goes through the idempotence rules first
+    /// (see [`rill_storage::producer_state`]): a retry of one of the
+    /// producer's last five batches is answered with the original's offsets
+    /// and not appended; a gap or a fenced epoch is refused.
+    pub fn append_as_leader(&self, records: &mut [u8]) -> Result<LeaderAppend, AppendError> {
+        let Some((header, batch)) = producer_batch(records)? else {
+            let info = self.log.append(records, self.leader_epoch())?;
+            self.advance_high_watermark(&info);
+            return Ok(LeaderAppend {
+                info,
+                duplicate: false,
+            });
+        };
+        if header.is_control() {
+            return Err(AppendError::InvalidRecord(
+                "clients may not write control batches".to_string(),
+            ));
+        }
+        if header.is_transactional() {
+            return Err(AppendError::InvalidTxnState(format!(
+                "transactional batch of producer {} is not part of an ongoing transaction (this broker has no transactions)",
+                batch.producer_id
+            )));
+        }
+        let mut producers = self.lock_producers();
+        match producers.check(&batch)? {
+            AppendCheck::Duplicate(original) => {
+                drop(producers);
+                // Kafka checks the batch itself (CRC, record count) before
+                // it looks for a duplicate; a damaged retry is an error.
+                let corrupt = |reason| StorageError::Corrupt {
+                    batch_index: 0,
+                    reason,
+                };
+                let header = batch::check(records).map_err(corrupt)?;
+                batch::check_record_count(&header).map_err(corrupt)?;
+                debug!(topic = %self.tp.topic, partition = self.tp.partition, producer_id = batch.producer_id, producer_epoch = batch.producer_epoch, sequence = batch.first_seq, offset = original.first_offset, "duplicate batch; answering with the original's offsets");
+                let log_append_time =
+                    if self.log.config().timestamp_type == TimestampType::LogAppendTime {
+                        original.timestamp
+                    } else {
+                        -1
+                    };
+                Ok(LeaderAppend {
+                    info: AppendInfo {
+                        base_offset: original.first_offset,
+                        last_offset: original.last_offset,
+                        log_append_time,
+                        log_start_offset: self.log.log_start_offset(),
+                        batch_count: 1,
+                    },
+                    duplicate: true,
+                })
+            }
+            AppendCheck::Append => {
+                let info = self.log.append(records, self.leader_epoch())?;
+                // The log wrote the offsets (and, under LogAppendTime, the
+                // max timestamp) into the batch.
+                let appended = BatchHeader::parse(records).expect("the log validated the batch");
+                let appended =
+                    ProducerBatch::from_header(&appended).expect("the batch has a producer id");
+                assert_eq!(appended.first_offset, info.base_offset);
+                producers.record(&appended, self.clock.now_ms());
+                drop(producers);
+                self.advance_high_watermark(&info);
+                Ok(LeaderAppend {
+                    info,
+                    duplicate: false,
+                })
+            }
+        }
+    }
+
+    fn advance_high_watermark(&self, info: &AppendInfo) {
         self.high_watermark
             .fetch_max(info.last_offset + 1, Ordering::AcqRel);
-        Ok(info)
+    }
+
+    fn lock_producers(&self) -> MutexGuard<'_, ProducerStateManager> {
+        // A panic under this lock is a bug already reported; the state is
+        // still the best there is.
+        self.producers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many producers this partition remembers.
+    pub fn producer_count(&self) -> usize {
+        self.lock_producers().len()
+    }
+
+    /// Forgets producers idle past `producer.id.expiration.ms`, and reports
+    /// those forgotten to stay within the per-partition bound.
+    pub fn expire_producers(&self) {
+        let now_ms = self.clock.now_ms();
+        let (expired, evicted) = {
+            let mut producers = self.lock_producers();
+            (producers.expire(now_ms), producers.take_evicted())
+        };
+        if expired > 0 {
+            debug!(topic = %self.tp.topic, partition = self.tp.partition, expired, "expired idle producers");
+        }
+        if evicted > 0 {
+            warn!(topic = %self.tp.topic, partition = self.tp.partition, evicted, producers_max = self.lock_producers().config().producers_max, "forgot active producers to stay within the per-partition bound; their retries may be appended twice");
+        }
+    }
+
+    /// Writes a snapshot of the producer state if it changed since the last
+    /// one. With `sync`, the log is flushed up to the snapshot's offset and
+    /// the snapshot fsynced first, so that it never describes batches a
+    /// crash could take back; without, the caller syncs the file system
+    /// before it relies on the snapshot (shutdown). Blocking.
+    pub fn snapshot_producers(&self, sync: bool) -> Result<(), StorageError> {
+        let (offset, bytes) = {
+            let mut producers = self.lock_producers();
+            // Under the lock no producer's append is half done: every batch
+            // with a producer id below the log end is in the state.
+            let offset = self.log.log_end_offset();
+            match producers.take_snapshot() {
+                Some(bytes) => (offset, bytes),
+                None => return Ok(()),
+            }
+        };
+        let written = (|| {
+            if sync {
+                self.log.flush_until(offset)?;
+            }
+            producer_state::write_snapshot(self.log.dir(), offset, &bytes, sync)
+        })();
+        if written.is_err() {
+            self.lock_producers().mark_dirty();
+        }
+        written
     }
 
     /// Re-reads the high watermark from the log after an operation that can
@@ -72,12 +243,40 @@ impl Partition {
     }
 }
 
+/// The producer fields of a request's batches, if they carry a producer id.
+/// Kafka takes exactly one batch per partition in a produce request (its
+/// `LogValidator` refuses more), so an idempotent batch must come alone:
+/// several batches of one producer in one request could not all be retried
+/// as one. Requests without producer ids may carry several, as before.
+fn producer_batch(records: &[u8]) -> Result<Option<(BatchHeader, ProducerBatch)>, AppendError> {
+    // A header that does not parse is left to the log's validation.
+    let Ok(first) = BatchHeader::parse(records) else {
+        return Ok(None);
+    };
+    if first.size() == records.len() {
+        return Ok(ProducerBatch::from_header(&first).map(|batch| (first, batch)));
+    }
+    let any_producer = batch::split(records)
+        .filter_map(Result::ok)
+        .filter_map(|bytes| BatchHeader::parse(bytes).ok())
+        .any(|header| header.producer_id >= 0);
+    if any_producer {
+        return Err(AppendError::InvalidRecord(
+            "a batch with a producer id must be the only batch of its partition in a produce request"
+                .to_string(),
+        ));
+    }
+    Ok(None)
+}
+
 /// All replicas on this node, by topic and partition.
 #[derive(Debug)]
 pub struct ReplicaManager {
     node_id: NodeId,
     logs: LogManager,
     log_defaults: LogConfig,
+    producer_state: ProducerStateConfig,
+    clock: Arc<dyn Clock>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Serialises [`ReplicaManager::apply_image`]; holds the version of the
     /// last image applied.
@@ -87,11 +286,19 @@ pub struct ReplicaManager {
 }
 
 impl ReplicaManager {
-    pub fn new(node_id: NodeId, logs: LogManager, log_defaults: LogConfig) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        logs: LogManager,
+        log_defaults: LogConfig,
+        producer_state: ProducerStateConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             node_id,
             logs,
             log_defaults,
+            producer_state,
+            clock,
             partitions: RwLock::new(HashMap::new()),
             applied: Mutex::new(None),
             appended: watch::Sender::new(0),
@@ -113,6 +320,31 @@ impl ReplicaManager {
         // short, so building the key is cheaper than it looks.
         let tp = TopicPartition::new(rill_types::TopicName::new(topic).ok()?, partition);
         partitions.get(&tp).cloned()
+    }
+
+    /// Every partition, as of now; the map's lock is not held while they
+    /// are used.
+    pub fn all(&self) -> Vec<Arc<Partition>> {
+        let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        partitions.values().cloned().collect()
+    }
+
+    /// Expires idle producers in every partition.
+    pub fn expire_producers(&self) {
+        for partition in self.all() {
+            partition.expire_producers();
+        }
+    }
+
+    /// Snapshots the producer state of every partition where it changed
+    /// (see [`Partition::snapshot_producers`]). Blocking. A partition that
+    /// fails is logged and skipped; its next snapshot tries again.
+    pub fn snapshot_producers(&self, sync: bool) {
+        for partition in self.all() {
+            if let Err(error) = partition.snapshot_producers(sync) {
+                warn!(topic = %partition.tp.topic, partition = partition.tp.partition, %error, "cannot write the producer snapshot");
+            }
+        }
     }
 
     /// Tells fetches waiting for data that some partition grew.
@@ -205,6 +437,9 @@ impl ReplicaManager {
             }
             match self.logs.get_or_create(&tp, wanted.config) {
                 Ok(log) => {
+                    let Some(producers) = self.load_producers(&tp, &log) else {
+                        continue;
+                    };
                     let high_watermark = log.log_end_offset();
                     partitions.insert(
                         tp.clone(),
@@ -217,6 +452,8 @@ impl ReplicaManager {
                             high_watermark: AtomicI64::new(high_watermark),
                             isr_size: AtomicI32::new(wanted.isr_size),
                             min_insync_replicas: AtomicI32::new(wanted.min_insync_replicas),
+                            producers: Mutex::new(producers),
+                            clock: Arc::clone(&self.clock),
                         }),
                     );
                 }
@@ -226,6 +463,41 @@ impl ReplicaManager {
             }
         }
         *applied = Some(image.version);
+    }
+}
+
+impl ReplicaManager {
+    /// Builds a partition's producer state from its snapshot and log. This
+    /// reads the log after the snapshot (all of it without one), so it runs
+    /// only where a partition is opened: at start-up before the node is
+    /// ready, or for a new, empty partition. A log that cannot be read is
+    /// not served, as a log that cannot be opened is not: without its
+    /// producer state, retries would be appended twice.
+    fn load_producers(&self, tp: &TopicPartition, log: &Log) -> Option<ProducerStateManager> {
+        let started = Instant::now();
+        match producer_state::load(log, self.producer_state, self.clock.now_ms()) {
+            Ok((producers, report)) => {
+                if report.batches_replayed > 0 || report.snapshot_offset.is_some() {
+                    info!(
+                        topic = %tp.topic,
+                        partition = tp.partition,
+                        producers = producers.len(),
+                        snapshot_offset = ?report.snapshot_offset,
+                        replay_start_offset = report.replay_start_offset,
+                        replay_end_offset = report.replay_end_offset,
+                        batches_replayed = report.batches_replayed,
+                        expired = report.expired,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "loaded producer state"
+                    );
+                }
+                Some(producers)
+            }
+            Err(error) => {
+                warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot load the producer state; not serving this partition");
+                None
+            }
+        }
     }
 }
 

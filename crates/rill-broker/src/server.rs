@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rill_controller::{Controller, ControllerError, MetadataCommand};
 use rill_storage::{LogManager, LogManagerConfig, StorageError};
-use rill_types::SystemClock;
+use rill_types::{Clock, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
+use crate::producer_ids::ProducerIdManager;
 use crate::replica::ReplicaManager;
 use crate::{connection, http};
 
@@ -59,6 +60,8 @@ pub struct Broker {
     pub replicas: ReplicaManager,
     /// Permits for fetches waiting for data ([`BrokerConfig::fetch_waiting_max`]).
     pub fetch_waiting: Semaphore,
+    /// Producer ids for InitProducerId.
+    pub(crate) producer_ids: ProducerIdManager,
 }
 
 impl Broker {
@@ -109,13 +112,18 @@ impl RunningBroker {
             warn!(timeout = ?SHUTDOWN_DRAIN_TIMEOUT, "connections still busy; stopping anyway");
         }
         let broker = Arc::clone(&self.broker);
-        tokio::task::spawn_blocking(move || broker.replicas.logs().shutdown())
-            .await
-            .map_err(|e| StorageError::Io {
-                op: "shut down logs",
-                path: self.broker.config.data_dir.clone(),
-                source: io::Error::other(e.to_string()),
-            })??;
+        tokio::task::spawn_blocking(move || {
+            // Unsynced: the log manager's shutdown syncs the whole file
+            // system next, before it marks the shutdown clean.
+            broker.replicas.snapshot_producers(false);
+            broker.replicas.logs().shutdown()
+        })
+        .await
+        .map_err(|e| StorageError::Io {
+            op: "shut down logs",
+            path: self.broker.config.data_dir.clone(),
+            source: io::Error::other(e.to_string()),
+        })??;
         self.broker.controller.shutdown().await?;
         info!("stopped");
         Ok(())
@@ -237,20 +245,20 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
                 source: io::Error::other(e.to_string()),
             })??
     };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let logs = {
         let data_dir = config.data_dir.clone();
+        let clock = Arc::clone(&clock);
         let manager_config = LogManagerConfig {
             default_log_config: config.log_defaults.clone(),
             ..LogManagerConfig::default()
         };
-        tokio::task::spawn_blocking(move || {
-            LogManager::open(&data_dir, manager_config, Arc::new(SystemClock))
-        })
-        .await
-        .map_err(|e| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source: io::Error::other(e.to_string()),
-        })??
+        tokio::task::spawn_blocking(move || LogManager::open(&data_dir, manager_config, clock))
+            .await
+            .map_err(|e| StartError::DataDir {
+                path: config.data_dir.clone(),
+                source: io::Error::other(e.to_string()),
+            })??
     };
     let controller = Controller::open(config.data_dir.join(CONTROLLER_DIR), config.node_id).await?;
 
@@ -271,8 +279,15 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     }
 
     let broker = Arc::new(Broker {
-        replicas: ReplicaManager::new(config.node_id, logs, config.log_defaults.clone()),
+        replicas: ReplicaManager::new(
+            config.node_id,
+            logs,
+            config.log_defaults.clone(),
+            config.producer_state,
+            clock,
+        ),
         fetch_waiting: Semaphore::new(config.fetch_waiting_max),
+        producer_ids: ProducerIdManager::new(config.node_id),
         cluster_id,
         controller,
         config,
@@ -335,24 +350,48 @@ async fn follow_metadata(broker: Arc<Broker>, shutdown: CancellationToken) {
     }
 }
 
-/// Periodic work: recovery-point checkpoints, retention and compaction.
+/// What one round of housekeeping does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chore {
+    /// Recovery points, and snapshots of changed producer state.
+    Checkpoint,
+    /// Retention and compaction, then the checkpoints.
+    Cleanup,
+    /// Forget idle producers.
+    ExpireProducers,
+}
+
+/// Periodic work: recovery-point checkpoints, producer snapshots,
+/// retention and compaction, producer expiry.
 async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
     let mut checkpoints = tokio::time::interval(CHECKPOINT_INTERVAL);
     let mut cleanups = tokio::time::interval(broker.config.log_cleanup_interval);
+    let mut expiries = tokio::time::interval(broker.config.producer_id_expiration_check_interval);
     checkpoints.tick().await;
     cleanups.tick().await;
+    expiries.tick().await;
     loop {
-        let cleanup = tokio::select! {
+        let chore = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = checkpoints.tick() => false,
-            _ = cleanups.tick() => true,
+            _ = checkpoints.tick() => Chore::Checkpoint,
+            _ = cleanups.tick() => Chore::Cleanup,
+            _ = expiries.tick() => Chore::ExpireProducers,
         };
+        let cleanup = chore == Chore::Cleanup;
         let worker = Arc::clone(&broker);
         let result = tokio::task::spawn_blocking(move || {
-            let logs = worker.replicas.logs();
-            if cleanup {
-                logs.run_cleanup()?;
-                // Retention moves log starts; high watermarks stay put.
+            let replicas = &worker.replicas;
+            let logs = replicas.logs();
+            match chore {
+                Chore::ExpireProducers => {
+                    replicas.expire_producers();
+                    return Ok(());
+                }
+                Chore::Cleanup => {
+                    logs.run_cleanup()?;
+                    // Retention moves log starts; high watermarks stay put.
+                }
+                Chore::Checkpoint => replicas.snapshot_producers(true),
             }
             logs.checkpoint()
         })

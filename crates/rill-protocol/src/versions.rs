@@ -47,6 +47,9 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     SupportedApi::new(ApiKey::ApiVersions, 0, 3),
     SupportedApi::new(ApiKey::CreateTopics, 2, 7),
     SupportedApi::new(ApiKey::DeleteTopics, 1, 6),
+    // Idempotent producers only (no transactional ids). v5 differs only in
+    // transactional errors (KIP-890); left out until a client sends it.
+    SupportedApi::new(ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The versions of `api_key` rill handles, or `None` if it does not handle the

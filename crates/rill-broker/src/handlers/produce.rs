@@ -16,8 +16,8 @@ use rill_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use tracing::{debug, warn};
 
 use super::KafkaError;
-use crate::errors::storage_error_code;
-use crate::replica::Partition;
+use crate::errors::{append_error_code, storage_error_code};
+use crate::replica::{LeaderAppend, Partition};
 use crate::server::Broker;
 
 /// What the connection does with a produce request after its appends.
@@ -65,12 +65,14 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 append(broker, &name, data.index, data.records, acks)
             };
             match result {
-                Ok((partition, info)) => {
-                    any_appended = true;
+                Ok((partition, LeaderAppend { info, duplicate })) => {
+                    any_appended |= !duplicate;
                     response = response
                         .with_base_offset(info.base_offset)
                         .with_log_append_time_ms(info.log_append_time)
                         .with_log_start_offset(info.log_start_offset);
+                    // A duplicate waits like its original: the batch
+                    // that holds its data may not be flushed yet.
                     if acks == -1 {
                         durable.push(Durable {
                             partition,
@@ -115,7 +117,7 @@ fn append(
     index: i32,
     records: Option<bytes::Bytes>,
     acks: i16,
-) -> Result<(Arc<Partition>, rill_storage::AppendInfo), KafkaError> {
+) -> Result<(Arc<Partition>, LeaderAppend), KafkaError> {
     let Some(partition) = broker.replicas.get(topic, index) else {
         return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
     };
@@ -136,9 +138,9 @@ fn append(
     let mut records = records.to_vec();
     partition
         .append_as_leader(&mut records)
-        .map(|info| (Arc::clone(&partition), info))
+        .map(|appended| (Arc::clone(&partition), appended))
         .map_err(|error| KafkaError {
-            code: storage_error_code(&error),
+            code: append_error_code(&error),
             message: Some(error.to_string()),
         })
 }
