@@ -34,8 +34,19 @@ impl SupportedApi {
 /// Every API rill answers, in API-key order. The broker adds a row when it
 /// implements an API; nothing else needs to change.
 pub const SUPPORTED_APIS: &[SupportedApi] = &[
+    // v3 is the first version that carries record batches of magic 2, the
+    // only format rill stores (Kafka 4 also starts at v3).
+    SupportedApi::new(ApiKey::Produce, 3, 9),
+    // v4 is the first with the isolation level and last stable offset; v13+
+    // address topics by id.
+    SupportedApi::new(ApiKey::Fetch, 4, 12),
+    // v0 has the pre-0.10.1 "offsets before" form.
+    SupportedApi::new(ApiKey::ListOffsets, 1, 7),
+    SupportedApi::new(ApiKey::Metadata, 0, 12),
     // v4 is left out until the broker has been tested against a client that sends it.
     SupportedApi::new(ApiKey::ApiVersions, 0, 3),
+    SupportedApi::new(ApiKey::CreateTopics, 2, 7),
+    SupportedApi::new(ApiKey::DeleteTopics, 1, 6),
 ];
 
 /// The versions of `api_key` rill handles, or `None` if it does not handle the
@@ -112,7 +123,7 @@ mod tests {
 
     #[test]
     fn unlisted_api_is_unsupported() {
-        assert_eq!(supported(ApiKey::Produce), None);
+        assert_eq!(supported(ApiKey::DescribeAcls), None);
     }
 
     #[test]

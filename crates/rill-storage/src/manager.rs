@@ -120,7 +120,11 @@ impl LogManager {
                 continue;
             }
             let Some(tp) = TopicPartition::from_dir_name(&name) else {
-                warn!(dir = %name, "ignoring a directory that is not named <topic>-<partition>");
+                // Hidden directories belong to others sharing the data dir
+                // (the broker keeps its controller's log in one).
+                if !name.starts_with('.') {
+                    warn!(dir = %name, "ignoring a directory that is not named <topic>-<partition>");
+                }
                 continue;
             };
             let options = LogOpenOptions {

@@ -1,0 +1,95 @@
+//! The broker's settings, with Kafka's defaults where Kafka has the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rill_storage::LogConfig;
+use rill_types::NodeId;
+
+/// Everything a node needs to start. Every field has a default that works on
+/// a laptop ([`BrokerConfig::default`]).
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: NodeId,
+    /// Partition logs, the controller's Raft log and `meta.properties`.
+    pub data_dir: PathBuf,
+    /// The Kafka protocol listener.
+    pub kafka_addr: SocketAddr,
+    /// The `host:port` clients are told to connect to (Metadata,
+    /// DescribeCluster). Defaults to `kafka_addr`.
+    pub advertised_kafka_addr: Option<(String, u16)>,
+    /// The controller quorum's listener. A single node has no peers yet; the
+    /// port is bound so that it is reserved and a clash is found at start-up.
+    pub controller_addr: SocketAddr,
+    /// `/health` (and, later, `/metrics`).
+    pub http_addr: SocketAddr,
+
+    /// `auto.create.topics.enable`: Metadata for an unknown topic creates it.
+    pub auto_create_topics_enable: bool,
+    /// `num.partitions`: partitions of auto-created topics and of CreateTopics
+    /// requests that leave the count to the broker (-1).
+    pub num_partitions: i32,
+    /// `default.replication.factor`.
+    pub default_replication_factor: i16,
+    /// Defaults of every topic's log settings (`log.segment.bytes`,
+    /// `log.retention.ms`, …); a topic's own configs override them.
+    pub log_defaults: LogConfig,
+    /// How often retention and compaction run (`log.retention.check.interval.ms`).
+    pub log_cleanup_interval: Duration,
+
+    /// `socket.request.max.bytes`: a larger request frame closes the connection.
+    pub request_bytes_max: usize,
+    /// `max.connections`: further connections are accepted and closed at once.
+    pub connections_max: usize,
+    /// Requests read from one connection but not yet answered. Reading stops
+    /// at this bound until the oldest answer is written (Kafka reads one
+    /// request at a time per connection; pipelining clients get more).
+    pub inflight_requests_per_connection_max: usize,
+    /// Fetch requests long-polling at once, across all connections; a fetch
+    /// beyond it is answered at once with what there is.
+    pub fetch_waiting_max: usize,
+    /// The most bytes one fetch response may carry, whatever the client asks
+    /// (`fetch.max.bytes`, 55 MiB in Kafka).
+    pub fetch_bytes_max: usize,
+}
+
+impl BrokerConfig {
+    pub const NODE_ID_DEFAULT: NodeId = 1;
+    pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+    pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX_DEFAULT: usize = 64;
+    pub const FETCH_WAITING_MAX_DEFAULT: usize = 10_000;
+    pub const FETCH_BYTES_MAX_DEFAULT: usize = 55 * 1024 * 1024;
+
+    /// The host and port clients are told to use.
+    pub fn advertised(&self) -> (String, u16) {
+        self.advertised_kafka_addr
+            .clone()
+            .unwrap_or_else(|| (self.kafka_addr.ip().to_string(), self.kafka_addr.port()))
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            node_id: Self::NODE_ID_DEFAULT,
+            data_dir: PathBuf::from("rill-data"),
+            kafka_addr: local(9092),
+            advertised_kafka_addr: None,
+            controller_addr: local(9093),
+            http_addr: local(9644),
+            auto_create_topics_enable: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            log_defaults: LogConfig::default(),
+            log_cleanup_interval: Duration::from_secs(300),
+            request_bytes_max: rill_protocol::REQUEST_BYTES_MAX_DEFAULT,
+            connections_max: Self::CONNECTIONS_MAX_DEFAULT,
+            inflight_requests_per_connection_max:
+                Self::INFLIGHT_REQUESTS_PER_CONNECTION_MAX_DEFAULT,
+            fetch_waiting_max: Self::FETCH_WAITING_MAX_DEFAULT,
+            fetch_bytes_max: Self::FETCH_BYTES_MAX_DEFAULT,
+        }
+    }
+}

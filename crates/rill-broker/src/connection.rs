@@ -1,0 +1,254 @@
+//! One client connection: frames in, requests dispatched in order, answers
+//! written in the same order.
+//!
+//! Two tasks per connection. The reader takes frames off the socket, parses
+//! each and runs its handler's ordered part (for Produce, the append); what a
+//! request still has to wait for (an fsync for acks=all, data for a
+//! long-polling fetch) runs as its own task. The writer takes the pending
+//! answers in request order, awaits each and writes it. So a pipelining
+//! client's waits overlap, while its answers keep their order.
+//!
+//! Bounds: a frame is at most `socket.request.max.bytes`; at most
+//! `inflight_requests_per_connection_max` requests are read and not yet
+//! answered (the reader stops reading until the writer catches up).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rill_protocol::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use rill_protocol::{
+    decode_frame, encode_api_versions_unsupported, encode_response, parse_request, RequestError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::handlers;
+use crate::server::Broker;
+
+/// The read buffer starts at this size and grows to the largest frame.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// An answer the writer still has to write, in request order.
+pub(crate) struct Pending {
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    reply: Reply,
+}
+
+/// How an answer becomes available.
+pub(crate) enum Reply {
+    /// Ready now.
+    Ready(ResponseKind),
+    /// Ready when the task finishes (acks=all produce, long-poll fetch).
+    Later(JoinHandle<ResponseKind>),
+    /// Already encoded as a whole frame.
+    Encoded(Bytes),
+}
+
+/// What the reader does after one frame.
+enum Next {
+    Answer(Pending),
+    /// Nothing to send (a Produce with acks=0).
+    Nothing,
+    /// Close the connection: the client broke the protocol.
+    Close,
+}
+
+pub(crate) async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!("connection", %peer);
+    async move {
+        debug!("accepted");
+        let _ = stream.set_nodelay(true);
+        let (mut reader, writer) = stream.into_split();
+        let (pending_tx, pending_rx) =
+            mpsc::channel(broker.config.inflight_requests_per_connection_max);
+        let writer_task = tokio::spawn(write_answers(writer, pending_rx).in_current_span());
+
+        let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        'connection: loop {
+            loop {
+                let frame = match decode_frame(&mut buf, broker.config.request_bytes_max) {
+                    Ok(Some(frame)) => frame.freeze(),
+                    Ok(None) => break,
+                    Err(error) => {
+                        info!(%error, "bad frame; closing the connection");
+                        break 'connection;
+                    }
+                };
+                match handle_frame(&broker, frame).await {
+                    Next::Answer(pending) => {
+                        if pending_tx.send(pending).await.is_err() {
+                            break 'connection;
+                        }
+                    }
+                    Next::Nothing => {}
+                    Next::Close => break 'connection,
+                }
+            }
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                read = reader.read_buf(&mut buf) => read,
+            };
+            match read {
+                Ok(0) => {
+                    if !buf.is_empty() {
+                        debug!(bytes = buf.len(), "closed in the middle of a frame");
+                    }
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    debug!(%error, "read failed");
+                    break;
+                }
+            }
+        }
+        // The writer answers everything already read, then stops.
+        drop(pending_tx);
+        let _ = writer_task.await;
+        debug!("closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Parses one frame and runs the ordered part of its handler.
+async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
+    let request = match parse_request(frame) {
+        Ok(request) => request,
+        Err(RequestError::UnsupportedVersion {
+            api_key: ApiKey::ApiVersions,
+            correlation_id,
+            api_version,
+        }) => {
+            let mut out = BytesMut::new();
+            return match encode_api_versions_unsupported(correlation_id, &mut out) {
+                Ok(()) => Next::Answer(Pending {
+                    api_key: ApiKey::ApiVersions,
+                    api_version,
+                    correlation_id,
+                    reply: Reply::Encoded(out.freeze()),
+                }),
+                Err(error) => {
+                    warn!(%error, "cannot encode ApiVersions error");
+                    Next::Close
+                }
+            };
+        }
+        Err(error) => {
+            info!(%error, "unanswerable request; closing the connection");
+            return Next::Close;
+        }
+    };
+    if request.trailing_bytes > 0 {
+        debug!(api_key = ?request.api_key, trailing = request.trailing_bytes, "request has bytes after its body; ignored");
+    }
+    let api_key = request.api_key;
+    let api_version = request.api_version;
+    let correlation_id = request.header.correlation_id;
+    let answer = |reply| {
+        Next::Answer(Pending {
+            api_key,
+            api_version,
+            correlation_id,
+            reply,
+        })
+    };
+    let ready = |body| answer(Reply::Ready(body));
+    let b = broker;
+    let v = api_version;
+    match request.body {
+        RequestKind::ApiVersions(body) => ready(ResponseKind::ApiVersions(
+            handlers::api_versions::handle(v, body),
+        )),
+        RequestKind::Metadata(body) => ready(ResponseKind::Metadata(
+            handlers::metadata::handle(b, v, body).await,
+        )),
+        RequestKind::Produce(body) => match handlers::produce::handle(b, v, body).await {
+            handlers::produce::Produced::NoAnswer => Next::Nothing,
+            handlers::produce::Produced::Close => {
+                info!("acks=0 produce failed; closing the connection so the client notices");
+                Next::Close
+            }
+            handlers::produce::Produced::Ready(response) => ready(ResponseKind::Produce(response)),
+            handlers::produce::Produced::Later(wait) => answer(Reply::Later(tokio::spawn(
+                async move { ResponseKind::Produce(wait.await) }.in_current_span(),
+            ))),
+        },
+        RequestKind::Fetch(body) => {
+            let broker = Arc::clone(b);
+            answer(Reply::Later(tokio::spawn(
+                async move { ResponseKind::Fetch(handlers::fetch::handle(broker, v, body).await) }
+                    .in_current_span(),
+            )))
+        }
+        RequestKind::ListOffsets(body) => ready(ResponseKind::ListOffsets(
+            handlers::list_offsets::handle(b, v, body),
+        )),
+        RequestKind::CreateTopics(body) => ready(ResponseKind::CreateTopics(
+            handlers::create_topics::handle(b, v, body).await,
+        )),
+        RequestKind::DeleteTopics(body) => ready(ResponseKind::DeleteTopics(
+            handlers::delete_topics::handle(b, v, body).await,
+        )),
+        other => {
+            // The version table let it through, so a handler must exist: a bug.
+            warn!(api_key = ?api_key, "no handler for an advertised API; closing the connection");
+            drop(other);
+            Next::Close
+        }
+    }
+}
+
+/// Writes answers in request order until the reader is gone and every
+/// pending answer is written, or the socket fails.
+async fn write_answers(mut writer: OwnedWriteHalf, mut pending_rx: mpsc::Receiver<Pending>) {
+    let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    while let Some(pending) = pending_rx.recv().await {
+        let body = match pending.reply {
+            Reply::Ready(body) => body,
+            Reply::Later(task) => match task.await {
+                Ok(body) => body,
+                Err(error) => {
+                    warn!(api_key = ?pending.api_key, %error, "request handler failed; closing the connection");
+                    return;
+                }
+            },
+            Reply::Encoded(frame) => {
+                if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        out.clear();
+        if let Err(error) = encode_response(
+            pending.api_key,
+            pending.api_version,
+            pending.correlation_id,
+            &body,
+            &mut out,
+        ) {
+            warn!(%error, "cannot encode a response; closing the connection");
+            return;
+        }
+        if let Err(error) = writer.write_all(&out).await {
+            debug!(%error, "write failed");
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

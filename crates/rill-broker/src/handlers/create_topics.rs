@@ -1,0 +1,130 @@
+//! CreateTopics (key 19): new topics through the controller, with partition
+//! counts, replica assignments and configs; validate-only checks without
+//! committing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use rill_protocol::kafka_protocol::error::ResponseError;
+use rill_protocol::kafka_protocol::messages::create_topics_request::CreatableTopic;
+use rill_protocol::kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use rill_protocol::kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+
+use super::{create_topic, KafkaError};
+use crate::server::Broker;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    // A name listed twice is an error for both entries, as in Kafka.
+    let mut seen = HashSet::new();
+    let duplicated: HashSet<String> = request
+        .topics
+        .iter()
+        .map(|t| t.name.0.as_str().to_string())
+        .filter(|name| !seen.insert(name.clone()))
+        .collect();
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.as_str().to_string();
+        let result = CreatableTopicResult::default()
+            .with_name(topic.name.clone())
+            .with_num_partitions(-1)
+            .with_replication_factor(-1);
+        let outcome = if duplicated.contains(&name) {
+            Err(KafkaError::with_message(
+                ResponseError::InvalidRequest,
+                format!("topic '{name}' appears more than once in the request"),
+            ))
+        } else {
+            create(broker, &name, topic, request.validate_only).await
+        };
+        results.push(match outcome {
+            Ok((topic_id, partitions, replication_factor)) => result
+                .with_topic_id(topic_id)
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor)
+                .with_configs(Some(super::describe_configs::created_topic_configs(
+                    broker, &name,
+                ))),
+            Err(error) => result
+                .with_error_code(error.code)
+                .with_error_message(error.message_bytes()),
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+async fn create(
+    broker: &Arc<Broker>,
+    name: &str,
+    topic: CreatableTopic,
+    validate_only: bool,
+) -> Result<(uuid::Uuid, i32, i16), KafkaError> {
+    let mut configs = BTreeMap::new();
+    for config in topic.configs {
+        let Some(value) = config.value else {
+            return Err(KafkaError::with_message(
+                ResponseError::InvalidConfig,
+                format!("config {} has no value", config.name.as_str()),
+            ));
+        };
+        configs.insert(config.name.as_str().to_string(), value.as_str().to_string());
+    }
+    let assignments = if topic.assignments.is_empty() {
+        None
+    } else {
+        if topic.num_partitions != -1 || topic.replication_factor != -1 {
+            return Err(KafkaError::with_message(
+                ResponseError::InvalidRequest,
+                "both replica assignments and a partition count or replication factor were given",
+            ));
+        }
+        let mut assignments = topic.assignments;
+        assignments.sort_by_key(|a| a.partition_index);
+        if assignments
+            .iter()
+            .enumerate()
+            .any(|(i, a)| a.partition_index != i as i32)
+        {
+            return Err(KafkaError::with_message(
+                ResponseError::InvalidReplicaAssignment,
+                "replica assignments must cover partitions 0..n once each",
+            ));
+        }
+        Some(
+            assignments
+                .into_iter()
+                .map(|a| a.broker_ids.into_iter().map(|id| id.0).collect())
+                .collect::<Vec<Vec<i32>>>(),
+        )
+    };
+    let (partitions, replication_factor) = match &assignments {
+        Some(a) => (a.len() as i32, a[0].len() as i16),
+        None => (
+            if topic.num_partitions == -1 {
+                broker.config.num_partitions
+            } else {
+                topic.num_partitions
+            },
+            if topic.replication_factor == -1 {
+                broker.config.default_replication_factor
+            } else {
+                topic.replication_factor
+            },
+        ),
+    };
+    let topic_id = create_topic(
+        broker,
+        name,
+        partitions,
+        replication_factor,
+        configs,
+        assignments,
+        validate_only,
+    )
+    .await?;
+    Ok((topic_id, partitions, replication_factor))
+}

@@ -1,0 +1,181 @@
+//! Fetch (key 1): whole record batches from each requested partition, from
+//! the fetch offset up to the high watermark, within the per-partition and
+//! per-response byte limits. When fewer than `min_bytes` are available the
+//! request waits (long-poll) until enough arrive or `max_wait_ms` passes;
+//! every append wakes waiting fetches to look again.
+//!
+//! Fetch sessions (KIP-227) are declined: the response's session id is 0,
+//! so clients send full fetch requests, as the protocol allows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rill_protocol::kafka_protocol::error::ResponseError;
+use rill_protocol::kafka_protocol::messages::fetch_request::FetchPartition;
+use rill_protocol::kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, PartitionData,
+};
+use rill_protocol::kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use rill_storage::StorageError;
+use tokio::time::Instant;
+
+use super::{check_leader_epoch, KafkaError};
+use crate::errors::storage_error_code;
+use crate::server::Broker;
+
+/// The longest a fetch waits, whatever the client asks.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(5 * 60);
+
+pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) -> FetchResponse {
+    let bytes_max = if version >= 3 {
+        usize::try_from(request.max_bytes).unwrap_or(0)
+    } else {
+        usize::MAX
+    }
+    .min(broker.config.fetch_bytes_max);
+    let bytes_min = usize::try_from(request.min_bytes).unwrap_or(0);
+    let wait =
+        Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(FETCH_WAIT_MAX);
+    let deadline = Instant::now() + wait;
+
+    let mut appends = broker.replicas.subscribe_appends();
+    let mut _permit = None;
+    loop {
+        appends.borrow_and_update();
+        let (response, bytes, any_error) = read(&broker, &request, bytes_max);
+        if bytes >= bytes_min.max(1) || any_error || Instant::now() >= deadline {
+            return response;
+        }
+        if _permit.is_none() {
+            match broker.fetch_waiting.try_acquire() {
+                Ok(permit) => _permit = Some(permit),
+                // Too many fetches waiting already: answer with what there is.
+                Err(_) => return response,
+            }
+        }
+        tokio::select! {
+            changed = appends.changed() => {
+                if changed.is_err() {
+                    return response;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return read(&broker, &request, bytes_max).0;
+            }
+        }
+    }
+}
+
+/// One pass over every requested partition. Returns the response, the
+/// record bytes in it, and whether any partition has an error (which
+/// answers at once, as in Kafka).
+fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchResponse, usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.topic.0.as_str();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for fetch in &topic.partitions {
+            let data = match read_partition(broker, name, fetch, bytes_max, total) {
+                Ok(data) => {
+                    total += data.records.as_ref().map_or(0, Bytes::len);
+                    data
+                }
+                Err((error, log_start_offset, high_watermark)) => {
+                    any_error = true;
+                    PartitionData::default()
+                        .with_partition_index(fetch.partition)
+                        .with_error_code(error.code)
+                        .with_high_watermark(high_watermark)
+                        .with_last_stable_offset(high_watermark)
+                        .with_log_start_offset(log_start_offset)
+                        .with_preferred_read_replica(BrokerId(-1))
+                        .with_records(Some(Bytes::new()))
+                }
+            };
+            partitions.push(data);
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    let response = FetchResponse::default()
+        .with_error_code(0)
+        .with_session_id(0)
+        .with_responses(topics);
+    (response, total, any_error)
+}
+
+type PartitionError = (KafkaError, i64, i64);
+
+fn read_partition(
+    broker: &Broker,
+    topic: &str,
+    fetch: &FetchPartition,
+    bytes_max: usize,
+    bytes_so_far: usize,
+) -> Result<PartitionData, PartitionError> {
+    let Some(partition) = broker.replicas.get(topic, fetch.partition) else {
+        return Err((
+            KafkaError::new(ResponseError::UnknownTopicOrPartition),
+            -1,
+            -1,
+        ));
+    };
+    let log = &partition.log;
+    let high_watermark = partition.high_watermark();
+    let fail = |error: KafkaError| (error, log.log_start_offset(), high_watermark);
+    if partition.leader() != broker.config.node_id {
+        return Err(fail(KafkaError::new(ResponseError::NotLeaderOrFollower)));
+    }
+    check_leader_epoch(fetch.current_leader_epoch, partition.leader_epoch()).map_err(fail)?;
+
+    let partition_max = usize::try_from(fetch.partition_max_bytes).unwrap_or(0);
+    let room = bytes_max.saturating_sub(bytes_so_far).min(partition_max);
+    let mut records = Vec::new();
+    let info = if room == 0 && bytes_so_far > 0 {
+        None
+    } else {
+        match log.read_into(
+            fetch.fetch_offset,
+            room.max(1) as u64,
+            high_watermark,
+            &mut records,
+        ) {
+            Ok(info) => Some(info),
+            Err(error @ StorageError::OffsetOutOfRange { .. }) => {
+                return Err(fail(KafkaError {
+                    code: storage_error_code(&error),
+                    message: None,
+                }))
+            }
+            Err(error) => {
+                tracing::warn!(topic, partition = fetch.partition, %error, "fetch failed");
+                return Err(fail(KafkaError {
+                    code: storage_error_code(&error),
+                    message: None,
+                }));
+            }
+        }
+    };
+    // A batch larger than the room left is only returned as the first bytes
+    // of the response, so that a consumer always makes progress.
+    if bytes_so_far > 0 && records.len() > room {
+        records.clear();
+    }
+    let log_start_offset = info
+        .as_ref()
+        .map_or_else(|| log.log_start_offset(), |i| i.log_start_offset);
+    Ok(PartitionData::default()
+        .with_partition_index(fetch.partition)
+        .with_high_watermark(high_watermark)
+        .with_last_stable_offset(high_watermark)
+        .with_log_start_offset(log_start_offset)
+        .with_preferred_read_replica(BrokerId(-1))
+        .with_records(Some(Bytes::from(records))))
+}

@@ -1,0 +1,124 @@
+//! ListOffsets (key 2): the earliest offset, the latest (the high
+//! watermark), the first offset at or after a timestamp, or the offset of
+//! the record with the largest timestamp.
+
+use rill_protocol::kafka_protocol::error::ResponseError;
+use rill_protocol::kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use rill_protocol::kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use rill_storage::Log;
+
+use super::{check_leader_epoch, KafkaError};
+use crate::errors::storage_error_code;
+use crate::replica::Partition;
+use crate::server::Broker;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+pub fn handle(broker: &Broker, _version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.0.as_str().to_string();
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let response = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_timestamp(-1)
+                        .with_offset(-1)
+                        .with_leader_epoch(-1);
+                    match lookup(
+                        broker,
+                        &name,
+                        p.partition_index,
+                        p.current_leader_epoch,
+                        p.timestamp,
+                    ) {
+                        Ok((timestamp, offset, leader_epoch)) => response
+                            .with_timestamp(timestamp)
+                            .with_offset(offset)
+                            .with_leader_epoch(leader_epoch),
+                        Err(error) => response.with_error_code(error.code),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Returns (timestamp, offset, leader epoch of that offset).
+fn lookup(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    current_leader_epoch: i32,
+    timestamp: i64,
+) -> Result<(i64, i64, i32), KafkaError> {
+    let Some(partition) = broker.replicas.get(topic, index) else {
+        return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
+    };
+    if partition.leader() != broker.config.node_id {
+        return Err(KafkaError::new(ResponseError::NotLeaderOrFollower));
+    }
+    check_leader_epoch(current_leader_epoch, partition.leader_epoch())?;
+    let log = &partition.log;
+    let storage = |error: rill_storage::StorageError| KafkaError {
+        code: storage_error_code(&error),
+        message: Some(error.to_string()),
+    };
+    match timestamp {
+        LATEST => {
+            let offset = partition.high_watermark();
+            Ok((-1, offset, epoch_at(&partition, offset)))
+        }
+        EARLIEST => {
+            let offset = log.log_start_offset();
+            Ok((-1, offset, epoch_at(&partition, offset)))
+        }
+        MAX_TIMESTAMP => match log.max_timestamp_offset().map_err(storage)? {
+            Some(found) if found.offset < partition.high_watermark() => Ok((
+                found.timestamp,
+                found.offset,
+                epoch_at(&partition, found.offset),
+            )),
+            _ => Ok((-1, -1, -1)),
+        },
+        timestamp if timestamp >= 0 => {
+            match log.offset_for_timestamp(timestamp).map_err(storage)? {
+                Some(found) if found.offset < partition.high_watermark() => Ok((
+                    found.timestamp,
+                    found.offset,
+                    epoch_at(&partition, found.offset),
+                )),
+                // No record at or after the timestamp: Kafka answers offset -1.
+                _ => Ok((-1, -1, -1)),
+            }
+        }
+        // -4 and -5 (tiered storage) and anything else below zero.
+        _ => Err(KafkaError::new(ResponseError::InvalidRequest)),
+    }
+}
+
+/// The leader epoch of the batch holding `offset` (or of the next batch to
+/// be written, for the log end): the last epoch starting at or before it.
+fn epoch_at(partition: &Partition, offset: i64) -> i32 {
+    epoch_of(&partition.log, offset).unwrap_or(partition.leader_epoch())
+}
+
+fn epoch_of(log: &Log, offset: i64) -> Option<i32> {
+    log.leader_epochs()
+        .iter()
+        .rev()
+        .find(|entry| entry.start_offset <= offset)
+        .map(|entry| entry.epoch)
+}

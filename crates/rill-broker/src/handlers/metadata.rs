@@ -1,0 +1,167 @@
+//! Metadata (key 3): brokers, the controller, and topics with their
+//! partitions, leaders, replicas and ISR, from this node's metadata image.
+//! An unknown topic is created when the request and
+//! `auto.create.topics.enable` allow it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rill_controller::{MetadataImage, TopicState};
+use rill_protocol::kafka_protocol::error::ResponseError;
+use rill_protocol::kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use rill_protocol::kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use rill_types::TopicName;
+
+use super::{create_topic, str_bytes, wire_topic, KafkaError};
+use crate::server::Broker;
+
+/// Kafka's "authorized operations were not asked for" value.
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: MetadataRequest,
+) -> MetadataResponse {
+    // v0 has no null array: an empty list means every topic. From v1 null
+    // means every topic and empty means none.
+    let requested = match request.topics {
+        Some(topics) if version == 0 && topics.is_empty() => None,
+        other => other,
+    };
+    let allow_auto_create = (version < 4 || request.allow_auto_topic_creation)
+        && broker.config.auto_create_topics_enable;
+
+    let topics = match requested {
+        None => {
+            let image = broker.controller.image();
+            image
+                .topics()
+                .map(|topic| describe(&image, topic))
+                .collect()
+        }
+        Some(requested) => {
+            let mut topics = Vec::with_capacity(requested.len());
+            for entry in requested {
+                let topic = match entry.name {
+                    Some(name) => by_name(broker, name.0.as_str(), allow_auto_create).await,
+                    None => by_id(&broker.controller.image(), entry.topic_id),
+                };
+                topics.push(topic);
+            }
+            topics
+        }
+    };
+
+    let image = broker.controller.image();
+    let brokers = image
+        .brokers()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.clone().map(str_bytes))
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(str_bytes(broker.cluster_id.clone())))
+        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+async fn by_name(
+    broker: &Arc<Broker>,
+    name: &str,
+    allow_auto_create: bool,
+) -> MetadataResponseTopic {
+    let image = broker.controller.image();
+    if let Some(topic) = image.topic(name) {
+        return describe(&image, topic);
+    }
+    if TopicName::new(name).is_err() {
+        return error_topic(name, KafkaError::new(ResponseError::InvalidTopicException));
+    }
+    if !allow_auto_create {
+        return error_topic(
+            name,
+            KafkaError::new(ResponseError::UnknownTopicOrPartition),
+        );
+    }
+    match create_topic(broker, name, -1, -1, BTreeMap::new(), None, false).await {
+        Ok(_) => {}
+        // Another request created it first: fine.
+        Err(error) if error.code == ResponseError::TopicAlreadyExists.code() => {}
+        Err(error) => return error_topic(name, error),
+    }
+    let image = broker.controller.image();
+    match image.topic(name) {
+        Some(topic) => describe(&image, topic),
+        // Deleted again in between.
+        None => error_topic(
+            name,
+            KafkaError::new(ResponseError::UnknownTopicOrPartition),
+        ),
+    }
+}
+
+fn by_id(image: &MetadataImage, topic_id: uuid::Uuid) -> MetadataResponseTopic {
+    match image.topic_by_id(&topic_id) {
+        Some(topic) => describe(image, topic),
+        None => MetadataResponseTopic::default()
+            .with_error_code(ResponseError::UnknownTopicId.code())
+            .with_topic_id(topic_id)
+            .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+    }
+}
+
+fn error_topic(name: &str, error: KafkaError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(error.code)
+        .with_name(Some(wire_topic(name)))
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+fn describe(image: &MetadataImage, topic: &TopicState) -> MetadataResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            let brokers = |ids: &[i32]| ids.iter().copied().map(BrokerId).collect::<Vec<_>>();
+            let offline: Vec<BrokerId> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|id| image.broker(*id).is_none())
+                .map(BrokerId)
+                .collect();
+            let error = if p.leader < 0 {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            };
+            MetadataResponsePartition::default()
+                .with_error_code(error)
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(p.leader))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(brokers(&p.replicas))
+                .with_isr_nodes(brokers(&p.isr))
+                .with_offline_replicas(offline)
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(wire_topic(topic.name.as_str())))
+        .with_topic_id(topic.topic_id)
+        .with_is_internal(matches!(
+            topic.name.as_str(),
+            "__consumer_offsets" | "__transaction_state"
+        ))
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}

@@ -1,0 +1,147 @@
+//! One module per Kafka API, each with the same shape: a `handle` function
+//! that takes the broker, the request version and the decoded request body,
+//! and returns the response body (Produce and Fetch return what they still
+//! have to wait for; see `connection`).
+//!
+//! Handlers never fail as a whole: every error a client can cause becomes
+//! the Kafka error code in the response, per topic or partition where the
+//! response has room for one.
+
+pub mod api_versions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rill_controller::{MetadataCommand, TopicId};
+use rill_protocol::kafka_protocol::error::ResponseError;
+use rill_protocol::kafka_protocol::messages::TopicName as WireTopicName;
+use rill_protocol::kafka_protocol::protocol::StrBytes;
+use rill_types::NodeId;
+
+use crate::errors::controller_error;
+use crate::server::Broker;
+
+/// A Kafka error: its code and, where the response has room, a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaError {
+    pub code: i16,
+    pub message: Option<String>,
+}
+
+impl KafkaError {
+    pub fn new(kind: ResponseError) -> Self {
+        Self {
+            code: kind.code(),
+            message: None,
+        }
+    }
+
+    pub fn with_message(kind: ResponseError, message: impl Into<String>) -> Self {
+        Self {
+            code: kind.code(),
+            message: Some(message.into()),
+        }
+    }
+
+    pub fn message_bytes(&self) -> Option<StrBytes> {
+        self.message.clone().map(StrBytes::from_string)
+    }
+}
+
+pub fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+pub fn wire_topic(name: &str) -> WireTopicName {
+    WireTopicName(str_bytes(name))
+}
+
+/// Asks the controller to create a topic and waits until this node's
+/// replicas exist. `partitions` and `replication_factor` of -1 take the
+/// broker's defaults. Returns the new topic's id.
+pub async fn create_topic(
+    broker: &Arc<Broker>,
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    configs: BTreeMap<String, String>,
+    assignments: Option<Vec<Vec<NodeId>>>,
+    validate_only: bool,
+) -> Result<TopicId, KafkaError> {
+    let partitions = if partitions == -1 && assignments.is_none() {
+        broker.config.num_partitions
+    } else {
+        partitions
+    };
+    let replication_factor = if replication_factor == -1 && assignments.is_none() {
+        broker.config.default_replication_factor
+    } else {
+        replication_factor
+    };
+    let topic_id = new_topic_id();
+    let command = MetadataCommand::CreateTopic {
+        name: name.to_string(),
+        topic_id,
+        partitions,
+        replication_factor,
+        configs,
+        assignments,
+    };
+    if validate_only {
+        return rill_controller::check(&broker.controller.image(), &command)
+            .map(|()| topic_id)
+            .map_err(|rejection| KafkaError {
+                code: rejection.kafka_code(),
+                message: Some(rejection.to_string()),
+            });
+    }
+    broker.controller.submit(command).await.map_err(|error| {
+        let (code, message) = controller_error(&error);
+        KafkaError {
+            code,
+            message: Some(message),
+        }
+    })?;
+    sync_metadata(broker).await;
+    Ok(topic_id)
+}
+
+/// Applies the controller's latest image to the replicas before answering,
+/// so the client's next request finds what this one changed.
+pub async fn sync_metadata(broker: &Arc<Broker>) {
+    let broker = Arc::clone(broker);
+    if let Err(error) = tokio::task::spawn_blocking(move || broker.sync_metadata()).await {
+        tracing::error!(%error, "applying metadata failed");
+    }
+}
+
+/// A new topic id. Kafka never hands out the all-zero id (it means "no id"
+/// on the wire), nor one whose base64 form starts with '-'.
+fn new_topic_id() -> TopicId {
+    loop {
+        let id = uuid::Uuid::new_v4();
+        if !id.is_nil() && id.as_bytes()[0] >> 2 != 62 {
+            return id;
+        }
+    }
+}
+
+/// Checks a client's `current_leader_epoch` against the partition's, as
+/// Kafka does for Fetch, ListOffsets and OffsetForLeaderEpoch: -1 means the
+/// client does not know it.
+pub fn check_leader_epoch(requested: i32, current: i32) -> Result<(), KafkaError> {
+    if requested < 0 || requested == current {
+        Ok(())
+    } else if requested < current {
+        Err(KafkaError::new(ResponseError::FencedLeaderEpoch))
+    } else {
+        Err(KafkaError::new(ResponseError::UnknownLeaderEpoch))
+    }
+}

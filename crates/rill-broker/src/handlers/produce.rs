@@ -1,0 +1,182 @@
+//! Produce (key 0), in two stages. The first runs in request order on the
+//! connection: validate and append every partition's batches. The second is
+//! the wait acks=all needs — the group-committed fsync of the appended
+//! batches — and runs on its own, so a pipelining producer's next request
+//! is appended while this one's fsync is in flight.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rill_protocol::kafka_protocol::error::ResponseError;
+use rill_protocol::kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, TopicProduceResponse,
+};
+use rill_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use tracing::{debug, warn};
+
+use super::KafkaError;
+use crate::errors::storage_error_code;
+use crate::replica::Partition;
+use crate::server::Broker;
+
+/// What the connection does with a produce request after its appends.
+pub enum Produced {
+    /// acks=0: the client expects no answer.
+    NoAnswer,
+    /// acks=0 and something failed: Kafka closes the connection so that
+    /// the client notices (it gets no error code).
+    Close,
+    /// acks=1, or nothing to wait for.
+    Ready(ProduceResponse),
+    /// acks=all: the answer once the batches are durable.
+    Later(Pin<Box<dyn Future<Output = ProduceResponse> + Send>>),
+}
+
+/// A partition whose append acks=all must see flushed.
+struct Durable {
+    partition: Arc<Partition>,
+    /// Flush everything below this offset.
+    end_offset: i64,
+    /// Where its result is in the response: topic and partition position.
+    topic_at: usize,
+    partition_at: usize,
+}
+
+pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest) -> Produced {
+    let acks = request.acks;
+    let valid_acks = matches!(acks, -1..=1);
+    let mut durable = Vec::new();
+    let mut any_error = false;
+    let mut any_appended = false;
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for (topic_at, topic) in request.topic_data.into_iter().enumerate() {
+        let name = topic.name.0.as_str().to_string();
+        let mut partition_responses = Vec::with_capacity(topic.partition_data.len());
+        for (partition_at, data) in topic.partition_data.into_iter().enumerate() {
+            let mut response = PartitionProduceResponse::default()
+                .with_index(data.index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            let result = if !valid_acks {
+                Err(KafkaError::new(ResponseError::InvalidRequiredAcks))
+            } else {
+                append(broker, &name, data.index, data.records, acks)
+            };
+            match result {
+                Ok((partition, info)) => {
+                    any_appended = true;
+                    response = response
+                        .with_base_offset(info.base_offset)
+                        .with_log_append_time_ms(info.log_append_time)
+                        .with_log_start_offset(info.log_start_offset);
+                    if acks == -1 {
+                        durable.push(Durable {
+                            partition,
+                            end_offset: info.last_offset + 1,
+                            topic_at,
+                            partition_at,
+                        });
+                    }
+                }
+                Err(error) => {
+                    any_error = true;
+                    debug!(topic = %name, partition = data.index, code = error.code, message = ?error.message, "produce rejected");
+                    response = response
+                        .with_error_code(error.code)
+                        .with_error_message(error.message_bytes());
+                }
+            }
+            partition_responses.push(response);
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partition_responses),
+        );
+    }
+    if any_appended {
+        broker.replicas.notify_appended();
+    }
+    let response = ProduceResponse::default().with_responses(responses);
+    match acks {
+        0 if any_error => Produced::Close,
+        0 => Produced::NoAnswer,
+        -1 if !durable.is_empty() => Produced::Later(Box::pin(wait_durable(response, durable))),
+        _ => Produced::Ready(response),
+    }
+}
+
+/// Validates and appends one partition's batches as leader.
+fn append(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    records: Option<bytes::Bytes>,
+    acks: i16,
+) -> Result<(Arc<Partition>, rill_storage::AppendInfo), KafkaError> {
+    let Some(partition) = broker.replicas.get(topic, index) else {
+        return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
+    };
+    if partition.leader() != broker.config.node_id {
+        return Err(KafkaError::new(ResponseError::NotLeaderOrFollower));
+    }
+    if acks == -1 && partition.isr_size() < partition.min_insync_replicas() {
+        return Err(KafkaError::new(ResponseError::NotEnoughReplicas));
+    }
+    let Some(records) = records else {
+        return Err(KafkaError::with_message(
+            ResponseError::InvalidRecord,
+            "produce request has null records",
+        ));
+    };
+    // The log rewrites offsets and the leader epoch in place, so it needs
+    // its own copy: the request's bytes are shared with the whole frame.
+    let mut records = records.to_vec();
+    partition
+        .append_as_leader(&mut records)
+        .map(|info| (Arc::clone(&partition), info))
+        .map_err(|error| KafkaError {
+            code: storage_error_code(&error),
+            message: Some(error.to_string()),
+        })
+}
+
+/// The second stage of acks=all: fsync what was appended (group-committed
+/// with every other waiter of the same log), then answer.
+async fn wait_durable(mut response: ProduceResponse, durable: Vec<Durable>) -> ProduceResponse {
+    let flushed = tokio::task::spawn_blocking(move || {
+        durable
+            .into_iter()
+            .map(|d| {
+                let result = d.partition.log.flush_until(d.end_offset);
+                (d.topic_at, d.partition_at, d.partition, result)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let flushed = match flushed {
+        Ok(flushed) => flushed,
+        Err(error) => {
+            warn!(%error, "flush task failed");
+            for topic in &mut response.responses {
+                for p in &mut topic.partition_responses {
+                    if p.error_code == 0 {
+                        p.error_code = ResponseError::KafkaStorageError.code();
+                    }
+                }
+            }
+            return response;
+        }
+    };
+    for (topic_at, partition_at, partition, result) in flushed {
+        if let Err(error) = result {
+            warn!(topic = %partition.tp.topic, partition = partition.tp.partition, %error, "flush failed");
+            let p = &mut response.responses[topic_at].partition_responses[partition_at];
+            p.error_code = storage_error_code(&error);
+            p.error_message = Some(super::str_bytes(error.to_string()));
+        }
+    }
+    response
+}

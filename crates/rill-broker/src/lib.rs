@@ -1,0 +1,34 @@
+//! rill's data plane: a node's listeners, its connections, one handler per
+//! Kafka API, and the partition replicas they read and write.
+//!
+//! # Layout
+//! - [`server`]: [`start`] a node (data dir, controller, replicas,
+//!   listeners) and [`RunningBroker::shutdown`] it; [`Broker`], the state
+//!   every connection shares.
+//! - `connection`: one client connection — frames in, the ordered part of
+//!   each request, answers written in request order (Produce and Fetch wait
+//!   off the connection's path).
+//! - `handlers`: one module per Kafka API with the same shape:
+//!   `handle(broker, version, request) -> response`.
+//! - [`replica`]: [`replica::Partition`] (log, leader epoch, high watermark)
+//!   and [`replica::ReplicaManager`], kept in step with the controller's
+//!   metadata image.
+//! - `errors`: storage and controller errors → Kafka error codes; the only
+//!   place that mapping lives.
+//! - `http`: `/health`.
+//! - [`config`]: [`BrokerConfig`], every setting with its default.
+//!
+//! **Architecture Invariant:** handlers read metadata only from the image
+//! the controller committed, and change it only by proposing commands to
+//! the controller; no handler writes metadata anywhere else.
+
+pub mod config;
+mod connection;
+mod errors;
+mod handlers;
+mod http;
+pub mod replica;
+pub mod server;
+
+pub use config::BrokerConfig;
+pub use server::{start, Broker, RunningBroker, StartError};

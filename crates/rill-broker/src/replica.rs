@@ -1,0 +1,296 @@
+//! Partition replicas: every partition this node holds, with its log, its
+//! leader epoch and its high watermark, kept in step with the controller's
+//! metadata image.
+//!
+//! On a single node with replication factor 1 the high watermark is the log
+//! end offset: the only in-sync replica is the leader itself. The fields are
+//! kept apart anyway so that replication adds followers without changing how
+//! handlers read a partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rill_controller::{MetadataImage, TopicId};
+use rill_storage::{
+    AppendInfo, CleanupPolicy, Log, LogConfig, LogManager, StorageError, TimestampType,
+};
+use rill_types::{NodeId, PartitionIndex, TopicPartition};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// One partition this node holds a replica of.
+#[derive(Debug)]
+pub struct Partition {
+    pub tp: TopicPartition,
+    pub topic_id: TopicId,
+    pub log: Arc<Log>,
+    leader: AtomicI32,
+    leader_epoch: AtomicI32,
+    high_watermark: AtomicI64,
+    isr_size: AtomicI32,
+    /// The topic's `min.insync.replicas`.
+    min_insync_replicas: AtomicI32,
+}
+
+impl Partition {
+    pub fn leader(&self) -> NodeId {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn isr_size(&self) -> i32 {
+        self.isr_size.load(Ordering::Acquire)
+    }
+
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.min_insync_replicas.load(Ordering::Acquire)
+    }
+
+    /// The offset below which records are committed: visible to consumers.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Appends a producer's batches as leader and, with every replica in
+    /// sync (this node alone), moves the high watermark to the new log end.
+    pub fn append_as_leader(&self, records: &mut [u8]) -> Result<AppendInfo, StorageError> {
+        let info = self.log.append(records, self.leader_epoch())?;
+        self.high_watermark
+            .fetch_max(info.last_offset + 1, Ordering::AcqRel);
+        Ok(info)
+    }
+
+    /// Re-reads the high watermark from the log after an operation that can
+    /// move the log end or start (DeleteRecords, truncation).
+    pub fn refresh_high_watermark(&self) {
+        self.high_watermark
+            .store(self.log.log_end_offset(), Ordering::Release);
+    }
+}
+
+/// All replicas on this node, by topic and partition.
+#[derive(Debug)]
+pub struct ReplicaManager {
+    node_id: NodeId,
+    logs: LogManager,
+    log_defaults: LogConfig,
+    partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// Serialises [`ReplicaManager::apply_image`]; holds the version of the
+    /// last image applied.
+    applied: Mutex<Option<u64>>,
+    /// Bumped after every append, so that waiting fetches re-check.
+    appended: watch::Sender<u64>,
+}
+
+impl ReplicaManager {
+    pub fn new(node_id: NodeId, logs: LogManager, log_defaults: LogConfig) -> Self {
+        Self {
+            node_id,
+            logs,
+            log_defaults,
+            partitions: RwLock::new(HashMap::new()),
+            applied: Mutex::new(None),
+            appended: watch::Sender::new(0),
+        }
+    }
+
+    pub fn logs(&self) -> &LogManager {
+        &self.logs
+    }
+
+    pub fn log_defaults(&self) -> &LogConfig {
+        &self.log_defaults
+    }
+
+    /// The replica of `topic`'s partition `partition`, if this node has one.
+    pub fn get(&self, topic: &str, partition: PartitionIndex) -> Option<Arc<Partition>> {
+        let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        // Lookups by `&str` would need a borrowed key type; topic names are
+        // short, so building the key is cheaper than it looks.
+        let tp = TopicPartition::new(rill_types::TopicName::new(topic).ok()?, partition);
+        partitions.get(&tp).cloned()
+    }
+
+    /// Tells fetches waiting for data that some partition grew.
+    pub fn notify_appended(&self) {
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes after each append, for long-polling fetches.
+    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Brings the replicas in line with `image`: opens (creating if needed)
+    /// the log of every partition assigned to this node, applies topic
+    /// configs and leader epochs, and deletes the logs of partitions the
+    /// image no longer has (a deleted topic, or a topic deleted and created
+    /// again under the same name). Blocking: creates and removes files.
+    pub fn apply_image(&self, image: &MetadataImage) {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.is_some_and(|version| image.version <= version) {
+            return;
+        }
+        let mut wanted: HashMap<TopicPartition, Wanted> = HashMap::new();
+        for topic in image.topics() {
+            let config = log_config(&self.log_defaults, &topic.configs);
+            let min_insync_replicas = topic
+                .configs
+                .get("min.insync.replicas")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            for (index, state) in topic.partitions.iter().enumerate() {
+                if !state.replicas.contains(&self.node_id) {
+                    continue;
+                }
+                let tp = TopicPartition::new(topic.name.clone(), index as PartitionIndex);
+                wanted.insert(
+                    tp,
+                    Wanted {
+                        topic_id: topic.topic_id,
+                        leader: state.leader,
+                        leader_epoch: state.leader_epoch,
+                        isr_size: state.isr.len() as i32,
+                        min_insync_replicas,
+                        config: config.clone(),
+                    },
+                );
+            }
+        }
+
+        let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        // Partitions (and logs found on disk at start-up) that the image
+        // no longer has, or has under another topic id.
+        let stale: Vec<TopicPartition> = self
+            .logs
+            .partitions()
+            .into_iter()
+            .filter(|tp| match (wanted.get(tp), partitions.get(tp)) {
+                (None, _) => true,
+                (Some(wanted), Some(partition)) => partition.topic_id != wanted.topic_id,
+                (Some(_), None) => false,
+            })
+            .collect();
+        for tp in stale {
+            partitions.remove(&tp);
+            match self.logs.delete(&tp) {
+                Ok(_) => {
+                    info!(topic = %tp.topic, partition = tp.partition, "deleted partition log")
+                }
+                Err(error) => {
+                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot delete partition log")
+                }
+            }
+        }
+        for (tp, wanted) in wanted {
+            if let Some(partition) = partitions.get(&tp) {
+                partition.leader.store(wanted.leader, Ordering::Release);
+                partition
+                    .leader_epoch
+                    .store(wanted.leader_epoch, Ordering::Release);
+                partition.isr_size.store(wanted.isr_size, Ordering::Release);
+                partition
+                    .min_insync_replicas
+                    .store(wanted.min_insync_replicas, Ordering::Release);
+                if *partition.log.config() != wanted.config {
+                    if let Err(error) = partition.log.set_config(wanted.config) {
+                        warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot apply topic config");
+                    }
+                }
+                continue;
+            }
+            match self.logs.get_or_create(&tp, wanted.config) {
+                Ok(log) => {
+                    let high_watermark = log.log_end_offset();
+                    partitions.insert(
+                        tp.clone(),
+                        Arc::new(Partition {
+                            tp,
+                            topic_id: wanted.topic_id,
+                            log,
+                            leader: AtomicI32::new(wanted.leader),
+                            leader_epoch: AtomicI32::new(wanted.leader_epoch),
+                            high_watermark: AtomicI64::new(high_watermark),
+                            isr_size: AtomicI32::new(wanted.isr_size),
+                            min_insync_replicas: AtomicI32::new(wanted.min_insync_replicas),
+                        }),
+                    );
+                }
+                Err(error) => {
+                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot open partition log")
+                }
+            }
+        }
+        *applied = Some(image.version);
+    }
+}
+
+/// What the image says about one partition this node holds.
+struct Wanted {
+    topic_id: TopicId,
+    leader: NodeId,
+    leader_epoch: i32,
+    isr_size: i32,
+    min_insync_replicas: i32,
+    config: LogConfig,
+}
+
+/// A topic's log settings: its own configs over the broker's defaults.
+/// Values were validated by the controller; one that still does not parse
+/// keeps the default.
+pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> LogConfig {
+    let mut config = defaults.clone();
+    for (name, value) in configs {
+        let long = || value.parse::<i64>().ok();
+        match name.as_str() {
+            "segment.bytes" => set(
+                &mut config.segment_bytes,
+                long().and_then(|v| u64::try_from(v).ok()),
+            ),
+            "segment.ms" => set(&mut config.segment_ms, long()),
+            "segment.index.bytes" => set(
+                &mut config.segment_index_bytes,
+                long().and_then(|v| u64::try_from(v).ok()),
+            ),
+            "index.interval.bytes" => set(
+                &mut config.index_interval_bytes,
+                long().and_then(|v| u64::try_from(v).ok()),
+            ),
+            "max.message.bytes" => set(
+                &mut config.max_message_bytes,
+                long().and_then(|v| u64::try_from(v).ok()),
+            ),
+            "message.timestamp.type" => set(
+                &mut config.timestamp_type,
+                match value.as_str() {
+                    "CreateTime" => Some(TimestampType::CreateTime),
+                    "LogAppendTime" => Some(TimestampType::LogAppendTime),
+                    _ => None,
+                },
+            ),
+            "retention.ms" => set(&mut config.retention_ms, long()),
+            "retention.bytes" => set(&mut config.retention_bytes, long()),
+            "cleanup.policy" => set(&mut config.cleanup_policy, CleanupPolicy::parse(value).ok()),
+            "delete.retention.ms" => set(&mut config.delete_retention_ms, long()),
+            _ => {}
+        }
+    }
+    if config.validate().is_err() {
+        warn!(
+            ?configs,
+            "topic configs do not make a valid log config; using the defaults"
+        );
+        return defaults.clone();
+    }
+    config
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}

@@ -1,0 +1,416 @@
+//! Start-up and shutdown of a node: the data dir, the controller, the
+//! replicas, and the listeners.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rill_controller::{Controller, ControllerError, MetadataCommand};
+use rill_storage::{LogManager, LogManagerConfig, StorageError};
+use rill_types::SystemClock;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::BrokerConfig;
+use crate::replica::ReplicaManager;
+use crate::{connection, http};
+
+/// The name of the controller's directory inside the data dir. It is not a
+/// `<topic>-<partition>` name, so the log manager leaves it alone.
+const CONTROLLER_DIR: &str = ".controller";
+/// Kafka's file naming the cluster and node a data dir belongs to.
+const META_PROPERTIES: &str = "meta.properties";
+/// How long shutdown waits for in-flight requests before it stops anyway.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often recovery points are checkpointed (Kafka's
+/// `log.flush.offset.checkpoint.interval.ms`).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why a node could not start. Each names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("data dir {}: {source}", path.display())]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("data dir {}: {reason}", path.display())]
+    DataDirMismatch { path: PathBuf, reason: String },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("controller: {0}")]
+    Controller(#[from] ControllerError),
+}
+
+/// The shared state of a running node, handed to every connection.
+#[derive(Debug)]
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub cluster_id: String,
+    pub controller: Controller,
+    pub replicas: ReplicaManager,
+    /// Permits for fetches waiting for data ([`BrokerConfig::fetch_waiting_max`]).
+    pub fetch_waiting: Semaphore,
+}
+
+impl Broker {
+    /// Applies the controller's latest image to the replicas now, rather
+    /// than when the follower task gets to it, so that a request that
+    /// changed the metadata sees its change. Blocking.
+    pub fn sync_metadata(&self) {
+        self.replicas.apply_image(&self.controller.image());
+    }
+}
+
+/// A started node. Dropping it without [`RunningBroker::shutdown`] leaves
+/// the data dir to recover as after a crash.
+#[derive(Debug)]
+pub struct RunningBroker {
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    kafka_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl RunningBroker {
+    /// The address the Kafka listener is bound to (useful with port 0).
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.kafka_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to a
+    /// bound), flushes every log, writes the clean-shutdown marker and stops
+    /// the controller.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        info!("shutting down");
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(timeout = ?SHUTDOWN_DRAIN_TIMEOUT, "connections still busy; stopping anyway");
+        }
+        let broker = Arc::clone(&self.broker);
+        tokio::task::spawn_blocking(move || broker.replicas.logs().shutdown())
+            .await
+            .map_err(|e| StorageError::Io {
+                op: "shut down logs",
+                path: self.broker.config.data_dir.clone(),
+                source: io::Error::other(e.to_string()),
+            })??;
+        self.broker.controller.shutdown().await?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Reads or writes `meta.properties`, which ties the data dir to one
+/// cluster id and node id, as Kafka's does. Returns the cluster id.
+fn prepare_data_dir(config: &BrokerConfig) -> Result<String, StartError> {
+    let dir = &config.data_dir;
+    let io_error = |source| StartError::DataDir {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io_error)?;
+    let path = dir.join(META_PROPERTIES);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let value = |key: &str| {
+                text.lines()
+                    .filter_map(|line| line.split_once('='))
+                    .find(|(k, _)| k.trim() == key)
+                    .map(|(_, v)| v.trim().to_string())
+            };
+            let mismatch = |reason: String| StartError::DataDirMismatch {
+                path: path.clone(),
+                reason,
+            };
+            let node_id = value("node.id").ok_or_else(|| mismatch("no node.id".into()))?;
+            if node_id != config.node_id.to_string() {
+                return Err(mismatch(format!(
+                    "it belongs to node {node_id}, not node {}",
+                    config.node_id
+                )));
+            }
+            value("cluster.id").ok_or_else(|| mismatch("no cluster.id".into()))
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let cluster_id = new_cluster_id();
+            let text = format!(
+                "# rill node identity; do not edit\nversion=1\ncluster.id={cluster_id}\nnode.id={}\n",
+                config.node_id
+            );
+            write_synced(dir, &path, text.as_bytes()).map_err(io_error)?;
+            Ok(cluster_id)
+        }
+        Err(error) => Err(io_error(error)),
+    }
+}
+
+/// A cluster id as Kafka makes them: a random UUID in URL-safe base64
+/// without padding (22 characters).
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = uuid::Uuid::new_v4().as_u128();
+    (0..22)
+        .map(|i| {
+            let shift = 128i32 - 6 * (i + 1);
+            let sextet = if shift >= 0 {
+                (bits >> shift) & 0x3f
+            } else {
+                (bits << -shift) & 0x3f
+            };
+            ALPHABET[sextet as usize] as char
+        })
+        .collect()
+}
+
+fn write_synced(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Starts a node: binds its listeners, opens the data dir, the controller
+/// and every log, registers itself, and starts serving. Returns once the
+/// node is ready for clients.
+pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
+    // Listeners first: an address in use is the most common start-up
+    // failure, and finding it before recovery saves a long wait.
+    let kafka_listener = bind("Kafka clients", config.kafka_addr).await?;
+    let controller_listener = bind("the controller", config.controller_addr).await?;
+    let http_listener = bind("HTTP", config.http_addr).await?;
+    let kafka_addr = kafka_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "Kafka clients",
+            addr: config.kafka_addr,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "HTTP",
+            addr: config.http_addr,
+            source,
+        })?;
+    let mut config = config;
+    if config.advertised_kafka_addr.is_none() {
+        config.advertised_kafka_addr = Some((kafka_addr.ip().to_string(), kafka_addr.port()));
+    }
+
+    let cluster_id = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || prepare_data_dir(&config))
+            .await
+            .map_err(|e| StartError::DataDir {
+                path: PathBuf::new(),
+                source: io::Error::other(e.to_string()),
+            })??
+    };
+    let logs = {
+        let data_dir = config.data_dir.clone();
+        let manager_config = LogManagerConfig {
+            default_log_config: config.log_defaults.clone(),
+            ..LogManagerConfig::default()
+        };
+        tokio::task::spawn_blocking(move || {
+            LogManager::open(&data_dir, manager_config, Arc::new(SystemClock))
+        })
+        .await
+        .map_err(|e| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source: io::Error::other(e.to_string()),
+        })??
+    };
+    let controller = Controller::open(config.data_dir.join(CONTROLLER_DIR), config.node_id).await?;
+
+    let (host, port) = config.advertised();
+    let registered = controller
+        .image()
+        .broker(config.node_id)
+        .is_some_and(|b| b.host == host && i32::from(b.port) == i32::from(port));
+    if !registered {
+        controller
+            .submit(MetadataCommand::RegisterBroker {
+                node_id: config.node_id,
+                host,
+                port,
+                rack: None,
+            })
+            .await?;
+    }
+
+    let broker = Arc::new(Broker {
+        replicas: ReplicaManager::new(config.node_id, logs, config.log_defaults.clone()),
+        fetch_waiting: Semaphore::new(config.fetch_waiting_max),
+        cluster_id,
+        controller,
+        config,
+    });
+    {
+        let broker = Arc::clone(&broker);
+        tokio::task::spawn_blocking(move || broker.sync_metadata())
+            .await
+            .map_err(|e| StartError::DataDir {
+                path: PathBuf::new(),
+                source: io::Error::other(e.to_string()),
+            })?;
+    }
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(follow_metadata(Arc::clone(&broker), shutdown.clone()));
+    tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
+    tasks.spawn(accept_kafka(
+        Arc::clone(&broker),
+        kafka_listener,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    tasks.spawn(hold_controller_port(controller_listener, shutdown.clone()));
+    tasks.spawn(http::serve(http_listener, shutdown.clone()));
+    info!(
+        node_id = broker.config.node_id,
+        cluster_id = %broker.cluster_id,
+        %kafka_addr,
+        %http_addr,
+        data_dir = %broker.config.data_dir.display(),
+        "ready"
+    );
+    Ok(RunningBroker {
+        broker,
+        shutdown,
+        tasks,
+        kafka_addr,
+        http_addr,
+    })
+}
+
+/// Applies each image the controller commits to the replicas.
+async fn follow_metadata(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut images = broker.controller.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = images.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let broker = Arc::clone(&broker);
+        if let Err(error) = tokio::task::spawn_blocking(move || broker.sync_metadata()).await {
+            error!(%error, "applying metadata failed");
+        }
+    }
+}
+
+/// Periodic work: recovery-point checkpoints, retention and compaction.
+async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut checkpoints = tokio::time::interval(CHECKPOINT_INTERVAL);
+    let mut cleanups = tokio::time::interval(broker.config.log_cleanup_interval);
+    checkpoints.tick().await;
+    cleanups.tick().await;
+    loop {
+        let cleanup = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = checkpoints.tick() => false,
+            _ = cleanups.tick() => true,
+        };
+        let worker = Arc::clone(&broker);
+        let result = tokio::task::spawn_blocking(move || {
+            let logs = worker.replicas.logs();
+            if cleanup {
+                logs.run_cleanup()?;
+                // Retention moves log starts; high watermarks stay put.
+            }
+            logs.checkpoint()
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, cleanup, "log housekeeping failed"),
+            Err(error) => error!(%error, "log housekeeping panicked"),
+        }
+    }
+}
+
+async fn accept_kafka(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let connections = Arc::new(Semaphore::new(broker.config.connections_max));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, most likely; back off rather than spin.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            warn!(%peer, limit = broker.config.connections_max, "too many connections; closing the new one");
+            continue;
+        };
+        tasks.spawn(connection::serve(
+            Arc::clone(&broker),
+            stream,
+            peer,
+            shutdown.clone(),
+            permit,
+        ));
+    }
+}
+
+/// Keeps the controller port bound. A single node has no quorum peers, so
+/// connections are closed at once; multi-node Raft RPC will be served here.
+async fn hold_controller_port(listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => {
+                if let Ok((_, peer)) = accepted {
+                    tracing::debug!(%peer, "controller port has no peers to serve; closing");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The `rill` binary.
+//!
+//! `rill serve` starts a node. Settings come from, in increasing order of
+//! precedence: built-in defaults, a TOML file (`--config`), `RILL_*`
+//! environment variables, and command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rill_broker::BrokerConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "rill", version, about = "A Kafka-compatible message broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: a single-node cluster that is both controller and broker.
+    Serve(ServeArgs),
+}
+
+/// Every `serve` setting. Each flag can also be set as `RILL_<NAME>` in the
+/// environment and as `<name> = value` in the `--config` file.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// A TOML file of settings, named as the flags (`data-dir = "/var/lib/rill"`).
+    #[arg(long, env = "RILL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where partition logs and the controller's log live [default: ./rill-data].
+    #[arg(long, env = "RILL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The Kafka protocol listener [default: 127.0.0.1:9092].
+    #[arg(long, env = "RILL_KAFKA_ADDR")]
+    kafka_addr: Option<SocketAddr>,
+    /// The host:port clients are told to connect to [default: the Kafka address].
+    #[arg(long, env = "RILL_ADVERTISED_KAFKA_ADDR")]
+    advertised_kafka_addr: Option<String>,
+    /// The controller quorum's listener [default: 127.0.0.1:9093].
+    #[arg(long, env = "RILL_CONTROLLER_ADDR")]
+    controller_addr: Option<SocketAddr>,
+    /// The HTTP listener for /health [default: 127.0.0.1:9644].
+    #[arg(long, env = "RILL_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// This node's id [default: 1].
+    #[arg(long, env = "RILL_NODE_ID")]
+    node_id: Option<i32>,
+    /// Create unknown topics when a client asks for their metadata [default: true].
+    #[arg(long, env = "RILL_AUTO_CREATE_TOPICS_ENABLE")]
+    auto_create_topics_enable: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long, env = "RILL_NUM_PARTITIONS")]
+    num_partitions: Option<i32>,
+    /// The largest request frame, in bytes [default: 104857600].
+    #[arg(long, env = "RILL_SOCKET_REQUEST_MAX_BYTES")]
+    socket_request_max_bytes: Option<usize>,
+    /// The most client connections at once [default: 10000].
+    #[arg(long, env = "RILL_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// How often retention and compaction run, in milliseconds [default: 300000].
+    #[arg(long, env = "RILL_LOG_RETENTION_CHECK_INTERVAL_MS")]
+    log_retention_check_interval_ms: Option<u64>,
+}
+
+/// The `--config` file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    kafka_addr: Option<SocketAddr>,
+    advertised_kafka_addr: Option<String>,
+    controller_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    node_id: Option<i32>,
+    auto_create_topics_enable: Option<bool>,
+    num_partitions: Option<i32>,
+    socket_request_max_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    log_retention_check_interval_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("rill: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    // openraft narrates every election at info; a single node's are not news.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn read_settings(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+}
+
+fn parse_host_port(value: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .with_context(|| format!("advertised address '{value}' is not host:port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("advertised address '{value}' has a bad port"))?;
+    anyhow::ensure!(!host.is_empty(), "advertised address '{value}' has no host");
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
+    let file = match &args.config {
+        Some(path) => read_settings(path)?,
+        None => FileSettings::default(),
+    };
+    let mut config = BrokerConfig::default();
+    macro_rules! setting {
+        ($field:ident => $target:expr) => {
+            if let Some(value) = args.$field.or(file.$field) {
+                $target = value;
+            }
+        };
+    }
+    setting!(data_dir => config.data_dir);
+    setting!(kafka_addr => config.kafka_addr);
+    setting!(controller_addr => config.controller_addr);
+    setting!(http_addr => config.http_addr);
+    setting!(node_id => config.node_id);
+    setting!(auto_create_topics_enable => config.auto_create_topics_enable);
+    setting!(num_partitions => config.num_partitions);
+    setting!(socket_request_max_bytes => config.request_bytes_max);
+    setting!(max_connections => config.connections_max);
+    if let Some(advertised) = args.advertised_kafka_addr.or(file.advertised_kafka_addr) {
+        config.advertised_kafka_addr = Some(parse_host_port(&advertised)?);
+    }
+    if let Some(ms) = args
+        .log_retention_check_interval_ms
+        .or(file.log_retention_check_interval_ms)
+    {
+        anyhow::ensure!(ms > 0, "log-retention-check-interval-ms must be positive");
+        config.log_cleanup_interval = std::time::Duration::from_millis(ms);
+    }
+    anyhow::ensure!(
+        config.node_id >= 0,
+        "node-id must be at least 0, not {}",
+        config.node_id
+    );
+    anyhow::ensure!(
+        config.num_partitions >= 1,
+        "num-partitions must be at least 1, not {}",
+        config.num_partitions
+    );
+    anyhow::ensure!(
+        config.request_bytes_max >= 1024,
+        "socket-request-max-bytes must be at least 1024"
+    );
+    anyhow::ensure!(
+        config.connections_max >= 1,
+        "max-connections must be at least 1"
+    );
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = broker_config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rill")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let running = rill_broker::start(config).await?;
+        println!(
+            "rill ready: kafka={} http={} data-dir={}",
+            running.kafka_addr(),
+            running.http_addr(),
+            running.broker().config.data_dir.display()
+        );
+        wait_for_signal().await?;
+        running.shutdown().await?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
