@@ -89,7 +89,10 @@ export class Broker {
     const [cmd, argv] = fs.existsSync(SETPRIV)
       ? [SETPRIV, ['--pdeathsig', 'KILL', '--', rillBin(), ...args]]
       : [rillBin(), args]
-    const child = spawn(cmd, argv, { stdio: ['ignore', log, log] })
+    // The broker reads RILL_* variables as settings; none from the caller's
+    // environment may leak into a test's broker.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('RILL_')))
+    const child = spawn(cmd, argv, { env, stdio: ['ignore', log, log] })
     fs.closeSync(log)
     this.child = child
     running.add(child)
@@ -125,8 +128,12 @@ export class Broker {
     const child = this.child
     this.child = null
     child.kill('SIGTERM')
-    const timeout = sleep(STOP_TIMEOUT_MS).then(() => 'timeout')
+    let timer
+    const timeout = new Promise(resolve => {
+      timer = setTimeout(() => resolve('timeout'), STOP_TIMEOUT_MS)
+    })
     const status = await Promise.race([this.exited, timeout])
+    clearTimeout(timer)
     if (status === 'timeout') {
       child.kill('SIGKILL')
       await this.exited

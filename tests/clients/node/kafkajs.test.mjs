@@ -9,7 +9,7 @@
 // separate codec packages, so this suite produces with none and gzip only.
 
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { after, before, describe, test as nodeTest } from 'node:test'
 
 import kafkajs from 'kafkajs'
 
@@ -33,6 +33,19 @@ function errorTypes(e, depth = 0) {
     ...errorTypes(e.cause, depth + 1),
     ...errorTypes(e.originalError, depth + 1),
   ].filter(Boolean)
+}
+
+// The broker's log is printed after the suite when any test failed.
+let anyFailed = false
+function test(name, options, fn) {
+  return nodeTest(name, options, async t => {
+    try {
+      await fn(t)
+    } catch (e) {
+      anyFailed = true
+      throw e
+    }
+  })
 }
 
 let topicSeq = 0
@@ -73,6 +86,9 @@ describe('kafkajs against rill', { timeout: 5 * TEST_TIMEOUT_MS }, () => {
 
   after(async () => {
     for (const c of clients) await c.disconnect().catch(() => {})
+    if (broker && anyFailed) {
+      console.error(`----- rill broker log (last lines, ${broker.logPath}) -----\n${broker.logTail(150)}`)
+    }
     if (broker) await broker.close()
   })
 

@@ -7,6 +7,7 @@ Every call that waits takes a timeout; nothing here blocks without one.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
 # A generous bound for a single request or a flush on a loopback broker.
 WAIT_S = 30.0
+
+# librdkafka logs through Python logging, so pytest captures its connection
+# errors (shown only for a failing test) instead of printing them to stderr.
+RDKAFKA_LOGGER = logging.getLogger("rdkafka")
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,13 @@ class Consumed:
 
 
 def ck_admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000, "logger": RDKAFKA_LOGGER})
 
 
 def ck_create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict | None = None) -> None:
-    futures = ck_admin(bootstrap).create_topics(
+    # The admin client must outlive its futures: a collected client cancels them.
+    admin = ck_admin(bootstrap)
+    futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
         operation_timeout=10, request_timeout=WAIT_S)
     futures[topic].result(timeout=WAIT_S)
@@ -78,6 +85,7 @@ def ck_producer(bootstrap: str, **config) -> confluent_kafka.Producer:
         "message.timeout.ms": 20000,
         "request.timeout.ms": 10000,
         "reconnect.backoff.max.ms": 1000,
+        "logger": RDKAFKA_LOGGER,
     }
     conf.update(config)
     return confluent_kafka.Producer(conf)
@@ -89,6 +97,14 @@ def ck_produce(bootstrap: str, topic: str, records: list[Record], producer=None,
     and return each one's (partition, offset) from its delivery report, in send
     order. Fails on any delivery error."""
     p = producer or ck_producer(bootstrap, **config)
+    try:
+        return _ck_produce(p, topic, records, partition)
+    finally:
+        if producer is None:
+            p.close()
+
+
+def _ck_produce(p, topic, records, partition) -> list[Consumed]:
     reports: list = [None] * len(records)
 
     def on_delivery(index):
@@ -137,6 +153,7 @@ def ck_consumer(bootstrap: str, **config) -> confluent_kafka.Consumer:
         "enable.partition.eof": False,
         "fetch.wait.max.ms": 100,
         "socket.timeout.ms": 10000,
+        "logger": RDKAFKA_LOGGER,
     }
     conf.update(config)
     return confluent_kafka.Consumer(conf)

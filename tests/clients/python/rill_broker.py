@@ -173,8 +173,12 @@ class Broker:
             "--controller-addr", f"127.0.0.1:{self.controller_port}",
             "--http-addr", f"127.0.0.1:{self.http_port}",
         ]
+        # The broker reads RILL_* variables as settings; none from the caller's
+        # environment may leak into a test's broker.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RILL_")}
         self.proc = subprocess.Popen(
             cmd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -32,7 +32,8 @@ def _result(futures: dict):
 
 def test_metadata_and_describe_cluster(broker, topic_name):
     ck_create_topic(broker.bootstrap, topic_name, 3)
-    md = ck_admin(broker.bootstrap).list_topics(timeout=WAIT_S)
+    admin = ck_admin(broker.bootstrap)
+    md = admin.list_topics(timeout=WAIT_S)
     assert {b.id: (b.host, b.port) for b in md.brokers.values()} == {1: ("127.0.0.1", broker.kafka_port)}
     assert md.controller_id == 1
     tm = md.topics[topic_name]
@@ -41,7 +42,7 @@ def test_metadata_and_describe_cluster(broker, topic_name):
     for pm in tm.partitions.values():
         assert (pm.leader, list(pm.replicas), list(pm.isrs)) == (1, [1], [1])
 
-    cluster = ck_admin(broker.bootstrap).describe_cluster(request_timeout=WAIT_S).result(timeout=WAIT_S)
+    cluster = admin.describe_cluster(request_timeout=WAIT_S).result(timeout=WAIT_S)
     assert cluster.cluster_id, "DescribeCluster returned no cluster id"
     assert cluster.controller.id == 1
     assert [(n.id, n.host, n.port) for n in cluster.nodes] == [(1, "127.0.0.1", broker.kafka_port)]
@@ -68,8 +69,8 @@ def src(entry: ConfigEntry) -> ConfigSource:
 
 
 def ck_topic_configs(bootstrap, topic) -> dict:
-    return _result(ck_admin(bootstrap).describe_configs([ConfigResource(ResourceType.TOPIC, topic)],
-                                                       request_timeout=WAIT_S))
+    admin = ck_admin(bootstrap)
+    return _result(admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)], request_timeout=WAIT_S))
 
 
 def test_configs_confluent(broker, topic_name):
@@ -121,7 +122,8 @@ def test_configs_confluent(broker, topic_name):
 
 
 def test_broker_configs_confluent(broker):
-    configs = _result(ck_admin(broker.bootstrap).describe_configs(
+    admin = ck_admin(broker.bootstrap)
+    configs = _result(admin.describe_configs(
         [ConfigResource(ResourceType.BROKER, "1")], request_timeout=WAIT_S))
     assert configs["num.partitions"].value == "1"
     assert configs["auto.create.topics.enable"].value == "true"
@@ -225,18 +227,19 @@ INVALID_TOPIC_NAMES = ["bad name", "a/b", ".", "..", "x" * 250]
 
 @pytest.mark.parametrize("name", INVALID_TOPIC_NAMES, ids=["space", "slash", "dot", "dotdot", "too-long"])
 def test_create_invalid_topic_name(broker, name):
-    futures = ck_admin(broker.bootstrap).create_topics([NewTopic(name, 1, 1)], request_timeout=WAIT_S)
+    admin = ck_admin(broker.bootstrap)
+    futures = admin.create_topics([NewTopic(name, 1, 1)], request_timeout=WAIT_S)
     with pytest.raises(KafkaException) as e:
         _result(futures)
     assert kafka_error_code(e.value) == KafkaError.TOPIC_EXCEPTION  # INVALID_TOPIC_EXCEPTION, code 17
 
-    admin = kp_admin(broker.bootstrap)
+    kadmin = kp_admin(broker.bootstrap)
     try:
         with pytest.raises(kafka.errors.InvalidTopicError):
-            admin.create_topics({name: {"num_partitions": 1, "replication_factor": 1}})
-        assert name not in admin.list_topics()
+            kadmin.create_topics({name: {"num_partitions": 1, "replication_factor": 1}})
+        assert name not in kadmin.list_topics()
     finally:
-        admin.close()
+        kadmin.close()
 
 
 def test_create_topic_errors(broker, topic_name):
@@ -269,17 +272,20 @@ def test_message_too_large_confluent(broker, topic_name):
     ck_create_topic(broker.bootstrap, topic_name + "-small", 1, config={"max.message.bytes": "1000"})
     # The client's own limit is raised so that the broker, not the client, refuses.
     p = ck_producer(broker.bootstrap, **{"message.max.bytes": 10_000_000, "compression.type": "none"})
-    cases = [(topic_name, os.urandom(2_000_000)), (topic_name + "-small", os.urandom(5000))]
-    for topic, value in cases:
-        errors = []
-        p.produce(topic, value=value, on_delivery=lambda err, msg: errors.append(err))
-        assert p.flush(WAIT_S) == 0
-        assert len(errors) == 1 and errors[0] is not None, f"{topic}: {len(value)} bytes accepted"
-        assert errors[0].code() == KafkaError.MSG_SIZE_TOO_LARGE, errors[0]
-        assert ck_watermarks(broker.bootstrap, topic, 0) == (0, 0)
-    # A record that fits still goes through on the same connection.
-    produced = ck_produce(broker.bootstrap, topic_name + "-small", [Record(None, b"x" * 100)], producer=p)
-    assert produced[0].offset == 0
+    try:
+        cases = [(topic_name, os.urandom(2_000_000)), (topic_name + "-small", os.urandom(5000))]
+        for topic, value in cases:
+            errors = []
+            p.produce(topic, value=value, on_delivery=lambda err, msg: errors.append(err))
+            assert p.flush(WAIT_S) == 0
+            assert len(errors) == 1 and errors[0] is not None, f"{topic}: {len(value)} bytes accepted"
+            assert errors[0].code() == KafkaError.MSG_SIZE_TOO_LARGE, errors[0]
+            assert ck_watermarks(broker.bootstrap, topic, 0) == (0, 0)
+        # A record that fits still goes through on the same connection.
+        produced = ck_produce(broker.bootstrap, topic_name + "-small", [Record(None, b"x" * 100)], producer=p)
+        assert produced[0].offset == 0
+    finally:
+        p.close()
 
 
 def test_message_too_large_kafka_python(broker, topic_name):
