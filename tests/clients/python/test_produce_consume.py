@@ -5,13 +5,14 @@ confluent-kafka (librdkafka) and kafka-python encode batches, compression and
 headers independently, so a broker that mangles either shows up here.
 """
 
+import time
 from collections import defaultdict
 
 import pytest
 
 from clients import (
-    CODECS, Record, assert_read_back, ck_consume, ck_create_topic, ck_produce, kp_consume, kp_create_topic,
-    kp_produce, wait_for_partitions,
+    CODECS, WAIT_S, Record, assert_read_back, ck_consume, ck_create_topic, ck_produce, ck_watermarks, kp_consume,
+    kp_create_topic, kp_produce, wait_for_partitions,
 )
 
 PARTITIONS = 3
@@ -81,3 +82,22 @@ def test_auto_create_on_produce(broker, topic_name):
     assert [(c.partition, c.offset) for c in produced] == [(0, 0)]
     wait_for_partitions(broker.bootstrap, topic_name, 1)
     assert_read_back(produced, kp_consume(broker.bootstrap, topic_name, 1))
+
+
+def test_acks_one_and_zero(broker, topic_name):
+    """acks=1 reports offsets; acks=0 reports none, but the records still land, in order."""
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    ones = [Record(b"k", f"acks1-{i}".encode()) for i in range(50)]
+    zeros = [Record(b"k", f"acks0-{i}".encode()) for i in range(50)]
+    produced = ck_produce(broker.bootstrap, topic_name, ones, acks="1")
+    assert [c.offset for c in produced] == list(range(50))
+    produced = ck_produce(broker.bootstrap, topic_name, zeros, acks="0")
+    # librdkafka reports no offset (None) for acks=0: there is no response to take it from.
+    assert all(c.offset is None for c in produced), [c.offset for c in produced][:5]
+
+    deadline = time.monotonic() + WAIT_S
+    while ck_watermarks(broker.bootstrap, topic_name, 0) != (0, 100):
+        assert time.monotonic() < deadline, f"acks=0 records not all in: {ck_watermarks(broker.bootstrap, topic_name, 0)}"
+        time.sleep(0.1)
+    got = ck_consume(broker.bootstrap, topic_name, 1)
+    assert [c.record.value for c in got] == [r.value for r in ones + zeros]
