@@ -73,7 +73,8 @@ def wait_for_partitions(bootstrap: str, topic: str, partitions: int, timeout_s: 
             if len(seen) == partitions and all(leader >= 0 for leader in seen.values()):
                 return
         time.sleep(0.1)
-    raise AssertionError(f"topic {topic} did not show {partitions} led partitions within {timeout_s}s; last seen {seen}")
+    raise AssertionError(
+        f"topic {topic} did not show {partitions} led partitions within {timeout_s}s; last seen {seen}")
 
 
 def ck_producer(bootstrap: str, **config) -> confluent_kafka.Producer:
@@ -312,7 +313,6 @@ def kafka_error_code(exc: BaseException) -> int:
     """The Kafka error code carried by a confluent-kafka KafkaException."""
     assert isinstance(exc, KafkaException), f"expected KafkaException, got {exc!r}"
     return exc.args[0].code()
-
 
 
 def kp_create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict | None = None) -> None:

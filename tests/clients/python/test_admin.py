@@ -294,4 +294,3 @@ def test_message_too_large_kafka_python(broker, topic_name):
         kp_produce(broker.bootstrap, topic_name, [Record(None, os.urandom(2_000_000))],
                    max_request_size=10_000_000, retries=0)
     assert ck_watermarks(broker.bootstrap, topic_name, 0) == (0, 0)
-

@@ -96,8 +96,8 @@ def test_acks_one_and_zero(broker, topic_name):
     assert all(c.offset is None for c in produced), [c.offset for c in produced][:5]
 
     deadline = time.monotonic() + WAIT_S
-    while ck_watermarks(broker.bootstrap, topic_name, 0) != (0, 100):
-        assert time.monotonic() < deadline, f"acks=0 records not all in: {ck_watermarks(broker.bootstrap, topic_name, 0)}"
+    while (marks := ck_watermarks(broker.bootstrap, topic_name, 0)) != (0, 100):
+        assert time.monotonic() < deadline, f"acks=0 records not all in: watermarks {marks}"
         time.sleep(0.1)
     got = ck_consume(broker.bootstrap, topic_name, 1)
     assert [c.record.value for c in got] == [r.value for r in ones + zeros]
