@@ -193,3 +193,25 @@ def test_delete_records_kafka_python(broker, topic_name):
                 assert not records, f"read below the log start: {records}"
     finally:
         c.close()
+
+
+def test_kafka_2_0_protocol_versions(broker, topic_name):
+    """A client pinned to Kafka 2.0's protocol versions (ListOffsets v3, Produce v6,
+    Fetch v8, Metadata v6) inside the ranges rill advertises: produce, list
+    offsets and fetch all still work."""
+    old = {"api_version": (2, 0)}
+    ck_create_topic(broker.bootstrap, topic_name, 1)
+    produced = kp_produce(broker.bootstrap, topic_name, timestamped_records(), partition=0, **old)
+    assert [c.offset for c in produced] == list(range(10))
+    tp = KpTopicPartition(topic_name, 0)
+    c = kp_consumer(broker.bootstrap, **old)
+    try:
+        assert c.beginning_offsets([tp], timeout_ms=30000) == {tp: 0}
+        assert c.end_offsets([tp], timeout_ms=30000) == {tp: 10}
+        got = c.offsets_for_times({tp: T0 + 3500}, timeout_ms=30000)[tp]
+        assert (got.offset, got.timestamp) == (4, TIMESTAMPS[4])
+    finally:
+        c.close()
+    got = kp_consume(broker.bootstrap, topic_name, 1, **old)
+    assert [(c.offset, c.record.value, c.record.timestamp) for c in got] == [
+        (i, f"v{i}".encode(), ts) for i, ts in enumerate(TIMESTAMPS)]
