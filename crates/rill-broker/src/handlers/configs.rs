@@ -471,7 +471,10 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
         RESOURCE_TOPIC => {
             check_topic_name(&resource.name)?;
             let Some(topic) = image.topic(&resource.name) else {
-                return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
+                return Err(KafkaError::with_message(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("the topic '{}' does not exist", resource.name),
+                ));
             };
             (
                 ConfigResource::Topic(resource.name.clone()),

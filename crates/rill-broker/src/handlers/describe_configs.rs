@@ -20,10 +20,11 @@ use rill_protocol::kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use rill_protocol::kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use rill_types::TopicName;
 
 use super::configs::{
-    broker_entries, check_broker_name, check_topic_name, config_type_id, topic_entries,
-    unsupported_resource_type, ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC,
+    broker_entries, check_broker_name, config_type_id, topic_entries, unsupported_resource_type,
+    ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC,
 };
 use super::{str_bytes, KafkaError};
 use crate::server::Broker;
@@ -73,7 +74,10 @@ fn describe(
     let image = broker.controller.image();
     match resource.resource_type {
         RESOURCE_TOPIC => {
-            check_topic_name(name)?;
+            // Kafka's `Topic.validate`: the empty name is invalid too.
+            TopicName::new(name).map_err(|error| {
+                KafkaError::with_message(ResponseError::InvalidTopicException, error.to_string())
+            })?;
             match image.topic(name) {
                 Some(topic) => Ok(topic_entries(broker, &image, &topic.configs)),
                 None => Err(KafkaError::new(ResponseError::UnknownTopicOrPartition)),
