@@ -449,10 +449,10 @@ async fn describe_configs_of_the_broker() {
 // ---------------------------------------------------------------------
 // AlterConfigs
 
-fn alter_request(
-    resources: &[(i8, &str, &[(&str, Option<&str>)])],
-    validate_only: bool,
-) -> AlterConfigsRequest {
+/// `(name, value)` pairs of an AlterConfigs resource.
+type Configs<'a> = &'a [(&'a str, Option<&'a str>)];
+
+fn alter_request(resources: &[(i8, &str, Configs)], validate_only: bool) -> AlterConfigsRequest {
     AlterConfigsRequest::default()
         .with_validate_only(validate_only)
         .with_resources(
@@ -559,7 +559,7 @@ async fn alter_configs_replaces_a_topics_configs() {
     );
 
     // Bad input, one resource at a time.
-    let cases: &[(&str, i8, &str, &[(&str, Option<&str>)], i16)] = &[
+    let cases: &[(&str, i8, &str, Configs, i16)] = &[
         (
             "bad value",
             TOPIC,
@@ -1186,8 +1186,11 @@ async fn delete_records_moves_the_log_start() {
 // ---------------------------------------------------------------------
 // CreatePartitions
 
+/// Replica lists of new partitions, one per partition.
+type Assignments = Option<Vec<Vec<i32>>>;
+
 fn create_partitions_request(
-    topics: &[(&str, i32, Option<Vec<Vec<i32>>>)],
+    topics: &[(&str, i32, Assignments)],
     validate_only: bool,
 ) -> CreatePartitionsRequest {
     CreatePartitionsRequest::default()
@@ -1303,6 +1306,14 @@ async fn create_partitions() {
         }
     }
     assert_eq!(partition_count(&mut client, "growing").await, 4);
+    // Kafka's words, which kafka-topics.sh prints.
+    let response = client
+        .send(3, create_partitions_request(&[("growing", 2, None)], false))
+        .await;
+    assert_eq!(
+        response.results[0].error_message.as_deref(),
+        Some("The topic growing currently has 4 partition(s); 2 would not be an increase.")
+    );
 
     let response = client
         .send(

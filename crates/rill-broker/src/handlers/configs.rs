@@ -302,7 +302,7 @@ pub fn check_topic_name(name: &str) -> Result<(), KafkaError> {
     if name.is_empty() {
         return Err(KafkaError::with_message(
             ResponseError::InvalidRequest,
-            "default topic resources are not allowed",
+            "Default topic resources are not allowed.",
         ));
     }
     TopicName::new(name).map(|_| ()).map_err(|error| {
@@ -317,13 +317,13 @@ pub fn check_broker_name(broker: &Broker, name: &str) -> Result<NodeId, KafkaErr
     let Ok(id) = name.parse::<NodeId>() else {
         return Err(KafkaError::with_message(
             ResponseError::InvalidRequest,
-            format!("broker id must be an integer, but it is: {name}"),
+            format!("Broker id must be an integer, but it is: {name}"),
         ));
     };
     if id != node_id {
         return Err(KafkaError::with_message(
             ResponseError::InvalidRequest,
-            format!("unexpected broker id, expected {node_id}, but received {name}"),
+            format!("Unexpected broker id, expected {node_id}, but received {name}"),
         ));
     }
     Ok(id)
@@ -397,7 +397,7 @@ pub async fn alter(
         let result = if duplicated {
             Err(KafkaError::with_message(
                 ResponseError::InvalidRequest,
-                "each resource must appear at most once",
+                "Each resource must appear at most once.",
             ))
         } else {
             match command_for(broker, resource) {
@@ -436,7 +436,8 @@ pub async fn alter(
 
 /// The controller command that makes one resource's change, checked as
 /// far as the broker can: names, null values, operations and types.
-/// Values are checked by the controller.
+/// Values are checked by the controller. Messages a client shows its user
+/// are in Kafka's own words.
 fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataCommand, KafkaError> {
     let invalid_request =
         |message: String| KafkaError::with_message(ResponseError::InvalidRequest, message);
@@ -444,7 +445,7 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
     let distinct: BTreeSet<&str> = names.iter().copied().collect();
     if distinct.len() != names.len() {
         return Err(invalid_request(
-            "error due to duplicate config keys".to_string(),
+            "Error due to duplicate config keys".to_string(),
         ));
     }
     let null_values: Vec<&str> = match &resource.change {
@@ -461,7 +462,7 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
     };
     if !null_values.is_empty() {
         return Err(invalid_request(format!(
-            "null value not supported for: {}",
+            "Null value not supported for : {}",
             null_values.join(", ")
         )));
     }
@@ -473,7 +474,7 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
             let Some(topic) = image.topic(&resource.name) else {
                 return Err(KafkaError::with_message(
                     ResponseError::UnknownTopicOrPartition,
-                    format!("the topic '{}' does not exist", resource.name),
+                    format!("The topic '{}' does not exist.", resource.name),
                 ));
             };
             (
@@ -497,7 +498,7 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
             if !read_only.is_empty() {
                 // Kafka answers INVALID_REQUEST here too (KAFKA-13609).
                 return Err(invalid_request(format!(
-                    "cannot update these configs dynamically: {}",
+                    "Cannot update these configs dynamically: {}",
                     read_only.join(", ")
                 )));
             }
@@ -533,7 +534,7 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
                         set.insert(name.clone(), list);
                     }
                     other => {
-                        return Err(invalid_request(format!("unknown operation type {other}")));
+                        return Err(invalid_request(format!("Unknown operations type {other}")));
                     }
                 }
             }
@@ -603,7 +604,7 @@ fn list_op(
     if config_type != ConfigType::List {
         return Err(KafkaError::with_message(
             ResponseError::InvalidConfig,
-            format!("can't {op_name} to key {name} because its type is not LIST"),
+            format!("Can't {op_name} to key {name} because its type is not LIST."),
         ));
     }
     let base = current.get(name).cloned().unwrap_or(default);

@@ -8,7 +8,8 @@
 //! twice is INVALID_REQUEST ("Duplicate topic name.", one result per name);
 //! an unknown topic UNKNOWN_TOPIC_OR_PARTITION; a count that is not an
 //! increase INVALID_PARTITIONS; assignments that do not match the new
-//! partitions INVALID_REPLICA_ASSIGNMENT.
+//! partitions INVALID_REPLICA_ASSIGNMENT. Messages are in Kafka's words,
+//! which tools such as `kafka-topics.sh` print as they are.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub async fn handle(
             }
             Err(KafkaError::with_message(
                 ResponseError::InvalidRequest,
-                "duplicate topic name",
+                "Duplicate topic name.",
             ))
         } else {
             let outcome = grow(broker, &name, &topic, request.validate_only).await;
@@ -81,13 +82,13 @@ async fn grow(
     if count < current {
         return Err(KafkaError::with_message(
             ResponseError::InvalidPartitions,
-            format!("the topic {name} currently has {current} partition(s); {count} would not be an increase"),
+            format!("The topic {name} currently has {current} partition(s); {count} would not be an increase."),
         ));
     }
     if count == current {
         return Err(KafkaError::with_message(
             ResponseError::InvalidPartitions,
-            format!("topic already has {current} partition(s)"),
+            format!("Topic already has {current} partition(s)."),
         ));
     }
     let assignments = match &topic.assignments {
@@ -98,7 +99,7 @@ async fn grow(
                 return Err(KafkaError::with_message(
                     ResponseError::InvalidReplicaAssignment,
                     format!(
-                        "attempted to add {added} additional partition(s), but {} assignment(s) were specified",
+                        "Attempted to add {added} additional partition(s), but only {} assignment(s) were specified.",
                         assignments.len()
                     ),
                 ));
