@@ -241,9 +241,11 @@ const TOPIC_CONFIGS: &[TopicConfigEntry] = &[
         "1073741824",
         Some("log.segment.bytes"),
     ),
+    // Kafka's bound is 4, but rill's log needs room for one time-index
+    // entry (12 bytes) and would otherwise drop the topic's configs.
     entry(
         "segment.index.bytes",
-        Kind::Int(4),
+        Kind::Int(12),
         "10485760",
         Some("log.index.size.max.bytes"),
     ),
@@ -512,6 +514,7 @@ mod tests {
             ("segment.bytes", "13"),
             ("segment.bytes", "99999999999"),
             ("segment.ms", "0"),
+            ("segment.index.bytes", "11"),
             ("cleanup.policy", ""),
             ("cleanup.policy", "delete,forever"),
             ("message.timestamp.type", "createtime"),
