@@ -110,42 +110,39 @@ pub fn topic_entries(
             if let Some(value) = topic_configs.get(def.name) {
                 synonyms.push(synonym(def.name, value.clone(), SOURCE_TOPIC_CONFIG));
             }
-            match def.broker_synonym {
-                Some(broker_name) => {
-                    let is_dynamic =
-                        config::dynamic_broker_config_topic_synonym(broker_name) == Some(def.name);
-                    if let Some(value) = dynamic
-                        .and_then(|configs| configs.get(broker_name))
-                        .filter(|_| is_dynamic)
-                    {
-                        synonyms.push(synonym(
-                            broker_name,
-                            value.clone(),
-                            SOURCE_DYNAMIC_BROKER_CONFIG,
-                        ));
-                    }
-                    if let Some(value) = static_topic_default(&broker.config, def.name) {
-                        synonyms.push(synonym(broker_name, value, SOURCE_STATIC_BROKER_CONFIG));
-                    }
+            if let Some(broker_name) = def.broker_synonym {
+                let is_dynamic =
+                    config::dynamic_broker_config_topic_synonym(broker_name) == Some(def.name);
+                if let Some(value) = dynamic
+                    .and_then(|configs| configs.get(broker_name))
+                    .filter(|_| is_dynamic)
+                {
                     synonyms.push(synonym(
                         broker_name,
-                        def.default.to_string(),
-                        SOURCE_DEFAULT_CONFIG,
+                        value.clone(),
+                        SOURCE_DYNAMIC_BROKER_CONFIG,
                     ));
                 }
-                // Configs with no broker-level default (Kafka lists no
-                // synonym for them; the source is DEFAULT_CONFIG).
-                None if synonyms.is_empty() => {
-                    return ConfigEntry {
-                        name: def.name.to_string(),
-                        value: def.default.to_string(),
-                        source: SOURCE_DEFAULT_CONFIG,
-                        read_only: false,
-                        config_type: def.config_type,
-                        synonyms,
-                    };
+                if let Some(value) = static_topic_default(&broker.config, def.name) {
+                    synonyms.push(synonym(broker_name, value, SOURCE_STATIC_BROKER_CONFIG));
                 }
-                None => {}
+                synonyms.push(synonym(
+                    broker_name,
+                    def.default.to_string(),
+                    SOURCE_DEFAULT_CONFIG,
+                ));
+            }
+            if synonyms.is_empty() {
+                // A config with no broker-level default, not set on the
+                // topic: Kafka lists no synonym and says DEFAULT_CONFIG.
+                return ConfigEntry {
+                    name: def.name.to_string(),
+                    value: def.default.to_string(),
+                    source: SOURCE_DEFAULT_CONFIG,
+                    read_only: false,
+                    config_type: def.config_type,
+                    synonyms,
+                };
             }
             ConfigEntry::from_synonyms(def.name, def.config_type, false, synonyms)
         })
