@@ -222,6 +222,27 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
         RequestKind::DeleteTopics(body) => ready(ResponseKind::DeleteTopics(
             handlers::delete_topics::handle(b, v, body).await,
         )),
+        RequestKind::DeleteRecords(body) => ready(ResponseKind::DeleteRecords(
+            handlers::delete_records::handle(b, v, body).await,
+        )),
+        RequestKind::OffsetForLeaderEpoch(body) => ready(ResponseKind::OffsetForLeaderEpoch(
+            handlers::offset_for_leader_epoch::handle(b, v, body),
+        )),
+        RequestKind::DescribeConfigs(body) => ready(ResponseKind::DescribeConfigs(
+            handlers::describe_configs::handle(b, v, body),
+        )),
+        RequestKind::AlterConfigs(body) => ready(ResponseKind::AlterConfigs(
+            handlers::alter_configs::handle(b, v, body).await,
+        )),
+        RequestKind::CreatePartitions(body) => ready(ResponseKind::CreatePartitions(
+            handlers::create_partitions::handle(b, v, body).await,
+        )),
+        RequestKind::IncrementalAlterConfigs(body) => ready(ResponseKind::IncrementalAlterConfigs(
+            handlers::incremental_alter_configs::handle(b, v, body).await,
+        )),
+        RequestKind::DescribeCluster(body) => ready(ResponseKind::DescribeCluster(
+            handlers::describe_cluster::handle(b, v, body),
+        )),
         other => {
             // The version table let it through, so a handler must exist: a bug.
             warn!(api_key = ?api_key, "no handler for an advertised API; closing the connection");
