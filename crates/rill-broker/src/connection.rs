@@ -12,15 +12,18 @@
 //! `inflight_requests_per_connection_max` requests are read and not yet
 //! answered (the reader stops reading until the writer catches up).
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use rill_protocol::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use rill_protocol::{
-    decode_frame, encode_api_versions_unsupported, encode_response, parse_request, RequestError,
+    decode_frame, encode_api_versions_unsupported, encode_fetch_response, encode_response,
+    parse_request, FramePart, RequestError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rill_storage::FileRegion;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::handlers;
+use crate::handlers::fetch::{FetchAnswer, Region};
 use crate::server::Broker;
 
 /// The read buffer starts at this size and grows to the largest frame.
@@ -50,6 +54,8 @@ pub(crate) enum Reply {
     Later(JoinHandle<ResponseKind>),
     /// Already encoded as a whole frame.
     Encoded(Bytes),
+    /// A Fetch answer, written with its records sent from the segment files.
+    Fetch(JoinHandle<FetchAnswer>),
 }
 
 /// What the reader does after one frame.
@@ -190,9 +196,8 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
         },
         RequestKind::Fetch(body) => {
             let broker = Arc::clone(b);
-            answer(Reply::Later(tokio::spawn(
-                async move { ResponseKind::Fetch(handlers::fetch::handle(broker, v, body).await) }
-                    .in_current_span(),
+            answer(Reply::Fetch(tokio::spawn(
+                handlers::fetch::handle(broker, v, body).in_current_span(),
             )))
         }
         RequestKind::ListOffsets(body) => ready(ResponseKind::ListOffsets(
@@ -213,6 +218,56 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
     }
 }
 
+/// Writes a Fetch answer: the encoded parts with `write`, the records with
+/// `sendfile` from their segment files (zero-copy).
+async fn write_fetch(
+    writer: &mut OwnedWriteHalf,
+    version: i16,
+    correlation_id: i32,
+    answer: FetchAnswer,
+) -> io::Result<()> {
+    let parts = encode_fetch_response(version, correlation_id, answer)
+        .map_err(|error| io::Error::other(error.to_string()))?;
+    for part in parts {
+        match part {
+            FramePart::Bytes(bytes) => writer.write_all(&bytes).await?,
+            FramePart::Records(Region(region)) => send_region(writer, &region).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Sends a file region to the socket with `sendfile(2)`, waiting for the
+/// socket to be writable whenever it is full.
+async fn send_region(writer: &mut OwnedWriteHalf, region: &FileRegion) -> io::Result<()> {
+    let socket: &TcpStream = writer.as_ref();
+    let mut position = region.position;
+    let end = region.position + region.len;
+    while position < end {
+        socket.writable().await?;
+        let remaining = usize::try_from(end - position).unwrap_or(usize::MAX);
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(socket, &*region.file, Some(&mut position), remaining)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            // The file is shorter than the region: it was truncated after the
+            // read. The frame's length is already on the wire, so the only
+            // honest way out is to close the connection.
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "segment file ended before the fetched region",
+                ))
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 /// Writes answers in request order until the reader is gone and every
 /// pending answer is written, or the socket fails.
 async fn write_answers(mut writer: OwnedWriteHalf, mut pending_rx: mpsc::Receiver<Pending>) {
@@ -229,6 +284,27 @@ async fn write_answers(mut writer: OwnedWriteHalf, mut pending_rx: mpsc::Receive
             },
             Reply::Encoded(frame) => {
                 if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Reply::Fetch(task) => {
+                let answer = match task.await {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        warn!(%error, "fetch handler failed; closing the connection");
+                        return;
+                    }
+                };
+                if let Err(error) = write_fetch(
+                    &mut writer,
+                    pending.api_version,
+                    pending.correlation_id,
+                    answer,
+                )
+                .await
+                {
+                    debug!(%error, "fetch response not written; closing the connection");
                     return;
                 }
                 continue;

@@ -16,6 +16,9 @@
 //!   broker whether to answer or close the connection.
 //! - [`response`]: [`encode_response`] writes a whole response frame with the
 //!   header version Kafka uses (always v0 for ApiVersions).
+//! - [`fetch`]: [`encode_fetch_response`], the zero-copy Fetch writer: the
+//!   response encoded around holes where each partition's records go, for
+//!   the broker to fill with `sendfile`.
 //! - [`versions`]: [`SUPPORTED_APIS`], the supported-version table, and the
 //!   ApiVersions response bodies built from it.
 //!
@@ -39,32 +42,40 @@
 //!   is in [`Request::trailing_bytes`].
 //!
 //! # Hostile lengths
-//! kafka-protocol 0.18 decodes an array by reading its declared length and
-//! calling `Vec::with_capacity(length)` before reading any element
-//! (`protocol::types::Array` and `CompactArray`). A body of a few dozen bytes
-//! can declare 2^31 (or, compact, 2^32 − 2) elements; multiplied by the
-//! element size that is a request for hundreds of gigabytes, which the
-//! allocator refuses, and Rust aborts the process on a refused allocation.
-//! Kafka's own generated readers refuse any array longer than the bytes left
-//! ("Tried to allocate a collection of size …"); kafka-protocol does not.
-//! Strings and byte fields are safe: their length is checked against the
-//! bytes left before anything is allocated.
+//! A request declares the length of each array, string and byte field before
+//! its contents, and a client can declare any length. kafka-protocol 0.18.0 as
+//! published reserves an array's declared length (`Vec::with_capacity`)
+//! before reading any element, so a body of a few dozen bytes could declare
+//! 2^31 (or, compact, 2^32 − 2) elements, ask for hundreds of gigabytes, and
+//! abort the process when the allocator refused.
 //!
-//! The guard here is the version table: a body is decoded only for a row of
-//! [`SUPPORTED_APIS`]. The APIs in it today (ApiVersions) have no arrays in
-//! their requests, so no client bytes reach an unchecked allocation. **Before
-//! adding an API whose request has arrays** (nearly all of them: Metadata,
-//! Produce, Fetch, …) the decoding must be made safe first, by a fix in
-//! kafka-protocol (check each declared length against the bytes left, as
-//! Kafka does) or by a length check in this crate; the tests
-//! `tests/hostile_lengths.rs` show the problem and will fail when a vulnerable
-//! API is added to the table.
+//! rill builds kafka-protocol from `vendor/kafka-protocol` (through
+//! `[patch.crates-io]` in the workspace `Cargo.toml`), patched as Kafka's own
+//! generated readers behave: a declared collection length larger than the
+//! bytes left in the buffer is an error ("Tried to allocate a collection of
+//! size …, but there are only … bytes remaining"), found before anything is
+//! allocated, and the body is [`RequestError::Malformed`]. The patch also
+//! reserves at most 1 MiB ahead of the elements, since a length that passes
+//! the check can still be as large as the frame. Strings and byte fields were
+//! already safe: their length is checked against the bytes left before they
+//! are read. What changed, and why, is in `vendor/kafka-protocol/PATCHES.md`.
+//!
+//! So every API and version kafka-protocol knows can be decoded from client
+//! bytes, whatever their declared lengths; `tests/hostile_lengths.rs` proves
+//! it for all of them (and aborts if the patch is lost, for example by an
+//! upgrade of kafka-protocol that does not carry it). The version table
+//! decides what rill answers, not what is safe to decode.
 
+pub mod fetch;
 pub mod frame;
 pub mod request;
 pub mod response;
 pub mod versions;
 
+pub use fetch::{
+    encode_fetch_response, FetchPartitionOut, FetchResponseOut, FetchTopicOut, FramePart,
+    RecordSource, FETCH_VERSIONS,
+};
 pub use frame::{
     decode_frame, encode_frame, finish_frame, start_frame, FrameError, FrameStart,
     REQUEST_BYTES_MAX_DEFAULT, SIZE_PREFIX_LEN,

@@ -68,8 +68,9 @@ pub fn parse_request(frame: Bytes) -> Result<Request, RequestError> {
 }
 
 /// [`parse_request`] against another version table; for tests of APIs the
-/// broker does not implement yet. Read the crate doc's "Hostile lengths"
-/// section before passing a table with APIs whose requests have arrays.
+/// broker does not implement yet. Any table is safe to pass: the body
+/// decoders check every declared length against the bytes left (the crate
+/// doc's "Hostile lengths").
 pub fn parse_request_with(
     frame: Bytes,
     supported_apis: &[SupportedApi],

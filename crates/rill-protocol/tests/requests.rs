@@ -221,12 +221,20 @@ fn unknown_api_keys_are_reported() {
 #[test]
 fn unsupported_versions_carry_the_correlation_id() {
     // ApiVersions newer than the table (v4 is known to kafka-protocol, v127 to
-    // nobody), an API the table leaves out, and versions kafka-protocol itself
-    // cannot decode.
+    // nobody), and versions newer than the table's for other APIs (Fetch v13
+    // names topics by id; ListOffsets v8 adds tiered-storage lookups).
     let cases = [
         (ApiKey::ApiVersions, 4, api_versions_request(4)),
-        (ApiKey::Metadata, 12, metadata_request(12)),
-        (ApiKey::Produce, 9, produce_request()),
+        (
+            ApiKey::Fetch,
+            13,
+            RequestKind::Fetch(kafka_protocol::messages::FetchRequest::default()),
+        ),
+        (
+            ApiKey::ListOffsets,
+            8,
+            RequestKind::ListOffsets(kafka_protocol::messages::ListOffsetsRequest::default()),
+        ),
     ];
     for (api_key, api_version, body) in cases {
         let frame = encode_request(&header(api_key, api_version, 1234), &body);

@@ -4,20 +4,21 @@
 //! request waits (long-poll) until enough arrive or `max_wait_ms` passes;
 //! every append wakes waiting fetches to look again.
 //!
+//! The response is a [`FetchResponseOut`] whose records are file regions:
+//! the connection writes them with `sendfile`, so record bytes never pass
+//! through this process's memory.
+//!
 //! Fetch sessions (KIP-227) are declined: the response's session id is 0,
 //! so clients send full fetch requests, as the protocol allows.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::fetch_request::FetchPartition;
-use rill_protocol::kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, PartitionData,
-};
-use rill_protocol::kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
-use rill_storage::StorageError;
+use rill_protocol::kafka_protocol::messages::FetchRequest;
+use rill_protocol::{FetchPartitionOut, FetchResponseOut, FetchTopicOut, RecordSource};
+use rill_storage::{FileRegion, StorageError};
 use tokio::time::Instant;
 
 use super::{check_leader_epoch, KafkaError};
@@ -27,7 +28,19 @@ use crate::server::Broker;
 /// The longest a fetch waits, whatever the client asks.
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(5 * 60);
 
-pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) -> FetchResponse {
+/// A byte range of a segment file, as the Fetch writer sees it.
+#[derive(Debug, Clone)]
+pub struct Region(pub FileRegion);
+
+impl RecordSource for Region {
+    fn len(&self) -> u64 {
+        self.0.len
+    }
+}
+
+pub type FetchAnswer = FetchResponseOut<Region>;
+
+pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) -> FetchAnswer {
     let bytes_max = if version >= 3 {
         usize::try_from(request.max_bytes).unwrap_or(0)
     } else {
@@ -70,7 +83,7 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
 /// One pass over every requested partition. Returns the response, the
 /// record bytes in it, and whether any partition has an error (which
 /// answers at once, as in Kafka).
-fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchResponse, usize, bool) {
+fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchAnswer, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -80,34 +93,35 @@ fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchResp
         for fetch in &topic.partitions {
             let data = match read_partition(broker, name, fetch, bytes_max, total) {
                 Ok(data) => {
-                    total += data.records.as_ref().map_or(0, Bytes::len);
+                    total += data.records.iter().map(|r| r.len() as usize).sum::<usize>();
                     data
                 }
                 Err((error, log_start_offset, high_watermark)) => {
                     any_error = true;
-                    PartitionData::default()
-                        .with_partition_index(fetch.partition)
-                        .with_error_code(error.code)
-                        .with_high_watermark(high_watermark)
-                        .with_last_stable_offset(high_watermark)
-                        .with_log_start_offset(log_start_offset)
-                        .with_preferred_read_replica(BrokerId(-1))
-                        .with_records(Some(Bytes::new()))
+                    FetchPartitionOut {
+                        partition_index: fetch.partition,
+                        error_code: error.code,
+                        high_watermark,
+                        last_stable_offset: high_watermark,
+                        log_start_offset,
+                        preferred_read_replica: -1,
+                        records: Vec::new(),
+                    }
                 }
             };
             partitions.push(data);
         }
-        topics.push(
-            FetchableTopicResponse::default()
-                .with_topic(topic.topic.clone())
-                .with_topic_id(topic.topic_id)
-                .with_partitions(partitions),
-        );
+        topics.push(FetchTopicOut {
+            topic: name.to_string(),
+            partitions,
+        });
     }
-    let response = FetchResponse::default()
-        .with_error_code(0)
-        .with_session_id(0)
-        .with_responses(topics);
+    let response = FetchResponseOut {
+        throttle_time_ms: 0,
+        error_code: 0,
+        session_id: 0,
+        topics,
+    };
     (response, total, any_error)
 }
 
@@ -119,7 +133,7 @@ fn read_partition(
     fetch: &FetchPartition,
     bytes_max: usize,
     bytes_so_far: usize,
-) -> Result<PartitionData, PartitionError> {
+) -> Result<FetchPartitionOut<Region>, PartitionError> {
     let Some(partition) = broker.replicas.get(topic, fetch.partition) else {
         return Err((
             KafkaError::new(ResponseError::UnknownTopicOrPartition),
@@ -163,19 +177,25 @@ fn read_partition(
             }
         }
     };
-    // A batch larger than the room left is only returned as the first bytes
-    // of the response, so that a consumer always makes progress.
-    if bytes_so_far > 0 && records.len() > room {
-        records.clear();
-    }
     let log_start_offset = info
         .as_ref()
         .map_or_else(|| log.log_start_offset(), |i| i.log_start_offset);
-    Ok(PartitionData::default()
-        .with_partition_index(fetch.partition)
-        .with_high_watermark(high_watermark)
-        .with_last_stable_offset(high_watermark)
-        .with_log_start_offset(log_start_offset)
-        .with_preferred_read_replica(BrokerId(-1))
-        .with_records(Some(Bytes::from(records))))
+    let mut records: Vec<Region> = info
+        .map(|i| i.regions.into_iter().map(Region).collect())
+        .unwrap_or_default();
+    // A batch larger than the room left is only returned as the first bytes
+    // of the response, so that a consumer always makes progress.
+    let bytes: u64 = records.iter().map(|r| r.len()).sum();
+    if bytes_so_far > 0 && bytes > room as u64 {
+        records.clear();
+    }
+    Ok(FetchPartitionOut {
+        partition_index: fetch.partition,
+        error_code: 0,
+        high_watermark,
+        last_stable_offset: high_watermark,
+        log_start_offset,
+        preferred_read_replica: -1,
+        records,
+    })
 }

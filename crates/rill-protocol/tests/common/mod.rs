@@ -7,7 +7,7 @@ use rill_protocol::kafka_protocol::protocol::{encode_request_header_into_buffer,
 use rill_protocol::SupportedApi;
 
 /// A version table with APIs the broker does not implement yet, so that their
-/// parsing can be tested. Only well-formed bodies go through it.
+/// parsing can be tested.
 pub const WIDE_TABLE: &[SupportedApi] = &[
     SupportedApi::new(ApiKey::Produce, 3, 13),
     SupportedApi::new(ApiKey::Metadata, 0, 13),
