@@ -503,8 +503,16 @@ fn acks_0_1_and_all_each_deliver() {
 
         // acks=0 records are appended after the client has moved on: wait
         // (bounded) until the log has them all.
+        let watcher = consumer(&broker, &[]);
         let all_there = poll_until(CLIENT_TIMEOUT, || {
-            let total: i64 = (0..2).map(|p| watermarks(&broker, &topic, p).1).sum();
+            let total: i64 = (0..2)
+                .map(|partition| {
+                    let (_, high) = watcher
+                        .fetch_watermarks(&topic, partition, CLIENT_TIMEOUT)
+                        .expect("ListOffsets");
+                    high
+                })
+                .sum();
             (total >= records.len() as i64).then_some(total)
         });
         assert_eq!(
