@@ -351,6 +351,10 @@ fn read_until(
             }
         }
     }
+    if !errors.is_empty() {
+        // Shown with a failing test's output; the read itself succeeded.
+        eprintln!("{topic}: consumer errors while reading: {errors:?}");
+    }
     consumed
 }
 
@@ -1034,6 +1038,33 @@ fn start_up_fails_with_exit_2_when_the_data_dir_is_unwritable() {
     let data_dir = file.join("data");
     let finished = run_to_exit(serve_command(&data_dir, &Ports::pick()), FAIL_TIMEOUT);
     assert_start_up_error(&finished, &[&data_dir.display().to_string()]);
+}
+
+#[test]
+fn start_up_errors_say_each_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = Ports::pick();
+    let _holder = std::net::TcpListener::bind(ports.kafka).expect("hold the port");
+    let in_use = run_to_exit(serve_command(dir.path(), &ports), FAIL_TIMEOUT);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write a file");
+    let not_a_dir = run_to_exit(
+        serve_command(&file.join("data"), &Ports::pick()),
+        FAIL_TIMEOUT,
+    );
+    for finished in [in_use, not_a_dir] {
+        let line = finished
+            .stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        // "…: Address already in use (os error 98): Address already in use
+        // (os error 98)" is the error's Display and then its source again.
+        let parts: Vec<&str> = line.split(": ").collect();
+        let repeated = parts.windows(2).find(|pair| pair[0] == pair[1]);
+        assert_eq!(repeated, None, "the cause is said twice in {line:?}");
+    }
 }
 
 #[test]

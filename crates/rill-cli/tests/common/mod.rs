@@ -10,8 +10,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -26,6 +26,8 @@ use tempfile::TempDir;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a broker may take to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP request to the broker may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a waiting loop looks again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How many times a start is retried when a picked port was taken by someone
@@ -168,6 +170,29 @@ impl Broker {
         child.wait().expect("reap the killed broker");
     }
 
+    /// `GET path` on the HTTP port: the status code and the body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.ports.http).expect("connect to the HTTP port");
+        stream
+            .set_read_timeout(Some(HTTP_TIMEOUT))
+            .expect("set read timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the HTTP response");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     /// The last lines of the broker's stderr, for failure messages.
     pub fn stderr_tail(&self) -> String {
         let lines = self.stderr_lines();
@@ -218,6 +243,9 @@ impl Broker {
                         "ready line {line:?} does not name {expected}"
                     );
                     self.child = Some(child);
+                    // Ready means serving: the health check says so too.
+                    let (status, _) = self.http_get("/health");
+                    assert_eq!(status, 200, "GET /health right after the ready line");
                     return Ok(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
