@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use rill_broker::BrokerConfig;
 use serde::Deserialize;
 
+mod bench;
+
 #[derive(Debug, Parser)]
 #[command(name = "rill", version, about = "A Kafka-compatible message broker")]
 struct Cli {
@@ -24,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run a node: a single-node cluster that is both controller and broker.
     Serve(ServeArgs),
+    /// Measure a Kafka-compatible broker's throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Every `serve` setting. Each flag can also be set as `RILL_<NAME>` in the
@@ -89,6 +94,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
+        Command::Bench(command) => match bench::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("rill bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
