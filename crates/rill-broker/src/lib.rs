@@ -10,7 +10,7 @@
 //!   off the connection's path).
 //! - `handlers`: one module per Kafka API with the same shape:
 //!   `handle(broker, version, request) -> response`.
-//! - [`replica`]: [`replica::Partition`] (log, leader epoch, high watermark)
+//! - [`replica`], with [`replica::Partition`] (log, leader epoch, high watermark)
 //!   and [`replica::ReplicaManager`], kept in step with the controller's
 //!   metadata image.
 //! - `errors`: storage and controller errors → Kafka error codes; the only

@@ -59,6 +59,9 @@ pub struct Broker {
     pub replicas: ReplicaManager,
     /// Permits for fetches waiting for data ([`BrokerConfig::fetch_waiting_max`]).
     pub fetch_waiting: Semaphore,
+    /// Cancelled when the node begins to shut down: waiting requests answer
+    /// at once with what they have.
+    pub shutdown: CancellationToken,
 }
 
 impl Broker {
@@ -270,7 +273,9 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             .await?;
     }
 
+    let shutdown = CancellationToken::new();
     let broker = Arc::new(Broker {
+        shutdown: shutdown.clone(),
         replicas: ReplicaManager::new(config.node_id, logs, config.log_defaults.clone()),
         fetch_waiting: Semaphore::new(config.fetch_waiting_max),
         cluster_id,
@@ -287,7 +292,6 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             })?;
     }
 
-    let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(follow_metadata(Arc::clone(&broker), shutdown.clone()));
     tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));

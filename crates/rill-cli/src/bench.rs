@@ -219,7 +219,12 @@ fn produce(args: &ProduceArgs) -> anyhow::Result<Outcome> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let failed = context.failed.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some(error) = context.first_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    if let Some(error) = context
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
         eprintln!("rill bench: first delivery error: {error}");
     }
     let latency = context

@@ -6,8 +6,9 @@
 //!   state machine itself: topics (by name and by id), partitions with their
 //!   replicas, leader, leader epoch and ISR, topic and broker configs, and
 //!   registered brokers. No I/O, no clock, no randomness.
-//! - [`config`]: which topic configs exist and what values they take
-//!   (INVALID_CONFIG otherwise).
+//! - [`config`]: which topic configs exist, what values they take
+//!   (INVALID_CONFIG otherwise) and their defaults; which broker configs
+//!   may change at run time.
 //! - [`raft`]: the state machine run by openraft with this node as the only
 //!   voter: the log store (one file per entry), the snapshot file, a network
 //!   that has no peers, and [`Controller`], the handle the broker uses.

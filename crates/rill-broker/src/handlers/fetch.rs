@@ -68,6 +68,7 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
             }
         }
         tokio::select! {
+            _ = broker.shutdown.cancelled() => return response,
             changed = appends.changed() => {
                 if changed.is_err() {
                     return response;
