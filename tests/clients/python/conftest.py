@@ -1,6 +1,7 @@
 """Fixtures: a fresh rill broker per test, on free loopback ports in a temp dir."""
 
 import itertools
+import logging
 import os
 import re
 import sys
@@ -12,6 +13,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rill_broker import Broker  # noqa: E402
 
 _topic_seq = itertools.count()
+
+# kafka-python logs every dropped connection at ERROR, hundreds of lines while it
+# retries; the broker's log (printed for a failing test) says why it dropped.
+logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
