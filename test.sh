@@ -30,6 +30,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked
 
+echo "== client tests (Python: confluent-kafka, kafka-python; Node: kafkajs)"
+tests/clients/run.sh
+
 echo "== benchmarks compile"
 cargo bench --workspace --locked --no-run
 

@@ -51,8 +51,9 @@ pub(crate) struct Pending {
 
 /// How an answer becomes available.
 pub(crate) enum Reply {
-    /// Ready now.
-    Ready(ResponseKind),
+    /// Ready now. Boxed: response bodies are large and most answers wait
+    /// in the queue only briefly.
+    Ready(Box<ResponseKind>),
     /// Ready when the task finishes (acks=all produce, long-poll fetch).
     Later(JoinHandle<ResponseKind>),
     /// Already encoded as a whole frame.
@@ -186,7 +187,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
             reply,
         })
     };
-    let ready = |body| answer(Reply::Ready(body));
+    let ready = |body| answer(Reply::Ready(Box::new(body)));
     let b = broker;
     let v = api_version;
     match request.body {
@@ -308,7 +309,7 @@ async fn write_answers(mut writer: OwnedWriteHalf, mut pending_rx: mpsc::Receive
     let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
     while let Some(pending) = pending_rx.recv().await {
         let body = match pending.reply {
-            Reply::Ready(body) => body,
+            Reply::Ready(body) => *body,
             Reply::Later(task) => match task.await {
                 Ok(body) => body,
                 Err(error) => {

@@ -114,12 +114,15 @@ impl Client {
             .unwrap_or_else(|error| panic!("{:?} v{version}: {error}", api_key::<R>()))
     }
 
-    /// [`Client::send`], with a closed connection as an error.
-    pub async fn try_send<R: Request>(
-        &mut self,
-        version: i16,
-        body: R,
-    ) -> Result<R::Response, String> {
+    /// Sends a request that gets no answer (a Produce with acks=0).
+    pub async fn send_no_answer<R: Request>(&mut self, version: i16, body: R) {
+        self.write_request(version, body)
+            .await
+            .unwrap_or_else(|error| panic!("{:?} v{version}: {error}", api_key::<R>()));
+    }
+
+    /// Writes one request frame; returns its correlation id.
+    async fn write_request<R: Request>(&mut self, version: i16, body: R) -> Result<i32, String> {
         let api_key = api_key::<R>();
         self.correlation_id += 1;
         let correlation_id = self.correlation_id;
@@ -141,7 +144,17 @@ impl Client {
             .write_all(&frame)
             .await
             .map_err(|e| format!("write: {e}"))?;
+        Ok(correlation_id)
+    }
 
+    /// [`Client::send`], with a closed connection as an error.
+    pub async fn try_send<R: Request>(
+        &mut self,
+        version: i16,
+        body: R,
+    ) -> Result<R::Response, String> {
+        let api_key = api_key::<R>();
+        let correlation_id = self.write_request(version, body).await?;
         let size = self
             .stream
             .read_u32()
