@@ -9,6 +9,18 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
+# kcat (Debian's, on librdkafka 2.0) is the second real client the end-to-end
+# tests drive (crates/rill-cli/tests/kcat_e2e.rs). The rdkafka crate builds its
+# own librdkafka from source and needs only gcc and make, which the machine has.
+if ! command -v kcat >/dev/null 2>&1; then
+  echo "== installing kcat"
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && apt-get install -y -qq kcat >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq kcat >/dev/null
+  fi
+fi
+
 echo "== format"
 cargo fmt --all -- --check
 
@@ -17,6 +29,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
 cargo test --workspace --locked
+
+echo "== client tests (Python: confluent-kafka, kafka-python; Node: kafkajs)"
+tests/clients/run.sh
 
 echo "== benchmarks compile"
 cargo bench --workspace --locked --no-run

@@ -37,6 +37,9 @@ use crate::server::Broker;
 
 /// The read buffer starts at this size and grows to the largest frame.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The most the read buffer grows to at once for a frame announced but not
+/// yet received; beyond it, it grows as the bytes arrive.
+const FRAME_RESERVE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// An answer the writer still has to write, in request order.
 pub(crate) struct Pending {
@@ -48,8 +51,9 @@ pub(crate) struct Pending {
 
 /// How an answer becomes available.
 pub(crate) enum Reply {
-    /// Ready now.
-    Ready(ResponseKind),
+    /// Ready now. Boxed: response bodies are large and most answers wait
+    /// in the queue only briefly.
+    Ready(Box<ResponseKind>),
     /// Ready when the task finishes (acks=all produce, long-poll fetch).
     Later(JoinHandle<ResponseKind>),
     /// Already encoded as a whole frame.
@@ -103,6 +107,16 @@ pub(crate) async fn serve(
                     Next::Nothing => {}
                     Next::Close => break 'connection,
                 }
+            }
+            // Make room for the whole frame being read (its size is already
+            // checked against the limit by `decode_frame`), so that a large
+            // request is read straight into place rather than grown and
+            // copied in steps. Up to a bound: a client that announces a huge
+            // frame and stalls must not make the broker commit to its size.
+            if let Some(prefix) = buf.first_chunk::<4>() {
+                let frame_len = u32::from_be_bytes(*prefix) as usize + 4;
+                let wanted = frame_len.min(FRAME_RESERVE_BYTES_MAX);
+                buf.reserve(wanted.saturating_sub(buf.len()));
             }
             let read = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -173,7 +187,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
             reply,
         })
     };
-    let ready = |body| answer(Reply::Ready(body));
+    let ready = |body| answer(Reply::Ready(Box::new(body)));
     let b = broker;
     let v = api_version;
     match request.body {
@@ -209,6 +223,26 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
         RequestKind::DeleteTopics(body) => ready(ResponseKind::DeleteTopics(
             handlers::delete_topics::handle(b, v, body).await,
         )),
+        RequestKind::DeleteRecords(body) => ready(ResponseKind::DeleteRecords(
+            handlers::delete_records::handle(b, v, body).await,
+        )),
+        RequestKind::OffsetForLeaderEpoch(body) => ready(ResponseKind::OffsetForLeaderEpoch(
+            handlers::offset_for_leader_epoch::handle(b, v, body),
+        )),
+        RequestKind::DescribeConfigs(body) => ready(ResponseKind::DescribeConfigs(
+            handlers::describe_configs::handle(b, v, body),
+        )),
+        RequestKind::AlterConfigs(body) => ready(ResponseKind::AlterConfigs(
+            handlers::alter_configs::handle(b, v, body).await,
+        )),
+        RequestKind::CreatePartitions(body) => ready(ResponseKind::CreatePartitions(
+            handlers::create_partitions::handle(b, v, body).await,
+        )),
+        RequestKind::IncrementalAlterConfigs(body) => ready(ResponseKind::IncrementalAlterConfigs(
+            handlers::incremental_alter_configs::handle(b, v, body).await,
+        )),
+        RequestKind::DescribeCluster(body) => ready(ResponseKind::DescribeCluster(
+            handlers::describe_cluster::handle(b, v, body),
         RequestKind::InitProducerId(body) => ready(ResponseKind::InitProducerId(
             handlers::init_producer_id::handle(b, v, body).await,
         )),
@@ -277,7 +311,7 @@ async fn write_answers(mut writer: OwnedWriteHalf, mut pending_rx: mpsc::Receive
     let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
     while let Some(pending) = pending_rx.recv().await {
         let body = match pending.reply {
-            Reply::Ready(body) => body,
+            Reply::Ready(body) => *body,
             Reply::Later(task) => match task.await {
                 Ok(body) => body,
                 Err(error) => {

@@ -10,9 +10,9 @@
 //!   off the connection's path).
 //! - `handlers`: one module per Kafka API with the same shape:
 //!   `handle(broker, version, request) -> response`.
-//! - [`replica`]: [`replica::Partition`] (log, leader epoch, high watermark,
-//!   idempotent producers' state) and [`replica::ReplicaManager`], kept in
-//!   step with the controller's metadata image.
+//! - [`replica`], with [`replica::Partition`] (log, leader epoch, high
+//!   watermark, idempotent producers' state) and [`replica::ReplicaManager`],
+//!   kept in step with the controller's metadata image.
 //! - `producer_ids`: producer ids for InitProducerId, from blocks the
 //!   controller allocates.
 //! - `errors`: storage and controller errors → Kafka error codes; the only

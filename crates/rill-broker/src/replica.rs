@@ -367,12 +367,17 @@ impl ReplicaManager {
         if applied.is_some_and(|version| image.version <= version) {
             return;
         }
+        // Dynamic broker configs (AlterConfigs on this broker) are the
+        // defaults of every topic that does not set the config itself.
+        let dynamic = dynamic_topic_defaults(image.broker_configs(self.node_id));
+        let defaults = log_config(&self.log_defaults, &dynamic);
         let mut wanted: HashMap<TopicPartition, Wanted> = HashMap::new();
         for topic in image.topics() {
-            let config = log_config(&self.log_defaults, &topic.configs);
+            let config = log_config(&defaults, &topic.configs);
             let min_insync_replicas = topic
                 .configs
                 .get("min.insync.replicas")
+                .or_else(|| dynamic.get("min.insync.replicas"))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             for (index, state) in topic.partitions.iter().enumerate() {
@@ -559,6 +564,45 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> L
         return defaults.clone();
     }
     config
+}
+
+/// The value `config` gives the topic config `name`, formatted as Kafka
+/// formats it, for the topic configs the log honours; `None` for the others.
+pub fn log_config_value(config: &LogConfig, name: &str) -> Option<String> {
+    let value = match name {
+        "segment.bytes" => config.segment_bytes.to_string(),
+        "segment.ms" => config.segment_ms.to_string(),
+        "segment.index.bytes" => config.segment_index_bytes.to_string(),
+        "index.interval.bytes" => config.index_interval_bytes.to_string(),
+        "max.message.bytes" => config.max_message_bytes.to_string(),
+        "message.timestamp.type" => match config.timestamp_type {
+            TimestampType::CreateTime => "CreateTime".to_string(),
+            TimestampType::LogAppendTime => "LogAppendTime".to_string(),
+        },
+        "retention.ms" => config.retention_ms.to_string(),
+        "retention.bytes" => config.retention_bytes.to_string(),
+        "cleanup.policy" => config.cleanup_policy.to_string(),
+        "delete.retention.ms" => config.delete_retention_ms.to_string(),
+        _ => return None,
+    };
+    Some(value)
+}
+
+/// The dynamic broker configs of this node (`log.retention.ms`, …), renamed
+/// to the topic configs whose defaults they set (`retention.ms`, …).
+/// Entries that are not dynamic broker configs are ignored: the controller
+/// accepts only those.
+pub fn dynamic_topic_defaults(
+    broker_configs: Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, String> {
+    broker_configs
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| {
+            rill_controller::config::dynamic_broker_config_topic_synonym(name)
+                .map(|topic_name| (topic_name.to_string(), value.clone()))
+        })
+        .collect()
 }
 
 fn set<T>(field: &mut T, value: Option<T>) {

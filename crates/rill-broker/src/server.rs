@@ -60,6 +60,9 @@ pub struct Broker {
     pub replicas: ReplicaManager,
     /// Permits for fetches waiting for data ([`BrokerConfig::fetch_waiting_max`]).
     pub fetch_waiting: Semaphore,
+    /// Cancelled when the node begins to shut down: waiting requests answer
+    /// at once with what they have.
+    pub shutdown: CancellationToken,
     /// Producer ids for InitProducerId.
     pub(crate) producer_ids: ProducerIdManager,
 }
@@ -278,7 +281,9 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             .await?;
     }
 
+    let shutdown = CancellationToken::new();
     let broker = Arc::new(Broker {
+        shutdown: shutdown.clone(),
         replicas: ReplicaManager::new(
             config.node_id,
             logs,
@@ -302,7 +307,6 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             })?;
     }
 
-    let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(follow_metadata(Arc::clone(&broker), shutdown.clone()));
     tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));

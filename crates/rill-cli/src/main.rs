@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use rill_broker::BrokerConfig;
 use serde::Deserialize;
 
+mod bench;
+
 #[derive(Debug, Parser)]
 #[command(name = "rill", version, about = "A Kafka-compatible message broker")]
 struct Cli {
@@ -24,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run a node: a single-node cluster that is both controller and broker.
     Serve(ServeArgs),
+    /// Measure a Kafka-compatible broker's throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Every `serve` setting. Each flag can also be set as `RILL_<NAME>` in the
@@ -86,17 +91,69 @@ struct FileSettings {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
     init_logging();
     match cli.command {
+        Command::Bench(command) => match bench::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("rill bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("rill: {error:#}");
+                eprintln!("rill: {}", one_line(&error));
                 ExitCode::from(2)
             }
         },
     }
+}
+
+/// Help and version go to stdout as clap writes them; a bad flag or value
+/// is one line on stderr and exit code 2.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = error.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("bad command line");
+    eprintln!("rill: {}", first.trim_start_matches("error: "));
+    ExitCode::from(2)
+}
+
+/// An error and its causes on one line, each cause once: errors that
+/// already quote their source in their message are not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !line.contains(&message) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&message);
+        }
+    }
+    line
 }
 
 fn init_logging() {

@@ -1,9 +1,16 @@
-//! Validation of topic and broker configuration entries.
+//! Which topic and broker configs exist, what values they take and what
+//! they default to.
 //!
 //! Kafka rejects a CreateTopics or AlterConfigs request that names a topic
 //! config it does not know, or gives one a value of the wrong type or out of
 //! range, with INVALID_CONFIG. The table below is Kafka's topic config list
-//! (as of 3.x) with the type and lower bound of each value.
+//! (as of 3.x) with the type, lower bound, default and broker-level synonym
+//! of each (Kafka's `LogConfig` and `ServerTopicConfigSynonyms`).
+//!
+//! Broker configs that may be changed at run time (AlterConfigs on a broker
+//! resource) are the broker synonyms of the topic configs rill's log honours:
+//! they change the defaults of every topic on that broker that does not set
+//! the config itself, as Kafka's dynamic `log.*` configs do.
 
 use crate::state::MetadataError;
 
@@ -21,78 +28,351 @@ enum Kind {
     OneOf(&'static [&'static str]),
     /// A comma-separated, non-empty list of the listed words.
     ListOf(&'static [&'static str]),
+    /// A comma-separated list of anything (Kafka validates these elsewhere).
+    AnyList,
     /// Any string (Kafka validates these elsewhere, or not at all).
     Any,
 }
 
+/// The type Kafka gives a config's value (`ConfigDef.Type`), as
+/// DescribeConfigs reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean,
+    String,
+    Int,
+    Long,
+    Double,
+    /// Comma-separated; the only type IncrementalAlterConfigs may APPEND to
+    /// or SUBTRACT from.
+    List,
+}
+
+impl Kind {
+    fn config_type(self) -> ConfigType {
+        match self {
+            Kind::Long(_) => ConfigType::Long,
+            Kind::Int(_) => ConfigType::Int,
+            Kind::Double(..) => ConfigType::Double,
+            Kind::Bool => ConfigType::Boolean,
+            Kind::OneOf(_) | Kind::Any => ConfigType::String,
+            Kind::ListOf(_) | Kind::AnyList => ConfigType::List,
+        }
+    }
+}
+
+/// One topic config: its name, the values it takes, Kafka's default, and
+/// the broker config that sets the default for every topic.
+#[derive(Debug, Clone, Copy)]
+struct TopicConfigEntry {
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    broker_synonym: Option<&'static str>,
+}
+
+const fn entry(
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    broker_synonym: Option<&'static str>,
+) -> TopicConfigEntry {
+    TopicConfigEntry {
+        name,
+        kind,
+        default,
+        broker_synonym,
+    }
+}
+
+const LONG_MAX: &str = "9223372036854775807";
+
 /// Every topic config Kafka accepts, sorted by name.
-const TOPIC_CONFIGS: &[(&str, Kind)] = &[
-    ("cleanup.policy", Kind::ListOf(&["compact", "delete"])),
-    (
+const TOPIC_CONFIGS: &[TopicConfigEntry] = &[
+    entry(
+        "cleanup.policy",
+        Kind::ListOf(&["compact", "delete"]),
+        "delete",
+        Some("log.cleanup.policy"),
+    ),
+    entry(
         "compression.type",
         Kind::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+        "producer",
+        Some("compression.type"),
     ),
-    ("delete.retention.ms", Kind::Long(0)),
-    ("file.delete.delay.ms", Kind::Long(0)),
-    ("flush.messages", Kind::Long(1)),
-    ("flush.ms", Kind::Long(0)),
-    ("follower.replication.throttled.replicas", Kind::Any),
-    ("index.interval.bytes", Kind::Int(0)),
-    ("leader.replication.throttled.replicas", Kind::Any),
-    ("local.retention.bytes", Kind::Long(-2)),
-    ("local.retention.ms", Kind::Long(-2)),
-    ("max.compaction.lag.ms", Kind::Long(1)),
-    ("max.message.bytes", Kind::Int(0)),
-    ("message.downconversion.enable", Kind::Bool),
-    ("message.format.version", Kind::Any),
-    ("message.timestamp.after.max.ms", Kind::Long(0)),
-    ("message.timestamp.before.max.ms", Kind::Long(0)),
-    ("message.timestamp.difference.max.ms", Kind::Long(0)),
-    (
+    entry(
+        "delete.retention.ms",
+        Kind::Long(0),
+        "86400000",
+        Some("log.cleaner.delete.retention.ms"),
+    ),
+    entry(
+        "file.delete.delay.ms",
+        Kind::Long(0),
+        "60000",
+        Some("log.segment.delete.delay.ms"),
+    ),
+    entry(
+        "flush.messages",
+        Kind::Long(1),
+        LONG_MAX,
+        Some("log.flush.interval.messages"),
+    ),
+    entry(
+        "flush.ms",
+        Kind::Long(0),
+        LONG_MAX,
+        Some("log.flush.interval.ms"),
+    ),
+    entry(
+        "follower.replication.throttled.replicas",
+        Kind::AnyList,
+        "",
+        None,
+    ),
+    entry(
+        "index.interval.bytes",
+        Kind::Int(0),
+        "4096",
+        Some("log.index.interval.bytes"),
+    ),
+    entry(
+        "leader.replication.throttled.replicas",
+        Kind::AnyList,
+        "",
+        None,
+    ),
+    entry(
+        "local.retention.bytes",
+        Kind::Long(-2),
+        "-2",
+        Some("log.local.retention.bytes"),
+    ),
+    entry(
+        "local.retention.ms",
+        Kind::Long(-2),
+        "-2",
+        Some("log.local.retention.ms"),
+    ),
+    entry(
+        "max.compaction.lag.ms",
+        Kind::Long(1),
+        LONG_MAX,
+        Some("log.cleaner.max.compaction.lag.ms"),
+    ),
+    entry(
+        "max.message.bytes",
+        Kind::Int(0),
+        "1048588",
+        Some("message.max.bytes"),
+    ),
+    entry(
+        "message.downconversion.enable",
+        Kind::Bool,
+        "true",
+        Some("log.message.downconversion.enable"),
+    ),
+    entry(
+        "message.format.version",
+        Kind::Any,
+        "3.0-IV1",
+        Some("log.message.format.version"),
+    ),
+    entry(
+        "message.timestamp.after.max.ms",
+        Kind::Long(0),
+        LONG_MAX,
+        Some("log.message.timestamp.after.max.ms"),
+    ),
+    entry(
+        "message.timestamp.before.max.ms",
+        Kind::Long(0),
+        LONG_MAX,
+        Some("log.message.timestamp.before.max.ms"),
+    ),
+    entry(
+        "message.timestamp.difference.max.ms",
+        Kind::Long(0),
+        LONG_MAX,
+        Some("log.message.timestamp.difference.max.ms"),
+    ),
+    entry(
         "message.timestamp.type",
         Kind::OneOf(&["CreateTime", "LogAppendTime"]),
+        "CreateTime",
+        Some("log.message.timestamp.type"),
     ),
-    ("min.cleanable.dirty.ratio", Kind::Double(0.0, 1.0)),
-    ("min.compaction.lag.ms", Kind::Long(0)),
-    ("min.insync.replicas", Kind::Int(1)),
-    ("preallocate", Kind::Bool),
-    ("remote.storage.enable", Kind::Bool),
-    ("retention.bytes", Kind::Long(i64::MIN)),
-    ("retention.ms", Kind::Long(-1)),
-    ("segment.bytes", Kind::Int(14)),
-    ("segment.index.bytes", Kind::Int(4)),
-    ("segment.jitter.ms", Kind::Long(0)),
-    ("segment.ms", Kind::Long(1)),
-    ("unclean.leader.election.enable", Kind::Bool),
+    entry(
+        "min.cleanable.dirty.ratio",
+        Kind::Double(0.0, 1.0),
+        "0.5",
+        Some("log.cleaner.min.cleanable.ratio"),
+    ),
+    entry(
+        "min.compaction.lag.ms",
+        Kind::Long(0),
+        "0",
+        Some("log.cleaner.min.compaction.lag.ms"),
+    ),
+    entry(
+        "min.insync.replicas",
+        Kind::Int(1),
+        "1",
+        Some("min.insync.replicas"),
+    ),
+    entry("preallocate", Kind::Bool, "false", Some("log.preallocate")),
+    entry("remote.storage.enable", Kind::Bool, "false", None),
+    entry(
+        "retention.bytes",
+        Kind::Long(i64::MIN),
+        "-1",
+        Some("log.retention.bytes"),
+    ),
+    entry(
+        "retention.ms",
+        Kind::Long(-1),
+        "604800000",
+        Some("log.retention.ms"),
+    ),
+    entry(
+        "segment.bytes",
+        Kind::Int(14),
+        "1073741824",
+        Some("log.segment.bytes"),
+    ),
+    // Kafka's bound is 4, but rill's log needs room for one time-index
+    // entry (12 bytes) and would otherwise drop the topic's configs.
+    entry(
+        "segment.index.bytes",
+        Kind::Int(12),
+        "10485760",
+        Some("log.index.size.max.bytes"),
+    ),
+    entry(
+        "segment.jitter.ms",
+        Kind::Long(0),
+        "0",
+        Some("log.roll.jitter.ms"),
+    ),
+    entry(
+        "segment.ms",
+        Kind::Long(1),
+        "604800000",
+        Some("log.roll.ms"),
+    ),
+    entry(
+        "unclean.leader.election.enable",
+        Kind::Bool,
+        "false",
+        Some("unclean.leader.election.enable"),
+    ),
 ];
+
+/// The topic configs whose broker synonyms may be set on a broker at run
+/// time: the ones rill's partition log (and, for `min.insync.replicas`, the
+/// replica) applies. The broker turns a dynamic broker config back into
+/// the topic config named here and uses it as that topic config's default.
+const DYNAMIC_TOPIC_DEFAULTS: &[&str] = &[
+    "cleanup.policy",
+    "delete.retention.ms",
+    "index.interval.bytes",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "min.insync.replicas",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.index.bytes",
+    "segment.ms",
+];
+
+/// What DescribeConfigs needs to know about one topic config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicConfigDef {
+    pub name: &'static str,
+    pub config_type: ConfigType,
+    /// Kafka's default value, as a string.
+    pub default: &'static str,
+    /// The broker config that sets this config's default for every topic
+    /// (`log.retention.ms` for `retention.ms`), if there is one.
+    pub broker_synonym: Option<&'static str>,
+}
+
+impl From<&TopicConfigEntry> for TopicConfigDef {
+    fn from(entry: &TopicConfigEntry) -> Self {
+        TopicConfigDef {
+            name: entry.name,
+            config_type: entry.kind.config_type(),
+            default: entry.default,
+            broker_synonym: entry.broker_synonym,
+        }
+    }
+}
+
+fn find_topic_config(name: &str) -> Option<&'static TopicConfigEntry> {
+    TOPIC_CONFIGS
+        .binary_search_by(|entry| entry.name.cmp(name))
+        .ok()
+        .map(|i| &TOPIC_CONFIGS[i])
+}
 
 /// The names of every topic config Kafka knows, sorted.
 pub fn topic_config_names() -> impl Iterator<Item = &'static str> {
-    TOPIC_CONFIGS.iter().map(|(name, _)| *name)
+    TOPIC_CONFIGS.iter().map(|entry| entry.name)
+}
+
+/// Every topic config Kafka knows, sorted by name.
+pub fn topic_configs() -> impl Iterator<Item = TopicConfigDef> {
+    TOPIC_CONFIGS.iter().map(TopicConfigDef::from)
+}
+
+/// The topic config called `name`, if Kafka has one.
+pub fn topic_config(name: &str) -> Option<TopicConfigDef> {
+    find_topic_config(name).map(TopicConfigDef::from)
 }
 
 /// Whether `name` is a topic config Kafka knows.
 pub fn is_topic_config(name: &str) -> bool {
-    TOPIC_CONFIGS
-        .binary_search_by(|(n, _)| n.cmp(&name))
-        .is_ok()
+    find_topic_config(name).is_some()
+}
+
+/// The broker configs that may be changed at run time, each with the topic
+/// config whose default it sets.
+pub fn dynamic_broker_configs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    DYNAMIC_TOPIC_DEFAULTS.iter().map(|topic_name| {
+        let entry = find_topic_config(topic_name).expect("listed in TOPIC_CONFIGS");
+        let broker_name = entry.broker_synonym.expect("has a broker synonym");
+        (broker_name, entry.name)
+    })
+}
+
+/// The topic config whose default the dynamic broker config `name` sets.
+pub fn dynamic_broker_config_topic_synonym(name: &str) -> Option<&'static str> {
+    dynamic_broker_configs()
+        .find(|(broker_name, _)| *broker_name == name)
+        .map(|(_, topic_name)| topic_name)
 }
 
 /// Checks one topic config entry: the name must be known and the value of
 /// the right type and in range.
 pub fn validate_topic_config(name: &str, value: &str) -> Result<(), MetadataError> {
-    let Ok(i) = TOPIC_CONFIGS.binary_search_by(|(n, _)| n.cmp(&name)) else {
+    let Some(entry) = find_topic_config(name) else {
         return Err(MetadataError::InvalidConfig(format!(
             "unknown topic config name: {name}"
         )));
     };
+    validate_value(name, entry.kind, value)
+}
+
+fn validate_value(name: &str, kind: Kind, value: &str) -> Result<(), MetadataError> {
     let invalid = |why: &str| {
         Err(MetadataError::InvalidConfig(format!(
             "invalid value {value:?} for configuration {name}: {why}"
         )))
     };
     let value_trimmed = value.trim();
-    match TOPIC_CONFIGS[i].1 {
+    match kind {
         Kind::Long(low) => match value_trimmed.parse::<i64>() {
             Ok(v) if v >= low => Ok(()),
             Ok(_) => invalid(&format!("value must be at least {low}")),
@@ -135,20 +415,22 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), MetadataErro
                 invalid(&format!("expected a list of {words:?}"))
             }
         }
-        Kind::Any => Ok(()),
+        Kind::AnyList | Kind::Any => Ok(()),
     }
 }
 
-/// Checks one broker config entry. Broker configs are passed through to the
-/// broker, which knows which of them it can change at run time; here only
-/// the shape is checked.
-pub fn validate_broker_config(name: &str, _value: &str) -> Result<(), MetadataError> {
-    if name.is_empty() {
-        return Err(MetadataError::InvalidConfig(
-            "empty broker config name".to_string(),
-        ));
-    }
-    Ok(())
+/// Checks one broker config entry set at run time: it must be one of the
+/// [`dynamic_broker_configs`], with a value its topic synonym accepts.
+/// Other broker configs (`num.partitions`, `log.dirs`, …) are read at
+/// start-up only, so accepting them here would change nothing.
+pub fn validate_broker_config(name: &str, value: &str) -> Result<(), MetadataError> {
+    let Some(topic_name) = dynamic_broker_config_topic_synonym(name) else {
+        return Err(MetadataError::InvalidConfig(format!(
+            "{name:?} is not a broker config that can be changed at run time"
+        )));
+    };
+    let entry = find_topic_config(topic_name).expect("listed in TOPIC_CONFIGS");
+    validate_value(name, entry.kind, value)
 }
 
 #[cfg(test)]
@@ -157,7 +439,50 @@ mod tests {
 
     #[test]
     fn table_is_sorted_for_binary_search() {
-        assert!(TOPIC_CONFIGS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(TOPIC_CONFIGS.windows(2).all(|w| w[0].name < w[1].name));
+    }
+
+    #[test]
+    fn defaults_are_valid_values() {
+        for entry in TOPIC_CONFIGS {
+            if matches!(entry.kind, Kind::AnyList | Kind::Any) {
+                continue;
+            }
+            assert_eq!(
+                validate_topic_config(entry.name, entry.default),
+                Ok(()),
+                "{}",
+                entry.name
+            );
+        }
+    }
+
+    #[test]
+    fn dynamic_broker_configs_are_validated_as_their_topic_synonyms() {
+        assert_eq!(
+            dynamic_broker_configs().count(),
+            DYNAMIC_TOPIC_DEFAULTS.len()
+        );
+        assert_eq!(validate_broker_config("log.retention.ms", "100"), Ok(()));
+        assert_eq!(
+            dynamic_broker_config_topic_synonym("log.roll.ms"),
+            Some("segment.ms")
+        );
+        for (name, value) in [
+            ("log.retention.ms", "-2"),
+            ("log.cleanup.policy", "forever"),
+            ("num.partitions", "3"),
+            ("retention.ms", "100"),
+            ("", "1"),
+        ] {
+            assert!(
+                matches!(
+                    validate_broker_config(name, value),
+                    Err(MetadataError::InvalidConfig(_))
+                ),
+                "{name}={value}"
+            );
+        }
     }
 
     #[test]
@@ -189,6 +514,7 @@ mod tests {
             ("segment.bytes", "13"),
             ("segment.bytes", "99999999999"),
             ("segment.ms", "0"),
+            ("segment.index.bytes", "11"),
             ("cleanup.policy", ""),
             ("cleanup.policy", "delete,forever"),
             ("message.timestamp.type", "createtime"),

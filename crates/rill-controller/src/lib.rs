@@ -8,8 +8,9 @@
 //!   registered brokers, and the next free producer id (blocks of ids go to
 //!   brokers, which hand them to idempotent producers). No I/O, no clock,
 //!   no randomness.
-//! - [`config`]: which topic configs exist and what values they take
-//!   (INVALID_CONFIG otherwise).
+//! - [`config`]: which topic configs exist, what values they take
+//!   (INVALID_CONFIG otherwise) and their defaults; which broker configs
+//!   may change at run time.
 //! - [`raft`]: the state machine run by openraft with this node as the only
 //!   voter: the log store (one file per entry), the snapshot file, a network
 //!   that has no peers, and [`Controller`], the handle the broker uses.

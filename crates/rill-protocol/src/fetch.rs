@@ -28,11 +28,11 @@ const FIRST_FLEXIBLE_VERSION: i16 = 12;
 /// Something that will be sent as record bytes: its length is all the
 /// writer needs.
 pub trait RecordSource {
-    fn len(&self) -> u64;
+    fn byte_len(&self) -> u64;
 }
 
 impl RecordSource for Bytes {
-    fn len(&self) -> u64 {
+    fn byte_len(&self) -> u64 {
         Bytes::len(self) as u64
     }
 }
@@ -84,7 +84,7 @@ impl<R> FetchResponseOut<R> {
             .iter()
             .flat_map(|t| &t.partitions)
             .flat_map(|p| &p.records)
-            .map(RecordSource::len)
+            .map(RecordSource::byte_len)
             .sum()
     }
 }
@@ -141,7 +141,7 @@ pub fn encode_fetch_response<R: RecordSource>(
             if version >= 11 {
                 out.put_i32(partition.preferred_read_replica);
             }
-            let records_len: u64 = partition.records.iter().map(RecordSource::len).sum();
+            let records_len: u64 = partition.records.iter().map(RecordSource::byte_len).sum();
             let records_len = u32::try_from(records_len)
                 .ok()
                 .filter(|len| *len < i32::MAX as u32)
@@ -174,7 +174,7 @@ pub fn encode_fetch_response<R: RecordSource>(
         .iter()
         .map(|part| match part {
             FramePart::Bytes(bytes) => bytes.len() as u64,
-            FramePart::Records(records) => records.len(),
+            FramePart::Records(records) => records.byte_len(),
         })
         .sum();
     let size = i32::try_from(total - SIZE_PREFIX_LEN as u64)

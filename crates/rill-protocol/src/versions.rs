@@ -47,9 +47,18 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     SupportedApi::new(ApiKey::ApiVersions, 0, 3),
     SupportedApi::new(ApiKey::CreateTopics, 2, 7),
     SupportedApi::new(ApiKey::DeleteTopics, 1, 6),
+    SupportedApi::new(ApiKey::DeleteRecords, 0, 2),
     // Idempotent producers only (no transactional ids). v5 differs only in
     // transactional errors (KIP-890); left out until a client sends it.
     SupportedApi::new(ApiKey::InitProducerId, 0, 4),
+    // v0 and v1 are gone from kafka-protocol 0.18 (and from Kafka 4).
+    SupportedApi::new(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    // v0 is gone from kafka-protocol 0.18 (and from Kafka 4).
+    SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
+    SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
+    SupportedApi::new(ApiKey::CreatePartitions, 0, 3),
+    SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
+    SupportedApi::new(ApiKey::DescribeCluster, 0, 2),
 ];
 
 /// The versions of `api_key` rill handles, or `None` if it does not handle the

@@ -10,7 +10,7 @@ use rill_protocol::kafka_protocol::messages::create_topics_request::CreatableTop
 use rill_protocol::kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use rill_protocol::kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
-use super::{create_topic, KafkaError};
+use super::{create_topic, describe_configs, KafkaError};
 use crate::server::Broker;
 
 pub async fn handle(
@@ -33,6 +33,12 @@ pub async fn handle(
             .with_name(topic.name.clone())
             .with_num_partitions(-1)
             .with_replication_factor(-1);
+        // What a validate-only request lists as the new topic's configs.
+        let requested_configs: BTreeMap<String, String> = topic
+            .configs
+            .iter()
+            .filter_map(|c| Some((c.name.as_str().to_string(), c.value.as_ref()?.to_string())))
+            .collect();
         let outcome = if duplicated.contains(&name) {
             Err(KafkaError::with_message(
                 ResponseError::InvalidRequest,
@@ -46,9 +52,11 @@ pub async fn handle(
                 .with_topic_id(topic_id)
                 .with_num_partitions(partitions)
                 .with_replication_factor(replication_factor)
-                .with_configs(Some(super::describe_configs::created_topic_configs(
-                    broker, &name,
-                ))),
+                .with_configs(Some(if request.validate_only {
+                    describe_configs::topic_configs_as_created(broker, &requested_configs)
+                } else {
+                    describe_configs::created_topic_configs(broker, &name)
+                })),
             Err(error) => result
                 .with_error_code(error.code)
                 .with_error_message(error.message_bytes()),

@@ -33,7 +33,7 @@ const FETCH_WAIT_MAX: Duration = Duration::from_secs(5 * 60);
 pub struct Region(pub FileRegion);
 
 impl RecordSource for Region {
-    fn len(&self) -> u64 {
+    fn byte_len(&self) -> u64 {
         self.0.len
     }
 }
@@ -68,6 +68,7 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
             }
         }
         tokio::select! {
+            _ = broker.shutdown.cancelled() => return response,
             changed = appends.changed() => {
                 if changed.is_err() {
                     return response;
@@ -93,7 +94,11 @@ fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchAnsw
         for fetch in &topic.partitions {
             let data = match read_partition(broker, name, fetch, bytes_max, total) {
                 Ok(data) => {
-                    total += data.records.iter().map(|r| r.len() as usize).sum::<usize>();
+                    total += data
+                        .records
+                        .iter()
+                        .map(|r| r.byte_len() as usize)
+                        .sum::<usize>();
                     data
                 }
                 Err((error, log_start_offset, high_watermark)) => {
@@ -185,7 +190,7 @@ fn read_partition(
         .unwrap_or_default();
     // A batch larger than the room left is only returned as the first bytes
     // of the response, so that a consumer always makes progress.
-    let bytes: u64 = records.iter().map(|r| r.len()).sum();
+    let bytes: u64 = records.iter().map(|r| r.byte_len()).sum();
     if bytes_so_far > 0 && bytes > room as u64 {
         records.clear();
     }

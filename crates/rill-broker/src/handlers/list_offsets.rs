@@ -18,7 +18,7 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub fn handle(broker: &Broker, _version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -43,7 +43,9 @@ pub fn handle(broker: &Broker, _version: i16, request: ListOffsetsRequest) -> Li
                         Ok((timestamp, offset, leader_epoch)) => response
                             .with_timestamp(timestamp)
                             .with_offset(offset)
-                            .with_leader_epoch(leader_epoch),
+                            // The field exists from v4; below it must keep
+                            // its default or the response cannot be encoded.
+                            .with_leader_epoch(if version >= 4 { leader_epoch } else { -1 }),
                         Err(error) => response.with_error_code(error.code),
                     }
                 })

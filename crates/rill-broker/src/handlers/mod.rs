@@ -3,18 +3,28 @@
 //! and returns the response body (Produce and Fetch return what they still
 //! have to wait for; see `connection`).
 //!
+//! `configs` is not an API: it holds what DescribeConfigs, AlterConfigs,
+//! IncrementalAlterConfigs and CreateTopics share about config resources.
+//!
 //! Handlers never fail as a whole: every error a client can cause becomes
 //! the Kafka error code in the response, per topic or partition where the
 //! response has room for one.
 
+pub mod alter_configs;
 pub mod api_versions;
+pub mod configs;
+pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use std::collections::BTreeMap;
@@ -27,6 +37,7 @@ use rill_protocol::kafka_protocol::protocol::StrBytes;
 use rill_types::NodeId;
 
 use crate::errors::controller_error;
+use crate::replica::Partition;
 use crate::server::Broker;
 
 /// A Kafka error: its code and, where the response has room, a message.
@@ -145,4 +156,28 @@ pub fn check_leader_epoch(requested: i32, current: i32) -> Result<(), KafkaError
     } else {
         Err(KafkaError::new(ResponseError::UnknownLeaderEpoch))
     }
+}
+
+/// This node's replica of a partition, for a request that needs its log:
+/// UNKNOWN_TOPIC_OR_PARTITION when the cluster has no such partition,
+/// NOT_LEADER_OR_FOLLOWER when it has one but this node holds no replica
+/// (as Kafka's `ReplicaManager` distinguishes them).
+pub fn hosted_partition(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+) -> Result<Arc<Partition>, KafkaError> {
+    if let Some(partition) = broker.replicas.get(topic, index) {
+        return Ok(partition);
+    }
+    let exists = broker
+        .controller
+        .image()
+        .topic(topic)
+        .is_some_and(|t| t.partition(index).is_some());
+    Err(KafkaError::new(if exists {
+        ResponseError::NotLeaderOrFollower
+    } else {
+        ResponseError::UnknownTopicOrPartition
+    }))
 }

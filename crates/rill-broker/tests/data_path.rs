@@ -1,0 +1,219 @@
+//! Produce, Fetch and ListOffsets at every version the broker advertises,
+//! with real data: what goes in comes back byte for byte, and every
+//! response encodes (a field set outside its version closes the
+//! connection, which these tests would see).
+
+mod common;
+
+use bytes::Bytes;
+use common::{topic_name, TestBroker};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ProduceRequest,
+};
+use rill_protocol::supported;
+use rill_storage::records::BatchBuilder;
+
+/// One uncompressed batch of `count` records (kafka-protocol's encoder, in
+/// the harness's `record_batch`, makes one batch per record).
+fn one_batch(count: usize) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for i in 0..count {
+        let value = format!("value-{i}");
+        builder.push(
+            Some(format!("key-{i}").as_bytes()),
+            Some(value.as_bytes()),
+            1_700_000_000_000 + i as i64,
+        );
+    }
+    Bytes::from(builder.build())
+}
+
+fn produce_request(topic: &str, acks: i16, batch: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])])
+}
+
+fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+/// The records of the only partition in a fetch response.
+fn fetched(response: &FetchResponse) -> (i16, Bytes) {
+    let partition = &response.responses[0].partitions[0];
+    (
+        partition.error_code,
+        partition.records.clone().unwrap_or_default(),
+    )
+}
+
+/// A batch as the log stores it: the broker rewrites the base offset
+/// (bytes 0..8) and the partition leader epoch (bytes 12..16).
+fn same_batch_modulo_offsets(stored: &[u8], sent: &[u8]) {
+    assert_eq!(stored.len(), sent.len());
+    assert_eq!(stored[8..12], sent[8..12], "batch length");
+    assert_eq!(stored[16..], sent[16..], "batch body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_produce_and_fetch_version_round_trips_the_batch() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("versions", 1, &[]).await;
+    let batch = one_batch(5);
+
+    let mut expected_offset = 0;
+    for version in supported(ApiKey::Produce).unwrap() {
+        let response = client
+            .send(version, produce_request("versions", -1, batch.clone()))
+            .await;
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, 0, "produce v{version}");
+        assert_eq!(partition.base_offset, expected_offset, "produce v{version}");
+        expected_offset += 5;
+    }
+
+    for version in supported(ApiKey::Fetch).unwrap() {
+        let response = client.send(version, fetch_request("versions", 5, 0)).await;
+        let (error, records) = fetched(&response);
+        assert_eq!(error, 0, "fetch v{version}");
+        // Every batch from offset 5 on, each identical to what was sent.
+        let batches = records.len() / batch.len();
+        assert_eq!(records.len() % batch.len(), 0, "fetch v{version}");
+        assert_eq!(batches as i64, expected_offset / 5 - 1, "fetch v{version}");
+        for (i, stored) in records.chunks(batch.len()).enumerate() {
+            let base_offset = i64::from_be_bytes(stored[..8].try_into().unwrap());
+            assert_eq!(base_offset, 5 + 5 * i as i64, "fetch v{version}");
+            same_batch_modulo_offsets(stored, &batch);
+        }
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(
+            partition.high_watermark, expected_offset,
+            "fetch v{version}"
+        );
+    }
+    client.assert_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_list_offsets_version_answers() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("offsets", 1, &[]).await;
+    assert_eq!(client.produce("offsets", 0, 10).await, (0, 0));
+    for version in supported(ApiKey::ListOffsets).unwrap() {
+        // The batch's records carry timestamps 1_700_000_000_000 + i.
+        for (timestamp, offset) in [(-1, 10), (-2, 0), (1_700_000_000_003, 3), (i64::MAX, -1)] {
+            let response = client
+                .send(
+                    version,
+                    ListOffsetsRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_topics(vec![ListOffsetsTopic::default()
+                            .with_name(topic_name("offsets"))
+                            .with_partitions(vec![ListOffsetsPartition::default()
+                                .with_partition_index(0)
+                                .with_current_leader_epoch(-1)
+                                .with_timestamp(timestamp)])]),
+                )
+                .await;
+            let partition = &response.topics[0].partitions[0];
+            assert_eq!(partition.error_code, 0, "v{version} timestamp {timestamp}");
+            assert_eq!(partition.offset, offset, "v{version} timestamp {timestamp}");
+        }
+    }
+    client.assert_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_answers_when_records_arrive() {
+    let broker = TestBroker::start().await;
+    let mut setup = broker.client().await;
+    setup.create_topic("poll", 1, &[]).await;
+    let mut consumer = broker.client().await;
+    // A long wait: the fetch must come back because of the produce, not
+    // because the wait ran out (the test's own timeout is far shorter).
+    let waiting =
+        tokio::spawn(async move { consumer.send(12, fetch_request("poll", 0, 60_000)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the fetch did not wait");
+    let response = setup
+        .send(9, produce_request("poll", 1, one_batch(3)))
+        .await;
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    let response = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("the fetch was not woken by the produce")
+        .unwrap();
+    let (error, records) = fetched(&response);
+    assert_eq!(error, 0);
+    same_batch_modulo_offsets(&records, &one_batch(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_gets_no_answer_and_the_next_request_does() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("fire", 1, &[]).await;
+    client
+        .send_no_answer(9, produce_request("fire", 0, one_batch(4)))
+        .await;
+    // The next answer on the connection belongs to the next request.
+    assert_eq!(client.list_offset("fire", 0, -1).await, (0, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_produce_input_gets_kafka_errors_and_loses_nothing() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client
+        .create_topic("bad", 1, &[("max.message.bytes", "200")])
+        .await;
+    let response = client
+        .send(9, produce_request("bad", -1, one_batch(2)))
+        .await;
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+
+    let mut corrupt = one_batch(2).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff; // breaks the CRC
+    let cases: [(Bytes, i16); 4] = [
+        (Bytes::from(corrupt), 2),           // CORRUPT_MESSAGE
+        (one_batch(40), 10),                 // MESSAGE_TOO_LARGE (max.message.bytes 200)
+        (Bytes::from_static(b"garbage"), 2), // too short for a batch header
+        (Bytes::new(), 87),                  // no batches: INVALID_RECORD
+    ];
+    for (records, expected) in cases {
+        let response = client.send(9, produce_request("bad", -1, records)).await;
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, expected, "{partition:?}");
+    }
+    let response = client
+        .send(9, produce_request("bad", 7, one_batch(1)))
+        .await;
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 21); // INVALID_REQUIRED_ACKS
+                                                                             // What was written before is intact, and nothing else was added.
+    assert_eq!(client.list_offset("bad", 0, -1).await, (0, 2));
+    let response = client.send(12, fetch_request("bad", 0, 0)).await;
+    let (error, records) = fetched(&response);
+    assert_eq!(error, 0);
+    same_batch_modulo_offsets(&records, &one_batch(2));
+}

@@ -1,0 +1,393 @@
+//! A real `rill serve` process for end-to-end tests.
+//!
+//! [`Broker`] starts the binary cargo built for this test run in a fresh
+//! data dir on free loopback ports, waits for its ready line, and stops it
+//! when dropped. Tests drive it with real clients (librdkafka through
+//! `rdkafka`, kcat, raw sockets), so what they check is what a user sees.
+//!
+//! Every wait here is bounded: a broker that does not come up, or does not
+//! stop, fails the test with its stderr rather than hanging the suite.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+use tempfile::TempDir;
+
+/// How long a broker may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP request to the broker may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting loop looks again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How many times a start is retried when a picked port was taken by someone
+/// else between picking and binding.
+const START_ATTEMPTS_MAX: usize = 3;
+/// How many of the broker's stderr lines a failing test prints.
+const STDERR_TAIL_LINES: usize = 60;
+
+/// The three listeners of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub kafka: SocketAddr,
+    pub controller: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Ports {
+    /// Three distinct free ports on 127.0.0.1. The listeners are held until
+    /// all three are picked, so the kernel cannot hand out one twice.
+    pub fn pick() -> Ports {
+        let listeners: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+            .collect();
+        let addr = |i: usize| listeners[i].local_addr().expect("local addr");
+        Ports {
+            kafka: addr(0),
+            controller: addr(1),
+            http: addr(2),
+        }
+    }
+}
+
+/// A running (or stopped, between [`Broker::kill`] and [`Broker::start`])
+/// `rill serve` process with its own data dir.
+#[derive(Debug)]
+pub struct Broker {
+    // Dropped after the process is stopped (see `Drop`), so the broker never
+    // sees its data dir vanish under it.
+    dir: TempDir,
+    ports: Ports,
+    child: Option<Child>,
+    /// Every line the broker wrote to stderr, across restarts.
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Broker {
+    /// Starts a broker in a new temporary data dir and waits until it is ready.
+    pub fn start_new() -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("rill-e2e-")
+            .tempdir()
+            .expect("create a temporary dir");
+        let mut broker = Broker {
+            dir,
+            ports: Ports::pick(),
+            child: None,
+            stderr: Arc::new(Mutex::new(Vec::new())),
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match broker.try_start() {
+                Ok(()) => return broker,
+                // Another test may have taken a picked port in between
+                // picking and binding; anything else is a real failure.
+                Err(error) if error.contains("in use") && attempts < START_ATTEMPTS_MAX => {
+                    broker.ports = Ports::pick();
+                    broker.stderr.lock().expect("stderr lock").clear();
+                }
+                Err(error) => panic!("rill did not start: {error}"),
+            }
+        }
+    }
+
+    /// The address to give clients as `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.ports.kafka.to_string()
+    }
+
+    pub fn ports(&self) -> Ports {
+        self.ports
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every line the broker has written to stderr so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the broker again on the same data dir and ports (after
+    /// [`Broker::kill`] or [`Broker::stop`]) and waits until it is ready.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "the broker is already running");
+        if let Err(error) = self.try_start() {
+            panic!("rill did not restart: {error}");
+        }
+    }
+
+    /// Stops the broker with SIGTERM and checks that it exits with status 0
+    /// within [`STOP_TIMEOUT`].
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("the broker is not running");
+        let pid = Pid::from_child(&child);
+        kill_process(pid, Signal::TERM).expect("send SIGTERM");
+        match wait_timeout(&mut child, STOP_TIMEOUT) {
+            Some(status) => assert!(
+                status.success(),
+                "rill exited with {status} after SIGTERM; stderr:\n{}",
+                self.stderr_tail()
+            ),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rill did not exit within {STOP_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                    self.stderr_tail()
+                );
+            }
+        }
+    }
+
+    /// A clean restart: SIGTERM, exit 0, start again on the same dir and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    /// Kills the broker with SIGKILL, as a crash or power cut would, and
+    /// reaps it. [`Broker::start`] brings it back.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the broker is not running");
+        child.kill().expect("send SIGKILL");
+        child.wait().expect("reap the killed broker");
+    }
+
+    /// `GET path` on the HTTP port: the status code and the body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.ports.http).expect("connect to the HTTP port");
+        stream
+            .set_read_timeout(Some(HTTP_TIMEOUT))
+            .expect("set read timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the HTTP response");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The last lines of the broker's stderr, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let lines = self.stderr_lines();
+        let from = lines.len().saturating_sub(STDERR_TAIL_LINES);
+        lines[from..].join("\n")
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        let mut child = serve_command(self.dir.path(), &self.ports)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| format!("cannot run {}: {error}", rill_binary().display()))?;
+
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::clone(&self.stderr);
+        let stderr_reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().expect("stderr lock").push(line);
+            }
+        });
+
+        // The ready line comes on stdout; a reader thread hands it over so
+        // that the wait for it can be bounded.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("rill ready:") {
+                    let _ = ready_tx.send(line.trim_end().to_string());
+                }
+                line.clear();
+            }
+            // Keep draining until the process closes stdout.
+            let _ = reader.read_to_end(&mut Vec::new());
+        });
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match ready_rx.recv_timeout(POLL_INTERVAL) {
+                Ok(line) => {
+                    let expected = format!("kafka={}", self.ports.kafka);
+                    assert!(
+                        line.contains(&expected),
+                        "ready line {line:?} does not name {expected}"
+                    );
+                    self.child = Some(child);
+                    // Ready means serving: the health check says so too.
+                    let (status, _) = self.http_get("/health");
+                    assert_eq!(status, 200, "GET /health right after the ready line");
+                    return Ok(());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed without a ready line: the process is
+                    // exiting; give stderr a moment to be read.
+                }
+            }
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // The process is gone, so its stderr is at its end.
+                let _ = stderr_reader.join();
+                return Err(format!(
+                    "rill exited with {status} before it was ready; stderr:\n{}",
+                    self.stderr_tail()
+                ));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "rill was not ready within {READY_TIMEOUT:?}; stderr:\n{}",
+                    self.stderr_tail()
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill_process(Pid::from_child(&child), Signal::TERM);
+            if wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- rill stderr (last {STDERR_TAIL_LINES} lines) ---\n{}\n---",
+                self.stderr_tail()
+            );
+        }
+    }
+}
+
+/// The `rill` binary cargo built for these tests.
+pub fn rill_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rill"))
+}
+
+/// `rill serve` on the given dir and ports, not yet spawned.
+pub fn serve_command(data_dir: &Path, ports: &Ports) -> Command {
+    let mut command = Command::new(rill_binary());
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--kafka-addr")
+        .arg(ports.kafka.to_string())
+        .arg("--controller-addr")
+        .arg(ports.controller.to_string())
+        .arg("--http-addr")
+        .arg(ports.http.to_string())
+        .stdin(Stdio::null())
+        // The tests read rill's own default log level; a RUST_LOG of the
+        // caller's must not change what they see.
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// What a process that ran to its end left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command that is expected to exit by itself, killing it if it has
+/// not within `timeout`.
+pub fn run_to_exit(mut command: Command, timeout: Duration) -> Finished {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let status = match wait_timeout(&mut child, timeout) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{:?} did not exit within {timeout:?}; stderr:\n{}",
+                command.get_program(),
+                err.join().unwrap_or_default()
+            );
+        }
+    };
+    Finished {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Waits for a child to exit, at most `timeout`. `None` if it has not.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Polls `check` until it returns `Some`, at most `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
