@@ -243,6 +243,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
         )),
         RequestKind::DescribeCluster(body) => ready(ResponseKind::DescribeCluster(
             handlers::describe_cluster::handle(b, v, body),
+        )),
         RequestKind::InitProducerId(body) => ready(ResponseKind::InitProducerId(
             handlers::init_producer_id::handle(b, v, body).await,
         )),
