@@ -3,9 +3,10 @@
 //!
 //! Each test starts its own broker (see `common`) so tests can run in
 //! parallel and a crash in one leaves the others alone. Producers run with
-//! `enable.idempotence=false` (rill has no InitProducerId yet) and consumers
-//! only `assign()`: librdkafka needs a `group.id` for that, but the group is
-//! never joined and no offset is ever committed.
+//! `enable.idempotence=false` (the plain path; `idempotence_e2e.rs` covers
+//! idempotent producers) and consumers only `assign()`: librdkafka needs a
+//! `group.id` for that, but the group is never joined and no offset is ever
+//! committed.
 
 mod common;
 
