@@ -175,9 +175,12 @@ fn produce_idempotently_and_check(
                 .payload(value.as_str());
             match producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(code), _))
-                    if code == rdkafka::types::RDKafkaErrorCode::QueueFull =>
-                {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
                     producer.poll(Duration::from_millis(10));
                 }
                 Err((error, _)) => panic!("send {i}: {error}"),
