@@ -138,7 +138,15 @@ impl Partition {
                 };
                 let header = batch::check(records).map_err(corrupt)?;
                 batch::check_record_count(&header).map_err(corrupt)?;
-                debug!(topic = %self.tp.topic, partition = self.tp.partition, producer_id = batch.producer_id, producer_epoch = batch.producer_epoch, sequence = batch.first_seq, offset = original.first_offset, "duplicate batch; answering with the original's offsets");
+                debug!(
+                    topic = %self.tp.topic,
+                    partition = self.tp.partition,
+                    producer_id = batch.producer_id,
+                    producer_epoch = batch.producer_epoch,
+                    sequence = batch.first_seq,
+                    offset = original.first_offset,
+                    "duplicate batch; answering with the original's offsets"
+                );
                 let log_append_time =
                     if self.log.config().timestamp_type == TimestampType::LogAppendTime {
                         original.timestamp
@@ -203,7 +211,14 @@ impl Partition {
             debug!(topic = %self.tp.topic, partition = self.tp.partition, expired, "expired idle producers");
         }
         if evicted > 0 {
-            warn!(topic = %self.tp.topic, partition = self.tp.partition, evicted, producers_max = self.lock_producers().config().producers_max, "forgot active producers to stay within the per-partition bound; their retries may be appended twice");
+            let producers_max = self.lock_producers().config().producers_max;
+            warn!(
+                topic = %self.tp.topic,
+                partition = self.tp.partition,
+                evicted,
+                producers_max,
+                "forgot active producers to stay within the per-partition bound; their retries may be appended twice"
+            );
         }
     }
 
