@@ -269,3 +269,68 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["rill", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parse").command {
+            Command::Serve(args) => args,
+            Command::Bench(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = broker_config(serve_args(&[])).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("rill-data"));
+        assert_eq!(config.kafka_addr.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.controller_addr.to_string(), "127.0.0.1:9093");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:9644");
+        assert_eq!(config.node_id, 1);
+        assert!(config.auto_create_topics_enable);
+        assert_eq!(config.num_partitions, 1);
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rill.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/from/file\"\nnum-partitions = 6\nkafka-addr = \"127.0.0.1:1111\"\nadvertised-kafka-addr = \"broker.example:9000\"\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let config =
+            broker_config(serve_args(&["--config", file, "--num-partitions", "3"])).unwrap();
+        assert_eq!(config.num_partitions, 3, "the flag wins");
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/from/file"),
+            "the file fills the rest"
+        );
+        assert_eq!(config.kafka_addr.to_string(), "127.0.0.1:1111");
+        assert_eq!(config.advertised(), ("broker.example".to_string(), 9000));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rill.toml");
+        std::fs::write(&file, "no-such-setting = 1\n").unwrap();
+        let error = broker_config(serve_args(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("no-such-setting"),
+            "{error:#}"
+        );
+        let error = broker_config(serve_args(&["--num-partitions", "0"])).unwrap_err();
+        assert!(error.to_string().contains("num-partitions"), "{error}");
+        let error = broker_config(serve_args(&["--advertised-kafka-addr", "no-port"])).unwrap_err();
+        assert!(error.to_string().contains("no-port"), "{error}");
+        assert!(Cli::try_parse_from(["rill", "serve", "--kafka-addr", "x"]).is_err());
+    }
+}
