@@ -192,6 +192,21 @@ describe('kafkajs against rill', { timeout: 5 * TEST_TIMEOUT_MS }, () => {
     })
   }
 
+  test('an idempotent producer (idempotent: true) gets a producer id and its sends land once', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const topic = newTopicName('idempotent')
+    await createTopic(topic, 2)
+    const p = await producer({ idempotent: true, maxInFlightRequests: 1 })
+    let sent = 0
+    for (let round = 0; round < 5; round++) {
+      const messages = Array.from({ length: 20 }, (_, i) => ({ key: `k${i % 4}`, value: `v${round}-${i}` }))
+      const results = await p.send({ topic, acks: -1, messages })
+      for (const r of results) assert.equal(r.errorCode, 0)
+      sent += messages.length
+    }
+    const marks = await offsets(topic)
+    assert.equal(marks[0][1] + marks[1][1], sent)
+  })
+
   test('fetchTopicOffsetsByTimestamp finds the first offset at or after a timestamp', { timeout: TEST_TIMEOUT_MS }, async () => {
     const topic = newTopicName('by-timestamp')
     await createTopic(topic, 1)

@@ -1,7 +1,8 @@
 """Thin, bounded helpers over confluent-kafka ("ck") and kafka-python ("kp").
 
-rill has no consumer groups, idempotent producers or transactions yet, so
-producers here turn idempotence off and consumers use manual assignment only.
+rill has no consumer groups or transactions yet, so consumers use manual
+assignment only. Producers are idempotent whenever acks=all allows it (the
+default of kafka-python and the Java client), and plain otherwise.
 Every call that waits takes a timeout; nothing here blocks without one.
 """
 
@@ -80,7 +81,6 @@ def wait_for_partitions(bootstrap: str, topic: str, partitions: int, timeout_s: 
 def ck_producer(bootstrap: str, **config) -> confluent_kafka.Producer:
     conf = {
         "bootstrap.servers": bootstrap,
-        "enable.idempotence": False,
         "acks": "all",
         "linger.ms": 20,
         "message.timeout.ms": 20000,
@@ -89,6 +89,8 @@ def ck_producer(bootstrap: str, **config) -> confluent_kafka.Producer:
         "logger": RDKAFKA_LOGGER,
     }
     conf.update(config)
+    # Idempotence needs acks=all; the tests of acks 0 and 1 run without it.
+    conf.setdefault("enable.idempotence", str(conf["acks"]) in ("all", "-1"))
     return confluent_kafka.Producer(conf)
 
 
@@ -216,9 +218,11 @@ def kp_admin(bootstrap: str) -> kafka.KafkaAdminClient:
 
 
 def kp_producer(bootstrap: str, **config) -> kafka.KafkaProducer:
-    conf = dict(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", linger_ms=20,
+    conf = dict(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
                 request_timeout_ms=10000, max_block_ms=10000)
     conf.update(config)
+    # kafka-python turns idempotence on by default; it needs acks=all.
+    conf.setdefault("enable_idempotence", str(conf["acks"]) in ("all", "-1"))
     return kafka.KafkaProducer(**conf)
 
 

@@ -292,5 +292,5 @@ def test_message_too_large_kafka_python(broker, topic_name):
     ck_create_topic(broker.bootstrap, topic_name, 1)
     with pytest.raises(kafka.errors.MessageSizeTooLargeError):
         kp_produce(broker.bootstrap, topic_name, [Record(None, os.urandom(2_000_000))],
-                   max_request_size=10_000_000, retries=0)
+                   max_request_size=10_000_000, retries=0, enable_idempotence=False)
     assert ck_watermarks(broker.bootstrap, topic_name, 0) == (0, 0)
