@@ -78,6 +78,10 @@ start_tansu() {
   PIDS+=($!)
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   BOOTSTRAP="127.0.0.1:$port"
+  # Tansu does not create topics on demand.
+  for topic in bench-acks1 bench-acksall; do
+    "$TANSU" topic create --broker "tcp://$BOOTSTRAP" --partitions 1 "$topic" >/dev/null
+  done
 }
 
 # The last table row of rdkafka_performance -u: records/s and MB/s.
