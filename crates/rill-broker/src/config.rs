@@ -60,6 +60,9 @@ pub struct BrokerConfig {
     /// The most bytes one fetch response may carry, whatever the client asks
     /// (`fetch.max.bytes`, 55 MiB in Kafka).
     pub fetch_bytes_max: usize,
+    /// `connections.max.idle.ms`: a connection that sends nothing for this
+    /// long, with no request in flight, is closed.
+    pub connections_max_idle: Duration,
 }
 
 impl BrokerConfig {
@@ -68,6 +71,8 @@ impl BrokerConfig {
     pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX_DEFAULT: usize = 64;
     pub const FETCH_WAITING_MAX_DEFAULT: usize = 10_000;
     pub const FETCH_BYTES_MAX_DEFAULT: usize = 55 * 1024 * 1024;
+    /// Kafka's default, 10 minutes.
+    pub const CONNECTIONS_MAX_IDLE_DEFAULT: Duration = Duration::from_secs(600);
 
     /// The host and port clients are told to use.
     pub fn advertised(&self) -> (String, u16) {
@@ -100,6 +105,7 @@ impl Default for BrokerConfig {
                 Self::INFLIGHT_REQUESTS_PER_CONNECTION_MAX_DEFAULT,
             fetch_waiting_max: Self::FETCH_WAITING_MAX_DEFAULT,
             fetch_bytes_max: Self::FETCH_BYTES_MAX_DEFAULT,
+            connections_max_idle: Self::CONNECTIONS_MAX_IDLE_DEFAULT,
         }
     }
 }

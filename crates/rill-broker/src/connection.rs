@@ -14,7 +14,9 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rill_protocol::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
@@ -40,6 +42,27 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The most the read buffer grows to at once for a frame announced but not
 /// yet received; beyond it, it grows as the bytes arrive.
 const FRAME_RESERVE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// What the reader needs to know of the writer to tell an idle connection:
+/// answers not yet written, and when the last one was.
+struct Activity {
+    since: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `since` at which the last answer was written.
+    last_answer_ms: AtomicU64,
+}
+
+impl Activity {
+    fn answered(&self) {
+        self.last_answer_ms
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn last_answer(&self) -> Instant {
+        self.since + Duration::from_millis(self.last_answer_ms.load(Ordering::Acquire))
+    }
+}
 
 /// An answer the writer still has to write, in request order.
 pub(crate) struct Pending {
@@ -85,7 +108,15 @@ pub(crate) async fn serve(
         let (mut reader, writer) = stream.into_split();
         let (pending_tx, pending_rx) =
             mpsc::channel(broker.config.inflight_requests_per_connection_max);
-        let writer_task = tokio::spawn(write_answers(writer, pending_rx).in_current_span());
+        let activity = Arc::new(Activity {
+            since: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_answer_ms: AtomicU64::new(0),
+        });
+        let writer_task = tokio::spawn(
+            write_answers(writer, pending_rx, Arc::clone(&activity)).in_current_span(),
+        );
+        let mut last_read = Instant::now();
 
         let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
         'connection: loop {
@@ -100,6 +131,7 @@ pub(crate) async fn serve(
                 };
                 match handle_frame(&broker, frame).await {
                     Next::Answer(pending) => {
+                        activity.in_flight.fetch_add(1, Ordering::AcqRel);
                         if pending_tx.send(pending).await.is_err() {
                             break 'connection;
                         }
@@ -118,10 +150,27 @@ pub(crate) async fn serve(
                 let wanted = frame_len.min(FRAME_RESERVE_BYTES_MAX);
                 buf.reserve(wanted.saturating_sub(buf.len()));
             }
+            let idle_max = broker.config.connections_max_idle;
+            let last_activity = last_read.max(activity.last_answer());
             let read = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 read = reader.read_buf(&mut buf) => read,
+                _ = tokio::time::sleep_until((last_activity + idle_max).into()) => {
+                    // Idle only if no answer is owed either: a long-polling
+                    // fetch keeps its connection.
+                    let quiet = activity.in_flight.load(Ordering::Acquire) == 0
+                        && last_read.max(activity.last_answer()).elapsed() >= idle_max;
+                    if quiet {
+                        info!(idle = ?idle_max, "idle connection closed (connections.max.idle.ms)");
+                        break;
+                    }
+                    // Look again one idle period from now: a connection closes
+                    // between one and two idle periods after its last activity.
+                    last_read = Instant::now();
+                    continue;
+                }
             };
+            last_read = Instant::now();
             match read {
                 Ok(0) => {
                     if !buf.is_empty() {
@@ -306,11 +355,26 @@ async fn send_region(writer: &mut OwnedWriteHalf, region: &FileRegion) -> io::Re
     Ok(())
 }
 
+/// Marks an answer as written (or given up) when dropped, whichever way
+/// the writer's loop leaves it.
+struct Answered<'a>(&'a Activity);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
+}
+
 /// Writes answers in request order until the reader is gone and every
 /// pending answer is written, or the socket fails.
-async fn write_answers(mut writer: OwnedWriteHalf, mut pending_rx: mpsc::Receiver<Pending>) {
+async fn write_answers(
+    mut writer: OwnedWriteHalf,
+    mut pending_rx: mpsc::Receiver<Pending>,
+    activity: Arc<Activity>,
+) {
     let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
     while let Some(pending) = pending_rx.recv().await {
+        let _answered = Answered(&activity);
         let body = match pending.reply {
             Reply::Ready(body) => *body,
             Reply::Later(task) => match task.await {

@@ -276,3 +276,31 @@ async fn every_advertised_api_and_version_answers() {
         "the table and this test list different APIs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_but_waiting_fetches_do_not() {
+    use tokio::io::AsyncReadExt;
+
+    let idle = std::time::Duration::from_millis(300);
+    let broker = TestBroker::start_with(|config| config.connections_max_idle = idle).await;
+    let mut setup = broker.client().await;
+    setup.create_topic("idle", 1, &[]).await;
+
+    // A connection that never sends anything is closed (EOF on read).
+    let mut silent = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), silent.read(&mut byte))
+        .await
+        .expect("the idle connection was not closed");
+    assert_eq!(read.unwrap(), 0);
+
+    // A fetch that waits longer than the idle limit keeps its connection
+    // and gets its (empty) answer when its wait runs out.
+    let mut consumer = broker.client().await;
+    let response = consumer.send(12, fetch_request("idle", 0, 1_500)).await;
+    let (error, records) = fetched(&response);
+    assert_eq!(error, 0);
+    assert!(records.is_empty());
+    // And the connection is still usable right after.
+    consumer.assert_serving().await;
+}

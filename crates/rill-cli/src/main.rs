@@ -71,6 +71,9 @@ struct ServeArgs {
     /// How often retention and compaction run, in milliseconds [default: 300000].
     #[arg(long, env = "RILL_LOG_RETENTION_CHECK_INTERVAL_MS")]
     log_retention_check_interval_ms: Option<u64>,
+    /// Close a connection that sends nothing for this long, in milliseconds [default: 600000].
+    #[arg(long, env = "RILL_CONNECTIONS_MAX_IDLE_MS")]
+    connections_max_idle_ms: Option<u64>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -88,6 +91,7 @@ struct FileSettings {
     socket_request_max_bytes: Option<usize>,
     max_connections: Option<usize>,
     log_retention_check_interval_ms: Option<u64>,
+    connections_max_idle_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +220,13 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     {
         anyhow::ensure!(ms > 0, "log-retention-check-interval-ms must be positive");
         config.log_cleanup_interval = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args
+        .connections_max_idle_ms
+        .or(file.connections_max_idle_ms)
+    {
+        anyhow::ensure!(ms > 0, "connections-max-idle-ms must be positive");
+        config.connections_max_idle = std::time::Duration::from_millis(ms);
     }
     anyhow::ensure!(
         config.node_id >= 0,
