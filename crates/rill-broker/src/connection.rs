@@ -117,6 +117,9 @@ pub(crate) async fn serve(
             write_answers(writer, pending_rx, Arc::clone(&activity)).in_current_span(),
         );
         let mut last_read = Instant::now();
+        // One timer, moved rather than recreated on every read.
+        let idle_timer = tokio::time::sleep(broker.config.connections_max_idle);
+        tokio::pin!(idle_timer);
 
         let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
         'connection: loop {
@@ -152,10 +155,11 @@ pub(crate) async fn serve(
             }
             let idle_max = broker.config.connections_max_idle;
             let last_activity = last_read.max(activity.last_answer());
+            idle_timer.as_mut().reset((last_activity + idle_max).into());
             let read = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 read = reader.read_buf(&mut buf) => read,
-                _ = tokio::time::sleep_until((last_activity + idle_max).into()) => {
+                _ = &mut idle_timer => {
                     // Idle only if no answer is owed either: a long-polling
                     // fetch keeps its connection.
                     let quiet = activity.in_flight.load(Ordering::Acquire) == 0
