@@ -169,6 +169,21 @@ async fn a_waiting_fetch_answers_when_records_arrive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_bytes_zero_answers_at_once() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("eager", 1, &[]).await;
+    let request = fetch_request("eager", 0, 60_000).with_min_bytes(0);
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(20), client.send(12, request))
+            .await
+            .expect("a fetch with min_bytes 0 waited");
+    let (error, records) = fetched(&response);
+    assert_eq!(error, 0);
+    assert!(records.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_zero_gets_no_answer_and_the_next_request_does() {
     let broker = TestBroker::start().await;
     let mut client = broker.client().await;

@@ -57,7 +57,8 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
     loop {
         appends.borrow_and_update();
         let (response, bytes, any_error) = read(&broker, &request, bytes_max);
-        if bytes >= bytes_min.max(1) || any_error || Instant::now() >= deadline {
+        // As Kafka: `min_bytes` of 0 (or less) answers at once, data or not.
+        if bytes >= bytes_min || any_error || Instant::now() >= deadline {
             return response;
         }
         if _permit.is_none() {
