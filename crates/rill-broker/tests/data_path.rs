@@ -319,3 +319,27 @@ async fn idle_connections_close_but_waiting_fetches_do_not() {
     // And the connection is still usable right after.
     consumer.assert_serving().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_does_not_auto_create_internal_topics() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::MetadataRequest;
+
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    let request = |name: &str| {
+        MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name(name)))
+            ]))
+    };
+    let response = client.send(12, request("__consumer_offsets")).await;
+    assert_eq!(response.topics[0].error_code, 3); // UNKNOWN_TOPIC_OR_PARTITION
+                                                  // An ordinary topic is created.
+    let response = client.send(12, request("ordinary")).await;
+    assert_eq!(response.topics[0].error_code, 0);
+    assert_eq!(response.topics[0].partitions.len(), 1);
+    let response = client.send(12, request("__consumer_offsets")).await;
+    assert_eq!(response.topics[0].error_code, 3, "still not created");
+}

@@ -17,6 +17,9 @@ use rill_types::TopicName;
 use super::{create_topic, str_bytes, wire_topic, KafkaError};
 use crate::server::Broker;
 
+/// Kafka's internal topics.
+const INTERNAL_TOPICS: [&str; 2] = ["__consumer_offsets", "__transaction_state"];
+
 /// Kafka's "authorized operations were not asked for" value.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
@@ -86,7 +89,10 @@ async fn by_name(
     if TopicName::new(name).is_err() {
         return error_topic(name, KafkaError::new(ResponseError::InvalidTopicException));
     }
-    if !allow_auto_create {
+    // Internal topics are made by their coordinators with their own
+    // settings (50 compacted partitions for `__consumer_offsets`), never as
+    // an ordinary auto-created topic.
+    if !allow_auto_create || INTERNAL_TOPICS.contains(&name) {
         return error_topic(
             name,
             KafkaError::new(ResponseError::UnknownTopicOrPartition),
@@ -158,10 +164,7 @@ fn describe(image: &MetadataImage, topic: &TopicState) -> MetadataResponseTopic 
     MetadataResponseTopic::default()
         .with_name(Some(wire_topic(topic.name.as_str())))
         .with_topic_id(topic.topic_id)
-        .with_is_internal(matches!(
-            topic.name.as_str(),
-            "__consumer_offsets" | "__transaction_state"
-        ))
+        .with_is_internal(INTERNAL_TOPICS.contains(&topic.name.as_str()))
         .with_partitions(partitions)
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
