@@ -49,6 +49,23 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("controller: {0}")]
     Controller(#[from] ControllerError),
+    /// A start-up step panicked (a bug): the message says which step.
+    #[error("{step} failed unexpectedly: {reason}")]
+    Panicked { step: &'static str, reason: String },
+}
+
+/// Runs a blocking start-up step off the async threads; a panic in it
+/// becomes an error naming the step.
+async fn blocking<T: Send + 'static>(
+    step: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StartError::Panicked {
+            step,
+            reason: error.to_string(),
+        })
 }
 
 /// The shared state of a running node, handed to every connection.
@@ -241,12 +258,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
 
     let cluster_id = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || prepare_data_dir(&config))
-            .await
-            .map_err(|e| StartError::DataDir {
-                path: PathBuf::new(),
-                source: io::Error::other(e.to_string()),
-            })??
+        blocking("preparing the data dir", move || prepare_data_dir(&config)).await??
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let logs = {
@@ -256,12 +268,10 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             default_log_config: config.log_defaults.clone(),
             ..LogManagerConfig::default()
         };
-        tokio::task::spawn_blocking(move || LogManager::open(&data_dir, manager_config, clock))
-            .await
-            .map_err(|e| StartError::DataDir {
-                path: config.data_dir.clone(),
-                source: io::Error::other(e.to_string()),
-            })??
+        blocking("opening the partition logs", move || {
+            LogManager::open(&data_dir, manager_config, clock)
+        })
+        .await??
     };
     let controller = Controller::open(config.data_dir.join(CONTROLLER_DIR), config.node_id).await?;
 
@@ -299,12 +309,10 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     });
     {
         let broker = Arc::clone(&broker);
-        tokio::task::spawn_blocking(move || broker.sync_metadata())
-            .await
-            .map_err(|e| StartError::DataDir {
-                path: PathBuf::new(),
-                source: io::Error::other(e.to_string()),
-            })?;
+        blocking("opening the partitions in the metadata", move || {
+            broker.sync_metadata()
+        })
+        .await?;
     }
 
     let tasks = TaskTracker::new();

@@ -10,7 +10,7 @@ use rill_protocol::kafka_protocol::messages::create_topics_request::CreatableTop
 use rill_protocol::kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use rill_protocol::kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
-use super::{create_topic, describe_configs, KafkaError};
+use super::{create_topic, describe_configs, CreatedTopic, KafkaError};
 use crate::server::Broker;
 
 pub async fn handle(
@@ -48,10 +48,10 @@ pub async fn handle(
             create(broker, &name, topic, request.validate_only).await
         };
         results.push(match outcome {
-            Ok((topic_id, partitions, replication_factor)) => result
-                .with_topic_id(topic_id)
-                .with_num_partitions(partitions)
-                .with_replication_factor(replication_factor)
+            Ok(created) => result
+                .with_topic_id(created.topic_id)
+                .with_num_partitions(created.partitions)
+                .with_replication_factor(created.replication_factor)
                 .with_configs(Some(if request.validate_only {
                     describe_configs::topic_configs_as_created(broker, &requested_configs)
                 } else {
@@ -70,7 +70,7 @@ async fn create(
     name: &str,
     topic: CreatableTopic,
     validate_only: bool,
-) -> Result<(uuid::Uuid, i32, i16), KafkaError> {
+) -> Result<CreatedTopic, KafkaError> {
     let mut configs = BTreeMap::new();
     for config in topic.configs {
         let Some(value) = config.value else {
@@ -109,30 +109,14 @@ async fn create(
                 .collect::<Vec<Vec<i32>>>(),
         )
     };
-    let (partitions, replication_factor) = match &assignments {
-        Some(a) => (a.len() as i32, a[0].len() as i16),
-        None => (
-            if topic.num_partitions == -1 {
-                broker.config.num_partitions
-            } else {
-                topic.num_partitions
-            },
-            if topic.replication_factor == -1 {
-                broker.config.default_replication_factor
-            } else {
-                topic.replication_factor
-            },
-        ),
-    };
-    let topic_id = create_topic(
+    create_topic(
         broker,
         name,
-        partitions,
-        replication_factor,
+        topic.num_partitions,
+        topic.replication_factor,
         configs,
         assignments,
         validate_only,
     )
-    .await?;
-    Ok((topic_id, partitions, replication_factor))
+    .await
 }

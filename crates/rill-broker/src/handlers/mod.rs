@@ -75,9 +75,18 @@ pub fn wire_topic(name: &str) -> WireTopicName {
     WireTopicName(str_bytes(name))
 }
 
+/// A topic [`create_topic`] made (or, validate-only, would make).
+#[derive(Debug, Clone, Copy)]
+pub struct CreatedTopic {
+    pub topic_id: TopicId,
+    pub partitions: i32,
+    pub replication_factor: i16,
+}
+
 /// Asks the controller to create a topic and waits until this node's
-/// replicas exist. `partitions` and `replication_factor` of -1 take the
-/// broker's defaults. Returns the new topic's id.
+/// replicas exist. Without `assignments`, `partitions` and
+/// `replication_factor` of -1 take the broker's defaults; with them, both
+/// come from the assignments.
 pub async fn create_topic(
     broker: &Arc<Broker>,
     name: &str,
@@ -86,21 +95,35 @@ pub async fn create_topic(
     configs: BTreeMap<String, String>,
     assignments: Option<Vec<Vec<NodeId>>>,
     validate_only: bool,
-) -> Result<TopicId, KafkaError> {
-    let partitions = if partitions == -1 && assignments.is_none() {
-        broker.config.num_partitions
-    } else {
-        partitions
+) -> Result<CreatedTopic, KafkaError> {
+    let (partitions, replication_factor) = match &assignments {
+        Some(assignments) => (
+            assignments.len() as i32,
+            assignments
+                .first()
+                .map_or(0, |replicas| replicas.len() as i16),
+        ),
+        None => (
+            if partitions == -1 {
+                broker.config.num_partitions
+            } else {
+                partitions
+            },
+            if replication_factor == -1 {
+                broker.config.default_replication_factor
+            } else {
+                replication_factor
+            },
+        ),
     };
-    let replication_factor = if replication_factor == -1 && assignments.is_none() {
-        broker.config.default_replication_factor
-    } else {
-        replication_factor
+    let created = CreatedTopic {
+        topic_id: new_topic_id(),
+        partitions,
+        replication_factor,
     };
-    let topic_id = new_topic_id();
     let command = MetadataCommand::CreateTopic {
         name: name.to_string(),
-        topic_id,
+        topic_id: created.topic_id,
         partitions,
         replication_factor,
         configs,
@@ -108,7 +131,7 @@ pub async fn create_topic(
     };
     if validate_only {
         return rill_controller::check(&broker.controller.image(), &command)
-            .map(|()| topic_id)
+            .map(|()| created)
             .map_err(|rejection| KafkaError {
                 code: rejection.kafka_code(),
                 message: Some(rejection.to_string()),
@@ -122,7 +145,7 @@ pub async fn create_topic(
         }
     })?;
     sync_metadata(broker).await;
-    Ok(topic_id)
+    Ok(created)
 }
 
 /// Applies the controller's latest image to the replicas before answering,

@@ -331,10 +331,15 @@ pub fn record_batch(count: usize) -> Bytes {
             headers: Default::default(),
         })
         .collect();
+    encode_batch(&records)
+}
+
+/// Records encoded by kafka-protocol's encoder, uncompressed, magic 2.
+pub fn encode_batch(records: &[Record]) -> Bytes {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
-        &records,
+        records,
         &RecordEncodeOptions {
             version: 2,
             compression: Compression::None,
