@@ -1,7 +1,7 @@
-// Start, stop and kill a rill broker for the kafkajs tests.
+// Start, stop, kill and restart a rill broker for the kafkajs tests.
 //
 // A broker owns a temporary directory (data dir and its log) and three free
-// loopback ports. Every wait is bounded. Where util-linux's setpriv is present
+// loopback ports; a restart keeps both. Every wait is bounded. Where util-linux's setpriv is present
 // the broker runs with a parent-death signal, so it dies with this process
 // even when the test runner is killed; otherwise an exit handler kills it.
 
@@ -51,7 +51,9 @@ process.on('exit', () => {
 })
 
 export class Broker {
-  constructor() {
+  /** `extraArgs` are appended to `rill serve`'s arguments, e.g. ['--group-min-session-timeout-ms', '1000']. */
+  constructor({ extraArgs = [] } = {}) {
+    this.extraArgs = [...extraArgs]
     this.root = fs.mkdtempSync(path.join(os.tmpdir(), 'rill-kafkajs-test-'))
     this.dataDir = path.join(this.root, 'data')
     this.logPath = path.join(this.root, 'broker.log')
@@ -59,8 +61,8 @@ export class Broker {
     this.exited = null
   }
 
-  static async start() {
-    const broker = new Broker()
+  static async start({ extraArgs = [] } = {}) {
+    const broker = new Broker({ extraArgs })
     try {
       ;[broker.kafkaPort, broker.controllerPort, broker.httpPort] = await freePorts(3)
       await broker.#spawnAndWait()
@@ -85,6 +87,7 @@ export class Broker {
       '--kafka-addr', `127.0.0.1:${this.kafkaPort}`,
       '--controller-addr', `127.0.0.1:${this.controllerPort}`,
       '--http-addr', `127.0.0.1:${this.httpPort}`,
+      ...this.extraArgs,
     ]
     const [cmd, argv] = fs.existsSync(SETPRIV)
       ? [SETPRIV, ['--pdeathsig', 'KILL', '--', rillBin(), ...args]]
@@ -146,6 +149,33 @@ export class Broker {
     if (!this.child) return
     this.child.kill('SIGKILL')
     this.child = null
+  }
+
+  /** SIGKILL and wait until the process is gone (its ports and data-dir lock released). */
+  async killAndWait() {
+    if (!this.child) return
+    const exited = this.exited
+    this.kill()
+    let timer
+    const timeout = new Promise(resolve => {
+      timer = setTimeout(() => resolve('timeout'), STOP_TIMEOUT_MS)
+    })
+    const status = await Promise.race([exited, timeout])
+    clearTimeout(timer)
+    if (status === 'timeout') throw new Error(`broker did not exit within ${STOP_TIMEOUT_MS}ms of SIGKILL`)
+  }
+
+  /** SIGTERM, wait for the exit, start again on the same data dir and ports. Resolves to the stop's { code, signal }. */
+  async restart() {
+    const status = await this.stop()
+    await this.#spawnAndWait()
+    return status
+  }
+
+  /** SIGKILL, wait for the exit, start again on the same data dir and ports. */
+  async restartAfterKill() {
+    await this.killAndWait()
+    await this.#spawnAndWait()
   }
 
   /** Stop whatever runs (killing on timeout) and remove the temporary directory. */
