@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: a single-node cluster that is both controller and broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure a Kafka-compatible broker's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("rill: {}", one_line(&error));
