@@ -355,7 +355,7 @@ mod tests {
         let mut argv = vec!["rill", "serve"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("parse").command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             Command::Bench(_) => unreachable!(),
         }
     }
