@@ -1,9 +1,9 @@
 // End-to-end tests of rill with kafkajs: producer and admin APIs.
 //
-// kafkajs can only consume through consumer groups, which rill does not have
-// yet, so this suite covers the producer and the admin client only, and checks
-// what was produced by the offsets it moved (ListOffsets), not by reading it
-// back. The Python suite reads records back with two other clients.
+// kafkajs can only consume through consumer groups, which groups.test.mjs
+// tests; this suite covers the producer and the admin client, and checks what
+// was produced by the offsets it moved (ListOffsets), not by reading it back.
+// The Python suite reads records back with two other clients.
 //
 // Compression: kafkajs ships only the gzip codec; snappy, lz4 and zstd need
 // separate codec packages, so this suite produces with none and gzip only.
