@@ -311,6 +311,13 @@ impl GroupCoordinator {
             }
         }
         for (partition, replica) in to_load {
+            if replica.log.log_end_offset() == 0 {
+                // Nothing to read (the topic was just made): loaded at
+                // once, so that the FindCoordinator that made it sends
+                // its client to a coordinator that is ready.
+                self.load(partition, &replica);
+                continue;
+            }
             let coordinator = Arc::clone(self);
             self.runtime
                 .spawn_blocking(move || coordinator.load(partition, &replica));
@@ -976,11 +983,23 @@ impl GroupCoordinator {
         expiries.tick().await;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    coordinator.resign();
+                    return;
+                }
                 _ = ticks.tick() => coordinator.tick(&broker),
                 _ = expiries.tick() => coordinator.expire_offsets(&broker).await,
             }
         }
+    }
+
+    /// Stops coordinating (the node is shutting down): requests waiting
+    /// for a rebalance are answered NOT_COORDINATOR at once, as Kafka's
+    /// do when a coordinator resigns, so that their clients move on.
+    fn resign(&self) {
+        let mut state = self.lock();
+        state.owned.clear();
+        state.groups.clear();
     }
 
     fn tick(&self, broker: &Arc<Broker>) {
