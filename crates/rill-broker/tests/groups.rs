@@ -30,6 +30,7 @@ use rill_broker::BrokerConfig;
 
 // Kafka's error codes, as the tests expect them.
 const NONE: i16 = 0;
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const INVALID_GROUP_ID: i16 = 24;
@@ -135,17 +136,21 @@ fn commit_codes(response: &kafka_protocol::messages::OffsetCommitResponse) -> Ve
 }
 
 /// Committed offsets of one group, through OffsetFetch v5 (one group).
+/// Retries COORDINATOR_LOAD_IN_PROGRESS (after a restart) for a while.
 async fn committed(client: &mut Client, group: &str, topic: &str, partitions: &[i32]) -> Vec<i64> {
-    let response = client
-        .send(
-            5,
-            OffsetFetchRequest::default()
-                .with_group_id(GroupId(str_bytes(group)))
-                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
-                    .with_name(topic_name(topic))
-                    .with_partition_indexes(partitions.to_vec())])),
-        )
-        .await;
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(str_bytes(group)))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(topic_name(topic))
+            .with_partition_indexes(partitions.to_vec())]));
+    let mut response = client.send(5, request.clone()).await;
+    for _ in 0..100 {
+        if response.error_code != COORDINATOR_LOAD_IN_PROGRESS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        response = client.send(5, request.clone()).await;
+    }
     assert_eq!(response.error_code, NONE);
     response.topics[0]
         .partitions
@@ -570,7 +575,7 @@ async fn groups_and_offsets_survive_a_restart() {
 
     broker.restart_with(quick_groups).await;
     let mut client = broker.client().await;
-    // Loading may still be under way: retry LOAD_IN_PROGRESS (14).
+    // Loading may still be under way.
     let mut attempts = 0;
     let offsets = loop {
         let response = client
@@ -581,7 +586,7 @@ async fn groups_and_offsets_survive_a_restart() {
                     .with_topics(None),
             )
             .await;
-        if response.error_code == 14 && attempts < 50 {
+        if response.error_code == COORDINATOR_LOAD_IN_PROGRESS && attempts < 100 {
             attempts += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -614,4 +619,42 @@ async fn groups_and_offsets_survive_a_restart() {
         .with_generation_id(1)
         .with_member_id(str_bytes("someone-else"));
     assert_eq!(client.send(4, stranger).await.error_code, UNKNOWN_MEMBER_ID);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_removes_its_committed_offsets() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
+
+    let mut broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("gone", 1, &[]).await;
+    client.create_topic("kept", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    for topic in ["gone", "kept"] {
+        let commit = commit_request("g", -1, "", topic, &[(0, 7, "")]);
+        assert_eq!(commit_codes(&client.send(8, commit).await), [NONE]);
+    }
+    let deleted = client
+        .send(
+            4,
+            DeleteTopicsRequest::default()
+                .with_topic_names(vec![topic_name("gone")])
+                .with_timeout_ms(5_000),
+        )
+        .await;
+    assert_eq!(deleted.responses[0].error_code, NONE);
+    client.create_topic("gone", 1, &[]).await;
+    assert_eq!(committed(&mut client, "g", "gone", &[0]).await, [-1]);
+    assert_eq!(committed(&mut client, "g", "kept", &[0]).await, [7]);
+    // The tombstones are in the log: a restart does not bring them back.
+    drop(client);
+    broker.restart_with(quick_groups).await;
+    let mut client = broker.client().await;
+    assert_eq!(committed(&mut client, "g", "gone", &[0]).await, [-1]);
+    assert_eq!(committed(&mut client, "g", "kept", &[0]).await, [7]);
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rill_controller::MetadataImage;
+use rill_controller::{MetadataImage, TopicId};
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::ConsumerProtocolSubscription;
 use rill_protocol::kafka_protocol::protocol::Decodable;
@@ -150,6 +150,9 @@ struct State {
     /// not exist.
     partition_count: i32,
     groups: HashMap<String, Group>,
+    /// Every topic's id in the last image: committed offsets of a topic
+    /// that is gone (or was made again) are removed, as Kafka does.
+    topic_ids: HashMap<String, TopicId>,
 }
 
 /// A group summary for ListGroups.
@@ -277,9 +280,25 @@ impl GroupCoordinator {
             })
             .unwrap_or_default();
         let mut to_load = Vec::new();
+        let topic_ids: HashMap<String, TopicId> = image
+            .topic_names()
+            .map(|(name, id)| (name.to_string(), *id))
+            .collect();
         {
             let mut state = self.lock();
             state.partition_count = count;
+            if state.topic_ids != topic_ids {
+                let gone: HashSet<String> = state
+                    .topic_ids
+                    .iter()
+                    .filter(|(name, id)| topic_ids.get(*name) != Some(*id))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                state.topic_ids = topic_ids;
+                if !gone.is_empty() {
+                    self.forget_topics(&mut state, replicas, &gone);
+                }
+            }
             let lost: Vec<i32> = state
                 .owned
                 .keys()
@@ -321,6 +340,51 @@ impl GroupCoordinator {
             let coordinator = Arc::clone(self);
             self.runtime
                 .spawn_blocking(move || coordinator.load(partition, &replica));
+        }
+    }
+
+    /// Removes every group's committed offsets of deleted topics, with
+    /// tombstones written in the background.
+    fn forget_topics(&self, state: &mut State, replicas: &ReplicaManager, gone: &HashSet<String>) {
+        let count = state.partition_count;
+        if count <= 0 {
+            return;
+        }
+        let mut by_partition: HashMap<i32, Writes> = HashMap::new();
+        for group in state.groups.values_mut() {
+            let removed: Vec<(String, i32)> = group
+                .offsets
+                .keys()
+                .filter(|(topic, _)| gone.contains(topic))
+                .cloned()
+                .collect();
+            for (topic, index) in removed {
+                group.offsets.remove(&(topic.clone(), index));
+                by_partition
+                    .entry(partition_for(&group.id, count))
+                    .or_default()
+                    .push((
+                        records::encode_key(&RecordKey::Offset {
+                            group: group.id.clone(),
+                            topic,
+                            partition: index,
+                        }),
+                        None,
+                    ));
+            }
+        }
+        for (partition, writes) in by_partition {
+            info!(
+                partition,
+                offsets = writes.len(),
+                "removing committed offsets of deleted topics"
+            );
+            let appended = self.append(replicas, partition, &writes);
+            self.runtime.spawn(async move {
+                if let Err(code) = Self::durable(appended).await {
+                    warn!(code, "writing tombstones for deleted topics failed");
+                }
+            });
         }
     }
 
@@ -460,12 +524,12 @@ impl GroupCoordinator {
     /// called under the state lock (see [`GroupCoordinator::state`]).
     fn append(
         &self,
-        broker: &Broker,
+        replicas: &ReplicaManager,
         partition: i32,
         writes: &Writes,
     ) -> Result<(Arc<Partition>, AppendInfo), i16> {
         assert!(!writes.is_empty());
-        let Some(replica) = broker.replicas.get(OFFSETS_TOPIC, partition) else {
+        let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
             return Err(ResponseError::NotCoordinator.code());
         };
         if replica.leader() != self.node_id {
@@ -482,7 +546,7 @@ impl GroupCoordinator {
         let mut bytes = builder.build();
         match replica.append_as_leader(&mut bytes) {
             Ok(appended) => {
-                broker.replicas.notify_appended();
+                replicas.notify_appended();
                 Ok((replica, appended.info))
             }
             Err(error) => {
@@ -518,7 +582,7 @@ impl GroupCoordinator {
             }),
             Some(records::encode_group(&group.value())),
         )];
-        let appended = self.append(broker, partition, &writes);
+        let appended = self.append(&broker.replicas, partition, &writes);
         let group_id = group.id.clone();
         tokio::spawn(async move {
             if let Err(code) = Self::durable(appended).await {
@@ -627,7 +691,7 @@ impl GroupCoordinator {
                         }),
                         Some(records::encode_group(value)),
                     )];
-                    Some(self.append(broker, partition, &writes))
+                    Some(self.append(&broker.replicas, partition, &writes))
                 }
                 _ => None,
             };
@@ -760,7 +824,7 @@ impl GroupCoordinator {
                     )
                 })
                 .collect();
-            (self.append(broker, partition, &writes), values)
+            (self.append(&broker.replicas, partition, &writes), values)
         };
         let base_offset = Self::durable(appended).await?;
         let mut state = self.lock();
@@ -906,7 +970,7 @@ impl GroupCoordinator {
                 }),
                 None,
             ));
-            let appended = self.append(broker, partition, &writes)?;
+            let appended = self.append(&broker.replicas, partition, &writes)?;
             group.state = GroupState::Dead;
             state.groups.remove(group_id);
             info!(group = %group_id, "group deleted");
@@ -960,7 +1024,7 @@ impl GroupCoordinator {
             let appended = if writes.is_empty() {
                 None
             } else {
-                Some(self.append(broker, partition, &writes))
+                Some(self.append(&broker.replicas, partition, &writes))
             };
             (appended, outcomes)
         };
@@ -1076,7 +1140,7 @@ impl GroupCoordinator {
                         records = writes.len(),
                         "expiring offsets and groups"
                     );
-                    pending.push(self.append(broker, partition, &writes));
+                    pending.push(self.append(&broker.replicas, partition, &writes));
                 }
             }
         }
