@@ -658,3 +658,35 @@ async fn deleting_a_topic_removes_its_committed_offsets() {
     assert_eq!(committed(&mut client, "g", "gone", &[0]).await, [-1]);
     assert_eq!(committed(&mut client, "g", "kept", &[0]).await, [7]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_empty_groups_expire() {
+    let broker = TestBroker::start_with(|config| {
+        quick_groups(config);
+        config.groups.offsets_retention_ms = 200;
+        config.groups.offsets_retention_check_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    let commit = commit_request("g", -1, "", "t", &[(0, 7, "")]);
+    assert_eq!(commit_codes(&client.send(8, commit).await), [NONE]);
+    let mut expired = false;
+    for _ in 0..100 {
+        if committed(&mut client, "g", "t", &[0]).await == [-1] {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(expired, "the offset never expired");
+    // The group went with its last offset.
+    let listed = client.send(3, ListGroupsRequest::default()).await;
+    assert!(listed.groups.is_empty(), "{listed:?}");
+}
