@@ -690,3 +690,46 @@ async fn offsets_of_empty_groups_expire() {
     let listed = client.send(3, ListGroupsRequest::default()).await;
     assert!(listed.groups.is_empty(), "{listed:?}");
 }
+
+/// Member metadata too large for a `__consumer_offsets` record: the
+/// leader's SyncGroup fails with an error (as Kafka's does), nothing is
+/// half-written, and the group works again once that member is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_member_metadata_fails_the_sync_not_the_group() {
+    const UNKNOWN_SERVER_ERROR: i16 = -1;
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    let huge = Bytes::from(vec![7u8; 2 * 1024 * 1024]);
+    let mut request = join_request("g", "", &["t"]);
+    request.protocols[0].metadata = huge.clone();
+    let first = client.send(5, request.clone()).await;
+    request.member_id = first.member_id.clone();
+    let joined = client.send(5, request).await;
+    assert_eq!(joined.error_code, NONE);
+    assert_eq!(joined.members[0].metadata.len(), huge.len());
+    let synced = client.send(5, sync_request("g", &joined, b"x")).await;
+    assert_eq!(synced.error_code, UNKNOWN_SERVER_ERROR);
+    let left = client
+        .send(
+            1,
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(str_bytes("g")))
+                .with_member_id(joined.member_id.clone()),
+        )
+        .await;
+    assert_eq!(left.error_code, NONE);
+
+    let joined = join(&mut client, "g", &["t"]).await;
+    assert_eq!(joined.error_code, NONE);
+    let synced = client.send(5, sync_request("g", &joined, b"ok")).await;
+    assert_eq!(
+        (synced.error_code, &synced.assignment[..]),
+        (NONE, &b"ok"[..])
+    );
+}

@@ -709,9 +709,19 @@ impl GroupCoordinator {
                 wait,
                 ..
             } => {
+                // Kafka answers a group record too large for the log with
+                // UNKNOWN_SERVER_ERROR (INVALID_COMMIT_OFFSET_SIZE is for
+                // commits).
                 let written = Self::durable(appended.expect("appended above"))
                     .await
-                    .map(|_| ());
+                    .map(|_| ())
+                    .map_err(|code| {
+                        if code == ResponseError::InvalidCommitOffsetSize.code() {
+                            ResponseError::UnknownServerError.code()
+                        } else {
+                            code
+                        }
+                    });
                 {
                     let mut state = self.lock();
                     if let Some(group) = state.groups.get_mut(group_id) {
