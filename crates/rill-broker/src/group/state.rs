@@ -642,37 +642,36 @@ impl Group {
         if old_leader.as_deref() == Some(old_id) {
             self.leader = Some(new_id.clone());
         }
-        let unchanged = member.same_protocols(&request.protocols);
         member.member_id = new_id.clone();
         member.session_deadline = now + i64::from(request.session_timeout_ms);
         member.session_timeout_ms = request.session_timeout_ms;
         member.rebalance_timeout_ms = request.rebalance_timeout_ms;
         member.client_id = request.client_id;
         member.client_host = request.client_host;
+        member.protocols = request.protocols;
         if let Some(instance) = &request.group_instance_id {
             self.instances.insert(instance.clone(), new_id.clone());
         }
+        self.members.insert(new_id.clone(), member);
         info!(group = %self.id, old_member_id = old_id, member_id = new_id, "static member rejoined with a new id");
-        match self.state {
-            GroupState::Stable if unchanged => {
-                self.members.insert(new_id.clone(), member);
-                self.persist = true;
-                // The old leader id, so that a returning leader does not
-                // compute an assignment a stable group would not send out.
-                let mut answer = self.join_answer(&new_id);
-                answer.leader = old_leader.unwrap_or_default();
-                answer.members.clear();
-                Joined::Now(answer)
-            }
-            _ => {
-                let (tx, rx) = oneshot::channel();
-                member.protocols = request.protocols;
-                member.awaiting_join = Some(tx);
-                self.members.insert(new_id, member);
-                self.maybe_prepare_rebalance(now);
-                Joined::Wait(rx)
-            }
+        // A stable group stays as it is unless the returning member's
+        // protocols would change the group's choice (Kafka's rule).
+        if self.state == GroupState::Stable && self.select_protocol() == self.protocol {
+            self.persist = true;
+            // The old leader id, so that a returning leader does not
+            // compute an assignment a stable group would not send out.
+            let mut answer = self.join_answer(&new_id);
+            answer.leader = old_leader.unwrap_or_default();
+            answer.members.clear();
+            return Joined::Now(answer);
         }
+        let (tx, rx) = oneshot::channel();
+        self.members
+            .get_mut(&new_id)
+            .expect("inserted above")
+            .awaiting_join = Some(tx);
+        self.maybe_prepare_rebalance(now);
+        Joined::Wait(rx)
     }
 
     fn maybe_prepare_rebalance(&mut self, now: i64) {
@@ -1178,5 +1177,445 @@ impl Group {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: i32 = 10_000;
+    const REBALANCE: i32 = 30_000;
+
+    fn config(initial_delay_ms: i32) -> GroupConfig {
+        GroupConfig {
+            initial_rebalance_delay_ms: initial_delay_ms,
+            max_size: 3,
+            ..GroupConfig::default()
+        }
+    }
+
+    fn request(member_id: &str, protocols: &[&str]) -> JoinRequest {
+        JoinRequest {
+            member_id: member_id.to_string(),
+            group_instance_id: None,
+            client_id: "client".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: SESSION,
+            rebalance_timeout_ms: REBALANCE,
+            protocol_type: "consumer".into(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::from(format!("{p}-meta"))))
+                .collect(),
+            require_known_member_id: true,
+        }
+    }
+
+    fn now(joined: Joined) -> JoinAnswer {
+        match joined {
+            Joined::Now(answer) => answer,
+            Joined::Wait(_) => panic!("expected an answer at once"),
+        }
+    }
+
+    fn waiting(joined: Joined) -> oneshot::Receiver<JoinAnswer> {
+        match joined {
+            Joined::Wait(rx) => rx,
+            Joined::Now(answer) => panic!("expected to wait, got {answer:?}"),
+        }
+    }
+
+    /// KIP-394: the first join gets an id, the second joins with it.
+    fn join_new(
+        group: &mut Group,
+        config: &GroupConfig,
+        protocols: &[&str],
+        at: i64,
+    ) -> (String, oneshot::Receiver<JoinAnswer>) {
+        let first = now(group.join(config, request("", protocols), at));
+        assert_eq!(first.error, ResponseError::MemberIdRequired.code());
+        assert!(first.member_id.starts_with("client-"));
+        let rx = waiting(group.join(config, request(&first.member_id, protocols), at));
+        (first.member_id, rx)
+    }
+
+    fn answered<T: std::fmt::Debug>(rx: &mut oneshot::Receiver<T>) -> T {
+        rx.try_recv().expect("answered")
+    }
+
+    /// Two members through a whole rebalance: join, leader's sync, stable.
+    fn stable_pair(group: &mut Group, config: &GroupConfig) -> (String, String) {
+        let (a, mut rx_a) = join_new(group, config, &["range", "roundrobin"], 0);
+        let (b, mut rx_b) = join_new(group, config, &["roundrobin", "range"], 0);
+        assert!(
+            rx_a.try_recv().is_err(),
+            "the initial delay runs its course"
+        );
+        group.tick(100);
+        assert!(
+            rx_a.try_recv().is_err(),
+            "b came during the delay: it runs again"
+        );
+        group.tick(200);
+        let answer_a = answered(&mut rx_a);
+        let answer_b = answered(&mut rx_b);
+        assert_eq!(answer_a.generation, 1);
+        assert_eq!(answer_a.leader, a);
+        assert_eq!(
+            answer_a.members.len(),
+            2,
+            "the leader gets everyone's metadata"
+        );
+        assert!(answer_b.members.is_empty());
+        // One vote each; the leader's preference breaks the tie.
+        assert_eq!(answer_a.protocol.as_deref(), Some("range"));
+        assert_eq!(group.state, GroupState::CompletingRebalance);
+
+        let Synced::Wait(mut sync_b) = group.sync(&b, None, 1, None, None, vec![], 210) else {
+            panic!("a follower waits for the leader");
+        };
+        let assignments = vec![(a.clone(), Bytes::from("A")), (b.clone(), Bytes::from("B"))];
+        let Synced::Persist {
+            value,
+            generation,
+            assignments,
+            wait: mut sync_a,
+        } = group.sync(
+            &a,
+            None,
+            1,
+            Some("consumer"),
+            Some("range"),
+            assignments,
+            120,
+        )
+        else {
+            panic!("the leader's sync is written first");
+        };
+        assert_eq!(value.members.len(), 2);
+        assert!(
+            sync_b.try_recv().is_err(),
+            "nothing until the write is durable"
+        );
+        group.complete_sync(generation, assignments, Ok(()), 230);
+        assert_eq!(answered(&mut sync_a).assignment, Bytes::from("A"));
+        assert_eq!(answered(&mut sync_b).assignment, Bytes::from("B"));
+        assert_eq!(group.state, GroupState::Stable);
+        (a, b)
+    }
+
+    #[test]
+    fn a_group_forms_and_rebalances_when_a_member_leaves() {
+        let config = config(100);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (a, b) = stable_pair(&mut group, &config);
+        assert_eq!(group.heartbeat(&b, None, 1, 200), Ok(()));
+        assert_eq!(
+            group.heartbeat(&b, None, 0, 200),
+            Err(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(
+            group.heartbeat("nobody", None, 1, 200),
+            Err(ResponseError::UnknownMemberId)
+        );
+
+        assert_eq!(group.leave(&b, None, 300), Ok(()));
+        assert_eq!(group.state, GroupState::PreparingRebalance);
+        assert_eq!(
+            group.heartbeat(&a, None, 1, 310),
+            Err(ResponseError::RebalanceInProgress)
+        );
+        assert_eq!(
+            group.check_commit(&a, None, 1, 310),
+            Ok(()),
+            "commits still count"
+        );
+        let mut rx = waiting(group.join(&config, request(&a, &["range", "roundrobin"]), 320));
+        let answer = answered(&mut rx);
+        assert_eq!(answer.generation, 2);
+        assert_eq!(answer.members.len(), 1);
+        assert_eq!(group.leave(&a, None, 400), Ok(()));
+        // The last member leaving a completing group empties it.
+        group.tick(400);
+        assert_eq!(group.state, GroupState::Empty);
+        assert_eq!(group.generation, 3);
+        assert!(group.take_persist(), "an emptied group is written");
+        assert_eq!(group.value().members.len(), 0);
+    }
+
+    #[test]
+    fn sessions_end_and_members_that_do_not_rejoin_are_dropped() {
+        let config = config(100);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (a, b) = stable_pair(&mut group, &config);
+        // b keeps heartbeating, a does not.
+        for t in (1_000..=10_000).step_by(1_000) {
+            assert_eq!(group.heartbeat(&b, None, 1, t), Ok(()));
+            group.tick(t);
+        }
+        group.tick(10_200);
+        assert!(!group.members.contains_key(&a), "a's session ended");
+        assert_eq!(group.state, GroupState::PreparingRebalance);
+        assert_eq!(group.leader.as_deref(), Some(b.as_str()));
+        let mut rx = waiting(group.join(&config, request(&b, &["roundrobin", "range"]), 10_300));
+        let answer = answered(&mut rx);
+        assert_eq!((answer.generation, answer.leader.as_str()), (2, b.as_str()));
+        assert_eq!(answer.protocol.as_deref(), Some("roundrobin"));
+    }
+
+    #[test]
+    fn rebalance_timeout_drops_members_that_never_rejoin() {
+        let config = config(0);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (a, mut rx_a) = join_new(&mut group, &config, &["range"], 0);
+        assert_eq!(
+            answered(&mut rx_a).generation,
+            1,
+            "no delay: one member completes at once"
+        );
+        let Synced::Persist {
+            generation,
+            assignments,
+            ..
+        } = group.sync(&a, None, 1, None, None, vec![], 10)
+        else {
+            panic!()
+        };
+        group.complete_sync(generation, assignments, Ok(()), 10);
+        let (_b, mut rx_b) = join_new(&mut group, &config, &["range"], 20);
+        assert_eq!(group.state, GroupState::PreparingRebalance);
+        // a keeps heartbeating (told to rejoin) but never does.
+        for t in (1_000..=30_000).step_by(1_000) {
+            assert_eq!(
+                group.heartbeat(&a, None, 1, t),
+                Err(ResponseError::RebalanceInProgress)
+            );
+            group.tick(t);
+            assert!(rx_b.try_recv().is_err());
+        }
+        group.tick(20 + i64::from(REBALANCE));
+        let answer = answered(&mut rx_b);
+        assert_eq!(answer.generation, 2);
+        assert_eq!(answer.members.len(), 1, "a was dropped");
+        assert!(!group.members.contains_key(&a));
+    }
+
+    #[test]
+    fn initial_delay_extends_while_members_keep_coming() {
+        let config = config(1_000);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (_a, mut rx_a) = join_new(&mut group, &config, &["range"], 0);
+        group.tick(900);
+        let (_b, _rx_b) = join_new(&mut group, &config, &["range"], 900);
+        group.tick(1_000);
+        assert!(rx_a.try_recv().is_err(), "a new member extends the delay");
+        group.tick(2_000);
+        assert_eq!(answered(&mut rx_a).members.len(), 2);
+    }
+
+    #[test]
+    fn a_known_member_rejoining_a_stable_group_changes_nothing_unless_it_leads() {
+        let config = config(100);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (a, b) = stable_pair(&mut group, &config);
+        let answer = now(group.join(&config, request(&b, &["roundrobin", "range"]), 500));
+        assert_eq!((answer.error, answer.generation), (0, 1));
+        assert_eq!(group.state, GroupState::Stable);
+        // A follower with new protocols, or the leader, starts a rebalance.
+        let _rx = waiting(group.join(&config, request(&a, &["range", "roundrobin"]), 600));
+        assert_eq!(group.state, GroupState::PreparingRebalance);
+        assert_eq!(
+            group
+                .sync(&b, None, 1, None, None, vec![], 610)
+                .answer_error(),
+            Some(ResponseError::RebalanceInProgress.code())
+        );
+    }
+
+    #[test]
+    fn joins_that_cannot_be_accepted() {
+        let config = config(0);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (_a, _rx) = join_new(&mut group, &config, &["range"], 0);
+        let mut other_type = request("", &["range"]);
+        other_type.protocol_type = "connect".into();
+        assert_eq!(
+            now(group.join(&config, other_type, 1)).error,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+        assert_eq!(
+            now(group.join(&config, request("", &["sticky"]), 1)).error,
+            ResponseError::InconsistentGroupProtocol.code(),
+            "no protocol in common"
+        );
+        assert_eq!(
+            now(group.join(&config, request("made-up", &["range"]), 1)).error,
+            ResponseError::UnknownMemberId.code()
+        );
+        // max_size 3: one member and two pending fill the group.
+        now(group.join(&config, request("", &["range"]), 1));
+        now(group.join(&config, request("", &["range"]), 1));
+        assert_eq!(
+            now(group.join(&config, request("", &["range"]), 1)).error,
+            ResponseError::GroupMaxSizeReached.code()
+        );
+        // Pending members that never come back are forgotten.
+        group.tick(1 + i64::from(SESSION));
+        assert_eq!(
+            now(group.join(&config, request("", &["range"]), 20_000)).error,
+            ResponseError::MemberIdRequired.code()
+        );
+    }
+
+    #[test]
+    fn a_static_member_returning_to_a_stable_group_keeps_its_assignment() {
+        let config = config(0);
+        let mut group = Group::new("g".into(), &config, 0);
+        let mut static_request = request("", &["range"]);
+        static_request.group_instance_id = Some("instance-1".into());
+        let mut rx = waiting(group.join(&config, static_request.clone(), 0));
+        let first = answered(&mut rx);
+        let old_id = first.member_id.clone();
+        assert!(
+            old_id.starts_with("instance-1-"),
+            "static members need no second join"
+        );
+        let Synced::Persist {
+            generation,
+            assignments,
+            ..
+        } = group.sync(
+            &old_id,
+            Some("instance-1"),
+            1,
+            None,
+            None,
+            vec![(old_id.clone(), Bytes::from("P"))],
+            1,
+        )
+        else {
+            panic!()
+        };
+        group.complete_sync(generation, assignments, Ok(()), 1);
+
+        // The process restarts: same instance id, no member id.
+        let answer = now(group.join(&config, static_request, 500));
+        assert_eq!(answer.error, 0);
+        assert_eq!(answer.generation, 1, "no rebalance");
+        assert_ne!(answer.member_id, old_id);
+        assert_eq!(
+            answer.leader, old_id,
+            "the old leader id, so no assignment is computed"
+        );
+        assert!(group.take_persist());
+        assert_eq!(group.state, GroupState::Stable);
+        let Synced::Now(sync) = group.sync(
+            &answer.member_id,
+            Some("instance-1"),
+            1,
+            None,
+            None,
+            vec![],
+            510,
+        ) else {
+            panic!()
+        };
+        assert_eq!(sync.assignment, Bytes::from("P"));
+        // Whoever still uses the old id is fenced.
+        assert_eq!(
+            group.heartbeat(&old_id, Some("instance-1"), 1, 520),
+            Err(ResponseError::FencedInstanceId)
+        );
+        assert_eq!(
+            group.check_commit(&old_id, Some("instance-1"), 1, 520),
+            Err(ResponseError::FencedInstanceId)
+        );
+        // It leaves by instance id.
+        assert_eq!(group.leave("", Some("instance-1"), 600), Ok(()));
+        assert!(group.members.is_empty());
+    }
+
+    #[test]
+    fn commit_checks_follow_kafka() {
+        let config = config(100);
+        let mut group = Group::new("g".into(), &config, 0);
+        assert_eq!(
+            group.check_commit("", None, -1, 0),
+            Ok(()),
+            "a group without members takes simple commits"
+        );
+        let (a, _b) = stable_pair(&mut group, &config);
+        assert_eq!(
+            group.check_commit("", None, -1, 200),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert_eq!(
+            group.check_commit(&a, None, 7, 200),
+            Err(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(group.check_commit(&a, None, 1, 200), Ok(()));
+        // Commits are applied by record offset, whatever order they finish in.
+        let committed = |offset, record_offset| Committed {
+            value: OffsetValue {
+                offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp: 0,
+            },
+            record_offset,
+        };
+        group.apply_commit("t".into(), 0, committed(20, 8));
+        group.apply_commit("t".into(), 0, committed(10, 7));
+        assert_eq!(group.offsets[&("t".to_string(), 0)].value.offset, 20);
+    }
+
+    #[test]
+    fn offsets_expire_only_for_groups_empty_long_enough() {
+        let config = config(0);
+        let mut group = Group::new("g".into(), &config, 0);
+        let committed = Committed {
+            value: OffsetValue {
+                offset: 1,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp: 0,
+            },
+            record_offset: 0,
+        };
+        group.apply_commit("t".into(), 0, committed);
+        assert!(group.expired_offsets(999, 1_000).is_empty());
+        assert_eq!(group.expired_offsets(1_000, 1_000).len(), 1);
+        let (_a, _rx) = join_new(&mut group, &config, &["range"], 1_000);
+        assert!(
+            group.expired_offsets(10_000, 1_000).is_empty(),
+            "a group with members keeps them"
+        );
+    }
+
+    #[test]
+    fn restored_groups_come_back_stable_with_fresh_sessions() {
+        let config = config(100);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (a, b) = stable_pair(&mut group, &config);
+        let value = group.value();
+        let mut restored = Group::restore("g".into(), value, &config, 50_000);
+        assert_eq!(restored.state, GroupState::Stable);
+        assert_eq!(restored.generation, 1);
+        assert_eq!(restored.heartbeat(&a, None, 1, 50_001), Ok(()));
+        let Synced::Now(sync) = restored.sync(&b, None, 1, None, None, vec![], 50_002) else {
+            panic!()
+        };
+        assert_eq!(sync.assignment, Bytes::from("B"));
+        assert_eq!(restored.protocol.as_deref(), Some("range"));
+    }
+
+    impl Synced {
+        fn answer_error(self) -> Option<i16> {
+            match self {
+                Synced::Now(answer) => Some(answer.error),
+                _ => None,
+            }
+        }
     }
 }
