@@ -65,9 +65,9 @@ COORDINATOR_NOT_AVAILABLE = 15
 NOT_COORDINATOR = 16
 ILLEGAL_GENERATION = 22
 UNKNOWN_MEMBER_ID = 25
-REBALANCE_IN_PROGRESS = 27
 NON_EMPTY_GROUP = 68
 GROUP_ID_NOT_FOUND = 69
+FENCED_INSTANCE_ID = 82
 GROUP_SUBSCRIBED_TO_TOPIC = 86
 # Answers a client is told to retry (a coordinator loading or not chosen yet).
 COORDINATOR_RETRY_CODES = {COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR}
@@ -471,7 +471,7 @@ class GroupAdmin:
             assignment = m["member_assignment"]
             owned = frozenset()
             if assignment:
-                owned = frozenset((t.topic, p) for t in assignment.assigned_partitions for p in t.partitions)
+                owned = frozenset((t["topic"], p) for t in assignment["assigned_partitions"] for p in t["partitions"])
             members[m["client_id"]] = owned
             member_ids[m["client_id"]] = m["member_id"]
         return dict(state=d["group_state"], protocol=d["protocol_data"], members=members, member_ids=member_ids)
@@ -727,6 +727,78 @@ def test_killed_member_partitions_move_after_session_timeout(group_broker, topic
         admin.close()
 
 
+# ---------------------------------------------------------------- static membership
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_static_member_restarts_without_rebalance(group_broker, topic_name, members, lib):
+    """A static member (group.instance.id) closes, which does not leave the group, and
+    comes back within its session timeout: it gets its partitions back and resumes at
+    its commits, while the other member keeps its own and sees no rebalance. A second
+    consumer with the same instance id then fences the first (FENCED_INSTANCE_ID) and
+    takes its place, again without a rebalance."""
+    bootstrap = group_broker.bootstrap
+    ck_create_topic(bootstrap, topic_name, 4)
+    group, partitions = f"{topic_name}-group", partitions_of(topic_name, 4)
+    if lib == "confluent":
+        dynamic = {"session.timeout.ms": SESSION_TIMEOUT_LONG_MS}
+        static = {**dynamic, "group.instance.id": "static-0"}
+    else:
+        dynamic = {"session_timeout_ms": SESSION_TIMEOUT_LONG_MS}
+        static = {**dynamic, "group_instance_id": "static-0"}
+    admin = GroupAdmin(lib, bootstrap)
+    try:
+        first = members(lib, bootstrap, group, [topic_name], "s0", **static)
+        other = members(lib, bootstrap, group, [topic_name], "d1", **dynamic)
+        views = wait_assignment(admin, group, [first, other], partitions)
+        produced = produce_to_each(bootstrap, topic_name, 4, 10, "first")
+        wait_consumed([first, other], produced)
+        revocations = len(other.revocations)
+        member_id = admin.describe(group)["member_ids"]["s0"]
+
+        first.close()
+        described = admin.describe(group)
+        assert (described["state"], described["members"]) == ("Stable", views), (
+            f"closing a static member changed the group: {described}")
+
+        again = members(lib, bootstrap, group, [topic_name], "s0", **static)
+        assert wait_assignment(admin, group, [again, other], partitions, why=" after s0 came back") == views
+        assert admin.describe(group)["member_ids"]["s0"] != member_id, "the returning member kept its member id"
+        new = produce_to_each(bootstrap, topic_name, 4, 10, "second")
+        produced |= new
+        consumer_of = wait_consumed([first, again, other], produced)
+        assert_consumed_by_owners(consumer_of, new, views)
+
+        third = members(lib, bootstrap, group, [topic_name], "s0", **static)
+        assert wait_assignment(admin, group, [third, other], partitions, why=" after s0 was replaced") == views
+        if lib == "confluent":
+            # librdkafka raises the fencing as a fatal error, which ends the member.
+            deadline = time.monotonic() + SETTLE_S
+            while again.failure is None:
+                assert time.monotonic() < deadline, "the replaced static member was not fenced"
+                time.sleep(0.1)
+            assert "fenced" in again.failure.lower(), again.failure
+            again.stopped = True
+        else:
+            # kafka-python only logs a fenced heartbeat; the member's next commit is refused.
+            committed = admin.committed(group, partitions)
+            with pytest.raises(CommitError) as e:
+                again.call(lambda client: client.commit({tp: 1 for tp in views["s0"]}))
+            assert e.value.codes == {None: FENCED_INSTANCE_ID}, e.value
+            assert admin.committed(group, partitions) == committed, "a fenced member's commit landed"
+            again.close()
+        assert len(other.revocations) == revocations, (
+            f"the dynamic member saw a rebalance: {other.revocations[revocations:]}")
+        new = produce_to_each(bootstrap, topic_name, 4, 10, "third")
+        produced |= new
+        wait_consumed([first, again, third, other], produced)
+        for m in (third, other):
+            m.close()
+        assert_no_commit_failures([first, third, other])
+    finally:
+        admin.close()
+
+
 # ---------------------------------------------------------------- 3. commits across restarts and rebalances
 
 
@@ -947,8 +1019,9 @@ def test_bad_commits_confluent(group_broker, topic_name, members):
         assert set(e.value.codes.values()) == {OFFSET_METADATA_TOO_LARGE}, e.value.codes
         assert admin.committed(group, partitions) == {tp: 5 for tp in partitions}
 
-        # Metadata of exactly 4096 bytes is fine.
-        m.call(lambda client: client.commit({(topic_name, 0): (5, "y" * 4096)}))
+        # 4096 bytes are fine. (confluent-kafka sends the C string's NUL with the
+        # metadata: 4095 characters are 4096 bytes on the wire, 4097 are 4098.)
+        m.call(lambda client: client.commit({(topic_name, 0): (5, "y" * 4095)}))
         m.close()
 
         more = produce_to_each(bootstrap, topic_name, 2, 5, "second")
@@ -1011,6 +1084,11 @@ def test_bad_commits_kafka_python(group_broker, topic_name, members):
         with pytest.raises(kafka.errors.OffsetMetadataTooLargeError):
             a.call(lambda client: client.c.commit(
                 {KpTopicPartition(topic_name, 0): OffsetAndMetadata(2, "x" * 4097, -1)}, timeout_ms=10000))
+        a.call(lambda client: client.c.commit(
+            {KpTopicPartition(topic_name, 0): OffsetAndMetadata(5, "y" * 4096, -1)}, timeout_ms=10000))
+        stored = retrying(lambda: admin.kp.list_group_offsets({group: [KpTopicPartition(topic_name, 0)]}),
+                          "fetch offsets")[group][KpTopicPartition(topic_name, 0)]
+        assert (stored.offset, stored.metadata) == (5, "y" * 4096)
 
         generation = a.call(lambda client: client.c.group_metadata())
         assert generation.generation_id >= 1 and generation.member_id
