@@ -1,7 +1,6 @@
 """Thin, bounded helpers over confluent-kafka ("ck") and kafka-python ("kp").
 
-rill has no consumer groups or transactions yet, so consumers use manual
-assignment only. Producers are idempotent whenever acks=all allows it (the
+Consumers here use manual assignment (test_groups.py has the group members). Producers are idempotent whenever acks=all allows it (the
 default of kafka-python and the Java client), and plain otherwise.
 Every call that waits takes a timeout; nothing here blocks without one.
 """

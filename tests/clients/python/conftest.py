@@ -28,9 +28,13 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + report.when, report)
 
 
-@pytest.fixture
-def broker(request):
-    b = Broker()
+# Group settings for tests of consumer groups: a short first-join delay (Kafka's
+# default is 3 s) and session timeouts down to 1 s, so that a test can use 6 s.
+GROUP_BROKER_ARGS = ["--group-initial-rebalance-delay-ms", "100", "--group-min-session-timeout-ms", "1000"]
+
+
+def _run_broker(request, extra_args=None):
+    b = Broker(extra_args=extra_args)
     try:
         b.start()
         yield b
@@ -43,6 +47,17 @@ def broker(request):
         if failed:
             print(f"\n----- rill broker log (last lines, {b.log_path}) -----\n{b.log_tail(120)}")
         b.close()
+
+
+@pytest.fixture
+def broker(request):
+    yield from _run_broker(request)
+
+
+@pytest.fixture
+def group_broker(request):
+    """A fresh broker with GROUP_BROKER_ARGS."""
+    yield from _run_broker(request, GROUP_BROKER_ARGS)
 
 
 @pytest.fixture

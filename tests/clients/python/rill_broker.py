@@ -66,8 +66,10 @@ class BrokerError(RuntimeError):
 
 
 class Broker:
-    def __init__(self, node_id: int = 1):
+    def __init__(self, node_id: int = 1, extra_args: list[str] | None = None):
         self.node_id = node_id
+        # More `rill serve` arguments, given on every start (e.g. group settings).
+        self.extra_args = list(extra_args or [])
         self.root = tempfile.mkdtemp(prefix="rill-client-test-")
         self.data_dir = os.path.join(self.root, "data")
         self.log_path = os.path.join(self.root, "broker.log")
@@ -172,6 +174,7 @@ class Broker:
             "--kafka-addr", f"127.0.0.1:{self.kafka_port}",
             "--controller-addr", f"127.0.0.1:{self.controller_port}",
             "--http-addr", f"127.0.0.1:{self.http_port}",
+            *self.extra_args,
         ]
         # The broker reads RILL_* variables as settings; none from the caller's
         # environment may leak into a test's broker.
