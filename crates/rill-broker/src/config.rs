@@ -8,6 +8,8 @@ use rill_storage::producer_state::ProducerStateConfig;
 use rill_storage::LogConfig;
 use rill_types::NodeId;
 
+pub use crate::group::GroupConfig;
+
 /// Everything a node needs to start. Every field has a default that works on
 /// a laptop ([`BrokerConfig::default`]).
 #[derive(Debug, Clone)]
@@ -63,6 +65,9 @@ pub struct BrokerConfig {
     /// `connections.max.idle.ms`: a connection that sends nothing for this
     /// long, with no request in flight, is closed.
     pub connections_max_idle: Duration,
+
+    /// The group coordinator's settings (`group.*`, `offsets.*`).
+    pub groups: GroupConfig,
 }
 
 impl BrokerConfig {
@@ -106,6 +111,7 @@ impl Default for BrokerConfig {
             fetch_waiting_max: Self::FETCH_WAITING_MAX_DEFAULT,
             fetch_bytes_max: Self::FETCH_BYTES_MAX_DEFAULT,
             connections_max_idle: Self::CONNECTIONS_MAX_IDLE_DEFAULT,
+            groups: GroupConfig::default(),
         }
     }
 }

@@ -132,7 +132,7 @@ pub(crate) async fn serve(
                         break 'connection;
                     }
                 };
-                match handle_frame(&broker, frame).await {
+                match handle_frame(&broker, frame, peer).await {
                     Next::Answer(pending) => {
                         activity.in_flight.fetch_add(1, Ordering::AcqRel);
                         if pending_tx.send(pending).await.is_err() {
@@ -199,7 +199,7 @@ pub(crate) async fn serve(
 }
 
 /// Parses one frame and runs the ordered part of its handler.
-async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
+async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Next {
     let request = match parse_request(frame) {
         Ok(request) => request,
         Err(RequestError::UnsupportedVersion {
@@ -299,6 +299,72 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Next {
         )),
         RequestKind::InitProducerId(body) => ready(ResponseKind::InitProducerId(
             handlers::init_producer_id::handle(b, v, body).await,
+        )),
+        RequestKind::FindCoordinator(body) => ready(ResponseKind::FindCoordinator(
+            handlers::find_coordinator::handle(b, v, body).await,
+        )),
+        RequestKind::JoinGroup(body) => {
+            // The answer waits for the rebalance; like an acks=all produce
+            // it waits off the connection's path.
+            let broker = Arc::clone(b);
+            let client = handlers::join_group::ClientIdentity {
+                client_id: request
+                    .header
+                    .client_id
+                    .as_ref()
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_default(),
+                client_host: format!("/{}", peer.ip()),
+            };
+            answer(Reply::Later(tokio::spawn(
+                async move {
+                    ResponseKind::JoinGroup(
+                        handlers::join_group::handle(&broker, v, body, client).await,
+                    )
+                }
+                .in_current_span(),
+            )))
+        }
+        RequestKind::SyncGroup(body) => {
+            let broker = Arc::clone(b);
+            answer(Reply::Later(tokio::spawn(
+                async move {
+                    ResponseKind::SyncGroup(handlers::sync_group::handle(&broker, v, body).await)
+                }
+                .in_current_span(),
+            )))
+        }
+        RequestKind::Heartbeat(body) => ready(ResponseKind::Heartbeat(
+            handlers::heartbeat::handle(b, v, body),
+        )),
+        RequestKind::LeaveGroup(body) => ready(ResponseKind::LeaveGroup(
+            handlers::leave_group::handle(b, v, body),
+        )),
+        RequestKind::OffsetCommit(body) => {
+            let broker = Arc::clone(b);
+            answer(Reply::Later(tokio::spawn(
+                async move {
+                    ResponseKind::OffsetCommit(
+                        handlers::offset_commit::handle(&broker, v, body).await,
+                    )
+                }
+                .in_current_span(),
+            )))
+        }
+        RequestKind::OffsetFetch(body) => ready(ResponseKind::OffsetFetch(
+            handlers::offset_fetch::handle(b, v, body),
+        )),
+        RequestKind::DescribeGroups(body) => ready(ResponseKind::DescribeGroups(
+            handlers::describe_groups::handle(b, v, body),
+        )),
+        RequestKind::ListGroups(body) => ready(ResponseKind::ListGroups(
+            handlers::list_groups::handle(b, v, body),
+        )),
+        RequestKind::DeleteGroups(body) => ready(ResponseKind::DeleteGroups(
+            handlers::delete_groups::handle(b, v, body).await,
+        )),
+        RequestKind::OffsetDelete(body) => ready(ResponseKind::OffsetDelete(
+            handlers::offset_delete::handle(b, v, body).await,
         )),
         other => {
             // The version table let it through, so a handler must exist: a bug.

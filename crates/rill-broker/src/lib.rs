@@ -13,6 +13,8 @@
 //! - [`replica`], with [`replica::Partition`] (log, leader epoch, high
 //!   watermark, idempotent producers' state) and [`replica::ReplicaManager`],
 //!   kept in step with the controller's metadata image.
+//! - [`group`]: the group coordinator — consumer groups (Kafka's classic
+//!   protocol) and committed offsets, kept in `__consumer_offsets`.
 //! - `producer_ids`: producer ids for InitProducerId, from blocks the
 //!   controller allocates.
 //! - `errors`: storage and controller errors → Kafka error codes; the only
@@ -27,6 +29,7 @@
 pub mod config;
 mod connection;
 mod errors;
+pub mod group;
 mod handlers;
 mod http;
 mod producer_ids;

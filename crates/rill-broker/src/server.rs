@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
+use crate::group::GroupCoordinator;
 use crate::producer_ids::ProducerIdManager;
 use crate::replica::ReplicaManager;
 use crate::{connection, http};
@@ -82,6 +83,9 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Producer ids for InitProducerId.
     pub(crate) producer_ids: ProducerIdManager,
+    /// The group coordinator of the `__consumer_offsets` partitions this
+    /// node leads.
+    pub groups: Arc<GroupCoordinator>,
 }
 
 impl Broker {
@@ -89,7 +93,9 @@ impl Broker {
     /// than when the follower task gets to it, so that a request that
     /// changed the metadata sees its change. Blocking.
     pub fn sync_metadata(&self) {
-        self.replicas.apply_image(&self.controller.image());
+        let image = self.controller.image();
+        self.replicas.apply_image(&image);
+        self.groups.on_image(&image, &self.replicas);
     }
 }
 
@@ -299,10 +305,15 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             logs,
             config.log_defaults.clone(),
             config.producer_state,
-            clock,
+            Arc::clone(&clock),
         ),
         fetch_waiting: Semaphore::new(config.fetch_waiting_max),
         producer_ids: ProducerIdManager::new(config.node_id),
+        groups: Arc::new(GroupCoordinator::new(
+            config.groups.clone(),
+            config.node_id,
+            Arc::clone(&clock),
+        )),
         cluster_id,
         controller,
         config,
@@ -318,6 +329,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let tasks = TaskTracker::new();
     tasks.spawn(follow_metadata(Arc::clone(&broker), shutdown.clone()));
     tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
+    tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
     tasks.spawn(accept_kafka(
         Arc::clone(&broker),
         kafka_listener,

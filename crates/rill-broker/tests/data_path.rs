@@ -272,6 +272,17 @@ async fn every_advertised_api_and_version_answers() {
         CreatePartitionsRequest,
         IncrementalAlterConfigsRequest,
         DescribeClusterRequest,
+        OffsetCommitRequest,
+        OffsetFetchRequest,
+        FindCoordinatorRequest,
+        JoinGroupRequest,
+        HeartbeatRequest,
+        LeaveGroupRequest,
+        SyncGroupRequest,
+        DescribeGroupsRequest,
+        ListGroupsRequest,
+        DeleteGroupsRequest,
+        OffsetDeleteRequest,
     );
     // Produce is the one API whose empty request (acks=0) gets no answer; the
     // round-trip test above covers each of its versions.

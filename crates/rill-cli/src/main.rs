@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: a single-node cluster that is both controller and broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure a Kafka-compatible broker's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -74,6 +74,27 @@ struct ServeArgs {
     /// Close a connection that sends nothing for this long, in milliseconds [default: 600000].
     #[arg(long, env = "RILL_CONNECTIONS_MAX_IDLE_MS")]
     connections_max_idle_ms: Option<u64>,
+    /// How long the first rebalance of an empty group waits for more members, in milliseconds [default: 3000].
+    #[arg(long, env = "RILL_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    group_initial_rebalance_delay_ms: Option<i32>,
+    /// The shortest session timeout a group member may ask for, in milliseconds [default: 6000].
+    #[arg(long, env = "RILL_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    group_min_session_timeout_ms: Option<i32>,
+    /// The longest session timeout a group member may ask for, in milliseconds [default: 1800000].
+    #[arg(long, env = "RILL_GROUP_MAX_SESSION_TIMEOUT_MS")]
+    group_max_session_timeout_ms: Option<i32>,
+    /// The most members in one consumer group [default: 1000].
+    #[arg(long, env = "RILL_GROUP_MAX_SIZE")]
+    group_max_size: Option<usize>,
+    /// Partitions of __consumer_offsets when it is created [default: 50].
+    #[arg(long, env = "RILL_OFFSETS_TOPIC_NUM_PARTITIONS")]
+    offsets_topic_num_partitions: Option<i32>,
+    /// How long an empty group's committed offsets are kept, in minutes [default: 10080].
+    #[arg(long, env = "RILL_OFFSETS_RETENTION_MINUTES")]
+    offsets_retention_minutes: Option<u64>,
+    /// How often expired offsets are removed, in milliseconds [default: 600000].
+    #[arg(long, env = "RILL_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
+    offsets_retention_check_interval_ms: Option<u64>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -92,6 +113,13 @@ struct FileSettings {
     max_connections: Option<usize>,
     log_retention_check_interval_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
+    group_initial_rebalance_delay_ms: Option<i32>,
+    group_min_session_timeout_ms: Option<i32>,
+    group_max_session_timeout_ms: Option<i32>,
+    group_max_size: Option<usize>,
+    offsets_topic_num_partitions: Option<i32>,
+    offsets_retention_minutes: Option<u64>,
+    offsets_retention_check_interval_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -108,7 +136,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("rill: {}", one_line(&error));
@@ -211,6 +239,29 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     setting!(num_partitions => config.num_partitions);
     setting!(socket_request_max_bytes => config.request_bytes_max);
     setting!(max_connections => config.connections_max);
+    setting!(group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms);
+    setting!(group_min_session_timeout_ms => config.groups.min_session_timeout_ms);
+    setting!(group_max_session_timeout_ms => config.groups.max_session_timeout_ms);
+    setting!(group_max_size => config.groups.max_size);
+    setting!(offsets_topic_num_partitions => config.groups.offsets_topic_partitions);
+    if let Some(minutes) = args
+        .offsets_retention_minutes
+        .or(file.offsets_retention_minutes)
+    {
+        anyhow::ensure!(minutes > 0, "offsets-retention-minutes must be positive");
+        config.groups.offsets_retention_ms = i64::try_from(minutes.saturating_mul(60_000))
+            .context("offsets-retention-minutes is too large")?;
+    }
+    if let Some(ms) = args
+        .offsets_retention_check_interval_ms
+        .or(file.offsets_retention_check_interval_ms)
+    {
+        anyhow::ensure!(
+            ms > 0,
+            "offsets-retention-check-interval-ms must be positive"
+        );
+        config.groups.offsets_retention_check_interval = std::time::Duration::from_millis(ms);
+    }
     if let Some(advertised) = args.advertised_kafka_addr.or(file.advertised_kafka_addr) {
         config.advertised_kafka_addr = Some(parse_host_port(&advertised)?);
     }
@@ -232,6 +283,21 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
         config.node_id >= 0,
         "node-id must be at least 0, not {}",
         config.node_id
+    );
+    let groups = &config.groups;
+    anyhow::ensure!(
+        groups.initial_rebalance_delay_ms >= 0,
+        "group-initial-rebalance-delay-ms must not be negative"
+    );
+    anyhow::ensure!(
+        0 < groups.min_session_timeout_ms
+            && groups.min_session_timeout_ms <= groups.max_session_timeout_ms,
+        "group-min-session-timeout-ms must be positive and at most group-max-session-timeout-ms"
+    );
+    anyhow::ensure!(groups.max_size >= 1, "group-max-size must be at least 1");
+    anyhow::ensure!(
+        groups.offsets_topic_partitions >= 1,
+        "offsets-topic-num-partitions must be at least 1"
     );
     anyhow::ensure!(
         config.num_partitions >= 1,
@@ -289,7 +355,7 @@ mod tests {
         let mut argv = vec!["rill", "serve"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("parse").command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             Command::Bench(_) => unreachable!(),
         }
     }

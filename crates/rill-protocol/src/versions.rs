@@ -43,6 +43,18 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     // v0 has the pre-0.10.1 "offsets before" form.
     SupportedApi::new(ApiKey::ListOffsets, 1, 7),
     SupportedApi::new(ApiKey::Metadata, 0, 12),
+    // v0 and v1 are gone from kafka-protocol 0.18 (and from Kafka 4).
+    SupportedApi::new(ApiKey::OffsetCommit, 2, 9),
+    // v0 is gone from kafka-protocol 0.18; v10 addresses topics by id.
+    SupportedApi::new(ApiKey::OffsetFetch, 1, 9),
+    // Group keys only; v6 adds share-group keys, which are refused.
+    SupportedApi::new(ApiKey::FindCoordinator, 0, 6),
+    SupportedApi::new(ApiKey::JoinGroup, 0, 9),
+    SupportedApi::new(ApiKey::Heartbeat, 0, 4),
+    SupportedApi::new(ApiKey::LeaveGroup, 0, 5),
+    SupportedApi::new(ApiKey::SyncGroup, 0, 5),
+    SupportedApi::new(ApiKey::DescribeGroups, 0, 6),
+    SupportedApi::new(ApiKey::ListGroups, 0, 5),
     // v4 is left out until the broker has been tested against a client that sends it.
     SupportedApi::new(ApiKey::ApiVersions, 0, 3),
     SupportedApi::new(ApiKey::CreateTopics, 2, 7),
@@ -57,7 +69,9 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
     SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
     SupportedApi::new(ApiKey::CreatePartitions, 0, 3),
+    SupportedApi::new(ApiKey::DeleteGroups, 0, 2),
     SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
+    SupportedApi::new(ApiKey::OffsetDelete, 0, 0),
     SupportedApi::new(ApiKey::DescribeCluster, 0, 2),
 ];
 

@@ -1,0 +1,1116 @@
+//! The group coordinator (DESIGN.md §8): consumer groups with Kafka's
+//! classic protocol, and their committed offsets, kept as records in the
+//! internal topic `__consumer_offsets`.
+//!
+//! A group belongs to partition `abs(hashCode(group id)) % partitions` of
+//! that topic (Java's `String.hashCode`, as Kafka computes it, so tools
+//! that work out coordinators agree); the node leading that partition is
+//! the group's coordinator. This node coordinates the groups of the
+//! partitions it leads: when it becomes their leader (at start-up, when
+//! the topic is created) it reads them back ([`GroupCoordinator::load`])
+//! and answers COORDINATOR_LOAD_IN_PROGRESS for their groups until it has.
+//! Every change a client must be able to count on — a commit, the leader's
+//! assignment, a deletion — is appended to the partition and fsynced
+//! (acks=all) before the answer.
+//!
+//! - [`state`]: one group's state machine, in memory, time passed in.
+//! - [`records`]: the `__consumer_offsets` key and value formats.
+//!
+//! **Architecture Invariant:** the coordinator's state is a function of
+//! the `__consumer_offsets` records it wrote and the clock: a restart (or,
+//! later, another node) that loads the partitions has the same groups,
+//! generations, assignments and offsets.
+
+pub mod records;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rill_controller::MetadataImage;
+use rill_protocol::kafka_protocol::error::ResponseError;
+use rill_protocol::kafka_protocol::messages::ConsumerProtocolSubscription;
+use rill_protocol::kafka_protocol::protocol::Decodable;
+use rill_storage::records::BatchBuilder;
+use rill_storage::{batch, records as storage_records, AppendInfo};
+use rill_types::{Clock, NodeId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::errors::append_error_code;
+use crate::replica::{Partition, ReplicaManager};
+use crate::server::Broker;
+use records::{GroupValue, OffsetValue, RecordKey};
+use state::{Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced};
+
+/// The internal topic that holds groups and their offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// How often sessions and join phases are checked. Session timeouts are
+/// at least a second in practice; this is well below.
+const TICK: Duration = Duration::from_millis(50);
+/// The most bytes read from `__consumer_offsets` at a time while loading.
+const LOAD_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// The group coordinator's settings, with Kafka's names and defaults.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of
+    /// an empty group waits for more members.
+    pub initial_rebalance_delay_ms: i32,
+    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    /// `group.max.size`: members (and members being given an id) per
+    /// group. Kafka's default is unbounded; ours is a bound.
+    pub max_size: usize,
+    /// `offsets.topic.num.partitions`, used when the topic is created.
+    pub offsets_topic_partitions: i32,
+    /// `offsets.topic.replication.factor`; capped at the number of brokers
+    /// so that a single node can create the topic.
+    pub offsets_topic_replication_factor: i16,
+    /// `offsets.topic.segment.bytes`.
+    pub offsets_topic_segment_bytes: i32,
+    /// `offsets.retention.minutes`, in milliseconds.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval: Duration,
+    /// `offset.metadata.max.bytes`: a commit's metadata string.
+    pub offset_metadata_max_bytes: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        Self {
+            initial_rebalance_delay_ms: 3_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_size: 1_000,
+            offsets_topic_partitions: 50,
+            offsets_topic_replication_factor: 3,
+            offsets_topic_segment_bytes: 100 * 1024 * 1024,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            offsets_retention_check_interval: Duration::from_secs(600),
+            offset_metadata_max_bytes: 4096,
+        }
+    }
+}
+
+/// Java's `String.hashCode` over UTF-16 code units, as Kafka hashes group ids.
+pub fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
+}
+
+/// The `__consumer_offsets` partition of a group: Kafka's
+/// `Utils.abs(groupId.hashCode) % partitions`, where `abs(MIN_VALUE)` is 0.
+pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
+    assert!(partitions > 0);
+    let hash = java_string_hash(group_id);
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions
+}
+
+/// The topics in a consumer's subscription metadata, or `None` if it is
+/// not one.
+pub fn subscription_topics(metadata: &[u8]) -> Option<Vec<String>> {
+    let mut buf = Bytes::copy_from_slice(metadata);
+    if buf.len() < 2 {
+        return None;
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    // A newer client's subscription reads as the newest version we know;
+    // every version begins with the topics.
+    let version = version.clamp(0, 3);
+    let subscription = ConsumerProtocolSubscription::decode(&mut buf, version).ok()?;
+    Some(
+        subscription
+            .topics
+            .into_iter()
+            .map(|t| t.as_str().to_string())
+            .collect(),
+    )
+}
+
+/// Where a `__consumer_offsets` partition this node leads stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Loading,
+    Loaded,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The partitions of `__consumer_offsets` this node leads.
+    owned: HashMap<i32, Load>,
+    /// Partitions of `__consumer_offsets` in the metadata; 0 while it does
+    /// not exist.
+    partition_count: i32,
+    groups: HashMap<String, Group>,
+}
+
+/// A group summary for ListGroups.
+#[derive(Debug, Clone)]
+pub struct ListedGroup {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: GroupState,
+}
+
+/// A group as DescribeGroups shows it.
+#[derive(Debug, Clone, Default)]
+pub struct DescribedGroup {
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<DescribedMember>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DescribedMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// One partition's committed offset, as OffsetFetch answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// A commit to make: one partition's offset.
+#[derive(Debug, Clone)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// What to write to one `__consumer_offsets` partition: keys and values
+/// (None: a tombstone).
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+#[derive(Debug)]
+pub struct GroupCoordinator {
+    pub config: GroupConfig,
+    node_id: NodeId,
+    clock: Arc<dyn Clock>,
+    /// A `std` mutex: every section under it is short and in memory,
+    /// except the append of a change's records to `__consumer_offsets`
+    /// (a page-cache write, no fsync), which is made under it so that
+    /// records reach the log in the order the changes were decided.
+    state: Mutex<State>,
+    /// Makes `__consumer_offsets` once, however many FindCoordinators
+    /// find it missing at the same time.
+    creating: tokio::sync::Mutex<()>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GroupCoordinator {
+    /// Must be called within the tokio runtime that will run its loads.
+    pub fn new(config: GroupConfig, node_id: NodeId, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            config,
+            node_id,
+            clock,
+            state: Mutex::new(State::default()),
+            creating: tokio::sync::Mutex::new(()),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under this lock is a bug already reported; the state is
+        // still the best there is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn creating_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.creating
+    }
+
+    /// Checks that this node coordinates `group_id` and has loaded it.
+    fn locate(&self, state: &State, group_id: &str) -> Result<i32, ResponseError> {
+        if state.partition_count <= 0 {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let partition = partition_for(group_id, state.partition_count);
+        match state.owned.get(&partition) {
+            None => Err(ResponseError::NotCoordinator),
+            Some(Load::Loading) => Err(ResponseError::CoordinatorLoadInProgress),
+            Some(Load::Loaded) => Ok(partition),
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Ownership and loading
+
+    /// Follows the metadata: starts loading the `__consumer_offsets`
+    /// partitions this node now leads, and forgets the groups of those it
+    /// no longer does (their waiting members are answered NOT_COORDINATOR).
+    pub fn on_image(self: &Arc<Self>, image: &MetadataImage, replicas: &ReplicaManager) {
+        let topic = image.topic(OFFSETS_TOPIC);
+        let count = topic.map_or(0, |t| t.partitions.len() as i32);
+        let led: HashSet<i32> = topic
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.leader == self.node_id)
+                    .map(|(i, _)| i as i32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut to_load = Vec::new();
+        {
+            let mut state = self.lock();
+            state.partition_count = count;
+            let lost: Vec<i32> = state
+                .owned
+                .keys()
+                .copied()
+                .filter(|p| !led.contains(p))
+                .collect();
+            for partition in lost {
+                state.owned.remove(&partition);
+                state
+                    .groups
+                    .retain(|id, _| count > 0 && partition_for(id, count) != partition);
+                info!(
+                    partition,
+                    "no longer coordinating the groups of __consumer_offsets partition"
+                );
+            }
+            if count == 0 {
+                state.groups.clear();
+            }
+            for &partition in &led {
+                if state.owned.contains_key(&partition) {
+                    continue;
+                }
+                let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
+                    continue;
+                };
+                state.owned.insert(partition, Load::Loading);
+                to_load.push((partition, replica));
+            }
+        }
+        for (partition, replica) in to_load {
+            let coordinator = Arc::clone(self);
+            self.runtime
+                .spawn_blocking(move || coordinator.load(partition, &replica));
+        }
+    }
+
+    /// Reads a `__consumer_offsets` partition back into groups. Blocking.
+    fn load(&self, partition: i32, replica: &Partition) {
+        let started = std::time::Instant::now();
+        let mut values: HashMap<String, Option<GroupValue>> = HashMap::new();
+        let mut offsets: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
+        let mut records = 0u64;
+        let end = replica.high_watermark();
+        let mut next = replica.log.log_start_offset();
+        let mut buf = Vec::new();
+        while next < end {
+            buf.clear();
+            let info = match replica.log.read_into(next, LOAD_CHUNK_BYTES, end, &mut buf) {
+                Ok(info) => info,
+                Err(error) => {
+                    warn!(partition, %error, "reading __consumer_offsets failed; loading what was read");
+                    break;
+                }
+            };
+            if info.next_offset <= next {
+                break;
+            }
+            next = info.next_offset;
+            for batch in batch::split(&buf) {
+                let Ok(batch) = batch else { break };
+                let Ok(header) = batch::BatchHeader::parse(batch) else {
+                    break;
+                };
+                if header.is_control() {
+                    continue;
+                }
+                let decoded = match storage_records::decode_records(batch) {
+                    Ok(decoded) => decoded,
+                    Err(error) => {
+                        warn!(partition, offset = header.base_offset, %error, "unreadable batch in __consumer_offsets; skipped");
+                        continue;
+                    }
+                };
+                for record in decoded {
+                    records += 1;
+                    let record_offset = header.base_offset + i64::from(record.offset_delta);
+                    let Some(key) = record.key.as_deref() else {
+                        continue;
+                    };
+                    let key = match records::decode_key(key) {
+                        Ok(key) => key,
+                        Err(error) => {
+                            warn!(partition, offset = record_offset, %error, "skipped");
+                            continue;
+                        }
+                    };
+                    match key {
+                        RecordKey::Offset {
+                            group,
+                            topic,
+                            partition: index,
+                        } => {
+                            let group_offsets = offsets.entry(group).or_default();
+                            match record.value.as_deref().map(records::decode_offset) {
+                                None => {
+                                    group_offsets.remove(&(topic, index));
+                                }
+                                Some(Ok(value)) => {
+                                    group_offsets.insert(
+                                        (topic, index),
+                                        Committed {
+                                            value,
+                                            record_offset,
+                                        },
+                                    );
+                                }
+                                Some(Err(error)) => {
+                                    warn!(partition, offset = record_offset, %error, "skipped")
+                                }
+                            }
+                        }
+                        RecordKey::Group { group } => {
+                            match record.value.as_deref().map(records::decode_group) {
+                                None => {
+                                    values.insert(group, None);
+                                }
+                                Some(Ok(value)) => {
+                                    values.insert(group, Some(value));
+                                }
+                                Some(Err(error)) => {
+                                    warn!(partition, offset = record_offset, %error, "skipped")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let now = self.now();
+        let mut loaded: HashMap<String, Group> = HashMap::new();
+        for (id, value) in values {
+            if let Some(value) = value {
+                loaded.insert(id.clone(), Group::restore(id, value, &self.config, now));
+            }
+        }
+        for (id, group_offsets) in offsets {
+            if group_offsets.is_empty() {
+                continue;
+            }
+            let group = loaded
+                .entry(id.clone())
+                .or_insert_with(|| Group::new(id, &self.config, now));
+            group.offsets = group_offsets;
+        }
+        let mut state = self.lock();
+        if state.owned.get(&partition) != Some(&Load::Loading) {
+            return;
+        }
+        let groups = loaded.len();
+        state.groups.extend(loaded);
+        state.owned.insert(partition, Load::Loaded);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if records > 0 {
+            info!(
+                partition,
+                groups, records, elapsed_ms, "loaded __consumer_offsets partition"
+            );
+        } else {
+            debug!(
+                partition,
+                elapsed_ms, "loaded empty __consumer_offsets partition"
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Writing
+
+    /// Appends records to a `__consumer_offsets` partition as its leader;
+    /// called under the state lock (see [`GroupCoordinator::state`]).
+    fn append(
+        &self,
+        broker: &Broker,
+        partition: i32,
+        writes: &Writes,
+    ) -> Result<(Arc<Partition>, AppendInfo), i16> {
+        assert!(!writes.is_empty());
+        let Some(replica) = broker.replicas.get(OFFSETS_TOPIC, partition) else {
+            return Err(ResponseError::NotCoordinator.code());
+        };
+        if replica.leader() != self.node_id {
+            return Err(ResponseError::NotCoordinator.code());
+        }
+        if replica.isr_size() < replica.min_insync_replicas() {
+            return Err(ResponseError::CoordinatorNotAvailable.code());
+        }
+        let now = self.now();
+        let mut builder = BatchBuilder::new();
+        for (key, value) in writes {
+            builder.push(Some(key), value.as_deref(), now);
+        }
+        let mut bytes = builder.build();
+        match replica.append_as_leader(&mut bytes) {
+            Ok(appended) => {
+                broker.replicas.notify_appended();
+                Ok((replica, appended.info))
+            }
+            Err(error) => {
+                warn!(partition, %error, "writing to __consumer_offsets failed");
+                Err(write_error_code(append_error_code(&error)))
+            }
+        }
+    }
+
+    /// Waits until an append is durable (acks=all: fsynced, with one
+    /// replica).
+    async fn durable(appended: Result<(Arc<Partition>, AppendInfo), i16>) -> Result<i64, i16> {
+        let (replica, info) = appended?;
+        let end = info.last_offset + 1;
+        let flush_replica = Arc::clone(&replica);
+        match tokio::task::spawn_blocking(move || flush_replica.log.flush_until(end)).await {
+            Ok(Ok(())) => Ok(info.base_offset),
+            Ok(Err(error)) => {
+                warn!(partition = replica.tp.partition, %error, "flushing __consumer_offsets failed");
+                Err(ResponseError::CoordinatorNotAvailable.code())
+            }
+            Err(_) => Err(ResponseError::CoordinatorNotAvailable.code()),
+        }
+    }
+
+    /// Writes a group's metadata in the background, after a change that
+    /// no request waits on (the group became empty; a static member was
+    /// replaced). A failure is logged; the next change writes it again.
+    fn persist_in_background(&self, broker: &Arc<Broker>, partition: i32, group: &Group) {
+        let writes = vec![(
+            records::encode_key(&RecordKey::Group {
+                group: group.id.clone(),
+            }),
+            Some(records::encode_group(&group.value())),
+        )];
+        let appended = self.append(broker, partition, &writes);
+        let group_id = group.id.clone();
+        tokio::spawn(async move {
+            if let Err(code) = Self::durable(appended).await {
+                warn!(group = %group_id, code, "writing group metadata failed");
+            }
+        });
+    }
+
+    fn after_change(&self, broker: &Arc<Broker>, partition: i32, group: &mut Group) {
+        if group.take_persist() {
+            self.persist_in_background(broker, partition, group);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // The group APIs
+
+    pub async fn join(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        request: JoinRequest,
+    ) -> JoinAnswer {
+        let member_id = request.member_id.clone();
+        let error = |kind: ResponseError| JoinAnswer {
+            error: kind.code(),
+            generation: -1,
+            member_id: member_id.clone(),
+            ..JoinAnswer::default()
+        };
+        if group_id.is_empty() {
+            return error(ResponseError::InvalidGroupId);
+        }
+        if request.session_timeout_ms < self.config.min_session_timeout_ms
+            || request.session_timeout_ms > self.config.max_session_timeout_ms
+        {
+            return error(ResponseError::InvalidSessionTimeout);
+        }
+        let joined = {
+            let mut state = self.lock();
+            let partition = match self.locate(&state, group_id) {
+                Ok(partition) => partition,
+                Err(kind) => return error(kind),
+            };
+            let now = self.now();
+            let group = match state.groups.get_mut(group_id) {
+                Some(group) => group,
+                None if request.member_id.is_empty() => state
+                    .groups
+                    .entry(group_id.to_string())
+                    .or_insert_with(|| Group::new(group_id.to_string(), &self.config, now)),
+                None => return error(ResponseError::UnknownMemberId),
+            };
+            let joined = group.join(&self.config, request, now);
+            self.after_change(broker, partition, group);
+            joined
+        };
+        match joined {
+            Joined::Now(answer) => answer,
+            Joined::Wait(rx) => rx
+                .await
+                .unwrap_or_else(|_| error(ResponseError::NotCoordinator)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncAnswer {
+        let error = |kind: ResponseError| SyncAnswer {
+            error: kind.code(),
+            ..SyncAnswer::default()
+        };
+        let (synced, appended, partition) = {
+            let mut state = self.lock();
+            let partition = match self.locate(&state, group_id) {
+                Ok(partition) => partition,
+                Err(kind) => return error(kind),
+            };
+            let Some(group) = state.groups.get_mut(group_id) else {
+                return error(ResponseError::UnknownMemberId);
+            };
+            let now = self.now();
+            let synced = group.sync(
+                member_id,
+                group_instance_id,
+                generation,
+                protocol_type,
+                protocol,
+                assignments,
+                now,
+            );
+            let appended = match &synced {
+                Synced::Persist { value, .. } => {
+                    let writes = vec![(
+                        records::encode_key(&RecordKey::Group {
+                            group: group_id.to_string(),
+                        }),
+                        Some(records::encode_group(value)),
+                    )];
+                    Some(self.append(broker, partition, &writes))
+                }
+                _ => None,
+            };
+            (synced, appended, partition)
+        };
+        let _ = partition;
+        match synced {
+            Synced::Now(answer) => answer,
+            Synced::Wait(rx) => rx
+                .await
+                .unwrap_or_else(|_| error(ResponseError::NotCoordinator)),
+            Synced::Persist {
+                generation,
+                assignments,
+                wait,
+                ..
+            } => {
+                let written = Self::durable(appended.expect("appended above"))
+                    .await
+                    .map(|_| ());
+                {
+                    let mut state = self.lock();
+                    if let Some(group) = state.groups.get_mut(group_id) {
+                        group.complete_sync(generation, assignments, written, self.now());
+                    }
+                }
+                wait.await
+                    .unwrap_or_else(|_| error(ResponseError::NotCoordinator))
+            }
+        }
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        let mut state = self.lock();
+        self.locate(&state, group_id)?;
+        let Some(group) = state.groups.get_mut(group_id) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        group.heartbeat(member_id, group_instance_id, generation, self.now())
+    }
+
+    /// LeaveGroup: each member's outcome, in request order.
+    pub fn leave(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+    ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
+        let mut state = self.lock();
+        let partition = self.locate(&state, group_id)?;
+        let Some(group) = state.groups.get_mut(group_id) else {
+            return Ok(members
+                .iter()
+                .map(|_| Err(ResponseError::UnknownMemberId))
+                .collect());
+        };
+        let now = self.now();
+        let outcomes = members
+            .iter()
+            .map(|(member_id, instance)| group.leave(member_id, instance.as_deref(), now))
+            .collect();
+        self.after_change(broker, partition, group);
+        Ok(outcomes)
+    }
+
+    /// OffsetCommit of partitions the handler has already checked (they
+    /// exist; metadata within bounds). One error for all of them, or none.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation: i32,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<(), i16> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId.code());
+        }
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let now = self.now();
+        let (appended, values) = {
+            let mut state = self.lock();
+            let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+            let group = match state.groups.get_mut(group_id) {
+                Some(group) => group,
+                None if generation < 0 => state
+                    .groups
+                    .entry(group_id.to_string())
+                    .or_insert_with(|| Group::new(group_id.to_string(), &self.config, now)),
+                None => return Err(ResponseError::IllegalGeneration.code()),
+            };
+            group
+                .check_commit(member_id, group_instance_id, generation, now)
+                .map_err(|k| k.code())?;
+            let values: Vec<(String, i32, OffsetValue)> = commits
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.topic,
+                        c.partition,
+                        OffsetValue {
+                            offset: c.offset,
+                            leader_epoch: c.leader_epoch,
+                            metadata: c.metadata,
+                            commit_timestamp: now,
+                        },
+                    )
+                })
+                .collect();
+            let writes = values
+                .iter()
+                .map(|(topic, partition, value)| {
+                    (
+                        records::encode_key(&RecordKey::Offset {
+                            group: group_id.to_string(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                        }),
+                        Some(records::encode_offset(value)),
+                    )
+                })
+                .collect();
+            (self.append(broker, partition, &writes), values)
+        };
+        let base_offset = Self::durable(appended).await?;
+        let mut state = self.lock();
+        if let Some(group) = state.groups.get_mut(group_id) {
+            for (i, (topic, partition, value)) in values.into_iter().enumerate() {
+                group.apply_commit(
+                    topic,
+                    partition,
+                    Committed {
+                        value,
+                        record_offset: base_offset + i as i64,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// OffsetFetch for one group: the committed offsets of `partitions`
+    /// (all the group has, when `None`).
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[(String, Vec<i32>)]>,
+    ) -> Result<BTreeMap<(String, i32), Option<FetchedOffset>>, ResponseError> {
+        let state = self.lock();
+        self.locate(&state, group_id)?;
+        let group = state.groups.get(group_id);
+        let fetched = |tp: &(String, i32)| {
+            group
+                .and_then(|g| g.offsets.get(tp))
+                .map(|c| FetchedOffset {
+                    offset: c.value.offset,
+                    leader_epoch: c.value.leader_epoch,
+                    metadata: c.value.metadata.clone(),
+                })
+        };
+        Ok(match partitions {
+            Some(partitions) => partitions
+                .iter()
+                .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
+                .map(|tp| {
+                    let offset = fetched(&tp);
+                    (tp, offset)
+                })
+                .collect(),
+            None => group
+                .map(|g| {
+                    g.offsets
+                        .keys()
+                        .map(|tp| (tp.clone(), fetched(tp)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn describe(&self, group_id: &str) -> Result<Option<DescribedGroup>, ResponseError> {
+        let state = self.lock();
+        self.locate(&state, group_id)?;
+        let Some(group) = state.groups.get(group_id) else {
+            return Ok(None);
+        };
+        let stable = group.state == GroupState::Stable;
+        Ok(Some(DescribedGroup {
+            state: group.state.name().to_string(),
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol: if stable {
+                group.protocol.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            members: group
+                .described_members()
+                .into_iter()
+                .map(|(m, metadata, assignment)| DescribedMember {
+                    member_id: m.member_id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata,
+                    assignment,
+                })
+                .collect(),
+        }))
+    }
+
+    /// Every group this node coordinates; COORDINATOR_LOAD_IN_PROGRESS
+    /// while a partition is still loading, as in Kafka.
+    pub fn list(&self) -> Result<Vec<ListedGroup>, ResponseError> {
+        let state = self.lock();
+        if state.owned.values().any(|l| *l == Load::Loading) {
+            return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        let mut groups: Vec<ListedGroup> = state
+            .groups
+            .values()
+            .filter(|g| g.state != GroupState::Dead)
+            .map(|g| ListedGroup {
+                group_id: g.id.clone(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                state: g.state,
+            })
+            .collect();
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(groups)
+    }
+
+    /// DeleteGroups for one group: only an empty group can go; its offsets
+    /// and metadata get tombstones.
+    pub async fn delete_group(&self, broker: &Arc<Broker>, group_id: &str) -> Result<(), i16> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId.code());
+        }
+        let appended = {
+            let mut state = self.lock();
+            let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+            let Some(group) = state.groups.get_mut(group_id) else {
+                return Err(ResponseError::GroupIdNotFound.code());
+            };
+            match group.state {
+                GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
+                GroupState::Empty if group.is_empty() => {}
+                _ => return Err(ResponseError::NonEmptyGroup.code()),
+            }
+            let mut writes: Writes = group
+                .offsets
+                .keys()
+                .map(|(topic, index)| {
+                    (
+                        records::encode_key(&RecordKey::Offset {
+                            group: group_id.to_string(),
+                            topic: topic.clone(),
+                            partition: *index,
+                        }),
+                        None,
+                    )
+                })
+                .collect();
+            writes.push((
+                records::encode_key(&RecordKey::Group {
+                    group: group_id.to_string(),
+                }),
+                None,
+            ));
+            let appended = self.append(broker, partition, &writes)?;
+            group.state = GroupState::Dead;
+            state.groups.remove(group_id);
+            info!(group = %group_id, "group deleted");
+            Ok(appended)
+        };
+        Self::durable(appended).await.map(|_| ())
+    }
+
+    /// OffsetDelete: removes committed offsets the group no longer uses.
+    /// Partitions of topics a member still subscribes to are refused one
+    /// by one (GROUP_SUBSCRIBED_TO_TOPIC).
+    pub async fn delete_offsets(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<i16>, i16> {
+        let (appended, outcomes) = {
+            let mut state = self.lock();
+            let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+            let Some(group) = state.groups.get_mut(group_id) else {
+                return Err(ResponseError::GroupIdNotFound.code());
+            };
+            let subscribed = match group.state {
+                GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
+                GroupState::Empty => HashSet::new(),
+                _ => match group.subscribed_topics() {
+                    Some(topics) => topics,
+                    None => return Err(ResponseError::NonEmptyGroup.code()),
+                },
+            };
+            let mut writes = Writes::new();
+            let mut outcomes = Vec::with_capacity(partitions.len());
+            for (topic, index) in partitions {
+                if subscribed.contains(topic) {
+                    outcomes.push(ResponseError::GroupSubscribedToTopic.code());
+                    continue;
+                }
+                outcomes.push(0);
+                if group.offsets.remove(&(topic.clone(), *index)).is_some() {
+                    writes.push((
+                        records::encode_key(&RecordKey::Offset {
+                            group: group_id.to_string(),
+                            topic: topic.clone(),
+                            partition: *index,
+                        }),
+                        None,
+                    ));
+                }
+            }
+            let appended = if writes.is_empty() {
+                None
+            } else {
+                Some(self.append(broker, partition, &writes))
+            };
+            (appended, outcomes)
+        };
+        if let Some(appended) = appended {
+            Self::durable(appended).await?;
+        }
+        Ok(outcomes)
+    }
+
+    // ------------------------------------------------------------------
+    // Time
+
+    /// Sessions, join phases and offset expiry, until shutdown.
+    pub async fn run(broker: Arc<Broker>, shutdown: CancellationToken) {
+        let coordinator = Arc::clone(&broker.groups);
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiries =
+            tokio::time::interval(coordinator.config.offsets_retention_check_interval);
+        expiries.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => coordinator.tick(&broker),
+                _ = expiries.tick() => coordinator.expire_offsets(&broker).await,
+            }
+        }
+    }
+
+    fn tick(&self, broker: &Arc<Broker>) {
+        let mut state = self.lock();
+        let now = self.now();
+        let count = state.partition_count;
+        if count <= 0 {
+            return;
+        }
+        for group in state.groups.values_mut() {
+            if group.needs_ticks() {
+                group.tick(now);
+                self.after_change(broker, partition_for(&group.id, count), group);
+            }
+        }
+    }
+
+    /// Removes offsets past `offsets.retention.minutes`, and the empty
+    /// groups left with none.
+    pub(crate) async fn expire_offsets(&self, broker: &Arc<Broker>) {
+        let mut pending = Vec::new();
+        {
+            let mut state = self.lock();
+            let now = self.now();
+            let count = state.partition_count;
+            if count <= 0 {
+                return;
+            }
+            let mut by_partition: HashMap<i32, Writes> = HashMap::new();
+            let mut dead = Vec::new();
+            let loaded: HashSet<i32> = state
+                .owned
+                .iter()
+                .filter(|(_, l)| **l == Load::Loaded)
+                .map(|(p, _)| *p)
+                .collect();
+            for group in state.groups.values_mut() {
+                let partition = partition_for(&group.id, count);
+                if !loaded.contains(&partition) {
+                    continue;
+                }
+                let expired = group.expired_offsets(now, self.config.offsets_retention_ms);
+                let writes = by_partition.entry(partition).or_default();
+                for (topic, index) in expired {
+                    group.offsets.remove(&(topic.clone(), index));
+                    writes.push((
+                        records::encode_key(&RecordKey::Offset {
+                            group: group.id.clone(),
+                            topic,
+                            partition: index,
+                        }),
+                        None,
+                    ));
+                }
+                if group.state == GroupState::Empty && group.is_empty() && group.offsets.is_empty()
+                {
+                    writes.push((
+                        records::encode_key(&RecordKey::Group {
+                            group: group.id.clone(),
+                        }),
+                        None,
+                    ));
+                    dead.push(group.id.clone());
+                }
+            }
+            for id in &dead {
+                state.groups.remove(id);
+                debug!(group = %id, "empty group with no offsets removed");
+            }
+            for (partition, writes) in by_partition {
+                if !writes.is_empty() {
+                    info!(
+                        partition,
+                        records = writes.len(),
+                        "expiring offsets and groups"
+                    );
+                    pending.push(self.append(broker, partition, &writes));
+                }
+            }
+        }
+        for appended in pending {
+            if let Err(code) = Self::durable(appended).await {
+                warn!(code, "writing offset expiry tombstones failed");
+            }
+        }
+    }
+}
+
+/// What a client is told when a coordinator write fails (Kafka's
+/// mapping in `GroupMetadataManager`): retriable trouble with the
+/// partition sends it to find the coordinator again; a record too large
+/// is INVALID_COMMIT_OFFSET_SIZE.
+fn write_error_code(code: i16) -> i16 {
+    let is = |kind: ResponseError| code == kind.code();
+    if is(ResponseError::NotLeaderOrFollower) {
+        ResponseError::NotCoordinator.code()
+    } else if is(ResponseError::MessageTooLarge)
+        || is(ResponseError::RecordListTooLarge)
+        || is(ResponseError::InvalidFetchSize)
+    {
+        ResponseError::InvalidCommitOffsetSize.code()
+    } else if is(ResponseError::UnknownTopicOrPartition)
+        || is(ResponseError::NotEnoughReplicas)
+        || is(ResponseError::NotEnoughReplicasAfterAppend)
+        || is(ResponseError::RequestTimedOut)
+        || is(ResponseError::KafkaStorageError)
+    {
+        ResponseError::CoordinatorNotAvailable.code()
+    } else {
+        ResponseError::UnknownServerError.code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_partitions_match_kafka() {
+        // Values from Java: "".hashCode() = 0, "a".hashCode() = 97,
+        // "test-group".hashCode() = 627841412.
+        assert_eq!(java_string_hash(""), 0);
+        assert_eq!(java_string_hash("a"), 97);
+        assert_eq!(java_string_hash("test-group"), 627_841_412);
+        assert_eq!(partition_for("test-group", 50), 12);
+        assert_eq!(partition_for("a", 50), 47);
+        // A string whose hash is i32::MIN: "polygenelubricants".
+        assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        // Characters beyond the BMP hash as two UTF-16 units.
+        assert_eq!(java_string_hash("😀"), 0xd83d * 31 + 0xde00);
+    }
+}
