@@ -32,7 +32,7 @@ use kafka_protocol::messages::ConsumerProtocolAssignment;
 use kafka_protocol::protocol::Decodable;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
 };
@@ -242,7 +242,14 @@ struct MemberContext {
     events: Arc<Mutex<Vec<RebalanceEvent>>>,
 }
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    /// librdkafka's log lines go to stderr (which a failing test shows),
+    /// tagged with the member's `client.id`; `RILL_E2E_RDKAFKA_DEBUG` (for
+    /// example `cgrp,fetch`) turns on its debug contexts.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        eprintln!("librdkafka {level:?} {facility} {message}");
+    }
+}
 
 impl ConsumerContext for MemberContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -327,6 +334,9 @@ impl Member {
             .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
             .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string())
             .set("max.poll.interval.ms", "30000");
+        if let Ok(contexts) = std::env::var("RILL_E2E_RDKAFKA_DEBUG") {
+            config.set("debug", contexts);
+        }
         for (key, value) in spec.settings {
             config.set(*key, *value);
         }
@@ -530,6 +540,19 @@ fn wait_balanced(members: &[&Member], what: &str) -> BTreeMap<String, BTreeSet<i
     })
 }
 
+/// Every partition each member has held at some point: who may have
+/// processed what when members started with records already waiting (a
+/// member may hold everything for a generation before the others join).
+fn ever_held(members: &[&Member]) -> BTreeMap<String, BTreeSet<i32>> {
+    members
+        .iter()
+        .map(|member| {
+            let held = member.history().into_iter().flatten().collect();
+            (member.name.clone(), held)
+        })
+        .collect()
+}
+
 fn processed_count(ledger: &Mutex<Ledger>) -> usize {
     lock(ledger).processed.len()
 }
@@ -641,13 +664,31 @@ struct GroupSummary {
     members: BTreeMap<String, (String, BTreeSet<i32>)>,
 }
 
-/// The group as the broker lists it, or `None` if it does not list it.
-fn describe_group(broker: &Broker, group: &str, topic: &str) -> Option<GroupSummary> {
+/// [`try_describe_group`] for a polling loop: a failed listing is reported
+/// (on stderr, shown if the test fails) and counts as "not yet". A fresh
+/// client can fail one: librdkafka lists groups only from brokers it knows
+/// by node id, and answers "transport failure" when it knows none yet.
+fn poll_describe_group(broker: &Broker, group: &str, topic: &str) -> Option<GroupSummary> {
+    try_describe_group(broker, group, topic).unwrap_or_else(|error| {
+        eprintln!("{error}");
+        None
+    })
+}
+
+/// The group as the broker lists it (ListGroups, then DescribeGroups), or
+/// `None` if it does not list it.
+fn try_describe_group(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+) -> Result<Option<GroupSummary>, String> {
     let observer = observer(broker, "rill-e2e-observer");
     let list = observer
         .fetch_group_list(Some(group), CLIENT_TIMEOUT)
-        .unwrap_or_else(|error| panic!("list group {group}: {error}"));
-    let info = list.groups().iter().find(|info| info.name() == group)?;
+        .map_err(|error| format!("list group {group} (ListGroups, DescribeGroups): {error}"))?;
+    let Some(info) = list.groups().iter().find(|info| info.name() == group) else {
+        return Ok(None);
+    };
     let mut members = BTreeMap::new();
     for member in info.members() {
         let partitions = decode_assignment(member.assignment().unwrap_or_default(), topic);
@@ -661,12 +702,12 @@ fn describe_group(broker: &Broker, group: &str, topic: &str) -> Option<GroupSumm
             member.client_id()
         );
     }
-    Some(GroupSummary {
+    Ok(Some(GroupSummary {
         state: info.state().to_string(),
         protocol_type: info.protocol_type().to_string(),
         protocol: info.protocol().to_string(),
         members,
-    })
+    }))
 }
 
 /// The partitions of `topic` in a consumer-protocol assignment, as the
@@ -700,7 +741,7 @@ fn wait_group_matches(
 ) -> GroupSummary {
     let mut last = None;
     let matched = poll_until(REBALANCE_TIMEOUT, || {
-        let summary = describe_group(broker, group, topic)?;
+        let summary = poll_describe_group(broker, group, topic)?;
         let assigned: BTreeMap<String, BTreeSet<i32>> = summary
             .members
             .iter()
@@ -1002,7 +1043,7 @@ fn killed_member_process_partitions_move_after_session_timeout() {
     // Three members: the broker lists kcat with the partitions the
     // in-process members do not hold.
     let in_process = poll_until(REBALANCE_TIMEOUT, || {
-        let summary = describe_group(&broker, group, topic)?;
+        let summary = poll_describe_group(&broker, group, topic)?;
         let kcat_partitions = summary.members.get("kcat-member")?.1.clone();
         let (a, b) = (m1.assignment(), m2.assignment());
         let balanced = summary.state == "Stable"
@@ -1025,7 +1066,7 @@ fn killed_member_process_partitions_move_after_session_timeout() {
             "two members and kcat did not share the partitions within {REBALANCE_TIMEOUT:?}:\n\
              {}\ngroup: {:?}\nkcat stderr:\n{}",
             describe_members(&[&m1, &m2]),
-            describe_group(&broker, group, topic),
+            try_describe_group(&broker, group, topic),
             doomed.stderr()
         )
     });
@@ -1216,95 +1257,115 @@ fn cooperative_sticky_rebalances_are_incremental() {
     assert_no_violations(&ledger);
 }
 
-/// Static members (`group.instance.id`): one closes and comes back with
-/// the same instance id within its session timeout. It gets the same
+/// Static members (`group.instance.id`): each in turn closes and comes
+/// back with the same instance id within its session timeout (so the
+/// group's leader does too, whichever member that is). It gets the same
 /// partitions back, and the others never rebalance: no callbacks, the same
 /// member ids, the same assignments.
 #[test]
-fn static_member_rejoins_without_rebalance() {
+fn static_members_rejoin_without_rebalance() {
+    const NAMES: [&str; 3] = ["static-0", "static-1", "static-2"];
     let broker = Broker::start_new_with_args(GROUP_BROKER_ARGS);
     let (group, topic) = ("static-group", "static-topic");
     create_topic(&broker, topic);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    // Long enough that the member's close and return fit in it with room.
-    let session_timeout_ms = "30000";
-    let settings: Vec<[(&str, &str); 2]> = (0..3)
-        .map(|i| {
+    // Far longer than a close and a return take, and than every wait here:
+    // a member the coordinator dropped would show as a rebalance.
+    let settings: Vec<[(&str, &str); 2]> = NAMES
+        .iter()
+        .map(|name| {
             [
-                ("group.instance.id", ["static-0", "static-1", "static-2"][i]),
-                ("session.timeout.ms", session_timeout_ms),
+                ("group.instance.id", *name),
+                ("session.timeout.ms", "30000"),
             ]
         })
         .collect();
     let spec = |i: usize| MemberSpec {
-        name: ["static-0", "static-1", "static-2"][i],
+        name: NAMES[i],
         group,
         topic,
         settings: &settings[i],
     };
-    let m0 = Member::start(&broker, &spec(0), &ledger);
-    let m1 = Member::start(&broker, &spec(1), &ledger);
-    let m2 = Member::start(&broker, &spec(2), &ledger);
-    let owners = wait_balanced(&[&m0, &m1, &m2], "three static members");
-    let before = wait_group_matches(&broker, group, topic, &owners);
+    let mut members: Vec<Member> = (0..NAMES.len())
+        .map(|i| Member::start(&broker, &spec(i), &ledger))
+        .collect();
+    let owners = wait_balanced(&members.iter().collect::<Vec<_>>(), "three static members");
+    let mut described = wait_group_matches(&broker, group, topic, &owners);
     let mark = processed_count(&ledger);
     let produced = produce(&broker, topic, 10, "first");
-    let processed = wait_processed(&ledger, mark, &produced, &[&m0, &m1, &m2]);
+    let processed = wait_processed(
+        &ledger,
+        mark,
+        &produced,
+        &members.iter().collect::<Vec<_>>(),
+    );
     assert_processed_once(&processed, &produced, &owners);
-    let events_before = [m0.events(), m2.events()];
-    let histories_before = [m0.history(), m2.history()];
 
-    // static-1 closes (a static member sends no LeaveGroup) and a new
-    // client with its instance id takes its place.
-    m1.close();
-    let m1 = Member::start(&broker, &spec(1), &ledger);
-    let owners_after = wait_balanced(&[&m0, &m1, &m2], "static-1 came back");
-    assert_eq!(owners_after, owners, "everyone holds what they held");
-    let after = wait_group_matches(&broker, group, topic, &owners);
-    for name in ["static-0", "static-2"] {
+    for (round, returning) in [1, 0, 2].into_iter().enumerate() {
+        let name = NAMES[returning];
+        let others: Vec<usize> = (0..NAMES.len()).filter(|i| *i != returning).collect();
+        let others_before: Vec<_> = others
+            .iter()
+            .map(|&i| (members[i].events(), members[i].history()))
+            .collect();
+
+        // The member closes (a static member sends no LeaveGroup) and a
+        // new client with its instance id takes its place.
+        members.remove(returning).close();
+        members.insert(returning, Member::start(&broker, &spec(returning), &ledger));
+        let all: Vec<&Member> = members.iter().collect();
+        let owners_now = wait_balanced(&all, &format!("{name} came back"));
         assert_eq!(
-            after.members[name].0, before.members[name].0,
-            "{name} kept its member id"
+            owners_now, owners,
+            "{name} back: everyone holds what they held"
         );
-    }
-    assert_ne!(
-        after.members["static-1"].0, before.members["static-1"].0,
-        "the returning client got a member id of its own"
-    );
+        let after = wait_group_matches(&broker, group, topic, &owners);
+        for &i in &others {
+            assert_eq!(
+                after.members[NAMES[i]].0, described.members[NAMES[i]].0,
+                "{name} back: {} kept its member id",
+                NAMES[i]
+            );
+        }
+        assert_ne!(
+            after.members[name].0, described.members[name].0,
+            "{name} back: the new client got a member id of its own"
+        );
 
-    // The group goes on where it was: static-1 continues from the commits
-    // of its previous self.
-    let mark = processed_count(&ledger);
-    let produced = produce(&broker, topic, 10, "second");
-    let processed = wait_processed(&ledger, mark, &produced, &[&m0, &m1, &m2]);
-    assert_processed_once(&processed, &produced, &owners);
-    assert_eq!(first_offsets(&processed), uniform(10));
-    // Several heartbeat intervals: a rebalance the return had started
-    // would have reached the others by now.
-    thread::sleep(Duration::from_millis(4 * HEARTBEAT_INTERVAL_MS));
-    assert_eq!(
-        [m0.events(), m2.events()],
-        events_before,
-        "the other members saw no rebalance"
-    );
-    assert_eq!(
-        [m0.history(), m2.history()],
-        histories_before,
-        "the other members' assignments never changed"
-    );
-    let assigns: Vec<RebalanceEvent> = m1.events();
-    assert_eq!(
-        assigns,
-        [RebalanceEvent::Assign(owners["static-1"].clone())],
-        "the returning member was assigned its partitions once"
-    );
-    let last = wait_group_matches(&broker, group, topic, &owners);
-    assert_eq!(
-        last.members.values().map(|(id, _)| id).collect::<Vec<_>>(),
-        after.members.values().map(|(id, _)| id).collect::<Vec<_>>(),
-        "no member ids changed since the return"
-    );
+        // The group goes on where it was: the returning member continues
+        // from its previous self's commits.
+        let mark = processed_count(&ledger);
+        let produced = produce(&broker, topic, 10, &format!("round-{round}"));
+        let processed = wait_processed(&ledger, mark, &produced, &all);
+        assert_processed_once(&processed, &produced, &owners);
+        assert_eq!(first_offsets(&processed), uniform(10 * (round as i64 + 1)));
+        // Several heartbeat intervals: a rebalance the return had started
+        // would have reached the others by now.
+        thread::sleep(Duration::from_millis(4 * HEARTBEAT_INTERVAL_MS));
+        let others_after: Vec<_> = others
+            .iter()
+            .map(|&i| (members[i].events(), members[i].history()))
+            .collect();
+        assert_eq!(
+            others_after, others_before,
+            "{name} back: the others saw no rebalance callback and no change of assignment"
+        );
+        assert_eq!(
+            members[returning].events(),
+            [RebalanceEvent::Assign(owners[name].clone())],
+            "{name} back: assigned its partitions, once"
+        );
+        let last = wait_group_matches(&broker, group, topic, &owners);
+        assert_eq!(
+            last.members, after.members,
+            "{name} back: no member id changed since"
+        );
+        described = last;
+    }
     assert_no_violations(&ledger);
+    for member in members {
+        member.close();
+    }
 }
 
 /// Manual commits after processing, across a clean broker restart and a
@@ -1351,16 +1412,19 @@ fn manual_commits_survive_broker_restart_and_crash() {
         "committed offsets after a clean restart"
     );
     assert_eq!(lag(&broker, group, topic), uniform(20));
-    let summary = describe_group(&broker, group, topic).expect("the group is listed");
+    let summary = poll_until(CLIENT_TIMEOUT, || {
+        poll_describe_group(&broker, group, topic)
+    })
+    .expect("the group is listed after the restart");
     assert_eq!(summary.state, "Empty", "{summary:?}");
     assert!(summary.members.is_empty(), "{summary:?}");
 
+    let mark = processed_count(&ledger);
     let b1 = Member::start(&broker, &spec("b-1"), &ledger);
     let b2 = Member::start(&broker, &spec("b-2"), &ledger);
-    let owners = wait_balanced(&[&b1, &b2], "phase 2");
-    let mark = processed_count(&ledger);
+    wait_balanced(&[&b1, &b2], "phase 2");
     let processed = wait_processed(&ledger, mark, &produced, &[&b1, &b2]);
-    assert_processed_once(&processed, &produced, &owners);
+    assert_processed_once(&processed, &produced, &ever_held(&[&b1, &b2]));
     assert_eq!(
         first_offsets(&processed),
         uniform(50),
@@ -1409,14 +1473,14 @@ fn manual_commits_survive_broker_restart_and_crash() {
         "committed offsets after a crash"
     );
     assert_eq!(lag(&broker, group, topic), uniform(20));
+    let mark = processed_count(&ledger);
     let c1 = Member::start(&broker, &spec("c-1"), &ledger);
     let c2 = Member::start(&broker, &spec("c-2"), &ledger);
     let owners = wait_balanced(&[&c1, &c2], "phase 4");
     let summary = wait_group_matches(&broker, group, topic, &owners);
     assert_eq!(summary.members.len(), 2);
-    let mark = processed_count(&ledger);
     let processed = wait_processed(&ledger, mark, &produced, &[&c1, &c2]);
-    assert_processed_once(&processed, &produced, &owners);
+    assert_processed_once(&processed, &produced, &ever_held(&[&c1, &c2]));
     assert_eq!(
         first_offsets(&processed),
         uniform(90),
