@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rill_controller::MetadataImage;
+use rill_controller::{MetadataImage, TopicId};
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::ConsumerProtocolSubscription;
 use rill_protocol::kafka_protocol::protocol::Decodable;
@@ -150,6 +150,9 @@ struct State {
     /// not exist.
     partition_count: i32,
     groups: HashMap<String, Group>,
+    /// Every topic's id in the last image: committed offsets of a topic
+    /// that is gone (or was made again) are removed, as Kafka does.
+    topic_ids: HashMap<String, TopicId>,
 }
 
 /// A group summary for ListGroups.
@@ -277,9 +280,25 @@ impl GroupCoordinator {
             })
             .unwrap_or_default();
         let mut to_load = Vec::new();
+        let topic_ids: HashMap<String, TopicId> = image
+            .topic_names()
+            .map(|(name, id)| (name.to_string(), *id))
+            .collect();
         {
             let mut state = self.lock();
             state.partition_count = count;
+            if state.topic_ids != topic_ids {
+                let gone: HashSet<String> = state
+                    .topic_ids
+                    .iter()
+                    .filter(|(name, id)| topic_ids.get(*name) != Some(*id))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                state.topic_ids = topic_ids;
+                if !gone.is_empty() {
+                    self.forget_topics(&mut state, replicas, &gone);
+                }
+            }
             let lost: Vec<i32> = state
                 .owned
                 .keys()
@@ -311,9 +330,61 @@ impl GroupCoordinator {
             }
         }
         for (partition, replica) in to_load {
+            if replica.log.log_end_offset() == 0 {
+                // Nothing to read (the topic was just made): loaded at
+                // once, so that the FindCoordinator that made it sends
+                // its client to a coordinator that is ready.
+                self.load(partition, &replica);
+                continue;
+            }
             let coordinator = Arc::clone(self);
             self.runtime
                 .spawn_blocking(move || coordinator.load(partition, &replica));
+        }
+    }
+
+    /// Removes every group's committed offsets of deleted topics, with
+    /// tombstones written in the background.
+    fn forget_topics(&self, state: &mut State, replicas: &ReplicaManager, gone: &HashSet<String>) {
+        let count = state.partition_count;
+        if count <= 0 {
+            return;
+        }
+        let mut by_partition: HashMap<i32, Writes> = HashMap::new();
+        for group in state.groups.values_mut() {
+            let removed: Vec<(String, i32)> = group
+                .offsets
+                .keys()
+                .filter(|(topic, _)| gone.contains(topic))
+                .cloned()
+                .collect();
+            for (topic, index) in removed {
+                group.offsets.remove(&(topic.clone(), index));
+                by_partition
+                    .entry(partition_for(&group.id, count))
+                    .or_default()
+                    .push((
+                        records::encode_key(&RecordKey::Offset {
+                            group: group.id.clone(),
+                            topic,
+                            partition: index,
+                        }),
+                        None,
+                    ));
+            }
+        }
+        for (partition, writes) in by_partition {
+            info!(
+                partition,
+                offsets = writes.len(),
+                "removing committed offsets of deleted topics"
+            );
+            let appended = self.append(replicas, partition, &writes);
+            self.runtime.spawn(async move {
+                if let Err(code) = Self::durable(appended).await {
+                    warn!(code, "writing tombstones for deleted topics failed");
+                }
+            });
         }
     }
 
@@ -453,12 +524,12 @@ impl GroupCoordinator {
     /// called under the state lock (see [`GroupCoordinator::state`]).
     fn append(
         &self,
-        broker: &Broker,
+        replicas: &ReplicaManager,
         partition: i32,
         writes: &Writes,
     ) -> Result<(Arc<Partition>, AppendInfo), i16> {
         assert!(!writes.is_empty());
-        let Some(replica) = broker.replicas.get(OFFSETS_TOPIC, partition) else {
+        let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
             return Err(ResponseError::NotCoordinator.code());
         };
         if replica.leader() != self.node_id {
@@ -475,7 +546,7 @@ impl GroupCoordinator {
         let mut bytes = builder.build();
         match replica.append_as_leader(&mut bytes) {
             Ok(appended) => {
-                broker.replicas.notify_appended();
+                replicas.notify_appended();
                 Ok((replica, appended.info))
             }
             Err(error) => {
@@ -511,7 +582,7 @@ impl GroupCoordinator {
             }),
             Some(records::encode_group(&group.value())),
         )];
-        let appended = self.append(broker, partition, &writes);
+        let appended = self.append(&broker.replicas, partition, &writes);
         let group_id = group.id.clone();
         tokio::spawn(async move {
             if let Err(code) = Self::durable(appended).await {
@@ -620,7 +691,7 @@ impl GroupCoordinator {
                         }),
                         Some(records::encode_group(value)),
                     )];
-                    Some(self.append(broker, partition, &writes))
+                    Some(self.append(&broker.replicas, partition, &writes))
                 }
                 _ => None,
             };
@@ -638,9 +709,19 @@ impl GroupCoordinator {
                 wait,
                 ..
             } => {
+                // Kafka answers a group record too large for the log with
+                // UNKNOWN_SERVER_ERROR (INVALID_COMMIT_OFFSET_SIZE is for
+                // commits).
                 let written = Self::durable(appended.expect("appended above"))
                     .await
-                    .map(|_| ());
+                    .map(|_| ())
+                    .map_err(|code| {
+                        if code == ResponseError::InvalidCommitOffsetSize.code() {
+                            ResponseError::UnknownServerError.code()
+                        } else {
+                            code
+                        }
+                    });
                 {
                     let mut state = self.lock();
                     if let Some(group) = state.groups.get_mut(group_id) {
@@ -753,7 +834,7 @@ impl GroupCoordinator {
                     )
                 })
                 .collect();
-            (self.append(broker, partition, &writes), values)
+            (self.append(&broker.replicas, partition, &writes), values)
         };
         let base_offset = Self::durable(appended).await?;
         let mut state = self.lock();
@@ -899,7 +980,7 @@ impl GroupCoordinator {
                 }),
                 None,
             ));
-            let appended = self.append(broker, partition, &writes)?;
+            let appended = self.append(&broker.replicas, partition, &writes)?;
             group.state = GroupState::Dead;
             state.groups.remove(group_id);
             info!(group = %group_id, "group deleted");
@@ -953,7 +1034,7 @@ impl GroupCoordinator {
             let appended = if writes.is_empty() {
                 None
             } else {
-                Some(self.append(broker, partition, &writes))
+                Some(self.append(&broker.replicas, partition, &writes))
             };
             (appended, outcomes)
         };
@@ -976,11 +1057,23 @@ impl GroupCoordinator {
         expiries.tick().await;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    coordinator.resign();
+                    return;
+                }
                 _ = ticks.tick() => coordinator.tick(&broker),
                 _ = expiries.tick() => coordinator.expire_offsets(&broker).await,
             }
         }
+    }
+
+    /// Stops coordinating (the node is shutting down): requests waiting
+    /// for a rebalance are answered NOT_COORDINATOR at once, as Kafka's
+    /// do when a coordinator resigns, so that their clients move on.
+    fn resign(&self) {
+        let mut state = self.lock();
+        state.owned.clear();
+        state.groups.clear();
     }
 
     fn tick(&self, broker: &Arc<Broker>) {
@@ -1057,7 +1150,7 @@ impl GroupCoordinator {
                         records = writes.len(),
                         "expiring offsets and groups"
                     );
-                    pending.push(self.append(broker, partition, &writes));
+                    pending.push(self.append(&broker.replicas, partition, &writes));
                 }
             }
         }

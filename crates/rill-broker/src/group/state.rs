@@ -642,37 +642,36 @@ impl Group {
         if old_leader.as_deref() == Some(old_id) {
             self.leader = Some(new_id.clone());
         }
-        let unchanged = member.same_protocols(&request.protocols);
         member.member_id = new_id.clone();
         member.session_deadline = now + i64::from(request.session_timeout_ms);
         member.session_timeout_ms = request.session_timeout_ms;
         member.rebalance_timeout_ms = request.rebalance_timeout_ms;
         member.client_id = request.client_id;
         member.client_host = request.client_host;
+        member.protocols = request.protocols;
         if let Some(instance) = &request.group_instance_id {
             self.instances.insert(instance.clone(), new_id.clone());
         }
+        self.members.insert(new_id.clone(), member);
         info!(group = %self.id, old_member_id = old_id, member_id = new_id, "static member rejoined with a new id");
-        match self.state {
-            GroupState::Stable if unchanged => {
-                self.members.insert(new_id.clone(), member);
-                self.persist = true;
-                // The old leader id, so that a returning leader does not
-                // compute an assignment a stable group would not send out.
-                let mut answer = self.join_answer(&new_id);
-                answer.leader = old_leader.unwrap_or_default();
-                answer.members.clear();
-                Joined::Now(answer)
-            }
-            _ => {
-                let (tx, rx) = oneshot::channel();
-                member.protocols = request.protocols;
-                member.awaiting_join = Some(tx);
-                self.members.insert(new_id, member);
-                self.maybe_prepare_rebalance(now);
-                Joined::Wait(rx)
-            }
+        // A stable group stays as it is unless the returning member's
+        // protocols would change the group's choice (Kafka's rule).
+        if self.state == GroupState::Stable && self.select_protocol() == self.protocol {
+            self.persist = true;
+            // The old leader id, so that a returning leader does not
+            // compute an assignment a stable group would not send out.
+            let mut answer = self.join_answer(&new_id);
+            answer.leader = old_leader.unwrap_or_default();
+            answer.members.clear();
+            return Joined::Now(answer);
         }
+        let (tx, rx) = oneshot::channel();
+        self.members
+            .get_mut(&new_id)
+            .expect("inserted above")
+            .awaiting_join = Some(tx);
+        self.maybe_prepare_rebalance(now);
+        Joined::Wait(rx)
     }
 
     fn maybe_prepare_rebalance(&mut self, now: i64) {

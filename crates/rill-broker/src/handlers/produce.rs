@@ -118,6 +118,13 @@ fn append(
     records: Option<bytes::Bytes>,
     acks: i16,
 ) -> Result<(Arc<Partition>, LeaderAppend), KafkaError> {
+    if topic == crate::group::OFFSETS_TOPIC {
+        // The group coordinator's records; Kafka lets no client write them.
+        return Err(KafkaError::with_message(
+            ResponseError::InvalidTopicException,
+            "cannot append to an internal topic",
+        ));
+    }
     let Some(partition) = broker.replicas.get(topic, index) else {
         return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
     };

@@ -65,9 +65,14 @@ impl TestBroker {
     /// Shuts the broker down cleanly and starts it again on the same data
     /// dir (on new ports).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`TestBroker::restart`] with settings changed by `adjust`.
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut BrokerConfig)) {
         let running = self.running.take().expect("running");
         running.shutdown().await.expect("clean shutdown");
-        let running = start_in(self.dir.path().to_path_buf(), |_| {}).await;
+        let running = start_in(self.dir.path().to_path_buf(), adjust).await;
         self.addr = running.kafka_addr();
         self.running = Some(running);
     }
