@@ -71,11 +71,20 @@ pub struct Broker {
     child: Option<Child>,
     /// Every line the broker wrote to stderr, across restarts.
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Flags added to `rill serve` on every start, restarts included.
+    extra_args: Vec<String>,
 }
 
 impl Broker {
     /// Starts a broker in a new temporary data dir and waits until it is ready.
     pub fn start_new() -> Broker {
+        Broker::start_new_with_args(&[])
+    }
+
+    /// [`Broker::start_new`] with more `rill serve` flags (for example
+    /// `["--group-initial-rebalance-delay-ms", "100"]`), which every later
+    /// [`Broker::start`] passes again.
+    pub fn start_new_with_args(extra_args: &[&str]) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("rill-e2e-")
             .tempdir()
@@ -85,6 +94,7 @@ impl Broker {
             ports: Ports::pick(),
             child: None,
             stderr: Arc::new(Mutex::new(Vec::new())),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
         };
         let mut attempts = 0;
         loop {
@@ -202,6 +212,7 @@ impl Broker {
 
     fn try_start(&mut self) -> Result<(), String> {
         let mut child = serve_command(self.dir.path(), &self.ports)
+            .args(&self.extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
