@@ -99,7 +99,6 @@ impl Broker {
         let image = self.controller.image();
         self.replicas.apply_image(&image);
         self.groups.on_image(&image, &self.replicas);
-        self.metrics.forget_deleted_topics(&image);
     }
 }
 

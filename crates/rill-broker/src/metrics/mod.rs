@@ -394,8 +394,10 @@ impl Metrics {
 
     /// Drops the per-topic series of topics the image no longer has, so
     /// that topics made and deleted over and over do not grow the output
-    /// (a topic made again starts from zero, as in Kafka).
-    pub(crate) fn forget_deleted_topics(&self, image: &MetadataImage) {
+    /// (a topic made again starts from zero, as in Kafka). Done at scrape
+    /// time: its cost is one pass over the series, too much for every
+    /// metadata change when thousands of topics are made one by one.
+    fn forget_deleted_topics(&self, image: &MetadataImage) {
         for vec in [
             &self.topic_bytes_in,
             &self.topic_messages_in,
@@ -419,8 +421,10 @@ impl Metrics {
     /// the broker's state read now. Blocking (it takes the logs' and the
     /// group coordinator's locks briefly).
     pub(crate) fn render(&self, broker: &Broker) -> Vec<u8> {
+        let image = broker.controller.image();
+        self.forget_deleted_topics(&image);
         let mut families = self.registry.gather();
-        families.extend(state_families(broker));
+        families.extend(state_families(broker, &image));
         families.retain(|family| !family.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
@@ -485,8 +489,7 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 /// The gauges read from the broker's state at scrape time.
-fn state_families(broker: &Broker) -> Vec<MetricFamily> {
-    let image = broker.controller.image();
+fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
     let node_id = broker.config.node_id;
     let partitions = broker.replicas.all();
 
