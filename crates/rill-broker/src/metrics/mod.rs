@@ -17,8 +17,9 @@
 //!
 //! Cost on the hot path: a request costs one atomic add for its counter
 //! and one histogram observation, through handles cached per API and
-//! version (no lookup, no allocation). Produce adds one labelled-counter
-//! lookup per topic per request; Fetch one per topic that returned bytes.
+//! version (no lookup, no allocation). Produce adds two labelled-counter
+//! lookups (bytes, records) per topic per request; Fetch one per topic
+//! that returned bytes.
 
 mod response_errors;
 
@@ -50,8 +51,8 @@ const REQUEST_SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
-/// Flush latencies: from 50 µs (a page already on a fast disk's cache) to
-/// 5 s (a disk in trouble).
+/// Flush latencies: from 50 µs (a disk with a fast write cache) to 5 s (a
+/// disk in trouble).
 const FLUSH_SECONDS_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0,
