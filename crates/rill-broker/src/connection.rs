@@ -8,6 +8,11 @@
 //! answers in request order, awaits each and writes it. So a pipelining
 //! client's waits overlap, while its answers keep their order.
 //!
+//! Metrics are counted here, where requests arrive and answers are
+//! written: requests by API and version, latency from arrival to the
+//! answer written, error codes in answers, Fetch bytes out per topic once
+//! sent, open connections and why they closed.
+//!
 //! Bounds: a frame is at most `socket.request.max.bytes`; at most
 //! `inflight_requests_per_connection_max` requests are read and not yet
 //! answered (the reader stops reading until the writer catches up).
@@ -19,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use rill_protocol::{
     decode_frame, encode_api_versions_unsupported, encode_fetch_response, encode_response,
@@ -35,6 +41,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::handlers;
 use crate::handlers::fetch::{FetchAnswer, Region};
+use crate::metrics::CloseReason;
 use crate::server::Broker;
 
 /// The read buffer starts at this size and grows to the largest frame.
@@ -69,6 +76,8 @@ pub(crate) struct Pending {
     api_key: ApiKey,
     api_version: i16,
     correlation_id: i32,
+    /// When the request was taken off the socket, for its latency.
+    received: Instant,
     reply: Reply,
 }
 
@@ -90,8 +99,9 @@ enum Next {
     Answer(Pending),
     /// Nothing to send (a Produce with acks=0).
     Nothing,
-    /// Close the connection: the client broke the protocol.
-    Close,
+    /// Close the connection: the client broke the protocol (or, for an
+    /// acks=0 produce that failed, must be told so).
+    Close(CloseReason),
 }
 
 pub(crate) async fn serve(
@@ -104,6 +114,7 @@ pub(crate) async fn serve(
     let span = tracing::info_span!("connection", %peer);
     async move {
         debug!("accepted");
+        let _open = broker.metrics.connection_opened();
         let _ = stream.set_nodelay(true);
         let (mut reader, writer) = stream.into_split();
         let (pending_tx, pending_rx) =
@@ -114,7 +125,13 @@ pub(crate) async fn serve(
             last_answer_ms: AtomicU64::new(0),
         });
         let writer_task = tokio::spawn(
-            write_answers(writer, pending_rx, Arc::clone(&activity)).in_current_span(),
+            write_answers(
+                Arc::clone(&broker),
+                writer,
+                pending_rx,
+                Arc::clone(&activity),
+            )
+            .in_current_span(),
         );
         let mut last_read = Instant::now();
         // One timer, moved rather than recreated on every read.
@@ -122,6 +139,7 @@ pub(crate) async fn serve(
         tokio::pin!(idle_timer);
 
         let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        let mut reason = CloseReason::Client;
         'connection: loop {
             loop {
                 let frame = match decode_frame(&mut buf, broker.config.request_bytes_max) {
@@ -129,6 +147,7 @@ pub(crate) async fn serve(
                     Ok(None) => break,
                     Err(error) => {
                         info!(%error, "bad frame; closing the connection");
+                        reason = CloseReason::BadFrame;
                         break 'connection;
                     }
                 };
@@ -136,11 +155,15 @@ pub(crate) async fn serve(
                     Next::Answer(pending) => {
                         activity.in_flight.fetch_add(1, Ordering::AcqRel);
                         if pending_tx.send(pending).await.is_err() {
+                            reason = CloseReason::WriteFailed;
                             break 'connection;
                         }
                     }
                     Next::Nothing => {}
-                    Next::Close => break 'connection,
+                    Next::Close(why) => {
+                        reason = why;
+                        break 'connection;
+                    }
                 }
             }
             // Make room for the whole frame being read (its size is already
@@ -157,7 +180,10 @@ pub(crate) async fn serve(
             let last_activity = last_read.max(activity.last_answer());
             idle_timer.as_mut().reset((last_activity + idle_max).into());
             let read = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    reason = CloseReason::Shutdown;
+                    break;
+                }
                 read = reader.read_buf(&mut buf) => read,
                 _ = &mut idle_timer => {
                     // Idle only if no answer is owed either: a long-polling
@@ -166,6 +192,7 @@ pub(crate) async fn serve(
                         && last_read.max(activity.last_answer()).elapsed() >= idle_max;
                     if quiet {
                         info!(idle = ?idle_max, "idle connection closed (connections.max.idle.ms)");
+                        reason = CloseReason::Idle;
                         break;
                     }
                     // Look again one idle period from now: a connection closes
@@ -192,6 +219,7 @@ pub(crate) async fn serve(
         // The writer answers everything already read, then stops.
         drop(pending_tx);
         let _ = writer_task.await;
+        broker.metrics.connection_closed(reason);
         debug!("closed");
     }
     .instrument(span)
@@ -200,6 +228,7 @@ pub(crate) async fn serve(
 
 /// Parses one frame and runs the ordered part of its handler.
 async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Next {
+    let received = Instant::now();
     let request = match parse_request(frame) {
         Ok(request) => request,
         Err(RequestError::UnsupportedVersion {
@@ -207,23 +236,35 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
             correlation_id,
             api_version,
         }) => {
+            broker
+                .metrics
+                .request_received(ApiKey::ApiVersions, api_version);
             let mut out = BytesMut::new();
             return match encode_api_versions_unsupported(correlation_id, &mut out) {
-                Ok(()) => Next::Answer(Pending {
-                    api_key: ApiKey::ApiVersions,
-                    api_version,
-                    correlation_id,
-                    reply: Reply::Encoded(out.freeze()),
-                }),
+                Ok(()) => {
+                    broker.metrics.request_error(
+                        ApiKey::ApiVersions,
+                        api_version,
+                        ResponseError::UnsupportedVersion.code(),
+                        1,
+                    );
+                    Next::Answer(Pending {
+                        api_key: ApiKey::ApiVersions,
+                        api_version,
+                        correlation_id,
+                        received,
+                        reply: Reply::Encoded(out.freeze()),
+                    })
+                }
                 Err(error) => {
                     warn!(%error, "cannot encode ApiVersions error");
-                    Next::Close
+                    Next::Close(CloseReason::WriteFailed)
                 }
             };
         }
         Err(error) => {
             info!(%error, "unanswerable request; closing the connection");
-            return Next::Close;
+            return Next::Close(CloseReason::BadRequest);
         }
     };
     if request.trailing_bytes > 0 {
@@ -232,11 +273,13 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
     let api_key = request.api_key;
     let api_version = request.api_version;
     let correlation_id = request.header.correlation_id;
+    broker.metrics.request_received(api_key, api_version);
     let answer = |reply| {
         Next::Answer(Pending {
             api_key,
             api_version,
             correlation_id,
+            received,
             reply,
         })
     };
@@ -251,10 +294,14 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
             handlers::metadata::handle(b, v, body).await,
         )),
         RequestKind::Produce(body) => match handlers::produce::handle(b, v, body).await {
-            handlers::produce::Produced::NoAnswer => Next::Nothing,
+            handlers::produce::Produced::NoAnswer => {
+                // Done once appended: acks=0 gets no answer to wait for.
+                broker.metrics.request_answered(api_key, received);
+                Next::Nothing
+            }
             handlers::produce::Produced::Close => {
                 info!("acks=0 produce failed; closing the connection so the client notices");
-                Next::Close
+                Next::Close(CloseReason::ProduceFailed)
             }
             handlers::produce::Produced::Ready(response) => ready(ResponseKind::Produce(response)),
             handlers::produce::Produced::Later(wait) => answer(Reply::Later(tokio::spawn(
@@ -370,7 +417,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
             // The version table let it through, so a handler must exist: a bug.
             warn!(api_key = ?api_key, "no handler for an advertised API; closing the connection");
             drop(other);
-            Next::Close
+            Next::Close(CloseReason::BadRequest)
         }
     }
 }
@@ -438,6 +485,7 @@ impl Drop for Answered<'_> {
 /// Writes answers in request order until the reader is gone and every
 /// pending answer is written, or the socket fails.
 async fn write_answers(
+    broker: Arc<Broker>,
     mut writer: OwnedWriteHalf,
     mut pending_rx: mpsc::Receiver<Pending>,
     activity: Arc<Activity>,
@@ -458,6 +506,9 @@ async fn write_answers(
                 if writer.write_all(&frame).await.is_err() {
                     return;
                 }
+                broker
+                    .metrics
+                    .request_answered(pending.api_key, pending.received);
                 continue;
             }
             Reply::Fetch(task) => {
@@ -468,6 +519,7 @@ async fn write_answers(
                         return;
                     }
                 };
+                let bytes_out = broker.metrics.fetch_answer(pending.api_version, &answer);
                 if let Err(error) = write_fetch(
                     &mut writer,
                     pending.api_version,
@@ -479,9 +531,16 @@ async fn write_answers(
                     debug!(%error, "fetch response not written; closing the connection");
                     return;
                 }
+                bytes_out.sent();
+                broker
+                    .metrics
+                    .request_answered(pending.api_key, pending.received);
                 continue;
             }
         };
+        broker
+            .metrics
+            .response_errors(pending.api_key, pending.api_version, &body);
         out.clear();
         if let Err(error) = encode_response(
             pending.api_key,
@@ -497,6 +556,9 @@ async fn write_answers(
             debug!(%error, "write failed");
             return;
         }
+        broker
+            .metrics
+            .request_answered(pending.api_key, pending.received);
     }
     let _ = writer.shutdown().await;
 }

@@ -19,7 +19,9 @@
 //!   controller allocates.
 //! - `errors`: storage and controller errors → Kafka error codes; the only
 //!   place that mapping lives.
-//! - `http`: `/health`.
+//! - `http`: the HTTP port, `/health` and `/metrics`.
+//! - `metrics`: the Prometheus metrics `/metrics` serves: counted as
+//!   requests are answered, or read from the broker's state when scraped.
 //! - [`config`]: [`BrokerConfig`], every setting with its default.
 //!
 //! **Architecture Invariant:** handlers read metadata only from the image
@@ -32,6 +34,7 @@ mod errors;
 pub mod group;
 mod handlers;
 mod http;
+mod metrics;
 mod producer_ids;
 pub mod replica;
 pub mod server;

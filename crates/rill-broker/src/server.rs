@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::group::GroupCoordinator;
+use crate::metrics::Metrics;
 use crate::producer_ids::ProducerIdManager;
 use crate::replica::ReplicaManager;
 use crate::{connection, http};
@@ -86,6 +87,8 @@ pub struct Broker {
     /// The group coordinator of the `__consumer_offsets` partitions this
     /// node leads.
     pub groups: Arc<GroupCoordinator>,
+    /// What `/metrics` serves.
+    pub(crate) metrics: Metrics,
 }
 
 impl Broker {
@@ -267,11 +270,13 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         blocking("preparing the data dir", move || prepare_data_dir(&config)).await??
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Metrics::new();
     let logs = {
         let data_dir = config.data_dir.clone();
         let clock = Arc::clone(&clock);
         let manager_config = LogManagerConfig {
             default_log_config: config.log_defaults.clone(),
+            flush_observer: Some(metrics.flush_observer()),
             ..LogManagerConfig::default()
         };
         blocking("opening the partition logs", move || {
@@ -317,6 +322,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         cluster_id,
         controller,
         config,
+        metrics,
     });
     {
         let broker = Arc::clone(&broker);
@@ -337,7 +343,11 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         tasks.clone(),
     ));
     tasks.spawn(hold_controller_port(controller_listener, shutdown.clone()));
-    tasks.spawn(http::serve(http_listener, shutdown.clone()));
+    tasks.spawn(http::serve(
+        Arc::clone(&broker),
+        http_listener,
+        shutdown.clone(),
+    ));
     info!(
         node_id = broker.config.node_id,
         cluster_id = %broker.cluster_id,

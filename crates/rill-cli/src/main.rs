@@ -50,7 +50,7 @@ struct ServeArgs {
     /// The controller quorum's listener [default: 127.0.0.1:9093].
     #[arg(long, env = "RILL_CONTROLLER_ADDR")]
     controller_addr: Option<SocketAddr>,
-    /// The HTTP listener for /health [default: 127.0.0.1:9644].
+    /// The HTTP listener for /health and /metrics [default: 127.0.0.1:9644].
     #[arg(long, env = "RILL_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
     /// This node's id [default: 1].

@@ -49,5 +49,7 @@ pub use config::{CleanupPolicy, LogConfig};
 pub use epoch::{EpochEndOffset, EpochEntry};
 pub use error::{CorruptBatch, InvalidRecord, Result, StorageError};
 pub use files::FileCache;
-pub use log::{AppendInfo, FileRegion, Log, LogOpenOptions, ReadInfo, TimestampOffset};
+pub use log::{
+    AppendInfo, FileRegion, FlushObserver, Log, LogOpenOptions, ReadInfo, TimestampOffset,
+};
 pub use manager::{LogManager, LogManagerConfig};

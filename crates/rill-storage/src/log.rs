@@ -17,6 +17,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rill_types::Clock;
 use tracing::{info, warn};
@@ -39,6 +40,16 @@ pub struct LogOpenOptions {
     pub log_start_offset: i64,
     /// The previous process stopped cleanly: no segment needs a full scan.
     pub clean_shutdown: bool,
+}
+
+/// Told how long each flush of a log took: one pass of fsyncs (its unsynced
+/// segment files, and its directory and closed segments' indexes when they
+/// changed), however many `flush_until` callers shared it. This is how the
+/// broker measures fsync latency while rill-storage keeps no metrics and
+/// depends on no metrics crate.
+pub trait FlushObserver: Send + Sync + std::fmt::Debug {
+    /// Called after every flush pass, whether it succeeded or not.
+    fn flushed(&self, elapsed: Duration);
 }
 
 /// The outcome of an append.
@@ -170,6 +181,7 @@ pub struct Log {
     flushed: Condvar,
     structure: Mutex<()>,
     state: Mutex<LogState>,
+    flush_observer: Option<Arc<dyn FlushObserver>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -325,8 +337,15 @@ impl Log {
             flushed: Condvar::new(),
             structure: Mutex::new(()),
             state: Mutex::new(state),
+            flush_observer: None,
         };
         Ok(log)
+    }
+
+    /// The log, telling `observer` the duration of each flush pass.
+    pub fn with_flush_observer(mut self, observer: Option<Arc<dyn FlushObserver>>) -> Self {
+        self.flush_observer = observer;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -950,7 +969,11 @@ impl Log {
             }
             *running = true;
             drop(running);
+            let started = Instant::now();
             let result = self.flush_once();
+            if let Some(observer) = &self.flush_observer {
+                observer.flushed(started.elapsed());
+            }
             running = lock(&self.flush);
             *running = false;
             self.flushed.notify_all();
@@ -1407,6 +1430,36 @@ mod tests {
             options,
         )
         .unwrap()
+    }
+
+    /// Counts flush passes, for the observer test.
+    #[derive(Debug, Default)]
+    struct CountFlushes(std::sync::atomic::AtomicUsize);
+
+    impl FlushObserver for CountFlushes {
+        fn flushed(&self, _elapsed: Duration) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn flush_observer_sees_each_flush_pass_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let observer = Arc::new(CountFlushes::default());
+        let log = open(dir.path(), LogConfig::default(), LogOpenOptions::default())
+            .with_flush_observer(Some(Arc::clone(&observer) as Arc<dyn FlushObserver>));
+        let flushes = || observer.0.load(std::sync::atomic::Ordering::Relaxed);
+        log.flush().unwrap();
+        assert_eq!(flushes(), 0, "nothing to flush: no pass");
+        log.append(&mut batch(&["a"], 100), 0).unwrap();
+        log.flush_until(1).unwrap();
+        assert_eq!(flushes(), 1);
+        // Already durable: no second pass.
+        log.flush_until(1).unwrap();
+        assert_eq!(flushes(), 1);
+        log.append(&mut batch(&["b"], 101), 0).unwrap();
+        log.flush().unwrap();
+        assert_eq!(flushes(), 2);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::files::FileCache;
-use crate::log::{Log, LogOpenOptions};
+use crate::log::{FlushObserver, Log, LogOpenOptions};
 
 pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
@@ -42,6 +42,8 @@ pub struct LogManagerConfig {
     /// The configuration of logs found at start-up, until the broker sets
     /// each one's own.
     pub default_log_config: LogConfig,
+    /// Told the duration of every flush of every log (for metrics).
+    pub flush_observer: Option<Arc<dyn FlushObserver>>,
 }
 
 impl Default for LogManagerConfig {
@@ -49,6 +51,7 @@ impl Default for LogManagerConfig {
         Self {
             open_files_max: FileCache::CAPACITY_DEFAULT,
             default_log_config: LogConfig::default(),
+            flush_observer: None,
         }
     }
 }
@@ -58,6 +61,7 @@ pub struct LogManager {
     data_dir: PathBuf,
     clock: Arc<dyn Clock>,
     files: Arc<FileCache>,
+    flush_observer: Option<Arc<dyn FlushObserver>>,
     logs: RwLock<HashMap<TopicPartition, Arc<Log>>>,
     /// Serialises checkpoint writes, which rewrite whole files.
     checkpointing: Mutex<()>,
@@ -139,7 +143,8 @@ impl LogManager {
                 Arc::clone(&clock),
                 Arc::clone(&files),
                 options,
-            )?;
+            )?
+            .with_flush_observer(config.flush_observer.clone());
             logs.insert(tp, Arc::new(log));
         }
         info!(data_dir = %data_dir.display(), logs = logs.len(), clean_shutdown, "opened logs");
@@ -147,6 +152,7 @@ impl LogManager {
             data_dir: data_dir.to_path_buf(),
             clock,
             files,
+            flush_observer: config.flush_observer,
             logs: RwLock::new(logs),
             checkpointing: Mutex::new(()),
             _lock: lock,
@@ -202,13 +208,16 @@ impl LogManager {
             log.set_config(config)?;
             return Ok(Arc::clone(log));
         }
-        let log = Arc::new(Log::open(
-            &self.data_dir.join(tp.dir_name()),
-            config,
-            Arc::clone(&self.clock),
-            Arc::clone(&self.files),
-            LogOpenOptions::default(),
-        )?);
+        let log = Arc::new(
+            Log::open(
+                &self.data_dir.join(tp.dir_name()),
+                config,
+                Arc::clone(&self.clock),
+                Arc::clone(&self.files),
+                LogOpenOptions::default(),
+            )?
+            .with_flush_observer(self.flush_observer.clone()),
+        );
         logs.insert(tp.clone(), Arc::clone(&log));
         Ok(log)
     }

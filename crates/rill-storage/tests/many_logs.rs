@@ -63,6 +63,7 @@ fn ten_thousand_logs_within_the_open_file_bound() {
     let manager_config = LogManagerConfig {
         open_files_max: OPEN_FILES_MAX,
         default_log_config: log_config.clone(),
+        ..LogManagerConfig::default()
     };
     let fds_at_start = open_fds();
 

@@ -892,6 +892,27 @@ impl GroupCoordinator {
         })
     }
 
+    /// Every committed offset of the groups this node has loaded, as
+    /// (group, topic, partition, offset); read-only, for the metrics'
+    /// consumer lag at scrape time.
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let state = self.lock();
+        state
+            .groups
+            .values()
+            .flat_map(|group| {
+                group.offsets.iter().map(|((topic, partition), committed)| {
+                    (
+                        group.id.clone(),
+                        topic.clone(),
+                        *partition,
+                        committed.value.offset,
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn describe(&self, group_id: &str) -> Result<Option<DescribedGroup>, ResponseError> {
         let state = self.lock();
         self.locate(&state, group_id)?;

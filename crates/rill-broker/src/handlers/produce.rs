@@ -53,7 +53,11 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
     for (topic_at, topic) in request.topic_data.into_iter().enumerate() {
         let name = topic.name.0.as_str().to_string();
         let mut partition_responses = Vec::with_capacity(topic.partition_data.len());
+        // This topic's appends, counted once per topic (metrics).
+        let mut bytes_in = 0u64;
+        let mut records_in = 0u64;
         for (partition_at, data) in topic.partition_data.into_iter().enumerate() {
+            let batch_bytes = data.records.as_ref().map_or(0, |r| r.len() as u64);
             let mut response = PartitionProduceResponse::default()
                 .with_index(data.index)
                 .with_base_offset(-1)
@@ -67,6 +71,11 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
             match result {
                 Ok((partition, LeaderAppend { info, duplicate })) => {
                     any_appended |= !duplicate;
+                    if !duplicate {
+                        bytes_in += batch_bytes;
+                        records_in +=
+                            u64::try_from(info.last_offset - info.base_offset + 1).unwrap_or(0);
+                    }
                     response = response
                         .with_base_offset(info.base_offset)
                         .with_log_append_time_ms(info.log_append_time)
@@ -91,6 +100,9 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 }
             }
             partition_responses.push(response);
+        }
+        if bytes_in > 0 {
+            broker.metrics.produced(&name, bytes_in, records_in);
         }
         responses.push(
             TopicProduceResponse::default()

@@ -58,6 +58,11 @@ impl TestBroker {
         self.running.as_ref().expect("running").broker()
     }
 
+    /// The address of the broker's HTTP port (`/health`, `/metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.running.as_ref().expect("running").http_addr()
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(self.addr).await
     }
