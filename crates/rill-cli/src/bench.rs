@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 
 pub use consume::ConsumeArgs;
@@ -201,16 +201,43 @@ fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).context("cannot create a latency histogram")
 }
 
+/// Adds what failed to an rdkafka error, in one line: librdkafka's error
+/// code and description once (rdkafka's own message repeats them).
+trait KafkaContext<T> {
+    fn kafka_context(self, what: impl FnOnce() -> String) -> anyhow::Result<T>;
+}
+
+impl<T> KafkaContext<T> for Result<T, KafkaError> {
+    fn kafka_context(self, what: impl FnOnce() -> String) -> anyhow::Result<T> {
+        self.map_err(|error| {
+            let why = match error.rdkafka_error_code() {
+                Some(code) => code.to_string(),
+                None => error.to_string(),
+            };
+            anyhow::anyhow!("{}: {why}", what())
+        })
+    }
+}
+
 /// Creates `topic` with `partitions` partitions unless it exists. A topic
 /// that exists is used as it is (with a note if its partition count differs).
 fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     if partitions < 1 {
         bail!("--partitions must be at least 1, not {partitions}");
     }
+    if let Some(existing) = describe_topic(bootstrap, topic)? {
+        if existing.len() != partitions as usize {
+            eprintln!(
+                "rill bench: topic {topic} exists with {} partitions; using it as it is",
+                existing.len()
+            );
+        }
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
-        .context("cannot create an admin client")?;
+        .kafka_context(|| "cannot create an admin client".to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -223,54 +250,50 @@ fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &options,
         ))
-        .with_context(|| format!("cannot create topic {topic} at {bootstrap}"))?;
+        .kafka_context(|| format!("cannot create topic {topic} at {bootstrap}"))?;
     for result in results {
         match result {
-            Ok(_) => {}
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                let existing = topic_partitions(bootstrap, topic)?;
-                if existing.len() != partitions as usize {
-                    eprintln!(
-                        "rill bench: topic {topic} exists with {} partitions; using it as it is",
-                        existing.len()
-                    );
-                }
-            }
+            // Someone else created it in between: use it as it is.
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => bail!("cannot create topic {name} at {bootstrap}: {code}"),
         }
     }
     Ok(())
 }
 
-/// The partition ids of `topic`, asked with a client that never lets the
-/// broker create it. A missing topic is an error that says how to create it.
+/// The partition ids of `topic`. A missing topic is an error that says how
+/// to create it.
 fn topic_partitions(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<i32>> {
+    match describe_topic(bootstrap, topic)? {
+        Some(partitions) => Ok(partitions),
+        None => {
+            bail!("topic {topic} does not exist at {bootstrap} (give --partitions to create it)")
+        }
+    }
+}
+
+/// The partition ids of `topic`, or `None` if the broker does not know it;
+/// asked with a client that never lets the broker create it.
+fn describe_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Option<Vec<i32>>> {
     let client: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("allow.auto.create.topics", "false")
         .create()
-        .context("cannot create a client")?;
+        .kafka_context(|| "cannot create a client".to_string())?;
     let metadata = client
         .client()
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read metadata from {bootstrap}"))?;
+        .kafka_context(|| format!("cannot read metadata from a broker at {bootstrap}"))?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
         bail!("the broker at {bootstrap} did not describe topic {topic}");
     };
-    match found.error() {
+    match found.error().map(RDKafkaErrorCode::from) {
         None if !found.partitions().is_empty() => {
-            Ok(found.partitions().iter().map(|p| p.id()).collect())
+            Ok(Some(found.partitions().iter().map(|p| p.id()).collect()))
         }
         None => bail!("topic {topic} has no partitions"),
-        Some(error) => {
-            let code = RDKafkaErrorCode::from(error);
-            if code == RDKafkaErrorCode::UnknownTopicOrPartition {
-                bail!(
-                    "topic {topic} does not exist at {bootstrap} (give --partitions to create it)"
-                )
-            }
-            bail!("cannot use topic {topic} at {bootstrap}: {code}")
-        }
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
+        Some(code) => bail!("cannot use topic {topic} at {bootstrap}: {code}"),
     }
 }
 

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{consumer_config, topic_partitions, Outcome, CLIENTS_MAX, IDLE_TIMEOUT};
+use super::{consumer_config, topic_partitions, KafkaContext, Outcome, CLIENTS_MAX, IDLE_TIMEOUT};
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
@@ -137,11 +137,13 @@ fn consume_one(args: &ConsumeArgs, assigned: &[i32], shared: &Shared) -> anyhow:
     let group = args.group.as_deref().unwrap_or("rill-bench");
     let mut config = consumer_config(&args.bootstrap, group);
     config.set("auto.offset.reset", "earliest");
-    let consumer: BaseConsumer = config.create().context("cannot create a consumer")?;
+    let consumer: BaseConsumer = config
+        .create()
+        .kafka_context(|| "cannot create a consumer".to_string())?;
     match &args.group {
         Some(group) => consumer
             .subscribe(&[&args.topic])
-            .with_context(|| format!("cannot join group {group}"))?,
+            .kafka_context(|| format!("cannot join group {group}"))?,
         None => {
             let mut assignment = TopicPartitionList::new();
             for &partition in assigned {
@@ -149,7 +151,7 @@ fn consume_one(args: &ConsumeArgs, assigned: &[i32], shared: &Shared) -> anyhow:
             }
             consumer
                 .assign(&assignment)
-                .context("cannot assign partitions")?;
+                .kafka_context(|| "cannot assign partitions".to_string())?;
         }
     }
     while !shared.done.load(Ordering::Relaxed) {

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -25,8 +25,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::produce::{await_deliveries, create_producer, pace, send};
 use super::{
-    consumer_config, ensure_topic, latency_histogram, latency_json, topic_partitions, Outcome,
-    Payloads, ProducerArgs, SplitMix64, IDLE_TIMEOUT, METADATA_TIMEOUT,
+    consumer_config, ensure_topic, latency_histogram, latency_json, topic_partitions, KafkaContext,
+    Outcome, Payloads, ProducerArgs, SplitMix64, IDLE_TIMEOUT, METADATA_TIMEOUT,
 };
 
 /// A value starts with its send time (u64, little endian, µs), its run id
@@ -161,17 +161,17 @@ pub(super) fn run(args: &E2eArgs) -> anyhow::Result<Outcome> {
 fn assign_at_end(args: &E2eArgs, partitions: &[i32]) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = consumer_config(&args.bootstrap, "rill-bench-e2e")
         .create()
-        .context("cannot create a consumer")?;
+        .kafka_context(|| "cannot create a consumer".to_string())?;
     let mut assignment = TopicPartitionList::new();
     for &partition in partitions {
         let (_, high) = consumer
             .fetch_watermarks(&args.topic, partition, METADATA_TIMEOUT)
-            .with_context(|| format!("cannot read the end of {}-{partition}", args.topic))?;
+            .kafka_context(|| format!("cannot read the end of {}-{partition}", args.topic))?;
         assignment.add_partition_offset(&args.topic, partition, Offset::Offset(high))?;
     }
     consumer
         .assign(&assignment)
-        .context("cannot assign partitions")?;
+        .kafka_context(|| "cannot assign partitions".to_string())?;
     Ok(consumer)
 }
 
@@ -235,7 +235,7 @@ fn write(
     let mut sent = 0u64;
     while start.elapsed() < duration && !progress.abort.load(Ordering::Relaxed) {
         pace(&producer, start, args.rate, sent);
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             producer.poll(Duration::ZERO);
         }
         stamp(&mut value, &mut random, false);

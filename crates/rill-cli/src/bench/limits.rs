@@ -74,7 +74,7 @@ pub(super) fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         println!("{value}");
         return Ok(());
     }
-    let size = if args.disk_mib % 1024 == 0 {
+    let size = if args.disk_mib.is_multiple_of(1024) {
         format!("{} GiB", args.disk_mib / 1024)
     } else {
         format!("{} MiB", args.disk_mib)
@@ -131,7 +131,8 @@ fn disk_write(dir: &Path, total: u64, sync_interval: Option<u64>) -> anyhow::Res
         file.write_all(&buffer[..chunk])
             .with_context(|| failed("write to"))?;
         written += chunk as u64;
-        if sync_interval.is_some_and(|interval| written % interval == 0) && written < total {
+        if sync_interval.is_some_and(|interval| written.is_multiple_of(interval)) && written < total
+        {
             file.sync_data().with_context(|| failed("fdatasync"))?;
         }
     }

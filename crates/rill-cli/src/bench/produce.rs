@@ -15,8 +15,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::{
-    ensure_topic, latency_histogram, topic_partitions, Outcome, Payloads, ProducerArgs, SplitMix64,
-    CLIENTS_MAX, METADATA_TIMEOUT,
+    ensure_topic, latency_histogram, topic_partitions, KafkaContext, Outcome, Payloads,
+    ProducerArgs, SplitMix64, CLIENTS_MAX, METADATA_TIMEOUT,
 };
 
 #[derive(Debug, Args)]
@@ -129,7 +129,7 @@ pub(super) fn create_producer(
     let producer: BaseProducer<Deliveries> = settings
         .client_config(bootstrap)
         .create_with_context(Deliveries::new(start)?)
-        .context("cannot create a producer")?;
+        .kafka_context(|| "cannot create a producer".to_string())?;
     Ok(producer)
 }
 
@@ -296,7 +296,9 @@ fn produce_one(
             producer
                 .client()
                 .fetch_metadata(Some(&args.topic), METADATA_TIMEOUT)
-                .with_context(|| format!("cannot read metadata from {}", args.bootstrap))?;
+                .kafka_context(|| {
+                    format!("cannot read metadata from a broker at {}", args.bootstrap)
+                })?;
             Ok(producer)
         });
     start_line.wait();
@@ -310,7 +312,7 @@ fn produce_one(
         }
         // Delivery reports are served only by `poll`; serve them often so
         // that each latency is taken close to its report's arrival.
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             producer.poll(Duration::ZERO);
         }
         let mut record =
