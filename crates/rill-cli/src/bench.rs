@@ -58,6 +58,16 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most producers or consumers in one run: each is a librdkafka
 /// instance with its own threads and connections.
 const CLIENTS_MAX: u64 = 64;
+/// The largest record value: far above any broker's default limit
+/// (Kafka's is about 1 MiB), and small enough to allocate without thought.
+const RECORD_SIZE_MAX: usize = 64 << 20;
+
+fn check_record_size(record_size: usize) -> anyhow::Result<()> {
+    if record_size > RECORD_SIZE_MAX {
+        bail!("--record-size must be at most {RECORD_SIZE_MAX} bytes (64 MiB)");
+    }
+    Ok(())
+}
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     let (json, outcome) = match command {

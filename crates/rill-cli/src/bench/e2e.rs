@@ -25,13 +25,16 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::produce::{await_deliveries, create_producer, pace, send};
 use super::{
-    consumer_config, ensure_topic, latency_histogram, latency_json, topic_partitions, KafkaContext,
-    Outcome, Payloads, ProducerArgs, SplitMix64, IDLE_TIMEOUT, METADATA_TIMEOUT,
+    check_record_size, consumer_config, ensure_topic, latency_histogram, latency_json,
+    topic_partitions, KafkaContext, Outcome, Payloads, ProducerArgs, SplitMix64, IDLE_TIMEOUT,
+    METADATA_TIMEOUT,
 };
 
 /// A value starts with its send time (u64, little endian, µs), its run id
 /// (u64) and a flag byte (1 for a warm-up record).
 const HEADER_BYTES: usize = 17;
+/// The longest run: a day.
+const DURATION_MAX_SECONDS: f64 = 86_400.0;
 
 #[derive(Debug, Args)]
 pub struct E2eArgs {
@@ -82,9 +85,10 @@ pub(super) fn run(args: &E2eArgs) -> anyhow::Result<Outcome> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of records per second");
     }
-    if !(args.duration.is_finite() && args.duration > 0.0) {
-        bail!("--duration must be a positive number of seconds");
+    if !(args.duration > 0.0 && args.duration <= DURATION_MAX_SECONDS) {
+        bail!("--duration must be more than 0 and at most {DURATION_MAX_SECONDS} seconds");
     }
+    check_record_size(args.record_size)?;
     if args.record_size < HEADER_BYTES {
         bail!("--record-size must be at least {HEADER_BYTES} for e2e (send time and run id)");
     }
@@ -233,8 +237,11 @@ fn write(
     let start = Instant::now();
     let duration = Duration::from_secs_f64(args.duration);
     let mut sent = 0u64;
-    while start.elapsed() < duration && !progress.abort.load(Ordering::Relaxed) {
-        pace(&producer, start, args.rate, sent);
+    let until = start + duration;
+    while Instant::now() < until && !progress.abort.load(Ordering::Relaxed) {
+        if !pace(&producer, start, args.rate, sent, Some(until)) {
+            break;
+        }
         if sent.is_multiple_of(256) {
             producer.poll(Duration::ZERO);
         }

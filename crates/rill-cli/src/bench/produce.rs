@@ -15,8 +15,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::{
-    ensure_topic, latency_histogram, topic_partitions, KafkaContext, Outcome, Payloads,
-    ProducerArgs, SplitMix64, CLIENTS_MAX, METADATA_TIMEOUT,
+    check_record_size, ensure_topic, latency_histogram, topic_partitions, KafkaContext, Outcome,
+    Payloads, ProducerArgs, SplitMix64, CLIENTS_MAX, METADATA_TIMEOUT,
 };
 
 #[derive(Debug, Args)]
@@ -180,14 +180,23 @@ pub(super) fn await_deliveries(
 }
 
 /// Waits until `sent` records may have been sent at `rate` records per
-/// second since `start`, serving delivery reports meanwhile. Records go out
-/// in bursts of about a millisecond's worth, so high rates cost no more
-/// wake-ups than low ones.
-pub(super) fn pace(producer: &BaseProducer<Deliveries>, start: Instant, rate: f64, sent: u64) {
+/// second since `start`, serving delivery reports meanwhile; false if that
+/// moment is past `until`. Records go out in bursts of about a
+/// millisecond's worth, so high rates cost no more wake-ups than low ones.
+pub(super) fn pace(
+    producer: &BaseProducer<Deliveries>,
+    start: Instant,
+    rate: f64,
+    sent: u64,
+    until: Option<Instant>,
+) -> bool {
     loop {
         let allowed = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
         if sent < allowed {
-            return;
+            return true;
+        }
+        if until.is_some_and(|until| Instant::now() >= until) {
+            return false;
         }
         producer.poll(Duration::from_millis(1));
     }
@@ -202,6 +211,7 @@ struct ProducerRun {
 }
 
 pub(super) fn run(args: &ProduceArgs) -> anyhow::Result<Outcome> {
+    check_record_size(args.record_size)?;
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {
             bail!("--rate must be a positive number of records per second, not {rate}");
@@ -308,7 +318,7 @@ fn produce_one(
     let mut key = Vec::with_capacity(24);
     for sent in 0..records {
         if let Some(rate) = rate {
-            pace(&producer, start, rate, sent);
+            pace(&producer, start, rate, sent, None);
         }
         // Delivery reports are served only by `poll`; serve them often so
         // that each latency is taken close to its report's arrival.
