@@ -14,8 +14,8 @@
 #
 # Settings (environment):
 #   RILL            the rill binary [default: $CARGO_TARGET_DIR/release/rill or target/release/rill]
-#   RECORDS         records of workloads 1 and 2 [default: 5000000]
-#   RECORDS_1KIB    records of workload 3 [default: 1000000]
+#   RECORDS         records of workloads 1 and 2 [default: 10000000]
+#   RECORDS_1KIB    records of workload 3 [default: 2000000]
 #   E2E_SECONDS     how long workload 5 sends [default: 15]
 #   LIMITS_DIR      where `rill bench limits` writes; put it on the broker's disk [default: .]
 #   LIMITS_DISK_MIB how much `rill bench limits` writes per disk run [default: 1024]
@@ -23,6 +23,9 @@
 #
 # The defaults take one to two minutes on a 2-core machine. Each run uses new
 # topics (bench-<time>-w1 ...), created with the partition counts above.
+# `rill bench limits` runs before the workloads and again after them: a
+# virtual machine's disk can change speed within minutes, and the two show
+# by how much it did during the run.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -32,8 +35,8 @@ fi
 BOOTSTRAP=$1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RILL=${RILL:-${CARGO_TARGET_DIR:-$ROOT/target}/release/rill}
-RECORDS=${RECORDS:-5000000}
-RECORDS_1KIB=${RECORDS_1KIB:-1000000}
+RECORDS=${RECORDS:-10000000}
+RECORDS_1KIB=${RECORDS_1KIB:-2000000}
 E2E_SECONDS=${E2E_SECONDS:-15}
 LIMITS_DIR=${LIMITS_DIR:-.}
 LIMITS_DISK_MIB=${LIMITS_DISK_MIB:-1024}
@@ -64,6 +67,16 @@ run() { # number name args...
   echo "$json"
 }
 
+# Runs `rill bench limits --json` and keeps its line, tagged `when`.
+limits() { # when
+  echo "bench/run.sh: limits ($1)" >&2
+  local json
+  json=$("$RILL" bench limits --dir "$LIMITS_DIR" --disk-mib "$LIMITS_DISK_MIB" --json)
+  python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["when"]=sys.argv[1]; print(json.dumps(d))' \
+    "$1" "$json" >>"$RAW"
+}
+
+limits before
 common=(--record-size 100 --linger-ms 5 --batch-bytes 1000000)
 run 1 "produce, 1 partition, 100 B, acks=1" \
   produce --topic "$PREFIX-w1" --partitions 1 --records "$RECORDS" "${common[@]}" --acks 1 >/dev/null
@@ -82,9 +95,7 @@ run 5 "e2e, 1 partition, 100 B, acks=all, $rate_shown rec/s (50% of 2)" \
   e2e --topic "$PREFIX-w5" --partitions 1 --rate "$rate" --duration "$E2E_SECONDS" "${common[@]}" \
   --acks all >/dev/null
 
-echo "bench/run.sh: limits" >&2
-limits=$("$RILL" bench limits --dir "$LIMITS_DIR" --disk-mib "$LIMITS_DISK_MIB" --json)
-echo "$limits" >>"$RAW"
+limits after
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 machine() {
@@ -102,13 +113,13 @@ machine() {
   python3 - "$RAW" "$LIMITS_DISK_MIB" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-limits = next(r for r in rows if r.get("mode") == "limits")
-disk, tcp = limits["disk"], limits["loopback_tcp"]
 size = f"{int(sys.argv[2]) // 1024} GiB" if int(sys.argv[2]) % 1024 == 0 else f"{sys.argv[2]} MiB"
-print(f"Limits, same run (`rill bench limits`): disk write of {size} in 1 MiB writes, "
-      f"fdatasync at the end **{disk['fdatasync_at_end_mb_per_sec']:,.0f} MB/s**, "
-      f"fdatasync every 64 MiB **{disk['fdatasync_every_64mib_mb_per_sec']:,.0f} MB/s**; "
-      f"loopback TCP, one connection **{tcp['gbit_per_sec']:.1f} Gbit/s**.")
+print(f"Limits (`rill bench limits`, before and after the workloads): disk write of {size} in 1 MiB writes:")
+for limits in (r for r in rows if r.get("mode") == "limits"):
+    disk, tcp = limits["disk"], limits["loopback_tcp"]
+    print(f"- {limits['when']}: fdatasync at the end **{disk['fdatasync_at_end_mb_per_sec']:,.0f} MB/s**, "
+          f"fdatasync every 64 MiB **{disk['fdatasync_every_64mib_mb_per_sec']:,.0f} MB/s**; "
+          f"loopback TCP, one connection **{tcp['gbit_per_sec']:.1f} Gbit/s**")
 print()
 print("| # | workload | records | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
