@@ -28,6 +28,14 @@ pub struct DescribeArgs {
     pub connect: ConnectArgs,
 }
 
+impl ClusterCommand {
+    pub fn connect(&self) -> &ConnectArgs {
+        match self {
+            ClusterCommand::Describe(args) => &args.connect,
+        }
+    }
+}
+
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Describe(args) => describe(&args),

@@ -130,6 +130,17 @@ pub struct DeleteArgs {
     pub connect: ConnectArgs,
 }
 
+impl GroupCommand {
+    pub fn connect(&self) -> &ConnectArgs {
+        match self {
+            GroupCommand::List(args) => &args.connect,
+            GroupCommand::Describe(args) => &args.connect,
+            GroupCommand::ResetOffsets(args) => &args.connect,
+            GroupCommand::Delete(args) => &args.connect,
+        }
+    }
+}
+
 pub fn run(command: GroupCommand) -> anyhow::Result<()> {
     match command {
         GroupCommand::List(args) => list(&args),

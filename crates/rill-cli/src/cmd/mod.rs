@@ -52,6 +52,7 @@ pub enum ClientCommand {
 /// Runs a client command. A closed standard output (`rill consume t | head`)
 /// is a normal end, not an error.
 pub fn run(command: ClientCommand) -> anyhow::Result<()> {
+    command.connect().check_reachable()?;
     let result = match command {
         ClientCommand::Topic(command) => topic::run(command),
         ClientCommand::Produce(args) => produce::run(&args),
@@ -62,6 +63,18 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
     match result {
         Err(error) if is_broken_pipe(&error) => Ok(()),
         other => other,
+    }
+}
+
+impl ClientCommand {
+    fn connect(&self) -> &ConnectArgs {
+        match self {
+            ClientCommand::Topic(command) => command.connect(),
+            ClientCommand::Produce(args) => &args.connect,
+            ClientCommand::Consume(args) => &args.connect,
+            ClientCommand::Group(command) => command.connect(),
+            ClientCommand::Cluster(command) => command.connect(),
+        }
     }
 }
 
@@ -105,6 +118,16 @@ impl ConnectArgs {
             )
             .set_log_level(RDKafkaLogLevel::Debug);
         config
+    }
+
+    /// Fails at once, with the operating system's reason, if no bootstrap
+    /// address takes a TCP connection; librdkafka would retry until the
+    /// timeout and then say only that it timed out.
+    pub fn check_reachable(&self) -> anyhow::Result<()> {
+        match probe(&self.bootstrap, self.timeout) {
+            Some(reason) => bail!("cannot reach the cluster: {reason}"),
+            None => Ok(()),
+        }
     }
 
     /// The error for a request that failed: a cluster that could not be

@@ -105,6 +105,18 @@ pub struct DeleteArgs {
     pub connect: ConnectArgs,
 }
 
+impl TopicCommand {
+    pub fn connect(&self) -> &ConnectArgs {
+        match self {
+            TopicCommand::Create(args) => &args.connect,
+            TopicCommand::List(args) => &args.connect,
+            TopicCommand::Describe(args) => &args.connect,
+            TopicCommand::Alter(args) => &args.connect,
+            TopicCommand::Delete(args) => &args.connect,
+        }
+    }
+}
+
 pub fn run(command: TopicCommand) -> anyhow::Result<()> {
     match command {
         TopicCommand::Create(args) => create(&args),
