@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use rill_broker::BrokerConfig;
 use serde::Deserialize;
 
+mod admin;
 mod bench;
+mod cmd;
 
 #[derive(Debug, Parser)]
 #[command(name = "rill", version, about = "A Kafka-compatible message broker")]
@@ -29,6 +31,13 @@ enum Command {
     /// Measure a Kafka-compatible broker's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    #[command(flatten)]
+    Client(cmd::ClientCommand),
+    /// Print a shell completion script: `rill completions bash > /etc/bash_completion.d/rill`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Every `serve` setting. Each flag can also be set as `RILL_<NAME>` in the
@@ -136,6 +145,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Client(command) => match cmd::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("rill: {}", one_line(&error));
+                ExitCode::FAILURE
+            }
+        },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "rill", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -164,11 +185,22 @@ fn usage_error(error: clap::Error) -> ExitCode {
         };
     }
     let rendered = error.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("bad command line");
-    eprintln!("rill: {}", first.trim_start_matches("error: "));
+    let mut lines = rendered.lines().filter(|line| !line.trim().is_empty());
+    let mut first = lines
+        .next()
+        .unwrap_or("bad command line")
+        .trim_start_matches("error: ")
+        .to_string();
+    // "the following required arguments were not provided:" names them on
+    // the indented lines after it.
+    if first.ends_with(':') {
+        let named: Vec<&str> = lines
+            .take_while(|line| line.starts_with(char::is_whitespace))
+            .map(str::trim)
+            .collect();
+        first = format!("{first} {}", named.join(", "));
+    }
+    eprintln!("rill: {}", first.trim_end_matches(':'));
     ExitCode::from(2)
 }
 
@@ -356,7 +388,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("parse").command {
             Command::Serve(args) => *args,
-            Command::Bench(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

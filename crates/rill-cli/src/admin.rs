@@ -1,0 +1,279 @@
+//! A small blocking Kafka client for the admin requests librdkafka has no
+//! API for: IncrementalAlterConfigs, OffsetFetch of every topic of a group,
+//! OffsetDelete, Metadata's cluster id and controller, and the ApiVersions
+//! table itself.
+//!
+//! One request at a time over a `TcpStream`, encoded and decoded with the
+//! `kafka-protocol` crate. Every connection first asks the broker which
+//! versions it speaks (ApiVersions v0, which every broker since Kafka 0.10
+//! answers), and each request goes at the highest version both sides know;
+//! callers name the range of versions whose fields they fill, because the
+//! shape of some requests changes between versions. Every read, write and
+//! connect is bounded by the caller's timeout, so a broker that is down or
+//! stuck fails the command instead of hanging it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, FindCoordinatorRequest, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+
+/// The largest response this client accepts: far above any admin answer,
+/// and a guard against a size prefix that is not one.
+const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long to wait before asking again when a coordinator is still being
+/// chosen or loaded.
+const RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// The client id brokers see in their logs.
+const CLIENT_ID: &str = "rill-cli";
+
+/// One connection to one broker.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    /// The address as the user or the broker named it, for messages.
+    addr: String,
+    correlation_id: i32,
+    /// The broker's versions per API key, from its ApiVersions answer.
+    versions: BTreeMap<i16, (i16, i16)>,
+}
+
+impl Connection {
+    /// Connects to the first address of a comma-separated bootstrap list
+    /// that answers within `timeout`.
+    pub fn bootstrap(bootstrap: &str, timeout: Duration) -> anyhow::Result<Connection> {
+        let mut last_error = None;
+        for addr in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Connection::connect(addr, timeout) {
+                Ok(connection) => return Ok(connection),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("no bootstrap address given")))
+    }
+
+    /// Connects to `addr` (`host:port`) and learns the broker's versions.
+    pub fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Connection> {
+        let deadline = Instant::now() + timeout;
+        let targets: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {addr}"))?
+            .collect();
+        let mut last_error = None;
+        let mut stream = None;
+        for target in targets {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match TcpStream::connect_timeout(&target, left) {
+                Ok(connected) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        let stream = match (stream, last_error) {
+            (Some(stream), _) => stream,
+            (None, Some(error)) => bail!("cannot connect to {addr}: {error}"),
+            (None, None) => bail!("cannot connect to {addr}: no address to try"),
+        };
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .and_then(|()| stream.set_nodelay(true))
+            .with_context(|| format!("cannot set up the connection to {addr}"))?;
+        let mut connection = Connection {
+            stream,
+            addr: addr.to_string(),
+            correlation_id: 0,
+            versions: BTreeMap::new(),
+        };
+        let answer = connection.exchange(ApiVersionsRequest::default(), 0)?;
+        if let Some(error) = ResponseError::try_from_code(answer.error_code) {
+            bail!("{addr} refused ApiVersions: {error}");
+        }
+        connection.versions = answer
+            .api_keys
+            .iter()
+            .map(|api| (api.api_key, (api.min_version, api.max_version)))
+            .collect();
+        Ok(connection)
+    }
+
+    /// The broker's version range of every API it advertises, by API key.
+    pub fn versions(&self) -> &BTreeMap<i16, (i16, i16)> {
+        &self.versions
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `body` at the highest version in `handled` (the versions whose
+    /// fields the caller fills) that the broker speaks, and returns the
+    /// version used with the answer.
+    pub fn send<R: Request>(
+        &mut self,
+        body: R,
+        handled: RangeInclusive<i16>,
+    ) -> anyhow::Result<(i16, R::Response)> {
+        let api = &api_name(R::KEY);
+        let Some(&(broker_min, broker_max)) = self.versions.get(&R::KEY) else {
+            bail!("the broker at {} does not support {api}", self.addr);
+        };
+        let version = (*handled.end()).min(broker_max).min(R::VERSIONS.max);
+        let lowest = (*handled.start()).max(broker_min).max(R::VERSIONS.min);
+        if version < lowest {
+            bail!(
+                "the broker at {} speaks {api} v{broker_min}..=v{broker_max}, and this client v{}..=v{}",
+                self.addr,
+                handled.start(),
+                handled.end()
+            );
+        }
+        let answer = self.exchange(body, version)?;
+        Ok((version, answer))
+    }
+
+    /// One request and its answer at a chosen version.
+    fn exchange<R: Request>(&mut self, body: R, version: i16) -> anyhow::Result<R::Response> {
+        let api = &api_name(R::KEY);
+        let key = ApiKey::try_from(R::KEY).map_err(|()| anyhow!("unknown API key {}", R::KEY))?;
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+        let mut payload = BytesMut::new();
+        header
+            .encode(&mut payload, key.request_header_version(version))
+            .and_then(|()| body.encode(&mut payload, version))
+            .with_context(|| format!("cannot encode {api} v{version}"))?;
+        let size = u32::try_from(payload.len()).context("request too large")?;
+        let mut frame = BytesMut::with_capacity(4 + payload.len());
+        frame.put_u32(size);
+        frame.put_slice(&payload);
+        self.stream
+            .write_all(&frame)
+            .map_err(|error| self.io_error(api, error))?;
+
+        let mut size = [0; 4];
+        self.stream
+            .read_exact(&mut size)
+            .map_err(|error| self.io_error(api, error))?;
+        let size = u32::from_be_bytes(size) as usize;
+        if size > RESPONSE_BYTES_MAX {
+            bail!("{} sent a {size}-byte answer to {api}", self.addr);
+        }
+        let mut answer = vec![0; size];
+        self.stream
+            .read_exact(&mut answer)
+            .map_err(|error| self.io_error(api, error))?;
+        let mut answer = Bytes::from(answer);
+        let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
+            .with_context(|| format!("cannot decode the header of {api} from {}", self.addr))?;
+        if header.correlation_id != self.correlation_id {
+            bail!(
+                "{} answered {api} request {} with correlation id {}",
+                self.addr,
+                self.correlation_id,
+                header.correlation_id
+            );
+        }
+        let decoded = R::Response::decode(&mut answer, version)
+            .with_context(|| format!("cannot decode {api} v{version} from {}", self.addr))?;
+        if answer.has_remaining() {
+            tracing::debug!(api, remaining = answer.remaining(), "bytes after an answer");
+        }
+        Ok(decoded)
+    }
+
+    fn io_error(&self, api: &str, error: std::io::Error) -> anyhow::Error {
+        use std::io::ErrorKind;
+        match error.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                anyhow!("{} did not answer {api} in time", self.addr)
+            }
+            ErrorKind::UnexpectedEof => anyhow!("{} closed the connection during {api}", self.addr),
+            _ => anyhow!("{api} to {} failed: {error}", self.addr),
+        }
+    }
+}
+
+/// Finds the coordinator of `group` through `bootstrap` and connects to it.
+/// Retries while the coordinator is being chosen or loaded (the offsets
+/// topic may be created by this very request), up to `timeout`.
+pub fn group_coordinator(
+    bootstrap: &mut Connection,
+    group: &str,
+    timeout: Duration,
+) -> anyhow::Result<Connection> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let request =
+            FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.into()));
+        // v4 and later batch keys in another field.
+        let (_, answer) = bootstrap.send(request, 0..=3)?;
+        match ResponseError::try_from_code(answer.error_code) {
+            None => {
+                let addr = format!("{}:{}", answer.host, answer.port);
+                // The coordinator is usually the broker already connected to.
+                return Connection::connect(&addr, timeout)
+                    .with_context(|| format!("cannot reach the coordinator of group '{group}'"));
+            }
+            Some(error) if is_retriable(error) && Instant::now() < deadline => {
+                std::thread::sleep(RETRY_BACKOFF);
+            }
+            Some(error) => {
+                let message = answer.error_message.map(|m| m.to_string());
+                bail!(
+                    "cannot find the coordinator of group '{group}': {}",
+                    with_message(error, message.as_deref())
+                );
+            }
+        }
+    }
+}
+
+/// Errors that go away by themselves: a coordinator being elected or
+/// loading its state.
+pub fn is_retriable(error: ResponseError) -> bool {
+    matches!(
+        error,
+        ResponseError::CoordinatorNotAvailable
+            | ResponseError::CoordinatorLoadInProgress
+            | ResponseError::NotCoordinator
+            | ResponseError::LeaderNotAvailable
+    )
+}
+
+/// A broker's error with its message, when it sent one that adds anything.
+pub fn with_message(error: ResponseError, message: Option<&str>) -> String {
+    match message {
+        Some(message) if !message.is_empty() && message != error.to_string() => {
+            format!("{error} ({message})")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// The name of an API key as Kafka's protocol guide spells it (the
+/// `ApiKey` enum's variants are named after it).
+pub fn api_name(key: i16) -> String {
+    ApiKey::try_from(key).map_or_else(|()| format!("API {key}"), |key| format!("{key:?}"))
+}
