@@ -25,7 +25,7 @@ mod produce;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -86,46 +86,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Acks {
-    #[value(name = "0")]
-    Zero,
-    #[value(name = "1")]
-    One,
-    #[value(name = "all")]
-    All,
-}
-
-impl Acks {
-    fn as_config(self) -> &'static str {
-        match self {
-            Acks::Zero => "0",
-            Acks::One => "1",
-            Acks::All => "all",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Compression {
-    None,
-    Gzip,
-    Snappy,
-    Lz4,
-    Zstd,
-}
-
-impl Compression {
-    fn as_config(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-        }
-    }
-}
+// `rill produce` and `rill bench` take the same acks and codecs.
+pub use crate::cmd::produce::{Acks, Compression};
 
 /// The producer settings `produce` and `e2e` share.
 #[derive(Debug, Args)]

@@ -44,6 +44,17 @@ pub enum Acks {
     All,
 }
 
+impl Acks {
+    /// librdkafka's `acks` value.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            Acks::Zero => "0",
+            Acks::One => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Compression {
     None,
@@ -51,6 +62,19 @@ pub enum Compression {
     Snappy,
     Lz4,
     Zstd,
+}
+
+impl Compression {
+    /// librdkafka's `compression.type` value.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -131,22 +155,10 @@ impl ProducerContext for Deliveries {
 
 pub fn run(args: &ProduceArgs) -> anyhow::Result<()> {
     let connect = &args.connect;
-    let acks = match args.acks {
-        Acks::Zero => "0",
-        Acks::One => "1",
-        Acks::All => "all",
-    };
-    let compression = match args.compression {
-        Compression::None => "none",
-        Compression::Gzip => "gzip",
-        Compression::Snappy => "snappy",
-        Compression::Lz4 => "lz4",
-        Compression::Zstd => "zstd",
-    };
     let mut config = connect.client_config();
     config
-        .set("acks", acks)
-        .set("compression.type", compression)
+        .set("acks", args.acks.as_config())
+        .set("compression.type", args.compression.as_config())
         // Retries of an idempotent producer cannot duplicate or reorder;
         // librdkafka allows idempotence only with acks=all.
         .set(
