@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use rill_broker::group::records::{self, OffsetValue, RecordKey};
+use rill_broker::group::records::{self, GroupValue, OffsetValue, RecordKey};
 use rill_broker::group::state::{
     Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced,
 };
@@ -96,6 +96,11 @@ struct Driver {
     next_record_offset: i64,
     next_client: u32,
     generation: i32,
+    /// The group's last record written to `__consumer_offsets`, which a
+    /// restarted coordinator loads.
+    stored: Option<GroupValue>,
+    /// The records of leaders' assignments being written, with `writes`.
+    persisting: Vec<GroupValue>,
 }
 
 /// Runs the operations against one group, as the coordinator would (it
@@ -139,6 +144,8 @@ pub fn group_coordinator(data: &[u8]) {
         next_record_offset: 0,
         next_client: 0,
         generation: 0,
+        stored: None,
+        persisting: Vec::new(),
     };
     for op in input.ops.into_iter().take(64) {
         driver.step(op);
@@ -251,12 +258,17 @@ impl Driver {
                         assert_eq!(assignments.len(), self.group.members.len());
                         self.syncs.push(wait);
                         self.writes.push((generation, assignments));
+                        self.persisting.push(value);
                     }
                 }
             }
             Op::Written { ok } => {
                 if !self.writes.is_empty() {
                     let (generation, assignments) = self.writes.remove(0);
+                    let value = self.persisting.remove(0);
+                    if ok {
+                        self.stored = Some(value);
+                    }
                     let written = if ok { Ok(()) } else { Err(-1) };
                     self.group.complete_sync(generation, assignments, written, now);
                 }
@@ -327,18 +339,25 @@ impl Driver {
                     .expired_offsets(self.now, self.config.offsets_retention_ms);
             }
             Op::Restore => {
-                let value = self.group.value();
                 let offsets = std::mem::take(&mut self.group.offsets);
-                self.group = Group::restore("group".into(), value, &self.config, now);
+                self.group = match self.stored.clone() {
+                    Some(value) => Group::restore("group".into(), value, &self.config, now),
+                    None => Group::new("group".into(), &self.config, now),
+                };
+                // The restarted group starts from its stored generation.
+                self.generation = self.group.generation;
                 self.group.offsets = offsets;
                 // The connections went with the old process.
                 self.joins.clear();
                 self.syncs.clear();
                 self.writes.clear();
+                self.persisting.clear();
             }
             Op::Records { key, value } => decode_records(&key, &value),
         }
-        let _ = self.group.take_persist();
+        if self.group.take_persist() {
+            self.stored = Some(self.group.value());
+        }
         let _ = self.group.subscribed_topics();
         let _ = self.group.described_members();
         let _ = self.group.needs_ticks();

@@ -150,15 +150,30 @@ fn parse_and_check(frame: Bytes) {
         // field set at a version that cannot carry it); refusing is fine.
         return;
     }
-    let again = parse_request(encoded.freeze()).unwrap_or_else(|error| {
-        panic!("{api_key:?} v{version} re-encoded to an unparseable request: {error}")
-    });
-    assert_eq!(again.trailing_bytes, 0, "{api_key:?} v{version} re-encoded with trailing bytes");
-    assert_eq!(again.header, request.header, "{api_key:?} v{version} header changed");
-    assert!(
-        again.body == request.body,
-        "{api_key:?} v{version} body changed by re-encoding:\n{:?}\n{:?}",
-        request.body,
-        again.body
-    );
+    let again = parse_request(encoded.freeze());
+    if again.as_ref().is_ok_and(|again| {
+        again.trailing_bytes == 0 && again.header == request.header && again.body == request.body
+    }) {
+        return;
+    }
+    // kafka-protocol keeps unknown tagged fields in a map keyed by i32: a
+    // tag of 2^31 or more becomes a negative key, which its encoders count
+    // but do not write (`write_unknown_tagged_fields(buf, 0.., ..)`), so
+    // such a request re-encodes to one that does not parse. rill never
+    // re-encodes a request nor sends unknown tagged fields back, so only
+    // requests without them must round-trip.
+    let debug = format!("{:?}{:?}", request.header, request.body);
+    if debug
+        .replace("unknown_tagged_fields: {}", "")
+        .contains("unknown_tagged_fields: {")
+    {
+        return;
+    }
+    match again {
+        Err(error) => panic!("{api_key:?} v{version} re-encoded to an unparseable request: {error}"),
+        Ok(again) => panic!(
+            "{api_key:?} v{version} changed by re-encoding:\n{:?}\n{:?}",
+            request, again
+        ),
+    }
 }
