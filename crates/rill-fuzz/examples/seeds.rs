@@ -16,8 +16,8 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, JoinGroupRequest, MetadataRequest, OffsetCommitRequest, ProduceRequest,
-    RequestHeader, RequestKind, TopicName,
+    ApiKey, JoinGroupRequest, MetadataRequest, OffsetCommitRequest, ProduceRequest, RequestHeader,
+    RequestKind, TopicName,
 };
 use kafka_protocol::protocol::{encode_request_header_into_buffer, StrBytes};
 use rill_fuzz::log_recovery::{encode, Dir, Kind};
@@ -86,7 +86,7 @@ fn request_bodies(api_key: ApiKey, batch: &[u8]) -> Vec<RequestKind> {
         )),
         ApiKey::Metadata => bodies.push(RequestKind::Metadata(
             MetadataRequest::default().with_topics(Some(vec![
-                MetadataRequestTopic::default().with_name(Some(TopicName(str("topic")))),
+                MetadataRequestTopic::default().with_name(Some(TopicName(str("topic"))))
             ])),
         )),
         ApiKey::JoinGroup => bodies.push(RequestKind::JoinGroup(
@@ -97,7 +97,9 @@ fn request_bodies(api_key: ApiKey, batch: &[u8]) -> Vec<RequestKind> {
                 .with_protocol_type(str("consumer"))
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(str("range"))
-                    .with_metadata(Bytes::from_static(b"\x00\x01\x00\x00\x00\x01\x00\x05topic"))]),
+                    .with_metadata(Bytes::from_static(
+                        b"\x00\x01\x00\x00\x00\x01\x00\x05topic",
+                    ))]),
         )),
         ApiKey::OffsetCommit => bodies.push(RequestKind::OffsetCommit(
             OffsetCommitRequest::default()
@@ -181,7 +183,11 @@ fn batches() -> Vec<(String, Vec<u8>)> {
     let mut control = BatchBuilder::new();
     control.is_control = true;
     control.is_transactional = true;
-    control.push(Some(b"\x00\x00\x00\x00"), Some(b"\x00\x00\x00\x00\x00\x00"), NOW_MS);
+    control.push(
+        Some(b"\x00\x00\x00\x00"),
+        Some(b"\x00\x00\x00\x00\x00\x00"),
+        NOW_MS,
+    );
     out.push(("control".into(), control.build()));
     out
 }
@@ -221,7 +227,11 @@ fn log_seeds(batches: &[(String, Vec<u8>)]) {
             _ if name == rill_storage::epoch::FILE_NAME => (Kind::EpochCheckpoint, "0"),
             _ => continue,
         };
-        let base: u8 = base.parse::<u64>().expect("a base offset").try_into().expect("small");
+        let base: u8 = base
+            .parse::<u64>()
+            .expect("a base offset")
+            .try_into()
+            .expect("small");
         files.push((kind, base, false, contents));
     }
     files.sort_by_key(|(kind, base, _, _)| (*base, format!("{kind:?}")));
@@ -232,14 +242,22 @@ fn log_seeds(batches: &[(String, Vec<u8>)]) {
         segment_bytes: 4,
         files,
     };
-    write("log_recovery", "log-crashed", &encode(&dir(files.clone(), false)));
-    write("log_recovery", "log-clean", &encode(&dir(files.clone(), true)));
-    let logs_only: Vec<_> = files
-        .iter()
-        .filter(|f| f.0 == Kind::Log)
-        .cloned()
-        .collect();
-    write("log_recovery", "logs-only", &encode(&dir(logs_only.clone(), false)));
+    write(
+        "log_recovery",
+        "log-crashed",
+        &encode(&dir(files.clone(), false)),
+    );
+    write(
+        "log_recovery",
+        "log-clean",
+        &encode(&dir(files.clone(), true)),
+    );
+    let logs_only: Vec<_> = files.iter().filter(|f| f.0 == Kind::Log).cloned().collect();
+    write(
+        "log_recovery",
+        "logs-only",
+        &encode(&dir(logs_only.clone(), false)),
+    );
     let mut torn = logs_only;
     if let Some(last) = torn.last_mut() {
         let keep = last.3.len() * 2 / 3;

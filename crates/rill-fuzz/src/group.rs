@@ -47,7 +47,9 @@ enum Op {
         assignments: Vec<(u8, u8)>,
     },
     /// The write of a leader's assignment finishes (oldest first).
-    Written { ok: bool },
+    Written {
+        ok: bool,
+    },
     Heartbeat {
         member: u8,
         instance: Option<u8>,
@@ -66,11 +68,16 @@ enum Op {
         offset: i64,
     },
     /// Time passes (in tenths of a second) and the coordinator ticks.
-    Advance { ds: u16 },
+    Advance {
+        ds: u16,
+    },
     /// The coordinator restarts: the group comes back from its record.
     Restore,
     /// Stored records, from arbitrary bytes.
-    Records { key: Vec<u8>, value: Vec<u8> },
+    Records {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -270,7 +277,8 @@ impl Driver {
                         self.stored = Some(value);
                     }
                     let written = if ok { Ok(()) } else { Err(-1) };
-                    self.group.complete_sync(generation, assignments, written, now);
+                    self.group
+                        .complete_sync(generation, assignments, written, now);
                 }
             }
             Op::Heartbeat {
@@ -313,7 +321,10 @@ impl Driver {
                     // applied as if an earlier one finished later.
                     let record_offset = self.next_record_offset - i64::from(partition % 3);
                     self.next_record_offset += 1;
-                    let tp = (TOPICS[usize::from(topic)].to_string(), i32::from(partition % 4));
+                    let tp = (
+                        TOPICS[usize::from(topic)].to_string(),
+                        i32::from(partition % 4),
+                    );
                     let best = self.commits.entry(tp.clone()).or_insert(record_offset);
                     *best = (*best).max(record_offset);
                     self.group.apply_commit(
@@ -391,12 +402,19 @@ impl Driver {
             self.config.max_size
         );
         if let Some(leader) = &group.leader {
-            assert!(group.members.contains_key(leader), "leader {leader} is not a member");
+            assert!(
+                group.members.contains_key(leader),
+                "leader {leader} is not a member"
+            );
         }
         match group.state {
             GroupState::Empty => assert!(group.members.is_empty(), "an empty group has members"),
             GroupState::CompletingRebalance | GroupState::Stable => {
-                assert!(!group.members.is_empty(), "{:?} without members", group.state);
+                assert!(
+                    !group.members.is_empty(),
+                    "{:?} without members",
+                    group.state
+                );
                 assert!(group.leader.is_some(), "{:?} without a leader", group.state);
             }
             GroupState::PreparingRebalance | GroupState::Dead => {}
@@ -409,7 +427,10 @@ impl Driver {
         );
         self.generation = group.generation;
         if group.state == GroupState::Stable {
-            let protocol = group.protocol.as_deref().expect("a stable group has a protocol");
+            let protocol = group
+                .protocol
+                .as_deref()
+                .expect("a stable group has a protocol");
             for member in group.members.values() {
                 assert!(
                     member.protocols.iter().any(|(p, _)| p == protocol),
@@ -426,7 +447,10 @@ impl Driver {
             );
         }
         for (tp, best) in &self.commits {
-            let kept = group.offsets.get(tp).expect("a committed partition is kept");
+            let kept = group
+                .offsets
+                .get(tp)
+                .expect("a committed partition is kept");
             assert_eq!(kept.record_offset, *best, "an older commit won for {tp:?}");
         }
         let value = group.value();
@@ -482,16 +506,25 @@ impl Driver {
 /// never panics, and what decodes re-encodes to the same value.
 fn decode_records(key: &[u8], value: &[u8]) {
     if let Ok(decoded) = records::decode_key(key) {
-        assert_eq!(records::decode_key(&records::encode_key(&decoded)), Ok(decoded.clone()));
+        assert_eq!(
+            records::decode_key(&records::encode_key(&decoded)),
+            Ok(decoded.clone())
+        );
         match decoded {
             RecordKey::Offset { .. } => {
                 if let Ok(offset) = records::decode_offset(value) {
-                    assert_eq!(records::decode_offset(&records::encode_offset(&offset)), Ok(offset));
+                    assert_eq!(
+                        records::decode_offset(&records::encode_offset(&offset)),
+                        Ok(offset)
+                    );
                 }
             }
             RecordKey::Group { .. } => {
                 if let Ok(group) = records::decode_group(value) {
-                    assert_eq!(records::decode_group(&records::encode_group(&group)), Ok(group));
+                    assert_eq!(
+                        records::decode_group(&records::encode_group(&group)),
+                        Ok(group)
+                    );
                 }
             }
         }

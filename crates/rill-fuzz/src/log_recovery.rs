@@ -190,7 +190,10 @@ pub fn log_recovery(data: &[u8]) {
     let info = log
         .append(&mut batch.build(), 3)
         .expect("append at the end of a recovered log");
-    assert_eq!(info.base_offset, end, "the append did not go at the log end");
+    assert_eq!(
+        info.base_offset, end,
+        "the append did not go at the log end"
+    );
     let mut read = Vec::new();
     let read_info = log
         .read_into(end, u64::MAX, i64::MAX, &mut read)
@@ -218,7 +221,10 @@ fn check_batches(bytes: &[u8], log_start_offset: i64, log_end_offset: i64) {
         let header: BatchHeader =
             batch::check(batch).unwrap_or_else(|e| panic!("batch {i} read back corrupt: {e}"));
         assert!(header.offsets_are_sane(), "batch {i}: {header:?}");
-        assert!(header.base_offset >= next, "batch {i} goes back: {header:?}");
+        assert!(
+            header.base_offset >= next,
+            "batch {i} goes back: {header:?}"
+        );
         assert!(
             header.last_offset() >= log_start_offset,
             "batch {i} entirely below the log start {log_start_offset}"

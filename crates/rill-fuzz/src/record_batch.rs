@@ -43,19 +43,17 @@ pub fn record_batch(data: &[u8]) {
     if let Ok(raw) = compression::decompress(codec, rest, limit) {
         assert!(raw.len() <= limit, "{codec:?} decompressed past its limit");
     }
-    append(
-        &records,
-        flags & 2 != 0,
-        flags & 4 != 0,
-        flags & 8 != 0,
-    );
+    append(&records, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
 }
 
 /// Rewrites the CRC of each batch whose header and length are whole.
 pub fn fix_crcs(records: &mut [u8]) {
     let mut at = 0;
     while let Ok(header) = BatchHeader::parse(&records[at..]) {
-        let Some(end) = at.checked_add(header.size()).filter(|&e| e <= records.len()) else {
+        let Some(end) = at
+            .checked_add(header.size())
+            .filter(|&e| e <= records.len())
+        else {
             return;
         };
         let crc = batch::compute_crc(&records[at..end]);
@@ -160,7 +158,11 @@ fn append(records: &[u8], compact: bool, log_append_time: bool, non_empty: bool)
     let mut appended = records.to_vec();
     match log.append(&mut appended, LEADER_EPOCH) {
         Err(_) => {
-            assert_eq!(log.log_end_offset(), end_before, "a rejected append moved the log end");
+            assert_eq!(
+                log.log_end_offset(),
+                end_before,
+                "a rejected append moved the log end"
+            );
             assert_eq!(read_all(&log), before, "a rejected append changed the log");
         }
         Ok(info) => {
@@ -169,7 +171,10 @@ fn append(records: &[u8], compact: bool, log_append_time: bool, non_empty: bool)
             let mut read = Vec::new();
             log.read_into(info.base_offset, u64::MAX, i64::MAX, &mut read)
                 .expect("read the appended batches");
-            assert!(read == appended, "the appended batches read back differently");
+            assert!(
+                read == appended,
+                "the appended batches read back differently"
+            );
             for batch in batch::split(&read) {
                 let header = batch::check(batch.expect("whole batches")).expect("valid batches");
                 assert_eq!(header.partition_leader_epoch, LEADER_EPOCH);

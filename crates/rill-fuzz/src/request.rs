@@ -31,10 +31,8 @@ pub fn request(data: &[u8]) {
 /// limit.
 fn frames(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let (Ok(limit), Ok(chunk_sizes)) = (
-        u.int_in_range(0..=1024_usize),
-        u.arbitrary::<[u8; 8]>(),
-    ) else {
+    let (Ok(limit), Ok(chunk_sizes)) = (u.int_in_range(0..=1024_usize), u.arbitrary::<[u8; 8]>())
+    else {
         return;
     };
     let stream = u.take_rest();
@@ -78,7 +76,11 @@ fn frames(data: &[u8]) {
         assert_eq!(buf, whole, "chunked framing leaves different bytes");
     }
     for frame in frames {
-        assert!(frame.len() <= limit, "frame of {} over {limit}", frame.len());
+        assert!(
+            frame.len() <= limit,
+            "frame of {} over {limit}",
+            frame.len()
+        );
         parse_and_check(frame.freeze());
     }
 }
@@ -108,7 +110,10 @@ fn structured(data: &[u8]) {
     frame.extend_from_slice(u.take_rest());
     let frame = frame.freeze();
     if let Err(RequestError::HeaderUnreadable { reason }) = parse_request(frame.clone()) {
-        panic!("a valid {:?} v{version} header was unreadable: {reason}", api.key);
+        panic!(
+            "a valid {:?} v{version} header was unreadable: {reason}",
+            api.key
+        );
     }
     parse_and_check(frame);
 }
@@ -170,7 +175,9 @@ fn parse_and_check(frame: Bytes) {
         return;
     }
     match again {
-        Err(error) => panic!("{api_key:?} v{version} re-encoded to an unparseable request: {error}"),
+        Err(error) => {
+            panic!("{api_key:?} v{version} re-encoded to an unparseable request: {error}")
+        }
         Ok(again) => panic!(
             "{api_key:?} v{version} changed by re-encoding:\n{:?}\n{:?}",
             request, again
