@@ -37,9 +37,12 @@ pub use log_recovery::log_recovery;
 pub use record_batch::record_batch;
 pub use request::request;
 
+/// A fuzz target: takes any bytes, panics when a property fails.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the names of `fuzz/fuzz_targets/*.rs` and of the
 /// corpus and regression directories).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("request", request),
     ("record_batch", record_batch),
     ("log_recovery", log_recovery),
