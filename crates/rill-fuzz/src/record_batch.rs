@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use arbitrary::{Arbitrary, Unstructured};
+
 use rill_storage::batch::{self, BatchHeader};
 use rill_storage::compression;
-use rill_storage::records::{self, BatchBuilder};
+use rill_storage::records::{self, BatchBuilder, Header, Record};
 use rill_storage::{
     CleanupPolicy, Compression, FileCache, Log, LogConfig, LogOpenOptions, TimestampType,
 };
@@ -15,7 +17,9 @@ const NOW_MS: i64 = 1_700_000_000_000;
 const LEADER_EPOCH: i32 = 7;
 
 /// The first byte holds flags, the rest are the records of a produce
-/// request:
+/// request; or, when the first byte is 0xff, the rest describes batches
+/// that rill's own encoder builds ([`Produce`]), valid in format but with
+/// any header fields, offsets, timestamps and codecs. Flags:
 /// - bit 0: the CRC of every batch is recomputed first, so that the fuzzer
 ///   reaches what lies behind the CRC check;
 /// - bit 1: the log is compacted (every record must have a key, which
@@ -27,6 +31,19 @@ pub fn record_batch(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
+    if flags == 0xff {
+        if let Ok(produce) = Produce::arbitrary_take_rest(Unstructured::new(rest)) {
+            let records = produce.build();
+            check_batches(&records);
+            append(
+                &records,
+                produce.compact,
+                produce.log_append_time,
+                produce.non_empty,
+            );
+        }
+        return;
+    }
     let mut records = rest.to_vec();
     if flags & 1 != 0 {
         fix_crcs(&mut records);
@@ -44,6 +61,103 @@ pub fn record_batch(data: &[u8]) {
         assert!(raw.len() <= limit, "{codec:?} decompressed past its limit");
     }
     append(&records, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
+}
+
+#[derive(Debug, Arbitrary)]
+struct ArbitraryRecord {
+    attributes: i8,
+    timestamp_delta: i64,
+    /// `None`: one past the largest so far.
+    offset_delta: Option<i32>,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+#[derive(Debug, Arbitrary)]
+struct ArbitraryBatch {
+    codec: u8,
+    base_offset: i64,
+    partition_leader_epoch: i32,
+    log_append_time: bool,
+    base_timestamp: Option<i64>,
+    max_timestamp: Option<i64>,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    is_transactional: bool,
+    is_control: bool,
+    last_offset_delta: Option<i32>,
+    records: Vec<ArbitraryRecord>,
+}
+
+/// A produce request's records, as batches built by [`BatchBuilder`].
+#[derive(Debug, Arbitrary)]
+struct Produce {
+    compact: bool,
+    log_append_time: bool,
+    non_empty: bool,
+    batches: Vec<ArbitraryBatch>,
+}
+
+impl Produce {
+    fn build(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for spec in self.batches.iter().take(4) {
+            let mut builder = BatchBuilder {
+                base_offset: spec.base_offset,
+                partition_leader_epoch: spec.partition_leader_epoch,
+                compression: match spec.codec % 5 {
+                    0 => Compression::None,
+                    1 => Compression::Gzip,
+                    2 => Compression::Snappy,
+                    3 => Compression::Lz4,
+                    _ => Compression::Zstd,
+                },
+                timestamp_type: if spec.log_append_time {
+                    TimestampType::LogAppendTime
+                } else {
+                    TimestampType::CreateTime
+                },
+                base_timestamp: spec.base_timestamp,
+                max_timestamp: spec.max_timestamp,
+                producer_id: spec.producer_id,
+                producer_epoch: spec.producer_epoch,
+                base_sequence: spec.base_sequence,
+                is_transactional: spec.is_transactional,
+                is_control: spec.is_control,
+                last_offset_delta: spec.last_offset_delta,
+                ..BatchBuilder::new()
+            };
+            for record in spec.records.iter().take(32) {
+                let offset_delta = record.offset_delta.unwrap_or_else(|| {
+                    builder
+                        .records
+                        .iter()
+                        .map(|r| r.offset_delta.saturating_add(1))
+                        .max()
+                        .unwrap_or(0)
+                });
+                builder.push_record(Record {
+                    attributes: record.attributes,
+                    timestamp_delta: record.timestamp_delta,
+                    offset_delta,
+                    key: record.key.clone(),
+                    value: record.value.clone(),
+                    headers: record
+                        .headers
+                        .iter()
+                        .map(|(key, value)| Header {
+                            key: key.clone(),
+                            value: value.clone(),
+                        })
+                        .collect(),
+                });
+            }
+            out.extend_from_slice(&builder.build());
+        }
+        out
+    }
 }
 
 /// Rewrites the CRC of each batch whose header and length are whole.
