@@ -192,9 +192,19 @@ fn xerial_decompress(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Corrupt
     Ok(out)
 }
 
+/// The most bytes one byte of a raw snappy block can decompress to. No
+/// element of a block writes more than 64 bytes, and the shortest that
+/// writes 64 is a 3-byte copy, so a block of `n` bytes holds at most
+/// `64 * n / 3` bytes of output.
+const SNAPPY_EXPANSION_MAX: usize = 22;
+
 /// Appends one raw snappy block to `out`. The block's declared length is
-/// checked against what `limit` leaves before the output grows, so a block
-/// that lies about its length cannot force a large allocation.
+/// checked, before the output grows, against what the block's own size
+/// could produce and against what `limit` leaves, so a block that lies
+/// about its length cannot force a large allocation: the decoder fills a
+/// buffer of the declared length, and without the first check a block of
+/// a few bytes could make every caller allocate `limit` bytes (256 MiB
+/// for the produce path's key check on compacted topics).
 fn snappy_block_decompress(
     block: &[u8],
     limit: usize,
@@ -202,6 +212,15 @@ fn snappy_block_decompress(
 ) -> Result<(), CorruptBatch> {
     let codec = Compression::Snappy;
     let len = snap::raw::decompress_len(block).map_err(|e| failed(codec, e))?;
+    if len > block.len().saturating_mul(SNAPPY_EXPANSION_MAX) {
+        return Err(malformed(
+            codec,
+            &format!(
+                "a block of {} bytes declares {len} bytes, more than it can hold",
+                block.len()
+            ),
+        ));
+    }
     if len > limit.saturating_sub(out.len()) {
         return Err(over_limit(codec, limit));
     }
@@ -491,6 +510,29 @@ mod tests {
             &stream,
             1 << 20
         )));
+        // A block declaring more than its bytes can hold is refused whatever
+        // the limit: 6 bytes declaring 200 MiB (a fuzz finding; each such
+        // batch made the produce path allocate and zero the declared size).
+        let mut lying = Vec::new();
+        let mut declared = 200_u32 << 20;
+        while declared >= 0x80 {
+            lying.push(declared as u8 | 0x80);
+            declared >>= 7;
+        }
+        lying.push(declared as u8);
+        lying.extend_from_slice(&[0x00, b'x']);
+        let refused = decompress(Compression::Snappy, &lying, 256 << 20);
+        assert!(
+            format!("{refused:?}").contains("more than it can hold"),
+            "{refused:?}"
+        );
+        // The most a block can expand is allowed: 3-byte copies of 64 bytes.
+        let dense = snap::raw::Encoder::new()
+            .compress_vec(&vec![7_u8; 64 * 1024])
+            .unwrap();
+        assert!(dense.len() * 21 < 64 * 1024, "{} bytes", dense.len());
+        let expanded = decompress(Compression::Snappy, &dense, 1 << 20).unwrap();
+        assert_eq!(expanded.len(), 64 * 1024);
         // The limit covers all blocks together, not each one.
         let two = compress(Compression::Snappy, &sample(2 * XERIAL_BLOCK_SIZE));
         assert!(is_malformed(decompress(
