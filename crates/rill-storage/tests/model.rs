@@ -721,3 +721,36 @@ fn crash_without_checkpoints_after_truncating_into_a_compacted_segment() {
     ];
     run(true, &ops).unwrap();
 }
+
+/// Found by a random seed: a truncation to the log start leaves only
+/// batches below it; after a crash the log restarts empty at its start and
+/// must not keep the epochs it rebuilt from the segments it dropped.
+#[test]
+fn crash_after_truncating_to_the_log_start_keeps_no_epochs() {
+    let one = |n: usize| vec![(0usize, Some(0u8), 0i64); n];
+    let append = |sizes: &[usize]| Op::Append {
+        new_epoch: false,
+        batches: sizes.iter().map(|&n| one(n)).collect(),
+    };
+    let ops = vec![
+        append(&[1, 3]),
+        append(&[5]),
+        append(&[3]),
+        Op::DeleteBefore(5125),
+        append(&[1, 5, 1]),
+        append(&[5]),
+        append(&[3, 2]),
+        append(&[4]),
+        append(&[5]),
+        append(&[2]),
+        append(&[1, 5, 2]),
+        append(&[2]),
+        Op::TruncateTo(6199),
+        append(&[5, 2]),
+        append(&[1]),
+        append(&[2, 2]),
+        Op::TruncateTo(11642),
+        Op::Reopen(Reopen::CrashWithCheckpoints),
+    ];
+    run(false, &ops).unwrap();
+}
