@@ -316,8 +316,12 @@ impl Log {
         let log_end_offset = state.log_end_offset();
         let first_base = state.segments.keys().next().copied().unwrap_or(0);
         state.log_start_offset = options.log_start_offset.max(first_base).min(log_end_offset);
-        state.epochs.truncate_from_end(log_end_offset);
+        // Start first, then end: an epoch moved up to a log start that is
+        // also the log end goes too, so an empty log opens with no epochs
+        // whether they were checkpointed or rebuilt from batches below its
+        // start (and opening it again changes nothing).
         state.epochs.truncate_from_start(state.log_start_offset);
+        state.epochs.truncate_from_end(log_end_offset);
         // Recovered segments were checked but not fsynced (their `synced_size`
         // is zero, so the next flush covers them); until then the recovery
         // point stays where it was. Opening many logs thus costs no fsyncs.
