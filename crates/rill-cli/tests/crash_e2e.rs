@@ -1,0 +1,634 @@
+//! Crash safety of the real `rill serve` process, with real clients.
+//!
+//! `sigkill_during_acks_all_production_loses_nothing_acknowledged` kills the
+//! broker again and again while librdkafka producers write with acks=all and
+//! a consumer-group member commits what it reads, and checks after every
+//! restart that everything the broker acknowledged is where it said it was.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Broker;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+/// How long any one client operation may take before the test fails.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("reconnect.backoff.ms", "20")
+        .set("reconnect.backoff.max.ms", "200")
+        // The broker is down for a moment in every cycle; librdkafka must
+        // keep trying rather than give up on it.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    config
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+        .block_on(future)
+}
+
+fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(bootstrap).create().expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let results = block_on(admin.create_topics([&topic], &options)).expect("CreateTopics");
+    if let Err((topic, code)) = &results[0] {
+        panic!("CreateTopics {topic}: {code:?}");
+    }
+}
+
+/// A small xorshift generator: the test prints its seed, so a failing run's
+/// timings can be told apart from another's.
+struct Rng(u64);
+
+impl Rng {
+    fn from_time() -> Rng {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Rng(nanos | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the clients were told
+// ---------------------------------------------------------------------------
+
+/// A record the broker acknowledged: where it said the record is.
+#[derive(Debug, Clone)]
+struct Acked {
+    partition: i32,
+    offset: i64,
+    value: String,
+}
+
+/// Every acknowledged record and commit, shared by the client threads.
+#[derive(Debug, Default)]
+struct Ledger {
+    acked: Mutex<Vec<Acked>>,
+    /// Records whose delivery failed (not acknowledged, so not checked).
+    failed: AtomicU64,
+    /// The highest offset per partition whose commit the group coordinator
+    /// acknowledged.
+    committed: Mutex<BTreeMap<i32, i64>>,
+    commits_acked: AtomicU64,
+    commits_failed: AtomicU64,
+}
+
+/// Records each delivery report in the ledger.
+struct Recorder(Arc<Ledger>);
+
+impl ClientContext for Recorder {}
+
+impl ProducerContext for Recorder {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) => {
+                let value = String::from_utf8(message.payload().expect("a value").to_vec())
+                    .expect("UTF-8 value");
+                lock(&self.0.acked).push(Acked {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    value,
+                });
+            }
+            Err(_) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A value says who sent it and in which order: `p<producer>-<sequence>`.
+fn value(producer: usize, sequence: u64) -> String {
+    format!("p{producer}-{sequence:010}")
+}
+
+fn parse_value(value: &str) -> (usize, u64) {
+    let (producer, sequence) = value
+        .strip_prefix('p')
+        .and_then(|rest| rest.split_once('-'))
+        .unwrap_or_else(|| panic!("not a test value: {value:?}"));
+    (
+        producer.parse().expect("producer number"),
+        sequence.parse().expect("sequence number"),
+    )
+}
+
+/// How many records one producer may have queued and unacknowledged: enough
+/// to keep the broker busy, few enough that a flush at the end is quick.
+const PRODUCER_IN_FLIGHT_MAX: i32 = 2_000;
+
+/// How many records per second one producer sends at most: a steady load
+/// that keeps the logs small enough to read back whole after every kill.
+const PRODUCER_RECORDS_PER_SECOND: u64 = 1_000;
+
+/// What the test tells its client threads.
+#[derive(Debug, Default)]
+struct Control {
+    /// Stop, flushing what is queued.
+    stop: AtomicBool,
+    /// Queue nothing new for now (while the test reads the topic back, so
+    /// that each check reads a bounded log).
+    pause: AtomicBool,
+}
+
+/// Sends `p<id>-<sequence>` records with keys spread over the partitions
+/// until told to stop, then waits for every delivery report. Returns how
+/// many records it sent.
+fn run_producer(
+    bootstrap: String,
+    topic: String,
+    id: usize,
+    idempotent: bool,
+    ledger: Arc<Ledger>,
+    control: Arc<Control>,
+) -> u64 {
+    let mut config = client_config(&bootstrap);
+    config
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "200")
+        .set("retry.backoff.ms", "50")
+        .set("message.timeout.ms", "60000")
+        .set(
+            "enable.idempotence",
+            if idempotent { "true" } else { "false" },
+        );
+    if !idempotent {
+        // One request in flight: a retry then repeats only the request
+        // whose answer was lost, never overtakes a later one, so a
+        // producer's records stay in order (with repeats) in every
+        // partition.
+        config.set("max.in.flight.requests.per.connection", "1");
+    }
+    let producer: BaseProducer<Recorder> = config
+        .create_with_context(Recorder(ledger))
+        .expect("create a producer");
+    let mut sequence = 0u64;
+    // A token bucket: one token per record, refilled at the rate above.
+    let mut tokens = 0u64;
+    let mut refilled = Instant::now();
+    while !control.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let earned =
+            now.duration_since(refilled).as_millis() as u64 * PRODUCER_RECORDS_PER_SECOND / 1000;
+        if earned > 0 {
+            tokens = (tokens + earned).min(PRODUCER_RECORDS_PER_SECOND / 10);
+            refilled = now;
+        }
+        if tokens == 0
+            || control.pause.load(Ordering::Relaxed)
+            || producer.in_flight_count() >= PRODUCER_IN_FLIGHT_MAX
+        {
+            producer.poll(Duration::from_millis(5));
+            continue;
+        }
+        let value = value(id, sequence);
+        let key = format!("key-{}", sequence % 64);
+        let record = BaseRecord::to(&topic).key(&key).payload(&value);
+        match producer.send(record) {
+            Ok(()) => {
+                sequence += 1;
+                tokens -= 1;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((error, _)) => panic!("producer {id}: send {sequence}: {error}"),
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|error| panic!("producer {id}: flush at the end: {error}"));
+    sequence
+}
+
+/// A consumer-group member that reads the topic and commits synchronously
+/// what it has read, every few records, until `stop`; each commit the
+/// coordinator acknowledges goes into the ledger.
+fn run_group_member(
+    bootstrap: String,
+    topic: String,
+    group: String,
+    ledger: Arc<Ledger>,
+    control: Arc<Control>,
+) {
+    let consumer: BaseConsumer = client_config(&bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .expect("create the group member");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut read_since_commit = 0;
+    while !control.stop.load(Ordering::Relaxed) {
+        // An error (the broker is down, the group rebalances) passes.
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
+            pending.insert(message.partition(), message.offset() + 1);
+            read_since_commit += 1;
+        }
+        if pending.is_empty() || read_since_commit < 50 {
+            continue;
+        }
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in &pending {
+            list.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                .expect("add a partition to commit");
+        }
+        match consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => {
+                let mut committed = lock(&ledger.committed);
+                for (&partition, &offset) in &pending {
+                    let entry = committed.entry(partition).or_insert(offset);
+                    *entry = (*entry).max(offset);
+                }
+                ledger.commits_acked.fetch_add(1, Ordering::Relaxed);
+                pending.clear();
+                read_since_commit = 0;
+            }
+            Err(_) => {
+                ledger.commits_failed.fetch_add(1, Ordering::Relaxed);
+                // Try again with what was read by then.
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What a fresh reader finds
+// ---------------------------------------------------------------------------
+
+/// Every record of every partition of `topic` from its start up to its
+/// end in `ends`, as (offset, value) per partition, through one new
+/// librdkafka consumer. Fails on a gap, a repeat or a time-out.
+fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", "rill-crash-e2e-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .expect("reader");
+    let mut assignment = TopicPartitionList::new();
+    let mut logs: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    for (&partition, &end) in ends {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("add partition");
+        logs.insert(partition, Vec::with_capacity(end as usize));
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    while ends
+        .iter()
+        .any(|(partition, &end)| (logs[partition].len() as i64) < end)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "read {topic} up to {ends:?} within {CLIENT_TIMEOUT:?}: read {:?}",
+            logs.values().map(Vec::len).collect::<Vec<_>>()
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.unwrap_or_else(|e| panic!("read {topic}: {e}"));
+        let log = logs
+            .get_mut(&message.partition())
+            .expect("an assigned partition");
+        if message.offset() >= ends[&message.partition()] {
+            // Past the end this check reads up to (a late append).
+            continue;
+        }
+        assert_eq!(
+            message.offset(),
+            log.len() as i64,
+            "{topic}-{}: offsets are dense from 0",
+            message.partition()
+        );
+        let value =
+            String::from_utf8(message.payload().expect("a value").to_vec()).expect("UTF-8 value");
+        log.push((message.offset(), value));
+    }
+    logs
+}
+
+/// The group's committed offset per partition (OffsetFetch).
+fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let observer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("observer");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = observer
+        .committed_offsets(list, CLIENT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("committed offsets of {group}: {error}"));
+    committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some((element.partition(), offset)),
+            Offset::Invalid => None,
+            other => panic!(
+                "committed offset {other:?} of partition {}",
+                element.partition()
+            ),
+        })
+        .collect()
+}
+
+/// Log end offsets (high watermarks) of every partition.
+fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
+    (0..partitions)
+        .map(|partition| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
+                .unwrap_or_else(|error| panic!("watermarks of {topic}-{partition}: {error}"));
+            (partition, high)
+        })
+        .collect()
+}
+
+/// What one check found, for the test's summary line.
+#[derive(Debug, Default)]
+struct Checked {
+    records: usize,
+    acked: usize,
+    duplicates: usize,
+}
+
+/// Reads the whole topic with a fresh client and checks it against what
+/// the producers and the group member were told before the check began.
+#[allow(clippy::too_many_arguments)]
+fn check_topic(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+    idempotent: &[bool],
+    ledger: &Ledger,
+    when: &str,
+) -> Checked {
+    // Snapshots first: everything in them was acknowledged before the log
+    // ends and offsets below are read.
+    let acked: Vec<Acked> = lock(&ledger.acked).clone();
+    let committed_acked: BTreeMap<i32, i64> = lock(&ledger.committed).clone();
+    let committed = committed_offsets(bootstrap, group, topic, partitions);
+    let ends = log_ends(bootstrap, topic, partitions);
+
+    for (&partition, &offset) in &committed {
+        let end = ends[&partition];
+        assert!(
+            offset <= end,
+            "{when}: the group's committed offset {offset} of partition {partition} is past \
+             the log end {end}"
+        );
+    }
+    for (&partition, &offset) in &committed_acked {
+        let now = committed.get(&partition).copied();
+        assert!(
+            now.is_some_and(|now| now >= offset),
+            "{when}: the group's committed offset of partition {partition} is {now:?}, below \
+             the commit of {offset} it was told had succeeded"
+        );
+    }
+
+    let mut checked = Checked {
+        acked: acked.len(),
+        ..Checked::default()
+    };
+    let logs = read_topic(bootstrap, topic, &ends);
+    for (&partition, log) in &logs {
+        checked.records += log.len();
+
+        // Each producer's records in this partition, in log order: their
+        // sequences must ascend. A producer without idempotence may repeat
+        // a record whose acknowledgement was lost (its retry is appended
+        // again); a repeat must then be one already seen, and what is new
+        // must still ascend. An idempotent producer may repeat nothing.
+        let mut last: HashMap<usize, u64> = HashMap::new();
+        let mut seen: HashMap<String, i64> = HashMap::new();
+        for (offset, value) in log {
+            let (producer, sequence) = parse_value(value);
+            if let Some(first) = seen.get(value) {
+                assert!(
+                    !idempotent[producer],
+                    "{when}: partition {partition}: idempotent producer {producer}'s record \
+                     {value} is at offsets {first} and {offset}"
+                );
+                checked.duplicates += 1;
+                continue;
+            }
+            if let Some(&previous) = last.get(&producer) {
+                assert!(
+                    sequence > previous,
+                    "{when}: partition {partition} offset {offset}: producer {producer}'s \
+                     sequence {sequence} follows {previous}"
+                );
+            }
+            last.insert(producer, sequence);
+            seen.insert(value.clone(), *offset);
+        }
+    }
+
+    for record in &acked {
+        let log = &logs[&record.partition];
+        let found = log.get(record.offset as usize).map(|(_, value)| value);
+        assert_eq!(
+            found,
+            Some(&record.value),
+            "{when}: acknowledged {} at {}-{} offset {}",
+            record.value,
+            topic,
+            record.partition,
+            record.offset
+        );
+    }
+    checked
+}
+
+/// How many times the broker is killed.
+const KILL_CYCLES: usize = 20;
+
+#[test]
+fn sigkill_during_acks_all_production_loses_nothing_acknowledged() {
+    let started = Instant::now();
+    let mut broker = Broker::start_new_with_args(&["--group-initial-rebalance-delay-ms", "0"]);
+    let bootstrap = broker.bootstrap();
+    let topic = "crash-loop";
+    let group = "crash-loop-group";
+    let partitions = 4;
+    create_topic(&bootstrap, topic, partitions);
+
+    let mut rng = Rng::from_time();
+    println!("seed {}", rng.0);
+    // Producer 2 is idempotent; 0 and 1 are not.
+    let idempotent = [false, false, true];
+    let ledger = Arc::new(Ledger::default());
+    let control = Arc::new(Control::default());
+    let producers: Vec<_> = idempotent
+        .iter()
+        .enumerate()
+        .map(|(id, &idempotent)| {
+            let (bootstrap, topic) = (bootstrap.clone(), topic.to_string());
+            let (ledger, control) = (Arc::clone(&ledger), Arc::clone(&control));
+            thread::spawn(move || run_producer(bootstrap, topic, id, idempotent, ledger, control))
+        })
+        .collect();
+    let member = {
+        let (bootstrap, topic, group) = (bootstrap.clone(), topic.to_string(), group.to_string());
+        let (ledger, control) = (Arc::clone(&ledger), Arc::clone(&control));
+        thread::spawn(move || run_group_member(bootstrap, topic, group, ledger, control))
+    };
+    // Stops the clients however the test ends, so that a failed assertion
+    // does not leave threads producing into a dropped broker.
+    struct StopOnDrop(Arc<Control>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(Arc::clone(&control));
+
+    let mut last = Checked::default();
+    let mut restart_total = Duration::ZERO;
+    for cycle in 1..=KILL_CYCLES {
+        let cycle_started = Instant::now();
+        let run_ms = rng.between(100, 800);
+        control.pause.store(false, Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(run_ms));
+        broker.kill();
+        // The producers pause only after the kill: their last requests meet
+        // a dead broker, and their retries the new one.
+        control.pause.store(true, Ordering::Relaxed);
+        let restart_started = Instant::now();
+        broker.start();
+        let restart = restart_started.elapsed();
+        restart_total += restart;
+        last = check_topic(
+            &bootstrap,
+            topic,
+            group,
+            partitions,
+            &idempotent,
+            &ledger,
+            &format!("after kill {cycle}"),
+        );
+        println!(
+            "cycle {cycle}: ran {run_ms} ms; {} records in the log, {} acknowledged, {} \
+             repeated; {} commits acknowledged; restart took {restart:?}, cycle {:?}",
+            last.records,
+            last.acked,
+            last.duplicates,
+            ledger.commits_acked.load(Ordering::Relaxed),
+            cycle_started.elapsed()
+        );
+    }
+
+    // The clients outlived every restart: let them run a little against the
+    // last broker, then stop them; every record still queued must now be
+    // delivered.
+    let acked_before = lock(&ledger.acked).len();
+    control.pause.store(false, Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(500));
+    control.stop.store(true, Ordering::Relaxed);
+    let sent: Vec<u64> = producers
+        .into_iter()
+        .map(|producer| producer.join().expect("producer thread"))
+        .collect();
+    member.join().expect("group member thread");
+    let final_check = check_topic(
+        &bootstrap,
+        topic,
+        group,
+        partitions,
+        &idempotent,
+        &ledger,
+        "at the end",
+    );
+    let failed = ledger.failed.load(Ordering::Relaxed);
+    assert!(
+        final_check.acked > acked_before,
+        "the producers were acknowledged after the last restart"
+    );
+    assert_eq!(
+        final_check.acked as u64 + failed,
+        sent.iter().sum::<u64>(),
+        "one delivery report per record sent"
+    );
+    assert!(
+        ledger.commits_acked.load(Ordering::Relaxed) > 0,
+        "the group member had commits acknowledged"
+    );
+    println!(
+        "{KILL_CYCLES} kills in {:?} (restarts {restart_total:?}): {} records sent, {} acknowledged and found in place, \
+         {} failed, {} repeats (retries of lost answers, non-idempotent producers); {} \
+         commits acknowledged, {} failed; last cycle's log held {} records",
+        started.elapsed(),
+        sent.iter().sum::<u64>(),
+        final_check.acked,
+        failed,
+        final_check.duplicates,
+        ledger.commits_acked.load(Ordering::Relaxed),
+        ledger.commits_failed.load(Ordering::Relaxed),
+        last.records,
+    );
+}
