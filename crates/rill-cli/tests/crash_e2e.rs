@@ -8,6 +8,9 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -22,6 +25,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rill_storage::batch;
 
 /// How long any one client operation may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -631,4 +635,301 @@ fn sigkill_during_acks_all_production_loses_nothing_acknowledged() {
         ledger.commits_failed.load(Ordering::Relaxed),
         last.records,
     );
+}
+
+// ---------------------------------------------------------------------------
+// Torn writes: damage left in a stopped broker's files
+// ---------------------------------------------------------------------------
+
+/// Produces `batches` batches of `per_batch` records to partition 0 of
+/// `topic` with acks=all, one flush per batch so that each is its own
+/// request, and returns every record as acknowledged, in offset order.
+fn produce_acked(
+    bootstrap: &str,
+    topic: &str,
+    tag: &str,
+    batches: usize,
+    per_batch: usize,
+) -> Vec<Acked> {
+    let ledger = Arc::new(Ledger::default());
+    let producer: BaseProducer<Recorder> = client_config(bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "30000")
+        .create_with_context(Recorder(Arc::clone(&ledger)))
+        .expect("create a producer");
+    let padding = "x".repeat(80);
+    for batch in 0..batches {
+        for record in 0..per_batch {
+            let value = format!("{tag}-{batch:04}-{record:04}-{padding}");
+            let record = BaseRecord::<(), str>::to(topic)
+                .partition(0)
+                .payload(&value);
+            producer
+                .send(record)
+                .unwrap_or_else(|(error, _)| panic!("send to {topic}: {error}"));
+        }
+        // Wait for this batch's reports before the next is sent (polling
+        // in short steps: `flush` would sleep 100 ms per batch).
+        let sent = (batch + 1) * per_batch;
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        while lock(&ledger.acked).len() + (ledger.failed.load(Ordering::Relaxed) as usize) < sent {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: no delivery reports within {CLIENT_TIMEOUT:?}"
+            );
+            producer.poll(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(
+        ledger.failed.load(Ordering::Relaxed),
+        0,
+        "every record to {topic} delivered"
+    );
+    let mut acked = lock(&ledger.acked).clone();
+    acked.sort_by_key(|record| record.offset);
+    assert_eq!(acked.len(), batches * per_batch);
+    acked
+}
+
+/// The partition's active segment (the `.log` with the highest base offset)
+/// and its batches as (position, size, base offset).
+fn active_segment(data_dir: &Path, topic: &str) -> (PathBuf, Vec<(u64, u64, i64)>) {
+    let dir = data_dir.join(format!("{topic}-0"));
+    let mut logs: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("read {}: {error}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    let path = logs.pop().expect("a segment");
+    let bytes = fs::read(&path).expect("read the segment");
+    let mut batches = Vec::new();
+    let mut position = 0u64;
+    for batch in batch::split(&bytes) {
+        let batch = batch.expect("a whole batch before the damage");
+        let header = batch::check(batch).expect("a valid batch before the damage");
+        batches.push((position, batch.len() as u64, header.base_offset));
+        position += batch.len() as u64;
+    }
+    assert_eq!(position, bytes.len() as u64, "the segment is whole batches");
+    (path, batches)
+}
+
+/// One way to damage a stopped broker's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Damage {
+    /// The active segment ends halfway through its last batch.
+    TruncateMidBatch,
+    /// Garbage after the active segment's last batch.
+    AppendGarbage,
+    /// One byte of the last batch's records (covered by its CRC) flipped.
+    FlipByteInLastBatch,
+    /// The last 4 KiB of the active segment zeroed.
+    ZeroLast4KiB,
+    /// The partition's index files and every checkpoint deleted.
+    DeleteIndexesAndCheckpoints,
+    /// The partition's index files and every checkpoint full of garbage.
+    GarbageIndexesAndCheckpoints,
+}
+
+const DAMAGES: [Damage; 6] = [
+    Damage::TruncateMidBatch,
+    Damage::AppendGarbage,
+    Damage::FlipByteInLastBatch,
+    Damage::ZeroLast4KiB,
+    Damage::DeleteIndexesAndCheckpoints,
+    Damage::GarbageIndexesAndCheckpoints,
+];
+
+/// Checkpoint files of the data dir and of one partition.
+fn checkpoint_files(data_dir: &Path, topic: &str) -> Vec<PathBuf> {
+    let mut files = vec![
+        data_dir.join("recovery-point-offset-checkpoint"),
+        data_dir.join("log-start-offset-checkpoint"),
+    ];
+    let dir = data_dir.join(format!("{topic}-0"));
+    for entry in fs::read_dir(&dir).expect("partition dir") {
+        let path = entry.expect("dir entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if name == "leader-epoch-checkpoint" || ["index", "timeindex", "snapshot"].contains(&ext) {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Damages `topic`'s files as `damage` says and returns the first offset
+/// the damage destroyed: where the log must end after the restart.
+fn damage(data_dir: &Path, topic: &str, damage: Damage, rng: &mut Rng) -> i64 {
+    let (path, batches) = active_segment(data_dir, topic);
+    let &(last_position, last_size, last_base) = batches.last().expect("batches");
+    let file_len = last_position + last_size;
+    let end = {
+        let (_, _, base) = batches.last().expect("batches");
+        let bytes = fs::read(&path).expect("read segment");
+        let header = batch::check(&bytes[last_position as usize..]).expect("last batch");
+        assert_eq!(header.base_offset, *base);
+        header.next_offset()
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open the segment");
+    match damage {
+        Damage::TruncateMidBatch => {
+            file.set_len(last_position + last_size / 2)
+                .expect("truncate");
+            last_base
+        }
+        Damage::AppendGarbage => {
+            let garbage: Vec<u8> = (0..1000).map(|_| rng.next() as u8).collect();
+            file.write_all_at(&garbage, file_len).expect("append");
+            end
+        }
+        Damage::FlipByteInLastBatch => {
+            // Past the 61-byte header: inside the records the CRC covers.
+            let at = last_position + 61 + rng.between(0, last_size - 62);
+            let mut byte = [0u8];
+            file.read_exact_at(&mut byte, at).expect("read a byte");
+            file.write_all_at(&[byte[0] ^ 0x40], at)
+                .expect("flip a byte");
+            last_base
+        }
+        Damage::ZeroLast4KiB => {
+            let from = file_len.saturating_sub(4096);
+            file.write_all_at(&vec![0u8; (file_len - from) as usize], from)
+                .expect("zero-fill");
+            batches
+                .iter()
+                .find(|(position, size, _)| position + size > from)
+                .map(|&(_, _, base)| base)
+                .expect("a batch in the last 4 KiB")
+        }
+        Damage::DeleteIndexesAndCheckpoints => {
+            for path in checkpoint_files(data_dir, topic) {
+                fs::remove_file(&path)
+                    .unwrap_or_else(|error| panic!("remove {}: {error}", path.display()));
+            }
+            end
+        }
+        Damage::GarbageIndexesAndCheckpoints => {
+            for path in checkpoint_files(data_dir, topic) {
+                let garbage: Vec<u8> = (0..300).map(|_| rng.next() as u8).collect();
+                fs::write(&path, garbage)
+                    .unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+            }
+            end
+        }
+    }
+}
+
+/// Produces to one topic per kind of damage, stops the broker (`kill`:
+/// SIGKILL, else SIGTERM), damages each topic's files its way, restarts,
+/// and checks each topic: every record before the damage is read back
+/// intact, the log ends where the damage began, and new records land at
+/// the next offsets and read back.
+fn torn_writes_through_the_broker(kill: bool) {
+    let started = Instant::now();
+    let mut broker = Broker::start_new();
+    let bootstrap = broker.bootstrap();
+    let mut rng = Rng::from_time();
+    println!("seed {}", rng.0);
+    let mut acked = BTreeMap::new();
+    for (index, damage) in DAMAGES.iter().enumerate() {
+        let topic = format!("torn-{index}");
+        create_topic(&bootstrap, &topic, 1);
+        // 40 batches of 10 records of ~100 bytes: ~40 KiB, several index
+        // entries, several batches in the last 4 KiB.
+        let records = produce_acked(&bootstrap, &topic, "old", 40, 10);
+        for (index, record) in records.iter().enumerate() {
+            assert_eq!(record.offset, index as i64, "{topic}: offsets from 0");
+        }
+        acked.insert(*damage, (topic, records));
+    }
+    if kill {
+        broker.kill();
+    } else {
+        broker.stop();
+    }
+    let mut damaged_at = BTreeMap::new();
+    for (damage_kind, (topic, _)) in &acked {
+        let at = damage(broker.data_dir(), topic, *damage_kind, &mut rng);
+        damaged_at.insert(*damage_kind, at);
+    }
+    let lines_before = broker.stderr_lines().len();
+    let produced = started.elapsed();
+    broker.start();
+    // What the broker said about the damage, for the test's output.
+    for line in &broker.stderr_lines()[lines_before..] {
+        if line.contains("WARN") {
+            println!("broker: {line}");
+        }
+    }
+    let restarted = started.elapsed();
+
+    for (damage_kind, (topic, records)) in &acked {
+        let at = damaged_at[damage_kind];
+        let when = format!(
+            "{damage_kind:?} after {}",
+            if kill { "SIGKILL" } else { "SIGTERM" }
+        );
+        let ends = log_ends(&bootstrap, topic, 1);
+        assert_eq!(ends[&0], at, "{when}: the log ends where the damage began");
+        let log = &read_topic(&bootstrap, topic, &ends)[&0];
+        for (record, (offset, value)) in records.iter().zip(log) {
+            assert_eq!(record.offset, *offset);
+            assert_eq!(&record.value, value, "{when}: offset {offset}");
+        }
+        if (at as usize) < records.len() {
+            let logged = broker.stderr_lines()[lines_before..].iter().any(|line| {
+                line.contains("truncated the log at a damaged batch")
+                    && line.contains(&format!("{topic}-0"))
+            });
+            assert!(
+                logged,
+                "{when}: the broker logs the truncation of {topic}-0"
+            );
+        }
+        // New records follow on at the next offsets.
+        let new = produce_acked(&bootstrap, topic, "new", 3, 10);
+        for (index, record) in new.iter().enumerate() {
+            assert_eq!(
+                record.offset,
+                at + index as i64,
+                "{when}: new record {index}"
+            );
+        }
+        let ends = log_ends(&bootstrap, topic, 1);
+        assert_eq!(ends[&0], at + new.len() as i64);
+        let log = &read_topic(&bootstrap, topic, &ends)[&0];
+        for record in records.iter().take(at as usize).chain(&new) {
+            assert_eq!(
+                log[record.offset as usize].1, record.value,
+                "{when}: offset {} after new produces",
+                record.offset
+            );
+        }
+        println!(
+            "{when}: {} records kept of {}, 30 new ones at {at}..",
+            at,
+            records.len()
+        );
+    }
+    println!(
+        "produced and stopped in {produced:?}, restarted by {restarted:?}, checked by {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn torn_writes_after_sigterm_are_cut_and_the_log_goes_on() {
+    torn_writes_through_the_broker(false);
+}
+
+#[test]
+fn torn_writes_after_sigkill_are_cut_and_the_log_goes_on() {
+    torn_writes_through_the_broker(true);
 }
