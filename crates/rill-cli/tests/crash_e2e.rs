@@ -109,6 +109,8 @@ struct Ledger {
     acked: Mutex<Vec<Acked>>,
     /// Records whose delivery failed (not acknowledged, so not checked).
     failed: AtomicU64,
+    /// The errors of the failed deliveries, as librdkafka reported them.
+    errors: Mutex<Vec<KafkaError>>,
     /// The highest offset per partition whose commit the group coordinator
     /// acknowledged.
     committed: Mutex<BTreeMap<i32, i64>>,
@@ -135,8 +137,9 @@ impl ProducerContext for Recorder {
                     value,
                 });
             }
-            Err(_) => {
+            Err((error, _)) => {
                 self.0.failed.fetch_add(1, Ordering::Relaxed);
+                lock(&self.0.errors).push(error.clone());
             }
         }
     }
@@ -932,4 +935,311 @@ fn torn_writes_after_sigterm_are_cut_and_the_log_goes_on() {
 #[test]
 fn torn_writes_after_sigkill_are_cut_and_the_log_goes_on() {
     torn_writes_through_the_broker(true);
+}
+
+// ---------------------------------------------------------------------------
+// A full filesystem
+// ---------------------------------------------------------------------------
+
+/// A tmpfs of a fixed size mounted on a new temporary dir, unmounted when
+/// dropped (lazily if something still holds it), so that a failing test
+/// leaves no mount behind.
+///
+/// tmpfs rather than a loop device with ext4: what the broker meets is the
+/// same — `write` fails with ENOSPC, possibly after writing part of the
+/// buffer (ext4 with delayed allocation reserves blocks at `write` time, so
+/// it too reports ENOSPC there, not at `fsync`) — and tmpfs needs no
+/// `mkfs`, no loop device and no disk. What tmpfs cannot show is a failing
+/// `fsync`, which is why the log's handling of that is a unit test in
+/// rill-storage.
+struct SmallFilesystem {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl SmallFilesystem {
+    /// Mounts a tmpfs of `size_mib` MiB, or says why it cannot.
+    fn mount(size_mib: u64) -> Result<SmallFilesystem, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("needs root to mount".into());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("rill-full-fs-")
+            .tempdir()
+            .map_err(|error| format!("cannot create a mount point: {error}"))?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|error| format!("cannot run mount: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SmallFilesystem { dir: Some(dir) })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.as_ref().expect("mounted").path()
+    }
+
+    /// Bytes still free (statvfs).
+    fn free_bytes(&self) -> u64 {
+        let stat = rustix::fs::statvfs(self.path()).expect("statvfs");
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let unmounted = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(dir.path())
+                .status();
+        }
+        drop(dir);
+    }
+}
+
+/// Produces records of about 1 KiB to `topic` with `acks`, 100 at a time,
+/// until a delivery fails; returns the acknowledged records and the
+/// errors. librdkafka does not retry here (`retries=0`), so an error is
+/// the broker's own answer.
+fn produce_until_error(
+    bootstrap: &str,
+    topic: &str,
+    acks: &str,
+    tag: &str,
+) -> (Vec<Acked>, Vec<KafkaError>) {
+    let ledger = Arc::new(Ledger::default());
+    let producer: BaseProducer<Recorder> = client_config(bootstrap)
+        .set("acks", acks)
+        .set("linger.ms", "1")
+        .set("retries", "0")
+        .set("message.timeout.ms", "30000")
+        .create_with_context(Recorder(Arc::clone(&ledger)))
+        .expect("create a producer");
+    let padding = "f".repeat(1000);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut sent = 0usize;
+    // A bound on the bytes sent: far more than the filesystem holds.
+    while sent < 200_000 && ledger.failed.load(Ordering::Relaxed) == 0 {
+        for _ in 0..100 {
+            let value = format!("{tag}-{sent:08}-{padding}");
+            let record = BaseRecord::<(), str>::to(topic).payload(&value);
+            producer
+                .send(record)
+                .unwrap_or_else(|(error, _)| panic!("send to {topic}: {error}"));
+            sent += 1;
+        }
+        while lock(&ledger.acked).len() + (ledger.failed.load(Ordering::Relaxed) as usize) < sent {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: delivery reports did not come"
+            );
+            producer.poll(Duration::from_millis(1));
+        }
+    }
+    let acked = lock(&ledger.acked).clone();
+    let errors = lock(&ledger.errors).clone();
+    (acked, errors)
+}
+
+/// Checks that every acknowledged record of `topic` reads back at its offset
+/// with its value; returns the log ends.
+fn check_acked(bootstrap: &str, topic: &str, partitions: i32, acked: &[Acked], when: &str) {
+    let ends = log_ends(bootstrap, topic, partitions);
+    let logs = read_topic(bootstrap, topic, &ends);
+    for record in acked {
+        let found = logs[&record.partition]
+            .get(record.offset as usize)
+            .map(|(_, value)| value);
+        assert_eq!(
+            found,
+            Some(&record.value),
+            "{when}: acknowledged record at {topic}-{} offset {}",
+            record.partition,
+            record.offset
+        );
+    }
+}
+
+/// Every `.log` file of `topic`'s partitions holds whole valid batches and
+/// nothing else: a write the full disk cut short left no torn tail.
+fn assert_segments_whole(data_dir: &Path, topic: &str, partitions: i32, when: &str) {
+    for partition in 0..partitions {
+        let dir = data_dir.join(format!("{topic}-{partition}"));
+        for entry in fs::read_dir(&dir).expect("partition dir") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_none_or(|ext| ext != "log") {
+                continue;
+            }
+            let bytes = fs::read(&path).expect("read a segment");
+            for batch in batch::split(&bytes) {
+                let batch = batch.unwrap_or_else(|error| {
+                    panic!("{when}: {} is not whole batches: {error}", path.display())
+                });
+                batch::check(batch).unwrap_or_else(|error| {
+                    panic!("{when}: {} holds a bad batch: {error}", path.display())
+                });
+            }
+        }
+    }
+}
+
+/// A consumer-group member's commit of `offset` for partition 0 of `topic`.
+fn commit(bootstrap: &str, group: &str, topic: &str, offset: i64) -> Result<(), KafkaError> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .expect("add a partition");
+    consumer.commit(&list, CommitMode::Sync)
+}
+
+/// CreateTopics of a one-partition topic: the per-topic result.
+fn try_create_topic(bootstrap: &str, name: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(bootstrap).create().expect("admin client");
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let results = block_on(admin.create_topics([&topic], &options))
+        .map_err(|error| format!("request: {error}"))?;
+    match &results[0] {
+        Ok(_) => Ok(()),
+        Err((_, code)) => Err(format!("{code:?}")),
+    }
+}
+
+fn print_broker_problems(broker: &Broker, from: usize) -> usize {
+    let lines = broker.stderr_lines();
+    for line in &lines[from.min(lines.len())..] {
+        if line.contains("WARN") || line.contains("ERROR") || line.starts_with("rill:") {
+            println!("broker: {}", &line[..line.len().min(300)]);
+        }
+    }
+    lines.len()
+}
+
+#[test]
+fn a_full_filesystem_gives_errors_loses_nothing_and_recovers_when_space_is_freed() {
+    let started = Instant::now();
+    let fs = match SmallFilesystem::mount(48) {
+        Ok(fs) => fs,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    // Room to free later.
+    let ballast = fs.path().join("ballast");
+    fs::write(&ballast, vec![0x55u8; 8 << 20]).expect("write the ballast");
+    // Declared after the filesystem, so dropped (stopped) before it is
+    // unmounted.
+    let mut broker = Broker::start_new_in(fs.path(), &["--group-initial-rebalance-delay-ms", "0"]);
+    let bootstrap = broker.bootstrap();
+    let data_dir = broker.data_dir().to_path_buf();
+    let topic = "full";
+    let group = "full-group";
+    let partitions = 2;
+    {
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&bootstrap).create().expect("admin client");
+        // Small segments, so that the disk fills across several rolls.
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+            .set("segment.bytes", "1048576");
+        let options = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+        let results = block_on(admin.create_topics([&new_topic], &options)).expect("CreateTopics");
+        assert!(results[0].is_ok(), "{results:?}");
+    }
+    // The group and `__consumer_offsets` exist before the disk fills.
+    commit(&bootstrap, group, topic, 0).expect("a commit with room on the disk");
+    let free_before = fs.free_bytes();
+
+    // Fill the disk: acks=all first, then acks=1 into what is left.
+    let (mut acked, errors_all) = produce_until_error(&bootstrap, topic, "all", "all");
+    let (acked_one, errors_one) = produce_until_error(&bootstrap, topic, "1", "one");
+    let bytes_acked = (acked.len() + acked_one.len()) * 1010;
+    println!(
+        "full: {} bytes free before; {} acks=all and {} acks=1 records (~{bytes_acked} bytes) \
+         acknowledged; then acks=all got {:?}, acks=1 got {:?}; {} bytes free",
+        free_before,
+        acked.len(),
+        acked_one.len(),
+        errors_all.first(),
+        errors_one.first(),
+        fs.free_bytes()
+    );
+    for error in errors_all.iter().chain(&errors_one) {
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::KafkaStorageError),
+            "a full disk is a KAFKA_STORAGE_ERROR: {error}"
+        );
+    }
+    assert!(!errors_all.is_empty() && !errors_one.is_empty());
+    acked.extend(acked_one);
+    assert_segments_whole(&data_dir, topic, partitions, "full");
+    let (status, _) = broker.http_get("/health");
+    assert_eq!(status, 200, "the broker serves on a full disk");
+    check_acked(&bootstrap, topic, partitions, &acked, "full");
+
+    // Metadata and group changes on the full disk: errors, not a crash.
+    let created = try_create_topic(&bootstrap, "made-while-full");
+    println!("CreateTopics while full: {created:?}");
+    assert!(created.is_err(), "a topic cannot be created on a full disk");
+    let committed = commit(&bootstrap, group, topic, 1);
+    println!("OffsetCommit while full: {committed:?}");
+    let (status, _) = broker.http_get("/health");
+    assert_eq!(status, 200, "the broker serves after refusing changes");
+    let mut seen = print_broker_problems(&broker, 0);
+
+    // A restart on the full disk, clean if it can be.
+    let status = broker.terminate();
+    println!("SIGTERM on the full disk: {status}");
+    seen = print_broker_problems(&broker, seen);
+    broker.start();
+    check_acked(
+        &bootstrap,
+        topic,
+        partitions,
+        &acked,
+        "restarted while full",
+    );
+    broker.kill();
+    broker.start();
+    check_acked(&bootstrap, topic, partitions, &acked, "killed while full");
+    let (_, errors_again) = produce_until_error(&bootstrap, topic, "all", "again");
+    assert!(!errors_again.is_empty(), "still full after the restarts");
+    seen = print_broker_problems(&broker, seen);
+
+    // Free space: the same broker process takes changes and writes again.
+    fs::remove_file(&ballast).expect("remove the ballast");
+    try_create_topic(&bootstrap, "made-after-freeing")
+        .expect("a topic can be created once space is freed");
+    commit(&bootstrap, group, topic, 2).expect("a commit once space is freed");
+    let (acked_after, errors_after) = produce_until_error(&bootstrap, topic, "all", "after");
+    println!(
+        "after freeing the ballast: {} acks=all records acknowledged before the disk was full again",
+        acked_after.len()
+    );
+    assert!(
+        acked_after.len() > 1000,
+        "produce works again once space is freed"
+    );
+    assert!(!errors_after.is_empty());
+    acked.extend(acked_after);
+    check_acked(&bootstrap, topic, partitions, &acked, "after freeing space");
+    let _ = print_broker_problems(&broker, seen);
+    println!("full-disk test took {:?}", started.elapsed());
 }

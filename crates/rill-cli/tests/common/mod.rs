@@ -89,6 +89,20 @@ impl Broker {
             .prefix("rill-e2e-")
             .tempdir()
             .expect("create a temporary dir");
+        Broker::start_new_in_dir(dir, extra_args)
+    }
+
+    /// [`Broker::start_new_with_args`] with the data dir in `parent` (for
+    /// example a small filesystem the test mounted).
+    pub fn start_new_in(parent: &Path, extra_args: &[&str]) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("rill-e2e-")
+            .tempdir_in(parent)
+            .expect("create a temporary dir");
+        Broker::start_new_in_dir(dir, extra_args)
+    }
+
+    fn start_new_in_dir(dir: TempDir, extra_args: &[&str]) -> Broker {
         let mut broker = Broker {
             dir,
             ports: Ports::pick(),
@@ -146,15 +160,22 @@ impl Broker {
     /// Stops the broker with SIGTERM and checks that it exits with status 0
     /// within [`STOP_TIMEOUT`].
     pub fn stop(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "rill exited with {status} after SIGTERM; stderr:\n{}",
+            self.stderr_tail()
+        );
+    }
+
+    /// Stops the broker with SIGTERM and returns its exit status, which must
+    /// come within [`STOP_TIMEOUT`] (for a test where a clean stop may fail).
+    pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the broker is not running");
         let pid = Pid::from_child(&child);
         kill_process(pid, Signal::TERM).expect("send SIGTERM");
         match wait_timeout(&mut child, STOP_TIMEOUT) {
-            Some(status) => assert!(
-                status.success(),
-                "rill exited with {status} after SIGTERM; stderr:\n{}",
-                self.stderr_tail()
-            ),
+            Some(status) => status,
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
