@@ -1208,6 +1208,17 @@ fn a_full_filesystem_gives_errors_loses_nothing_and_recovers_when_space_is_freed
     let status = broker.terminate();
     println!("SIGTERM on the full disk: {status}");
     seen = print_broker_problems(&broker, seen);
+    // A clean stop writes indexes, snapshots and checkpoints; on a full
+    // disk it cannot, and says so (exit 2, one line). The next start then
+    // recovers as after a crash.
+    if !status.success() {
+        assert_eq!(status.code(), Some(2), "a failed stop exits 2");
+        let said = broker
+            .stderr_lines()
+            .iter()
+            .any(|line| line.starts_with("rill: ") && line.contains("No space left on device"));
+        assert!(said, "a failed stop names the full disk");
+    }
     broker.start();
     check_acked(
         &bootstrap,

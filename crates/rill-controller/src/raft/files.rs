@@ -34,62 +34,6 @@ pub fn write_atomic(
 /// but not the directory, so that a caller writing many files can sync the
 /// directory once at the end.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8], durability: Durability) -> io::Result<()> {
-    match write_file_once(dir, name, bytes, durability) {
-        Err(error) if is_disk_full(&error) && release_reserve(dir) => {
-            write_file_once(dir, name, bytes, durability)
-        }
-        result => result,
-    }
-}
-
-/// The file that holds space for the controller's own writes: see
-/// [`ensure_reserve`].
-pub const RESERVE_FILE: &str = "reserve";
-/// How much space the reserve holds: room for the few small files openraft
-/// writes at start-up (the vote, a blank entry of the new term) and more.
-pub const RESERVE_BYTES: usize = 256 * 1024;
-
-/// Creates `dir/reserve` if it is missing, best effort. openraft treats a
-/// failed write of its log or vote as fatal, so a controller that opens on
-/// a disk the partition logs filled could not start; the reserve is
-/// deleted to make room when a write of the controller meets a full disk
-/// (see [`write_file`]), and set aside again once there is space.
-pub fn ensure_reserve(dir: &Path) {
-    let path = dir.join(RESERVE_FILE);
-    if path.exists() {
-        return;
-    }
-    let tmp = dir.join(format!("{RESERVE_FILE}.tmp"));
-    let written = File::create(&tmp)
-        .and_then(|mut file| {
-            // Real bytes, not a hole: a sparse file reserves nothing.
-            file.write_all(&vec![0u8; RESERVE_BYTES])?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-}
-
-/// Deletes the reserve next to `dir` (in it, or in its parent for the
-/// entries' subdirectory); whether there was one.
-fn release_reserve(dir: &Path) -> bool {
-    for candidate in [Some(dir), dir.parent()].into_iter().flatten() {
-        let path = candidate.join(RESERVE_FILE);
-        if fs::remove_file(&path).is_ok() {
-            tracing::warn!(path = %path.display(), "the disk is full; released the controller's reserved space");
-            return true;
-        }
-    }
-    false
-}
-
-fn is_disk_full(error: &io::Error) -> bool {
-    error.kind() == io::ErrorKind::StorageFull || error.kind() == io::ErrorKind::QuotaExceeded
-}
-
-fn write_file_once(dir: &Path, name: &str, bytes: &[u8], durability: Durability) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;

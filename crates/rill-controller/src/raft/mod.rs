@@ -89,7 +89,10 @@ pub enum ControllerError {
 /// A full disk (the partition logs share it) is therefore refused before
 /// the write, as an ordinary error, and metadata changes work again as soon
 /// as space is freed. An entry is a small JSON file; 1 MiB leaves room for
-/// the entries and snapshot openraft may write on its own.
+/// the entries and snapshot openraft may write on its own. (openraft also
+/// writes at start-up — a vote, a blank entry — which this check cannot
+/// cover; a controller that cannot write them fails to start with the
+/// error.)
 pub const FREE_BYTES_MIN: u64 = 1 << 20;
 
 /// Free bytes on the file system holding `dir`, as an unprivileged writer
@@ -176,7 +179,6 @@ impl Controller {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io_error)?;
-        files::ensure_reserve(dir);
         let log_store = LogStore::open(dir).map_err(io_error)?;
         let state_machine = StateMachine::open(dir).map_err(io_error)?;
         let image_rx = state_machine.subscribe();
@@ -242,8 +244,6 @@ impl Controller {
     /// Refused without proposing anything when the disk is (nearly) full;
     /// see [`FREE_BYTES_MIN`].
     pub async fn submit(&self, command: MetadataCommand) -> Result<ApplyOutcome, ControllerError> {
-        // Set aside again if a full disk used it up and there is room now.
-        files::ensure_reserve(&self.dir);
         let free_bytes = free_bytes(&self.dir).map_err(|source| ControllerError::Io {
             path: self.dir.clone(),
             source,
