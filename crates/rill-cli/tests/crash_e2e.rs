@@ -1094,8 +1094,30 @@ fn assert_segments_whole(data_dir: &Path, topic: &str, partitions: i32, when: &s
     }
 }
 
+/// Writes `path` until the file system is full; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    let mut file = fs::File::create(path).expect("create a filler");
+    let chunk = [0xaau8; 4096];
+    let mut written = 0;
+    while let Ok(n @ 1..) = std::io::Write::write(&mut file, &chunk) {
+        written += n as u64;
+    }
+    written
+}
+
 /// A consumer-group member's commit of `offset` for partition 0 of `topic`.
 fn commit(bootstrap: &str, group: &str, topic: &str, offset: i64) -> Result<(), KafkaError> {
+    commit_with_metadata(bootstrap, group, topic, offset, "")
+}
+
+/// [`commit`] with a metadata string (up to `offset.metadata.max.bytes`).
+fn commit_with_metadata(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    offset: i64,
+    metadata: &str,
+) -> Result<(), KafkaError> {
     let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -1104,6 +1126,11 @@ fn commit(bootstrap: &str, group: &str, topic: &str, offset: i64) -> Result<(), 
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, 0, Offset::Offset(offset))
         .expect("add a partition");
+    if !metadata.is_empty() {
+        for mut element in list.elements_for_topic(topic) {
+            element.set_metadata(metadata);
+        }
+    }
     consumer.commit(&list, CommitMode::Sync)
 }
 
@@ -1194,12 +1221,27 @@ fn a_full_filesystem_gives_errors_loses_nothing_and_recovers_when_space_is_freed
     assert_eq!(status, 200, "the broker serves on a full disk");
     check_acked(&bootstrap, topic, partitions, &acked, "full");
 
+    // What the last failed batch left free goes too: the disk is full to
+    // the last page.
+    let filler = fs.path().join("filler");
+    let filled = fill(&filler);
+    println!("filler took the last {filled} bytes");
+
     // Metadata and group changes on the full disk: errors, not a crash.
     let created = try_create_topic(&bootstrap, "made-while-full");
     println!("CreateTopics while full: {created:?}");
     assert!(created.is_err(), "a topic cannot be created on a full disk");
     let committed = commit(&bootstrap, group, topic, 1);
     println!("OffsetCommit while full: {committed:?}");
+    // A commit with 4000 bytes of metadata needs a page the full disk does
+    // not have: the coordinator's write fails, and the member is told
+    // COORDINATOR_NOT_AVAILABLE (Kafka's answer for a storage error).
+    let big = commit_with_metadata(&bootstrap, group, topic, 1, &"m".repeat(4000));
+    println!("OffsetCommit with 4000 bytes of metadata while full: {big:?}");
+    assert!(
+        big.is_err(),
+        "a commit that needs space fails on a full disk"
+    );
     let (status, _) = broker.http_get("/health");
     assert_eq!(status, 200, "the broker serves after refusing changes");
     let mut seen = print_broker_problems(&broker, 0);
@@ -1236,6 +1278,7 @@ fn a_full_filesystem_gives_errors_loses_nothing_and_recovers_when_space_is_freed
 
     // Free space: the same broker process takes changes and writes again.
     fs::remove_file(&ballast).expect("remove the ballast");
+    fs::remove_file(&filler).expect("remove the filler");
     try_create_topic(&bootstrap, "made-after-freeing")
         .expect("a topic can be created once space is freed");
     commit(&bootstrap, group, topic, 2).expect("a commit once space is freed");
