@@ -307,10 +307,6 @@ impl Log {
             for (_, seg) in std::mem::take(&mut segments) {
                 seg.delete_files(&files)?;
             }
-            // So are the epochs just rebuilt from them: the log had none
-            // left (every entry started at or past its end), as after
-            // `truncate_fully_and_start_at`.
-            epochs.truncate_from_end(i64::MIN);
         }
         if segments.is_empty() {
             let base = options.log_start_offset.max(0);
@@ -330,8 +326,12 @@ impl Log {
         let log_end_offset = state.log_end_offset();
         let first_base = state.segments.keys().next().copied().unwrap_or(0);
         state.log_start_offset = options.log_start_offset.max(first_base).min(log_end_offset);
-        state.epochs.truncate_from_end(log_end_offset);
+        // Start first, then end: an epoch moved up to a log start that is
+        // also the log end goes too, so an empty log opens with no epochs
+        // whether they were checkpointed or rebuilt from batches below its
+        // start (and opening it again changes nothing).
         state.epochs.truncate_from_start(state.log_start_offset);
+        state.epochs.truncate_from_end(log_end_offset);
         // Recovered segments were checked but not fsynced (their `synced_size`
         // is zero, so the next flush covers them); until then the recovery
         // point stays where it was. Opening many logs thus costs no fsyncs.
@@ -976,7 +976,10 @@ impl Log {
         loop {
             {
                 let state = lock(&self.state);
-                if state.closed || state.recovery_point >= offset.min(state.log_end_offset()) {
+                // Nothing to sync, unless the epoch checkpoint changed with
+                // no new data (opening a log can drop epochs).
+                let synced = state.recovery_point >= offset.min(state.log_end_offset());
+                if state.closed || (synced && !state.epochs.is_dirty()) {
                     return Ok(());
                 }
                 if state.fsync_failed {
@@ -1484,17 +1487,20 @@ mod tests {
         let log = open(dir.path(), LogConfig::default(), LogOpenOptions::default())
             .with_flush_observer(Some(Arc::clone(&observer) as Arc<dyn FlushObserver>));
         let flushes = || observer.0.load(std::sync::atomic::Ordering::Relaxed);
+        // A new log has no epoch checkpoint yet: the first flush writes it.
         log.flush().unwrap();
-        assert_eq!(flushes(), 0, "nothing to flush: no pass");
+        assert_eq!(flushes(), 1, "the epoch checkpoint");
+        log.flush().unwrap();
+        assert_eq!(flushes(), 1, "nothing to flush: no pass");
         log.append(&mut batch(&["a"], 100), 0).unwrap();
         log.flush_until(1).unwrap();
-        assert_eq!(flushes(), 1);
+        assert_eq!(flushes(), 2);
         // Already durable: no second pass.
         log.flush_until(1).unwrap();
-        assert_eq!(flushes(), 1);
+        assert_eq!(flushes(), 2);
         log.append(&mut batch(&["b"], 101), 0).unwrap();
         log.flush().unwrap();
-        assert_eq!(flushes(), 2);
+        assert_eq!(flushes(), 3);
     }
 
     #[test]
