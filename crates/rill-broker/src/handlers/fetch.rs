@@ -157,16 +157,11 @@ fn read_partition(
 
     let partition_max = usize::try_from(fetch.partition_max_bytes).unwrap_or(0);
     let room = bytes_max.saturating_sub(bytes_so_far).min(partition_max);
-    let mut records = Vec::new();
     let info = if room == 0 && bytes_so_far > 0 {
         None
     } else {
-        match log.read_into(
-            fetch.fetch_offset,
-            room.max(1) as u64,
-            high_watermark,
-            &mut records,
-        ) {
+        // Only where the records are: they are sent from the files.
+        match log.read(fetch.fetch_offset, room.max(1) as u64, high_watermark) {
             Ok(info) => Some(info),
             Err(error @ StorageError::OffsetOutOfRange { .. }) => {
                 return Err(fail(KafkaError {
