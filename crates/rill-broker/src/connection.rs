@@ -256,7 +256,16 @@ pub(crate) async fn serve(
                     // a huge frame and stalls must not make the broker
                     // commit to its size.
                     let wanted = frame_len.min(FRAME_RESERVE_BYTES_MAX);
-                    buf.reserve(wanted.saturating_sub(buf.len()));
+                    if buf.capacity() < wanted {
+                        // A fresh allocation with only the bytes there
+                        // copied: growing the buffer in place (realloc)
+                        // copies, and so makes resident, all of its old
+                        // capacity, 64 KiB for every client that announces
+                        // a large frame and stalls.
+                        let mut fresh = BytesMut::with_capacity(wanted);
+                        fresh.extend_from_slice(&buf);
+                        buf = fresh;
+                    }
                     (frame_len - buf.len()).min(READ_BUFFER_BYTES)
                 }
                 None => {
