@@ -298,6 +298,10 @@ impl Log {
             for (_, seg) in std::mem::take(&mut segments) {
                 seg.delete_files(&files)?;
             }
+            // So are the epochs just rebuilt from them: the log had none
+            // left (every entry started at or past its end), as after
+            // `truncate_fully_and_start_at`.
+            epochs.truncate_from_end(i64::MIN);
         }
         if segments.is_empty() {
             let base = options.log_start_offset.max(0);

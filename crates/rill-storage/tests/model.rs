@@ -523,6 +523,14 @@ impl Machine {
                         m.start
                     );
                     m.start = first_base;
+                    // Nor does it know an end beyond its files: the last
+                    // batch's, or the last segment's base if that is empty.
+                    // A log end left above both by a truncation or deletion
+                    // is known only from the log start checkpoint (Kafka's
+                    // log comes back the same way).
+                    let last_base = *log.segment_base_offsets().last().unwrap();
+                    let last_batch_end = m.batches.last().map_or(i64::MIN, |b| b.last + 1);
+                    m.end = last_base.max(last_batch_end);
                     log
                 };
                 // The checkpointed epochs, plus those of every batch in the
@@ -686,4 +694,63 @@ proptest! {
     fn compact_policy_log_matches_model(ops in prop::collection::vec(op_strategy(true), 1..40)) {
         run(true, &ops)?;
     }
+}
+
+/// Found by a random seed: a truncation leaves the log ending above its
+/// empty last segment's base (the batches there were compacted away), and
+/// the checkpoints are lost. The log can only come back at that base.
+#[test]
+fn crash_without_checkpoints_after_truncating_into_a_compacted_segment() {
+    let one = |n: usize| vec![(0usize, Some(0u8), 0i64); n];
+    let append = |sizes: &[usize]| Op::Append {
+        new_epoch: false,
+        batches: sizes.iter().map(|&n| one(n)).collect(),
+    };
+    let ops = vec![
+        append(&[1, 3]),
+        append(&[5]),
+        append(&[4, 1, 5]),
+        append(&[3]),
+        append(&[3, 2]),
+        Op::Compact { advance_ms: 0 },
+        Op::TruncateTo(30549),
+        Op::DeleteBefore(8845),
+        append(&[1, 1]),
+        Op::TruncateTo(332),
+        Op::Reopen(Reopen::CrashWithoutCheckpoints),
+    ];
+    run(true, &ops).unwrap();
+}
+
+/// Found by a random seed: a truncation to the log start leaves only
+/// batches below it; after a crash the log restarts empty at its start and
+/// must not keep the epochs it rebuilt from the segments it dropped.
+#[test]
+fn crash_after_truncating_to_the_log_start_keeps_no_epochs() {
+    let one = |n: usize| vec![(0usize, Some(0u8), 0i64); n];
+    let append = |sizes: &[usize]| Op::Append {
+        new_epoch: false,
+        batches: sizes.iter().map(|&n| one(n)).collect(),
+    };
+    let ops = vec![
+        append(&[1, 3]),
+        append(&[5]),
+        append(&[3]),
+        Op::DeleteBefore(5125),
+        append(&[1, 5, 1]),
+        append(&[5]),
+        append(&[3, 2]),
+        append(&[4]),
+        append(&[5]),
+        append(&[2]),
+        append(&[1, 5, 2]),
+        append(&[2]),
+        Op::TruncateTo(6199),
+        append(&[5, 2]),
+        append(&[1]),
+        append(&[2, 2]),
+        Op::TruncateTo(11642),
+        Op::Reopen(Reopen::CrashWithCheckpoints),
+    ];
+    run(false, &ops).unwrap();
 }
