@@ -16,12 +16,15 @@
 //! Bounds: a frame is at most `socket.request.max.bytes`; at most
 //! `inflight_requests_per_connection_max` requests are read and not yet
 //! answered (the reader stops reading until the writer catches up). Every
-//! frame takes its size from the broker's request-bytes pool
-//! (`queued.max.request.bytes`) before its body is read, and gives it back
-//! when its answer is written; while the pool is empty the reader waits.
-//! Beyond the pool a connection holds at most its read buffer
-//! (`READ_BUFFER_BYTES`) of bytes not yet counted. A started frame must
-//! arrive whole within `request.read.timeout.ms`.
+//! byte read is counted in the broker's request-bytes pool
+//! (`queued.max.request.bytes`) before the next read, and stays counted
+//! until its request's answer is written; while the pool has no room the
+//! reader waits. So a connection is ahead of the pool by at most one read
+//! (`READ_BUFFER_BYTES`), and a client that announces a large frame and
+//! stalls holds only what it sent. A started frame must arrive whole within
+//! `request.read.timeout.ms`, also while it waits for the pool: when the
+//! pool is full of frames that their clients never finish, their deadlines
+//! are what empties it.
 
 use std::io;
 use std::net::SocketAddr;
