@@ -148,6 +148,16 @@ impl Broker {
         self.child.is_some()
     }
 
+    /// The running broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker is not running").id()
+    }
+
+    /// The running broker's memory now, from `/proc/<pid>/status`.
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid())
+    }
+
     /// Starts the broker again on the same data dir and ports (after
     /// [`Broker::kill`] or [`Broker::stop`]) and waits until it is ready.
     pub fn start(&mut self) {
@@ -322,6 +332,57 @@ impl Drop for Broker {
             );
         }
     }
+}
+
+/// A process's resident memory, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: resident now, in bytes.
+    pub rss: u64,
+    /// `VmHWM`: the most ever resident, in bytes.
+    pub peak: u64,
+}
+
+impl Memory {
+    pub fn of(pid: u32) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|error| panic!("cannot read /proc/{pid}/status: {error}"));
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+                * 1024
+        };
+        Memory {
+            rss: field("VmRSS:"),
+            peak: field("VmHWM:"),
+        }
+    }
+}
+
+/// Raises this process's open-files soft limit to its hard limit, for
+/// tests that open thousands of connections. Returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// The `rill` binary cargo built for these tests.
