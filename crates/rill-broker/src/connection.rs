@@ -205,8 +205,14 @@ pub(crate) async fn serve(
                 let request_bytes = held
                     .as_mut()
                     .and_then(|held| held.split(frame.len() + SIZE_PREFIX_LEN));
-                // Every byte read was counted before the next read.
-                assert!(request_bytes.is_some(), "a frame's bytes were not counted");
+                // Every byte read was counted before the next read, so this
+                // cannot be missing; if it were, the pool's count would be
+                // wrong, and closing is safer than a panic.
+                if request_bytes.is_none() {
+                    warn!("a frame's bytes were not counted in the request pool (a bug); closing the connection");
+                    reason = CloseReason::BadRequest;
+                    break 'connection;
+                }
                 let frame = if frame.len() <= READ_BUFFER_BYTES {
                     // Copied out, so that a request kept until it is
                     // answered (a long-polling fetch) does not pin the read
