@@ -52,6 +52,27 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// `max.connections`: further connections are accepted and closed at once.
     pub connections_max: usize,
+    /// `queued.max.request.bytes`: the bytes of requests read and not yet
+    /// answered, across all connections. A connection counts what it reads
+    /// in this pool before it reads more, and the bytes of a request stay
+    /// counted until its answer is written; while the pool has no room the
+    /// connection stops reading (backpressure, as Kafka mutes channels), it
+    /// does not fail. Counting bytes as they arrive, rather than a frame's
+    /// announced size, means a client that announces a large frame and
+    /// stalls holds only what it sent. At least `request_bytes_max` (the
+    /// broker adds one read buffer to it), so that the largest frame always
+    /// fits. Kafka's default is unbounded (-1); ours bounds what 10,000
+    /// connections sending 100 MiB frames at once could make the broker
+    /// hold.
+    pub queued_request_bytes_max: usize,
+    /// `request.read.timeout.ms`: how long a frame, once its first byte has
+    /// arrived, may take to arrive whole, waits for the pool included. A
+    /// client that sends half a frame and then a byte every few minutes is
+    /// never idle, so `connections.max.idle.ms` does not close it; this
+    /// does. Kafka has no such setting (its pool is unbounded by default);
+    /// ours is bounded, and frames that their clients never finish would
+    /// hold a share of it for ever, and with enough of them, all of it.
+    pub request_read_timeout: Duration,
     /// Requests read from one connection but not yet answered. Reading stops
     /// at this bound until the oldest answer is written (Kafka reads one
     /// request at a time per connection; pipelining clients get more).
@@ -73,6 +94,9 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     pub const NODE_ID_DEFAULT: NodeId = 1;
     pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+    /// 512 MiB: five frames of the largest size at once.
+    pub const QUEUED_REQUEST_BYTES_MAX_DEFAULT: usize = 512 * 1024 * 1024;
+    pub const REQUEST_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
     pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX_DEFAULT: usize = 64;
     pub const FETCH_WAITING_MAX_DEFAULT: usize = 10_000;
     pub const FETCH_BYTES_MAX_DEFAULT: usize = 55 * 1024 * 1024;
@@ -106,6 +130,8 @@ impl Default for BrokerConfig {
             producer_id_expiration_check_interval: Duration::from_secs(600),
             request_bytes_max: rill_protocol::REQUEST_BYTES_MAX_DEFAULT,
             connections_max: Self::CONNECTIONS_MAX_DEFAULT,
+            queued_request_bytes_max: Self::QUEUED_REQUEST_BYTES_MAX_DEFAULT,
+            request_read_timeout: Self::REQUEST_READ_TIMEOUT_DEFAULT,
             inflight_requests_per_connection_max:
                 Self::INFLIGHT_REQUESTS_PER_CONNECTION_MAX_DEFAULT,
             fetch_waiting_max: Self::FETCH_WAITING_MAX_DEFAULT,

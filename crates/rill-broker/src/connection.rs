@@ -15,7 +15,16 @@
 //!
 //! Bounds: a frame is at most `socket.request.max.bytes`; at most
 //! `inflight_requests_per_connection_max` requests are read and not yet
-//! answered (the reader stops reading until the writer catches up).
+//! answered (the reader stops reading until the writer catches up). Every
+//! byte read is counted in the broker's request-bytes pool
+//! (`queued.max.request.bytes`) before the next read, and stays counted
+//! until its request's answer is written; while the pool has no room the
+//! reader waits. So a connection is ahead of the pool by at most one read
+//! (`READ_BUFFER_BYTES`), and a client that announces a large frame and
+//! stalls holds only what it sent. A started frame must arrive whole within
+//! `request.read.timeout.ms`, also while it waits for the pool: when the
+//! pool is full of frames that their clients never finish, their deadlines
+//! are what empties it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,12 +32,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use rill_protocol::{
     decode_frame, encode_api_versions_unsupported, encode_fetch_response, encode_response,
-    parse_request, FramePart, RequestError,
+    parse_request, FramePart, RequestError, SIZE_PREFIX_LEN,
 };
 use rill_storage::FileRegion;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -45,7 +54,7 @@ use crate::metrics::CloseReason;
 use crate::server::Broker;
 
 /// The read buffer starts at this size and grows to the largest frame.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The most the read buffer grows to at once for a frame announced but not
 /// yet received; beyond it, it grows as the bytes arrive.
 const FRAME_RESERVE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -79,6 +88,9 @@ pub(crate) struct Pending {
     /// When the request was taken off the socket, for its latency.
     received: Instant,
     reply: Reply,
+    /// The request's room in the request-bytes pool, given back when the
+    /// answer is written (or given up).
+    _request_bytes: Option<OwnedSemaphorePermit>,
 }
 
 /// How an answer becomes available.
@@ -92,6 +104,35 @@ pub(crate) enum Reply {
     Encoded(Bytes),
     /// A Fetch answer, written with its records sent from the segment files.
     Fetch(JoinHandle<FetchAnswer>),
+}
+
+/// Takes `bytes` just read from the request-bytes pool, waiting while it
+/// has no room (the connection reads nothing meanwhile), at most until
+/// `deadline`.
+async fn count_read(
+    broker: &Broker,
+    bytes: usize,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Result<OwnedSemaphorePermit, CloseReason> {
+    // At most one read's worth, which the pool always holds (see
+    // `Broker::request_bytes`).
+    let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let pool = &broker.request_bytes;
+    if let Ok(permit) = Arc::clone(pool).try_acquire_many_owned(permits) {
+        return Ok(permit);
+    }
+    debug!(
+        bytes,
+        "request bytes pool is full; reading paused (queued.max.request.bytes)"
+    );
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
+        _ = tokio::time::sleep_until(deadline.into()) => Err(CloseReason::ReadTimeout),
+        permit = Arc::clone(pool).acquire_many_owned(permits) => {
+            permit.map_err(|_| CloseReason::Shutdown)
+        }
+    }
 }
 
 /// What the reader does after one frame.
@@ -137,13 +178,22 @@ pub(crate) async fn serve(
         // One timer, moved rather than recreated on every read.
         let idle_timer = tokio::time::sleep(broker.config.connections_max_idle);
         tokio::pin!(idle_timer);
+        let read_timeout = broker.config.request_read_timeout;
+        let read_timer = tokio::time::sleep(read_timeout);
+        tokio::pin!(read_timer);
 
         let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        // The bytes of `buf`, counted in the request-bytes pool. A decoded
+        // frame takes its share with it, until its answer is written.
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        // When the frame at the front of `buf` began to arrive, for
+        // `request.read.timeout.ms`.
+        let mut frame_started: Option<Instant> = None;
         let mut reason = CloseReason::Client;
         'connection: loop {
             loop {
                 let frame = match decode_frame(&mut buf, broker.config.request_bytes_max) {
-                    Ok(Some(frame)) => frame.freeze(),
+                    Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(error) => {
                         info!(%error, "bad frame; closing the connection");
@@ -151,8 +201,37 @@ pub(crate) async fn serve(
                         break 'connection;
                     }
                 };
+                frame_started = None;
+                let request_bytes = held
+                    .as_mut()
+                    .and_then(|held| held.split(frame.len() + SIZE_PREFIX_LEN));
+                // Every byte read was counted before the next read, so this
+                // cannot be missing; if it were, the pool's count would be
+                // wrong, and closing is safer than a panic.
+                if request_bytes.is_none() {
+                    warn!("a frame's bytes were not counted in the request pool (a bug); closing the connection");
+                    reason = CloseReason::BadRequest;
+                    break 'connection;
+                }
+                let frame = if frame.len() <= READ_BUFFER_BYTES {
+                    // Copied out, so that a request kept until it is
+                    // answered (a long-polling fetch) does not pin the read
+                    // buffer it shared with other frames.
+                    Bytes::copy_from_slice(&frame)
+                } else {
+                    // Read into an allocation of its own (reserved below);
+                    // the next frames get a fresh buffer rather than the
+                    // rest of this one, which would keep it all alive.
+                    let mut fresh = BytesMut::with_capacity(READ_BUFFER_BYTES.max(buf.len()));
+                    fresh.extend_from_slice(&buf);
+                    buf = fresh;
+                    frame.freeze()
+                };
                 match handle_frame(&broker, frame, peer).await {
-                    Next::Answer(pending) => {
+                    Next::Answer(mut pending) => {
+                        // The request's bytes stay counted until its answer
+                        // is written: its parsed body may point into them.
+                        pending._request_bytes = request_bytes;
                         activity.in_flight.fetch_add(1, Ordering::AcqRel);
                         if pending_tx.send(pending).await.is_err() {
                             reason = CloseReason::WriteFailed;
@@ -166,25 +245,66 @@ pub(crate) async fn serve(
                     }
                 }
             }
-            // Make room for the whole frame being read (its size is already
-            // checked against the limit by `decode_frame`), so that a large
-            // request is read straight into place rather than grown and
-            // copied in steps. Up to a bound: a client that announces a huge
-            // frame and stalls must not make the broker commit to its size.
-            if let Some(prefix) = buf.first_chunk::<4>() {
-                let frame_len = u32::from_be_bytes(*prefix) as usize + 4;
-                let wanted = frame_len.min(FRAME_RESERVE_BYTES_MAX);
-                buf.reserve(wanted.saturating_sub(buf.len()));
+            if buf.is_empty() {
+                frame_started = None;
+            } else if frame_started.is_none() {
+                frame_started = Some(Instant::now());
             }
+            // Read at most one buffer's worth at a time, and not past the
+            // frame at the front once its size is known: what is read is
+            // counted in the pool before the next read, so a connection is
+            // ahead of the pool by at most one read.
+            let read_max = match buf.first_chunk::<SIZE_PREFIX_LEN>() {
+                Some(prefix) => {
+                    // Its size is already checked against the limit by
+                    // `decode_frame`.
+                    let frame_len = u32::from_be_bytes(*prefix) as usize + SIZE_PREFIX_LEN;
+                    // Make room for the whole frame, so that a large request
+                    // is read straight into place rather than grown and
+                    // copied in steps. Up to a bound: a client that announces
+                    // a huge frame and stalls must not make the broker
+                    // commit to its size.
+                    let wanted = frame_len.min(FRAME_RESERVE_BYTES_MAX);
+                    if buf.capacity() < wanted {
+                        // A fresh allocation with only the bytes there
+                        // copied: growing the buffer in place (realloc)
+                        // copies, and so makes resident, all of its old
+                        // capacity, 64 KiB for every client that announces
+                        // a large frame and stalls.
+                        let mut fresh = BytesMut::with_capacity(wanted);
+                        fresh.extend_from_slice(&buf);
+                        buf = fresh;
+                    }
+                    (frame_len - buf.len()).min(READ_BUFFER_BYTES)
+                }
+                None => {
+                    buf.reserve(READ_BUFFER_BYTES.saturating_sub(buf.len()));
+                    READ_BUFFER_BYTES - buf.len()
+                }
+            };
             let idle_max = broker.config.connections_max_idle;
             let last_activity = last_read.max(activity.last_answer());
             idle_timer.as_mut().reset((last_activity + idle_max).into());
+            if let Some(started) = frame_started {
+                read_timer.as_mut().reset((started + read_timeout).into());
+            }
+            let before = buf.len();
+            let mut room = (&mut buf).limit(read_max);
             let read = tokio::select! {
                 _ = shutdown.cancelled() => {
                     reason = CloseReason::Shutdown;
                     break;
                 }
-                read = reader.read_buf(&mut buf) => read,
+                read = reader.read_buf(&mut room) => read,
+                _ = &mut read_timer, if frame_started.is_some() => {
+                    info!(
+                        timeout = ?read_timeout,
+                        received = before,
+                        "request not received whole in time; closing the connection (request.read.timeout.ms)"
+                    );
+                    reason = CloseReason::ReadTimeout;
+                    break;
+                }
                 _ = &mut idle_timer => {
                     // Idle only if no answer is owed either: a long-polling
                     // fetch keeps its connection.
@@ -209,7 +329,31 @@ pub(crate) async fn serve(
                     }
                     break;
                 }
-                Ok(_) => {}
+                Ok(read) => {
+                    frame_started.get_or_insert(last_read);
+                    // Count what arrived; while the pool has no room for it
+                    // nothing more is read. The frame's deadline still runs:
+                    // if the pool is full of frames that their clients never
+                    // finish, their deadlines are what empties it.
+                    let deadline = frame_started.unwrap_or(last_read) + read_timeout;
+                    match count_read(&broker, read, deadline, &shutdown).await {
+                        Ok(permit) => match held.as_mut() {
+                            Some(held) => held.merge(permit),
+                            None => held = Some(permit),
+                        },
+                        Err(why) => {
+                            if why == CloseReason::ReadTimeout {
+                                info!(
+                                    timeout = ?read_timeout,
+                                    received = buf.len(),
+                                    "request not received whole in time (waiting for queued.max.request.bytes); closing the connection (request.read.timeout.ms)"
+                                );
+                            }
+                            reason = why;
+                            break;
+                        }
+                    }
+                }
                 Err(error) => {
                     debug!(%error, "read failed");
                     break;
@@ -254,6 +398,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
                         correlation_id,
                         received,
                         reply: Reply::Encoded(out.freeze()),
+                        _request_bytes: None,
                     })
                 }
                 Err(error) => {
@@ -281,6 +426,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
             correlation_id,
             received,
             reply,
+            _request_bytes: None,
         })
     };
     let ready = |body| answer(Reply::Ready(Box::new(body)));

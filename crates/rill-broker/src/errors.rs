@@ -68,6 +68,11 @@ pub fn producer_id_error_code(error: &ControllerError) -> i16 {
 pub fn controller_error(error: &ControllerError) -> (i16, String) {
     match error {
         ControllerError::Rejected(rejection) => (rejection.kafka_code(), rejection.to_string()),
+        // A full disk, as a failed partition-log write is answered.
+        no_space @ ControllerError::NoSpace { .. } => (
+            ResponseError::KafkaStorageError.code(),
+            no_space.to_string(),
+        ),
         other => (ResponseError::UnknownServerError.code(), other.to_string()),
     }
 }

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::group::GroupCoordinator;
-use crate::metrics::Metrics;
+use crate::metrics::{CloseReason, Metrics};
 use crate::producer_ids::ProducerIdManager;
 use crate::replica::ReplicaManager;
 use crate::{connection, http};
@@ -79,6 +79,11 @@ pub struct Broker {
     pub replicas: ReplicaManager,
     /// Permits for fetches waiting for data ([`BrokerConfig::fetch_waiting_max`]).
     pub fetch_waiting: Semaphore,
+    /// The request-bytes pool, one permit per byte
+    /// ([`BrokerConfig::queued_request_bytes_max`]). Never smaller than the
+    /// largest frame and one read: a connection alone must always be able
+    /// to finish its frame, or it would wait for ever.
+    pub request_bytes: Arc<Semaphore>,
     /// Cancelled when the node begins to shut down: waiting requests answer
     /// at once with what they have.
     pub shutdown: CancellationToken,
@@ -313,6 +318,16 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             Arc::clone(&clock),
         ),
         fetch_waiting: Semaphore::new(config.fetch_waiting_max),
+        request_bytes: Arc::new(Semaphore::new(
+            config
+                .queued_request_bytes_max
+                .max(
+                    config.request_bytes_max
+                        + rill_protocol::SIZE_PREFIX_LEN
+                        + connection::READ_BUFFER_BYTES,
+                )
+                .min(Semaphore::MAX_PERMITS),
+        )),
         producer_ids: ProducerIdManager::new(config.node_id),
         groups: Arc::new(GroupCoordinator::new(
             config.groups.clone(),
@@ -461,6 +476,7 @@ async fn accept_kafka(
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             warn!(%peer, limit = broker.config.connections_max, "too many connections; closing the new one");
+            broker.metrics.connection_closed(CloseReason::Limit);
             continue;
         };
         tasks.spawn(connection::serve(

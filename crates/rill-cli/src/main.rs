@@ -77,6 +77,12 @@ struct ServeArgs {
     /// The most client connections at once [default: 10000].
     #[arg(long, env = "RILL_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// The most bytes of requests being read or handled at once, across all connections [default: 536870912].
+    #[arg(long, env = "RILL_QUEUED_MAX_REQUEST_BYTES")]
+    queued_max_request_bytes: Option<usize>,
+    /// Close a connection whose started request frame does not arrive whole within this many milliseconds [default: 60000].
+    #[arg(long, env = "RILL_REQUEST_READ_TIMEOUT_MS")]
+    request_read_timeout_ms: Option<u64>,
     /// How often retention and compaction run, in milliseconds [default: 300000].
     #[arg(long, env = "RILL_LOG_RETENTION_CHECK_INTERVAL_MS")]
     log_retention_check_interval_ms: Option<u64>,
@@ -120,6 +126,8 @@ struct FileSettings {
     num_partitions: Option<i32>,
     socket_request_max_bytes: Option<usize>,
     max_connections: Option<usize>,
+    queued_max_request_bytes: Option<usize>,
+    request_read_timeout_ms: Option<u64>,
     log_retention_check_interval_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
     group_initial_rebalance_delay_ms: Option<i32>,
@@ -271,6 +279,7 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     setting!(num_partitions => config.num_partitions);
     setting!(socket_request_max_bytes => config.request_bytes_max);
     setting!(max_connections => config.connections_max);
+    setting!(queued_max_request_bytes => config.queued_request_bytes_max);
     setting!(group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms);
     setting!(group_min_session_timeout_ms => config.groups.min_session_timeout_ms);
     setting!(group_max_session_timeout_ms => config.groups.max_session_timeout_ms);
@@ -311,6 +320,13 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
         anyhow::ensure!(ms > 0, "connections-max-idle-ms must be positive");
         config.connections_max_idle = std::time::Duration::from_millis(ms);
     }
+    if let Some(ms) = args
+        .request_read_timeout_ms
+        .or(file.request_read_timeout_ms)
+    {
+        anyhow::ensure!(ms > 0, "request-read-timeout-ms must be positive");
+        config.request_read_timeout = std::time::Duration::from_millis(ms);
+    }
     anyhow::ensure!(
         config.node_id >= 0,
         "node-id must be at least 0, not {}",
@@ -344,11 +360,20 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
         config.connections_max >= 1,
         "max-connections must be at least 1"
     );
+    // The largest frame must fit in the pool, or its connection would wait
+    // for room that never comes.
+    anyhow::ensure!(
+        config.queued_request_bytes_max >= config.request_bytes_max,
+        "queued-max-request-bytes ({}) must be at least socket-request-max-bytes ({})",
+        config.queued_request_bytes_max,
+        config.request_bytes_max
+    );
     Ok(config)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = broker_config(args)?;
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rill")
@@ -366,6 +391,36 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         running.shutdown().await?;
         Ok(())
     })
+}
+
+/// Raises this process's soft limit on open files to its hard limit: each
+/// connection is a descriptor, and the usual soft limit of 1024 would refuse
+/// connections (accept fails with EMFILE) long before `max-connections`.
+/// Logged, and a failure is only a warning: the broker still works within
+/// the lower limit.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        tracing::info!(open_files_max = ?limit.current, "open files limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open files limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            open_files_max = ?limit.current,
+            "cannot raise the open files limit (RLIMIT_NOFILE)"
+        ),
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -402,6 +457,11 @@ mod tests {
         assert_eq!(config.node_id, 1);
         assert!(config.auto_create_topics_enable);
         assert_eq!(config.num_partitions, 1);
+        assert_eq!(config.queued_request_bytes_max, 512 * 1024 * 1024);
+        assert_eq!(
+            config.request_read_timeout,
+            std::time::Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -441,5 +501,16 @@ mod tests {
         let error = broker_config(serve_args(&["--advertised-kafka-addr", "no-port"])).unwrap_err();
         assert!(error.to_string().contains("no-port"), "{error}");
         assert!(Cli::try_parse_from(["rill", "serve", "--kafka-addr", "x"]).is_err());
+        let error = broker_config(serve_args(&[
+            "--socket-request-max-bytes",
+            "2048",
+            "--queued-max-request-bytes",
+            "1024",
+        ]))
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("queued-max-request-bytes"),
+            "{error}"
+        );
     }
 }

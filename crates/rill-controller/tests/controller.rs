@@ -394,3 +394,90 @@ async fn the_image_is_the_pure_replay_of_the_commands() -> anyhow::Result<()> {
     controller.shutdown().await?;
     Ok(())
 }
+
+/// A 4 MiB tmpfs on a temporary dir, unmounted when dropped; `None` (and a
+/// "skipped" line) when the test cannot mount one (it needs root).
+struct SmallFilesystem(Option<tempfile::TempDir>);
+
+impl SmallFilesystem {
+    fn mount() -> Option<SmallFilesystem> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            println!("skipped: needs root to mount a tmpfs");
+            return None;
+        }
+        Some(SmallFilesystem(Some(dir)))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("mounted").path()
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path().join(name)).expect("create a filler");
+        let chunk = vec![0xaau8; 4096];
+        while file.write(&chunk).is_ok_and(|n| n > 0) {}
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let ok = std::process::Command::new("umount")
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|status| status.success());
+            if !ok {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(dir.path())
+                    .status();
+            }
+        }
+    }
+}
+
+/// openraft stops for good after a failed log write; on a full disk the
+/// controller must refuse changes before that, open again, and take
+/// changes once space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_changes_and_the_controller_goes_on_once_space_is_freed(
+) -> anyhow::Result<()> {
+    let Some(fs) = SmallFilesystem::mount() else {
+        return Ok(());
+    };
+    let dir = fs.path().join("controller");
+    let controller = Controller::open(&dir, 1).await?;
+    controller.submit(register(1)).await?;
+    fs.fill("filler");
+
+    let refused = controller.submit(create("orders", 1, 1)).await;
+    assert!(
+        matches!(refused, Err(ControllerError::NoSpace { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(controller.image().topic_count(), 0);
+    controller.shutdown().await?;
+
+    // It opens again on the full disk, and still refuses.
+    let controller = Controller::open(&dir, 1).await?;
+    let refused = controller.submit(create("orders", 1, 1)).await;
+    assert!(
+        matches!(refused, Err(ControllerError::NoSpace { .. })),
+        "{refused:?}"
+    );
+
+    std::fs::remove_file(fs.path().join("filler"))?;
+    controller.submit(create("orders", 1, 1)).await?;
+    assert_eq!(controller.image().topic_count(), 1);
+    controller.shutdown().await?;
+    Ok(())
+}

@@ -144,6 +144,15 @@ struct LogState {
     /// A segment file was created since the directory was last fsynced.
     dir_dirty: bool,
     closed: bool,
+    /// An fsync of a segment failed since the log was opened. After a
+    /// failed fsync the kernel may have dropped the dirty pages it could not
+    /// write and still report the next fsync as a success ("fsyncgate"), so
+    /// nothing written since the recovery point can be called durable
+    /// again in this process: every later flush that has something to do
+    /// fails, acks=all answers are errors, and the recovery point stays
+    /// where it was, so that the next start scans that tail with its CRCs
+    /// (Kafka takes the whole log dir offline instead).
+    fsync_failed: bool,
 }
 
 impl LogState {
@@ -312,6 +321,7 @@ impl Log {
             epochs,
             dir_dirty: true,
             closed: false,
+            fsync_failed: false,
         };
         let log_end_offset = state.log_end_offset();
         let first_base = state.segments.keys().next().copied().unwrap_or(0);
@@ -378,6 +388,12 @@ impl Log {
     /// Everything below this offset is known to be durable.
     pub fn recovery_point(&self) -> i64 {
         lock(&self.state).recovery_point
+    }
+
+    /// Whether an fsync of this log failed since it was opened (see
+    /// `LogState::fsync_failed`).
+    pub fn fsync_failed(&self) -> bool {
+        lock(&self.state).fsync_failed
     }
 
     pub fn segment_count(&self) -> usize {
@@ -960,8 +976,21 @@ impl Log {
         loop {
             {
                 let state = lock(&self.state);
-                if state.closed || state.recovery_point >= offset.min(state.log_end_offset()) {
+                // Nothing to sync, unless the epoch checkpoint changed with
+                // no new data (opening a log can drop epochs).
+                let synced = state.recovery_point >= offset.min(state.log_end_offset());
+                if state.closed || (synced && !state.epochs.is_dirty()) {
                     return Ok(());
+                }
+                if state.fsync_failed {
+                    return Err(StorageError::Io {
+                        op: "fsync",
+                        path: self.dir.clone(),
+                        source: std::io::Error::other(
+                            "an earlier fsync of this log failed; nothing after its recovery \
+                             point counts as durable until the broker restarts",
+                        ),
+                    });
                 }
             }
             if *running {
@@ -1025,9 +1054,10 @@ impl Log {
             (state.log_end_offset(), work, closed_indexes, dir_dirty)
         };
         for w in &work {
-            w.file
-                .sync_data()
-                .map_err(StorageError::io("fsync", &self.dir))?;
+            if let Err(error) = w.file.sync_data() {
+                lock(&self.state).fsync_failed = true;
+                return Err(StorageError::io("fsync", &self.dir)(error));
+            }
         }
         if dir_dirty {
             if let Err(e) = checkpoint::sync_dir(&self.dir) {
@@ -1254,6 +1284,10 @@ impl Log {
     /// file system after [`Log::close_unsynced`]).
     pub(crate) fn mark_durable(&self) {
         let mut state = lock(&self.state);
+        if state.fsync_failed {
+            // A later sync's success proves nothing (see `fsync_failed`).
+            return;
+        }
         for seg in state.segments.values_mut() {
             seg.synced_size = seg.size;
         }
@@ -1453,17 +1487,20 @@ mod tests {
         let log = open(dir.path(), LogConfig::default(), LogOpenOptions::default())
             .with_flush_observer(Some(Arc::clone(&observer) as Arc<dyn FlushObserver>));
         let flushes = || observer.0.load(std::sync::atomic::Ordering::Relaxed);
+        // A new log has no epoch checkpoint yet: the first flush writes it.
         log.flush().unwrap();
-        assert_eq!(flushes(), 0, "nothing to flush: no pass");
+        assert_eq!(flushes(), 1, "the epoch checkpoint");
+        log.flush().unwrap();
+        assert_eq!(flushes(), 1, "nothing to flush: no pass");
         log.append(&mut batch(&["a"], 100), 0).unwrap();
         log.flush_until(1).unwrap();
-        assert_eq!(flushes(), 1);
+        assert_eq!(flushes(), 2);
         // Already durable: no second pass.
         log.flush_until(1).unwrap();
-        assert_eq!(flushes(), 1);
+        assert_eq!(flushes(), 2);
         log.append(&mut batch(&["b"], 101), 0).unwrap();
         log.flush().unwrap();
-        assert_eq!(flushes(), 2);
+        assert_eq!(flushes(), 3);
     }
 
     #[test]

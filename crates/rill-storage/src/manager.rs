@@ -158,8 +158,15 @@ impl LogManager {
             _lock: lock,
         };
         // From here on a crash is not clean; the checkpoints must say where
-        // recovery has to start before the marker goes.
-        manager.checkpoint()?;
+        // recovery has to start before the marker goes. If they cannot be
+        // written (a full disk), the ones on disk still hold: they name
+        // only offsets that were durable when they were written, which the
+        // last stop's `syncfs` or the recovery points' fsyncs made so, and
+        // opening cut nothing below them (damage below a recovery point is
+        // not a crash's). Refusing to start would help nobody.
+        if let Err(error) = manager.checkpoint() {
+            warn!(%error, "cannot write the checkpoints at start-up; keeping the previous ones");
+        }
         if clean_shutdown {
             fs::remove_file(&marker).map_err(StorageError::io("remove", &marker))?;
             checkpoint::sync_dir(data_dir)?;
@@ -319,6 +326,17 @@ impl LogManager {
             log.mark_durable();
         }
         self.checkpoint()?;
+        if let Some(log) = logs.iter().find(|log| log.fsync_failed()) {
+            // Not a clean shutdown: the next start must scan that log's
+            // tail rather than trust it.
+            return Err(StorageError::Io {
+                op: "fsync",
+                path: log.dir().to_path_buf(),
+                source: std::io::Error::other(
+                    "an fsync of this log failed earlier; leaving the shutdown unclean",
+                ),
+            });
+        }
         let marker = self.data_dir.join(CLEAN_SHUTDOWN_MARKER);
         File::create(&marker)
             .and_then(|f| f.sync_all())

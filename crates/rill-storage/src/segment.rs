@@ -196,8 +196,15 @@ impl Segment {
         index_interval_bytes: u64,
         now_ms: i64,
     ) -> Result<()> {
-        file.write_all_at(bytes, self.size)
-            .map_err(StorageError::io("write", &self.log_path))?;
+        if let Err(error) = file.write_all_at(bytes, self.size) {
+            // Part of the bytes may be in the file (a full disk takes what
+            // fits). Cut them off, best effort: the next append overwrites
+            // them anyway and recovery cuts them, but a tail of half a
+            // batch should not sit in the file for readers of the raw
+            // segment, nor hold disk space that a full disk needs.
+            let _ = file.set_len(self.size);
+            return Err(StorageError::io("write", &self.log_path)(error));
+        }
         let mut position = self.size;
         for header in headers {
             self.track_batch(position, header, index_interval_bytes);

@@ -2,7 +2,9 @@
 //! the fetch offset up to the high watermark, within the per-partition and
 //! per-response byte limits. When fewer than `min_bytes` are available the
 //! request waits (long-poll) until enough arrive or `max_wait_ms` passes;
-//! every append wakes waiting fetches to look again.
+//! every append wakes waiting fetches to count what was appended since
+//! their last look (the whole response is read again only once there may
+//! be enough).
 //!
 //! The response is a [`FetchResponseOut`] whose records are file regions:
 //! the connection writes them with `sendfile`, so record bytes never pass
@@ -54,31 +56,96 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
 
     let mut appends = broker.replicas.subscribe_appends();
     let mut _permit = None;
+    let mut waiting: Option<Waiting> = None;
     loop {
         appends.borrow_and_update();
-        let (response, bytes, any_error) = read(&broker, &request, bytes_max);
-        // As Kafka: `min_bytes` of 0 (or less) answers at once, data or not.
-        if bytes >= bytes_min || any_error || Instant::now() >= deadline {
-            return response;
-        }
-        if _permit.is_none() {
-            match broker.fetch_waiting.try_acquire() {
-                Ok(permit) => _permit = Some(permit),
-                // Too many fetches waiting already: answer with what there is.
-                Err(_) => return response,
+        // A wake reads only what was appended since the last look, and
+        // the whole response only once there may be enough: every append
+        // wakes every waiting fetch, and thousands of them reading all
+        // their records again each time slowed appends to a crawl.
+        let look = waiting
+            .as_mut()
+            .is_none_or(|waiting| waiting.enough(&broker, &request, bytes_min));
+        if look {
+            let (response, bytes, any_error) = read(&broker, &request, bytes_max);
+            // As Kafka: `min_bytes` of 0 (or less) answers at once, data or not.
+            if bytes >= bytes_min || any_error || Instant::now() >= deadline {
+                return response;
             }
+            if _permit.is_none() {
+                match broker.fetch_waiting.try_acquire() {
+                    Ok(permit) => _permit = Some(permit),
+                    // Too many fetches waiting already: answer with what there is.
+                    Err(_) => return response,
+                }
+            }
+            waiting.get_or_insert_with(|| Waiting::new(&request));
         }
         tokio::select! {
-            _ = broker.shutdown.cancelled() => return response,
+            _ = broker.shutdown.cancelled() => return read(&broker, &request, bytes_max).0,
             changed = appends.changed() => {
                 if changed.is_err() {
-                    return response;
+                    return read(&broker, &request, bytes_max).0;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 return read(&broker, &request, bytes_max).0;
             }
         }
+    }
+}
+
+/// What a waiting fetch has counted of each requested partition (in
+/// request order): where the records not yet counted begin, and the bytes
+/// counted so far.
+struct Waiting {
+    next_offsets: Vec<i64>,
+    bytes: u64,
+}
+
+impl Waiting {
+    fn new(request: &FetchRequest) -> Waiting {
+        let next_offsets = request
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|p| p.fetch_offset))
+            .collect();
+        Waiting {
+            next_offsets,
+            bytes: 0,
+        }
+    }
+
+    /// Counts the records appended since the last call; whether there may
+    /// now be `bytes_min` to answer with (or something changed that the
+    /// full read must answer, such as an error).
+    fn enough(&mut self, broker: &Broker, request: &FetchRequest, bytes_min: usize) -> bool {
+        let bytes_min = bytes_min as u64;
+        let partitions = request.topics.iter().flat_map(|topic| {
+            let name = topic.topic.0.as_str();
+            topic.partitions.iter().map(move |p| (name, p.partition))
+        });
+        for ((topic, index), next_offset) in partitions.zip(&mut self.next_offsets) {
+            let Some(partition) = broker.replicas.get(topic, index) else {
+                return true;
+            };
+            let high_watermark = partition.high_watermark();
+            if *next_offset >= high_watermark {
+                continue;
+            }
+            let wanted = bytes_min.saturating_sub(self.bytes).max(1);
+            match partition.log.read(*next_offset, wanted, high_watermark) {
+                Ok(info) => {
+                    self.bytes += info.bytes;
+                    *next_offset = info.next_offset;
+                }
+                Err(_) => return true,
+            }
+            if self.bytes >= bytes_min {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -157,16 +224,11 @@ fn read_partition(
 
     let partition_max = usize::try_from(fetch.partition_max_bytes).unwrap_or(0);
     let room = bytes_max.saturating_sub(bytes_so_far).min(partition_max);
-    let mut records = Vec::new();
     let info = if room == 0 && bytes_so_far > 0 {
         None
     } else {
-        match log.read_into(
-            fetch.fetch_offset,
-            room.max(1) as u64,
-            high_watermark,
-            &mut records,
-        ) {
+        // Only where the records are: they are sent from the files.
+        match log.read(fetch.fetch_offset, room.max(1) as u64, high_watermark) {
             Ok(info) => Some(info),
             Err(error @ StorageError::OffsetOutOfRange { .. }) => {
                 return Err(fail(KafkaError {

@@ -75,6 +75,11 @@ pub(crate) enum CloseReason {
     ProduceFailed,
     /// Writing an answer failed (or its handler did): the writer stopped.
     WriteFailed,
+    /// Refused on accept: `max.connections` were open. Such a connection
+    /// was never counted as open.
+    Limit,
+    /// A frame did not arrive whole within `request.read.timeout.ms`.
+    ReadTimeout,
 }
 
 impl CloseReason {
@@ -87,6 +92,8 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::ProduceFailed => "produce_failed",
             CloseReason::WriteFailed => "write_failed",
+            CloseReason::Limit => "limit",
+            CloseReason::ReadTimeout => "read_timeout",
         }
     }
 }

@@ -89,6 +89,20 @@ impl Broker {
             .prefix("rill-e2e-")
             .tempdir()
             .expect("create a temporary dir");
+        Broker::start_new_in_dir(dir, extra_args)
+    }
+
+    /// [`Broker::start_new_with_args`] with the data dir in `parent` (for
+    /// example a small filesystem the test mounted).
+    pub fn start_new_in(parent: &Path, extra_args: &[&str]) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("rill-e2e-")
+            .tempdir_in(parent)
+            .expect("create a temporary dir");
+        Broker::start_new_in_dir(dir, extra_args)
+    }
+
+    fn start_new_in_dir(dir: TempDir, extra_args: &[&str]) -> Broker {
         let mut broker = Broker {
             dir,
             ports: Ports::pick(),
@@ -134,6 +148,16 @@ impl Broker {
         self.child.is_some()
     }
 
+    /// The running broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker is not running").id()
+    }
+
+    /// The running broker's memory now, from `/proc/<pid>/status`.
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid())
+    }
+
     /// Starts the broker again on the same data dir and ports (after
     /// [`Broker::kill`] or [`Broker::stop`]) and waits until it is ready.
     pub fn start(&mut self) {
@@ -146,15 +170,22 @@ impl Broker {
     /// Stops the broker with SIGTERM and checks that it exits with status 0
     /// within [`STOP_TIMEOUT`].
     pub fn stop(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "rill exited with {status} after SIGTERM; stderr:\n{}",
+            self.stderr_tail()
+        );
+    }
+
+    /// Stops the broker with SIGTERM and returns its exit status, which must
+    /// come within [`STOP_TIMEOUT`] (for a test where a clean stop may fail).
+    pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the broker is not running");
         let pid = Pid::from_child(&child);
         kill_process(pid, Signal::TERM).expect("send SIGTERM");
         match wait_timeout(&mut child, STOP_TIMEOUT) {
-            Some(status) => assert!(
-                status.success(),
-                "rill exited with {status} after SIGTERM; stderr:\n{}",
-                self.stderr_tail()
-            ),
+            Some(status) => status,
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -301,6 +332,57 @@ impl Drop for Broker {
             );
         }
     }
+}
+
+/// A process's resident memory, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: resident now, in bytes.
+    pub rss: u64,
+    /// `VmHWM`: the most ever resident, in bytes.
+    pub peak: u64,
+}
+
+impl Memory {
+    pub fn of(pid: u32) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|error| panic!("cannot read /proc/{pid}/status: {error}"));
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+                * 1024
+        };
+        Memory {
+            rss: field("VmRSS:"),
+            peak: field("VmHWM:"),
+        }
+    }
+}
+
+/// Raises this process's open-files soft limit to its hard limit, for
+/// tests that open thousands of connections. Returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// The `rill` binary cargo built for these tests.

@@ -77,6 +77,29 @@ pub enum ControllerError {
     /// openraft failed or has stopped (for example after a storage error).
     #[error("raft: {0}")]
     Raft(String),
+    /// The controller's file system has too little space left to take a
+    /// log entry (see [`FREE_BYTES_MIN`]); nothing was proposed.
+    #[error("controller data dir {path}: only {free_bytes} bytes free; refusing metadata changes until space is freed")]
+    NoSpace { path: PathBuf, free_bytes: u64 },
+}
+
+/// How much free space the controller's file system must have before a
+/// command is proposed. openraft treats a failed log write as fatal: its
+/// core stops, and every later proposal fails until the process restarts.
+/// A full disk (the partition logs share it) is therefore refused before
+/// the write, as an ordinary error, and metadata changes work again as soon
+/// as space is freed. An entry is a small JSON file; 1 MiB leaves room for
+/// the entries and snapshot openraft may write on its own. (openraft also
+/// writes at start-up — a vote, a blank entry — which this check cannot
+/// cover; a controller that cannot write them fails to start with the
+/// error.)
+pub const FREE_BYTES_MIN: u64 = 1 << 20;
+
+/// Free bytes on the file system holding `dir`, as an unprivileged writer
+/// sees them.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 impl ControllerError {
@@ -115,6 +138,7 @@ impl Default for ControllerOptions {
 #[derive(Clone)]
 pub struct Controller {
     node_id: rill_types::NodeId,
+    dir: PathBuf,
     raft: Raft<TypeConfig>,
     image_rx: watch::Receiver<Arc<MetadataImage>>,
 }
@@ -199,6 +223,7 @@ impl Controller {
             .map_err(ControllerError::raft)?;
         let controller = Controller {
             node_id,
+            dir: dir.to_path_buf(),
             raft,
             image_rx,
         };
@@ -216,7 +241,19 @@ impl Controller {
 
     /// Proposes a command and waits until it is committed and applied.
     /// When this returns `Ok`, [`Controller::image`] shows the change.
+    /// Refused without proposing anything when the disk is (nearly) full;
+    /// see [`FREE_BYTES_MIN`].
     pub async fn submit(&self, command: MetadataCommand) -> Result<ApplyOutcome, ControllerError> {
+        let free_bytes = free_bytes(&self.dir).map_err(|source| ControllerError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        if free_bytes < FREE_BYTES_MIN {
+            return Err(ControllerError::NoSpace {
+                path: self.dir.clone(),
+                free_bytes,
+            });
+        }
         let response = self
             .raft
             .client_write(command)
