@@ -697,26 +697,33 @@ proptest! {
     }
 }
 
+/// An append in the current epoch of batches of `sizes` records, every one
+/// the same key and value: the shape the random-seed cases below shrank to.
+fn append_sizes(sizes: &[usize]) -> Op {
+    Op::Append {
+        new_epoch: false,
+        batches: sizes
+            .iter()
+            .map(|&n| vec![(0usize, Some(0u8), 0i64); n])
+            .collect(),
+    }
+}
+
 /// Found by a random seed: a truncation leaves the log ending above its
 /// empty last segment's base (the batches there were compacted away), and
 /// the checkpoints are lost. The log can only come back at that base.
 #[test]
 fn crash_without_checkpoints_after_truncating_into_a_compacted_segment() {
-    let one = |n: usize| vec![(0usize, Some(0u8), 0i64); n];
-    let append = |sizes: &[usize]| Op::Append {
-        new_epoch: false,
-        batches: sizes.iter().map(|&n| one(n)).collect(),
-    };
     let ops = vec![
-        append(&[1, 3]),
-        append(&[5]),
-        append(&[4, 1, 5]),
-        append(&[3]),
-        append(&[3, 2]),
+        append_sizes(&[1, 3]),
+        append_sizes(&[5]),
+        append_sizes(&[4, 1, 5]),
+        append_sizes(&[3]),
+        append_sizes(&[3, 2]),
         Op::Compact { advance_ms: 0 },
         Op::TruncateTo(30549),
         Op::DeleteBefore(8845),
-        append(&[1, 1]),
+        append_sizes(&[1, 1]),
         Op::TruncateTo(332),
         Op::Reopen(Reopen::CrashWithoutCheckpoints),
     ];
@@ -728,28 +735,23 @@ fn crash_without_checkpoints_after_truncating_into_a_compacted_segment() {
 /// must not keep the epochs it rebuilt from the segments it dropped.
 #[test]
 fn crash_after_truncating_to_the_log_start_keeps_no_epochs() {
-    let one = |n: usize| vec![(0usize, Some(0u8), 0i64); n];
-    let append = |sizes: &[usize]| Op::Append {
-        new_epoch: false,
-        batches: sizes.iter().map(|&n| one(n)).collect(),
-    };
     let ops = vec![
-        append(&[1, 3]),
-        append(&[5]),
-        append(&[3]),
+        append_sizes(&[1, 3]),
+        append_sizes(&[5]),
+        append_sizes(&[3]),
         Op::DeleteBefore(5125),
-        append(&[1, 5, 1]),
-        append(&[5]),
-        append(&[3, 2]),
-        append(&[4]),
-        append(&[5]),
-        append(&[2]),
-        append(&[1, 5, 2]),
-        append(&[2]),
+        append_sizes(&[1, 5, 1]),
+        append_sizes(&[5]),
+        append_sizes(&[3, 2]),
+        append_sizes(&[4]),
+        append_sizes(&[5]),
+        append_sizes(&[2]),
+        append_sizes(&[1, 5, 2]),
+        append_sizes(&[2]),
         Op::TruncateTo(6199),
-        append(&[5, 2]),
-        append(&[1]),
-        append(&[2, 2]),
+        append_sizes(&[5, 2]),
+        append_sizes(&[1]),
+        append_sizes(&[2, 2]),
         Op::TruncateTo(11642),
         Op::Reopen(Reopen::CrashWithCheckpoints),
     ];
@@ -762,22 +764,17 @@ fn crash_after_truncating_to_the_log_start_keeps_no_epochs() {
 /// start or from the checkpoint written in between.
 #[test]
 fn empty_log_opens_with_the_same_epochs_twice() {
-    let one = |n: usize| vec![(0usize, Some(0u8), 0i64); n];
-    let append = |sizes: &[usize]| Op::Append {
-        new_epoch: false,
-        batches: sizes.iter().map(|&n| one(n)).collect(),
-    };
     let ops = vec![
-        append(&[5, 2, 5]),
-        append(&[4, 4]),
-        append(&[5]),
-        append(&[4]),
+        append_sizes(&[5, 2, 5]),
+        append_sizes(&[4, 4]),
+        append_sizes(&[5]),
+        append_sizes(&[4]),
         Op::DeleteBefore(9330),
         Op::DeleteBefore(2281),
-        append(&[5, 3, 5]),
-        append(&[3, 1, 2]),
-        append(&[5, 5, 1]),
-        append(&[1, 2]),
+        append_sizes(&[5, 3, 5]),
+        append_sizes(&[3, 1, 2]),
+        append_sizes(&[5, 5, 1]),
+        append_sizes(&[1, 2]),
         Op::DeleteBefore(39643),
         Op::TruncateTo(10509),
         Op::Reopen(Reopen::CrashWithCheckpoints),
@@ -792,15 +789,10 @@ fn empty_log_opens_with_the_same_epochs_twice() {
 /// later crash finds the old epoch in the checkpoint.
 #[test]
 fn flush_writes_epochs_changed_by_opening() {
-    let one = |n: usize| vec![(0usize, Some(0u8), 0i64); n];
-    let append = |sizes: &[usize]| Op::Append {
-        new_epoch: false,
-        batches: sizes.iter().map(|&n| one(n)).collect(),
-    };
     let ops = vec![
-        append(&[1, 5]),
-        append(&[5, 2]),
-        append(&[3]),
+        append_sizes(&[1, 5]),
+        append_sizes(&[5, 2]),
+        append_sizes(&[3]),
         Op::DeleteBefore(23118),
         Op::Reopen(Reopen::Clean),
         Op::Flush,
