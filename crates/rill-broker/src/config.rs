@@ -1,5 +1,6 @@
 //! The broker's settings, with Kafka's defaults where Kafka has the setting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +10,51 @@ use rill_storage::LogConfig;
 use rill_types::NodeId;
 
 pub use crate::group::GroupConfig;
+pub use rill_controller::raft::QuorumConfig;
+
+/// Kafka's `process.roles`: what a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessRoles {
+    /// `broker,controller`: a voter of the quorum that also serves clients.
+    Combined,
+    /// `broker`: serves clients and follows the metadata; not a voter.
+    Broker,
+    /// `controller`: a voter that serves no Kafka traffic.
+    Controller,
+}
+
+impl ProcessRoles {
+    /// Parses Kafka's comma-separated form, in any order.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut broker = false;
+        let mut controller = false;
+        for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "broker" => broker = true,
+                "controller" => controller = true,
+                other => {
+                    return Err(format!(
+                        "unknown process role '{other}' (broker, controller or both)"
+                    ))
+                }
+            }
+        }
+        match (broker, controller) {
+            (true, true) => Ok(ProcessRoles::Combined),
+            (true, false) => Ok(ProcessRoles::Broker),
+            (false, true) => Ok(ProcessRoles::Controller),
+            (false, false) => Err("no process role given".to_string()),
+        }
+    }
+
+    pub fn is_broker(self) -> bool {
+        self != ProcessRoles::Controller
+    }
+
+    pub fn is_controller(self) -> bool {
+        self != ProcessRoles::Broker
+    }
+}
 
 /// Everything a node needs to start. Every field has a default that works on
 /// a laptop ([`BrokerConfig::default`]).
@@ -22,9 +68,28 @@ pub struct BrokerConfig {
     /// The `host:port` clients are told to connect to (Metadata,
     /// DescribeCluster). Defaults to `kafka_addr`.
     pub advertised_kafka_addr: Option<(String, u16)>,
-    /// The controller quorum's listener. A single node has no peers yet; the
-    /// port is bound so that it is reserved and a clash is found at start-up.
+    /// The controller port: the quorum's Raft traffic and the brokers'
+    /// registration and heartbeats.
     pub controller_addr: SocketAddr,
+    /// The `host:port` peers reach this node's controller port at (the
+    /// address under this node's id in `controller_quorum`, if it is a
+    /// voter). Defaults to `controller_addr`.
+    pub advertised_controller_addr: Option<String>,
+    /// `controller.quorum.voters`: node id → controller address. Empty:
+    /// a single-node cluster, this node its only voter.
+    pub controller_quorum: BTreeMap<NodeId, String>,
+    /// `process.roles`.
+    pub roles: ProcessRoles,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// `broker.heartbeat.interval.ms`.
+    pub broker_heartbeat_interval: Duration,
+    /// `broker.session.timeout.ms`: the active controller fences a broker
+    /// silent this long.
+    pub broker_session_timeout: Duration,
+    /// How long a SIGTERM waits for the controller to move this broker's
+    /// leaderships away (controlled shutdown) before it stops anyway.
+    pub controlled_shutdown_timeout: Duration,
     /// `/health` (and, later, `/metrics`).
     pub http_addr: SocketAddr,
 
@@ -103,6 +168,14 @@ impl BrokerConfig {
     /// Kafka's default, 10 minutes.
     pub const CONNECTIONS_MAX_IDLE_DEFAULT: Duration = Duration::from_secs(600);
 
+    /// The controller address peers are told to use.
+    pub fn advertised_controller(&self) -> String {
+        self.advertised_controller_addr
+            .clone()
+            .or_else(|| self.controller_quorum.get(&self.node_id).cloned())
+            .unwrap_or_else(|| self.controller_addr.to_string())
+    }
+
     /// The host and port clients are told to use.
     pub fn advertised(&self) -> (String, u16) {
         self.advertised_kafka_addr
@@ -120,6 +193,13 @@ impl Default for BrokerConfig {
             kafka_addr: local(9092),
             advertised_kafka_addr: None,
             controller_addr: local(9093),
+            advertised_controller_addr: None,
+            controller_quorum: BTreeMap::new(),
+            roles: ProcessRoles::Combined,
+            rack: None,
+            broker_heartbeat_interval: Duration::from_secs(2),
+            broker_session_timeout: Duration::from_secs(9),
+            controlled_shutdown_timeout: Duration::from_secs(30),
             http_addr: local(9644),
             auto_create_topics_enable: true,
             num_partitions: 1,

@@ -73,6 +73,12 @@ pub fn controller_error(error: &ControllerError) -> (i16, String) {
             ResponseError::KafkaStorageError.code(),
             no_space.to_string(),
         ),
+        // The quorum did not answer in time (no majority, or an election
+        // that did not end): Kafka's answer to a controller request that
+        // timed out.
+        timeout @ ControllerError::Timeout(_) => {
+            (ResponseError::RequestTimedOut.code(), timeout.to_string())
+        }
         other => (ResponseError::UnknownServerError.code(), other.to_string()),
     }
 }

@@ -362,6 +362,15 @@ impl ReplicaManager {
         }
     }
 
+    /// The version of the last image applied, for heartbeats: the
+    /// controller unfences a broker once it has caught up.
+    pub fn applied_version(&self) -> u64 {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(0)
+    }
+
     /// Tells fetches waiting for data that some partition grew.
     pub fn notify_appended(&self) {
         self.appended.send_modify(|n| *n = n.wrapping_add(1));

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rill_controller::{Controller, ControllerError, MetadataCommand};
+use rill_controller::raft::rpc::{BrokerHeartbeat, BrokerRegistrationRequest};
+use rill_controller::raft::QuorumConfig;
+use rill_controller::{Controller, ControllerError, ControllerOptions, MetadataImage};
 use rill_storage::{LogManager, LogManagerConfig, StorageError};
 use rill_types::{Clock, SystemClock};
 use tokio::net::TcpListener;
@@ -47,6 +49,13 @@ pub enum StartError {
     DataDir { path: PathBuf, source: io::Error },
     #[error("data dir {}: {reason}", path.display())]
     DataDirMismatch { path: PathBuf, reason: String },
+    /// Another live process is registered with this node id.
+    #[error("node id {node_id} is taken: {reason}")]
+    DuplicateNodeId { node_id: i32, reason: String },
+    /// The quorum did not answer in time (a majority of its voters is down
+    /// or unreachable).
+    #[error("{0}")]
+    Quorum(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("controller: {0}")]
@@ -87,6 +96,8 @@ pub struct Broker {
     /// Cancelled when the node begins to shut down: waiting requests answer
     /// at once with what they have.
     pub shutdown: CancellationToken,
+    /// This broker's registration epoch (0 on a controller-only node).
+    pub broker_epoch: i64,
     /// Producer ids for InitProducerId.
     pub(crate) producer_ids: ProducerIdManager,
     /// The group coordinator of the `__consumer_offsets` partitions this
@@ -97,6 +108,18 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The node named as the controller in Metadata and DescribeCluster.
+    /// Clients send admin requests there; any broker forwards them to the
+    /// active controller, so the active controller is named when it is an
+    /// unfenced broker (as on a single node, or in combined mode), and this
+    /// broker otherwise (a controller-only node serves no clients).
+    pub fn controller_id_for_clients(&self, image: &MetadataImage) -> i32 {
+        self.controller
+            .active_controller()
+            .filter(|id| image.broker(*id).is_some_and(|b| !b.fenced))
+            .unwrap_or(self.config.node_id)
+    }
+
     /// Applies the controller's latest image to the replicas now, rather
     /// than when the follower task gets to it, so that a request that
     /// changed the metadata sees its change. Blocking.
@@ -132,11 +155,15 @@ impl RunningBroker {
         &self.broker
     }
 
-    /// Stops accepting connections, lets in-flight requests finish (up to a
-    /// bound), flushes every log, writes the clean-shutdown marker and stops
-    /// the controller.
+    /// Asks the active controller to move this broker's leaderships away
+    /// (controlled shutdown), stops accepting connections, lets in-flight
+    /// requests finish (up to a bound), flushes every log, writes the
+    /// clean-shutdown marker and stops the controller.
     pub async fn shutdown(self) -> Result<(), StartError> {
         info!("shutting down");
+        if self.broker.config.roles.is_broker() {
+            controlled_shutdown(&self.broker).await;
+        }
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, self.tasks.wait())
@@ -170,9 +197,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Reads or writes `meta.properties`, which ties the data dir to one
-/// cluster id and node id, as Kafka's does. Returns the cluster id.
-fn prepare_data_dir(config: &BrokerConfig) -> Result<String, StartError> {
+/// Reads `meta.properties`, which ties the data dir to one cluster id and
+/// node id, as Kafka's does: checks the node id and returns the cluster id,
+/// if the data dir has one yet.
+fn read_data_dir_identity(config: &BrokerConfig) -> Result<Option<String>, StartError> {
     let dir = &config.data_dir;
     let io_error = |source| StartError::DataDir {
         path: dir.clone(),
@@ -199,18 +227,42 @@ fn prepare_data_dir(config: &BrokerConfig) -> Result<String, StartError> {
                     config.node_id
                 )));
             }
-            value("cluster.id").ok_or_else(|| mismatch("no cluster.id".into()))
+            value("cluster.id")
+                .map(Some)
+                .ok_or_else(|| mismatch("no cluster.id".into()))
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let cluster_id = new_cluster_id();
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io_error(error)),
+    }
+}
+
+/// Ties the data dir to the quorum's cluster id: writes `meta.properties`
+/// the first time, and refuses a data dir of another cluster.
+fn write_data_dir_identity(
+    config: &BrokerConfig,
+    existing: Option<&str>,
+    cluster_id: &str,
+) -> Result<(), StartError> {
+    let dir = &config.data_dir;
+    let path = dir.join(META_PROPERTIES);
+    match existing {
+        Some(existing) if existing == cluster_id => Ok(()),
+        Some(existing) => Err(StartError::DataDirMismatch {
+            path,
+            reason: format!(
+                "it belongs to cluster {existing}, but the controller quorum is cluster {cluster_id}"
+            ),
+        }),
+        None => {
             let text = format!(
                 "# rill node identity; do not edit\nversion=1\ncluster.id={cluster_id}\nnode.id={}\n",
                 config.node_id
             );
-            write_synced(dir, &path, text.as_bytes()).map_err(io_error)?;
-            Ok(cluster_id)
+            write_synced(dir, &path, text.as_bytes()).map_err(|source| StartError::DataDir {
+                path: dir.clone(),
+                source,
+            })
         }
-        Err(error) => Err(io_error(error)),
     }
 }
 
@@ -242,9 +294,14 @@ fn write_synced(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// How long start-up waits for the quorum: a leader, the cluster id, this
+/// broker's registration and unfencing. Kafka's brokers wait for ever; a
+/// bound turns a cluster that never forms into an error an operator sees.
+const QUORUM_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Starts a node: binds its listeners, opens the data dir, the controller
 /// and every log, registers itself, and starts serving. Returns once the
-/// node is ready for clients.
+/// node is ready for clients (a broker: registered and unfenced).
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     // Listeners first: an address in use is the most common start-up
     // failure, and finding it before recovery saves a long wait.
@@ -265,14 +322,27 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             addr: config.http_addr,
             source,
         })?;
+    let controller_addr = controller_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "the controller",
+            addr: config.controller_addr,
+            source,
+        })?;
     let mut config = config;
     if config.advertised_kafka_addr.is_none() {
         config.advertised_kafka_addr = Some((kafka_addr.ip().to_string(), kafka_addr.port()));
     }
+    if config.advertised_controller_addr.is_none() && config.controller_quorum.is_empty() {
+        config.advertised_controller_addr = Some(controller_addr.to_string());
+    }
 
-    let cluster_id = {
+    let existing_cluster_id = {
         let config = config.clone();
-        blocking("preparing the data dir", move || prepare_data_dir(&config)).await??
+        blocking("reading the data dir", move || {
+            read_data_dir_identity(&config)
+        })
+        .await??
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::new();
@@ -289,23 +359,73 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         })
         .await??
     };
-    let controller = Controller::open(config.data_dir.join(CONTROLLER_DIR), config.node_id).await?;
-
-    let (host, port) = config.advertised();
-    let registered = controller
-        .image()
-        .broker(config.node_id)
-        .is_some_and(|b| b.host == host && i32::from(b.port) == i32::from(port));
-    if !registered {
-        controller
-            .submit(MetadataCommand::RegisterBroker {
+    let quorum = (!config.controller_quorum.is_empty()).then(|| QuorumConfig {
+        voters: config.controller_quorum.clone(),
+        self_addr: config.advertised_controller(),
+    });
+    let options = ControllerOptions {
+        quorum,
+        cluster_id: Some(existing_cluster_id.clone().unwrap_or_else(new_cluster_id)),
+        broker_session_timeout: Some(config.broker_session_timeout),
+        open_timeout: QUORUM_WAIT_TIMEOUT,
+        clock: Arc::clone(&clock),
+        ..ControllerOptions::default()
+    };
+    let controller = Controller::open_with(
+        config.data_dir.join(CONTROLLER_DIR),
+        config.node_id,
+        options,
+        Some(controller_listener),
+    )
+    .await?;
+    let started = async {
+        // The first active controller sets the cluster id; every node
+        // checks its data dir against it.
+        let image = wait_for_image(&controller, "the cluster id", |image| {
+            image.cluster_id().is_some()
+        })
+        .await?;
+        let cluster_id = image.cluster_id().expect("waited for it").to_string();
+        {
+            let config = config.clone();
+            let cluster_id = cluster_id.clone();
+            blocking("writing the data dir's identity", move || {
+                write_data_dir_identity(&config, existing_cluster_id.as_deref(), &cluster_id)
+            })
+            .await??;
+        }
+        let broker_epoch = if config.roles.is_broker() {
+            let (host, port) = config.advertised();
+            let registration = BrokerRegistrationRequest {
                 node_id: config.node_id,
+                incarnation_id: uuid::Uuid::new_v4(),
                 host,
                 port,
-                rack: None,
-            })
-            .await?;
+                rack: config.rack.clone(),
+            };
+            match controller.register_broker(registration).await {
+                Ok(epoch) => epoch,
+                Err(ControllerError::DuplicateBrokerRegistration(reason)) => {
+                    return Err(StartError::DuplicateNodeId {
+                        node_id: config.node_id,
+                        reason,
+                    })
+                }
+                Err(error) => return Err(error.into()),
+            }
+        } else {
+            0
+        };
+        Ok((cluster_id, broker_epoch))
     }
+    .await;
+    let (cluster_id, broker_epoch) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = controller.shutdown().await;
+            return Err(error);
+        }
+    };
 
     let shutdown = CancellationToken::new();
     let broker = Arc::new(Broker {
@@ -328,6 +448,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
                 )
                 .min(Semaphore::MAX_PERMITS),
         )),
+        broker_epoch,
         producer_ids: ProducerIdManager::new(config.node_id),
         groups: Arc::new(GroupCoordinator::new(
             config.groups.clone(),
@@ -349,35 +470,150 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
 
     let tasks = TaskTracker::new();
     tasks.spawn(follow_metadata(Arc::clone(&broker), shutdown.clone()));
-    tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
-    tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
-    tasks.spawn(accept_kafka(
-        Arc::clone(&broker),
-        kafka_listener,
-        shutdown.clone(),
-        tasks.clone(),
-    ));
-    tasks.spawn(hold_controller_port(controller_listener, shutdown.clone()));
+    if broker.config.roles.is_broker() {
+        tasks.spawn(heartbeats(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(accept_kafka(
+            Arc::clone(&broker),
+            kafka_listener,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
     tasks.spawn(http::serve(
         Arc::clone(&broker),
         http_listener,
         shutdown.clone(),
     ));
-    info!(
-        node_id = broker.config.node_id,
-        cluster_id = %broker.cluster_id,
-        %kafka_addr,
-        %http_addr,
-        data_dir = %broker.config.data_dir.display(),
-        "ready"
-    );
-    Ok(RunningBroker {
-        broker,
+    let running = RunningBroker {
+        broker: Arc::clone(&broker),
         shutdown,
         tasks,
         kafka_addr,
         http_addr,
-    })
+    };
+    if broker.config.roles.is_broker() {
+        // Ready for clients once unfenced: until then it leads nothing.
+        let node_id = broker.config.node_id;
+        let unfenced = wait_for_image(&broker.controller, "this broker to be unfenced", |image| {
+            image.broker(node_id).is_some_and(|b| !b.fenced)
+        })
+        .await;
+        if let Err(error) = unfenced {
+            let _ = running.shutdown().await;
+            return Err(error);
+        }
+        let broker = Arc::clone(&broker);
+        blocking("opening the partitions this broker leads", move || {
+            broker.sync_metadata()
+        })
+        .await?;
+    }
+    info!(
+        node_id = broker.config.node_id,
+        cluster_id = %broker.cluster_id,
+        roles = ?broker.config.roles,
+        %kafka_addr,
+        %controller_addr,
+        %http_addr,
+        data_dir = %broker.config.data_dir.display(),
+        "ready"
+    );
+    Ok(running)
+}
+
+/// Waits (bounded by [`QUORUM_WAIT_TIMEOUT`]) until the committed image
+/// satisfies `done`.
+async fn wait_for_image(
+    controller: &Controller,
+    what: &str,
+    done: impl Fn(&MetadataImage) -> bool,
+) -> Result<Arc<MetadataImage>, StartError> {
+    let mut images = controller.subscribe();
+    let wait = async move {
+        images
+            .wait_for(|image| done(image))
+            .await
+            .map(|image| Arc::clone(&image))
+    };
+    match tokio::time::timeout(QUORUM_WAIT_TIMEOUT, wait).await {
+        Ok(Ok(image)) => Ok(image),
+        Ok(Err(_)) => Err(StartError::Quorum(format!(
+            "the controller stopped while waiting for {what}"
+        ))),
+        Err(_) => Err(StartError::Quorum(format!(
+            "waited {QUORUM_WAIT_TIMEOUT:?} for {what}; is a majority of the controller quorum up and reachable?"
+        ))),
+    }
+}
+
+/// Heartbeats to the active controller (KIP-631): every
+/// `broker.heartbeat.interval.ms`, and more often while fenced, so that a
+/// broker that has caught up is unfenced promptly.
+async fn heartbeats(broker: Arc<Broker>, shutdown: CancellationToken) {
+    const FENCED_INTERVAL: Duration = Duration::from_millis(200);
+    let node_id = broker.config.node_id;
+    loop {
+        let fenced = broker
+            .controller
+            .image()
+            .broker(node_id)
+            .is_none_or(|b| b.fenced);
+        let pause = if fenced {
+            FENCED_INTERVAL
+        } else {
+            broker.config.broker_heartbeat_interval
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let heartbeat = BrokerHeartbeat {
+            node_id,
+            broker_epoch: broker.broker_epoch,
+            metadata_version: broker.replicas.applied_version(),
+            want_shut_down: false,
+        };
+        let timeout = broker.config.broker_heartbeat_interval;
+        if let Err(error) = broker.controller.heartbeat(heartbeat, timeout).await {
+            warn!(%error, "heartbeat to the active controller failed");
+        }
+    }
+}
+
+/// Controlled shutdown: asks the active controller to move this broker's
+/// leaderships away, and waits (bounded) until they have, so clients move
+/// on after one metadata refresh instead of timing out against a stopped
+/// broker.
+async fn controlled_shutdown(broker: &Arc<Broker>) {
+    let deadline = tokio::time::Instant::now() + broker.config.controlled_shutdown_timeout;
+    let heartbeat = BrokerHeartbeat {
+        node_id: broker.config.node_id,
+        broker_epoch: broker.broker_epoch,
+        metadata_version: broker.replicas.applied_version(),
+        want_shut_down: true,
+    };
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            warn!("controlled shutdown did not complete in time; stopping anyway");
+            return;
+        }
+        match broker.controller.heartbeat(heartbeat, left).await {
+            Ok(answer) if answer.shut_down_ready => {
+                info!("controlled shutdown complete: this broker leads nothing");
+                // Let the image that moved the leaderships reach this
+                // node's replicas, so in-flight requests see it.
+                let broker = Arc::clone(broker);
+                let _ = tokio::task::spawn_blocking(move || broker.sync_metadata()).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "controlled shutdown request failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+    }
 }
 
 /// Applies each image the controller commits to the replicas.
@@ -486,20 +722,5 @@ async fn accept_kafka(
             shutdown.clone(),
             permit,
         ));
-    }
-}
-
-/// Keeps the controller port bound. A single node has no quorum peers, so
-/// connections are closed at once; multi-node Raft RPC will be served here.
-async fn hold_controller_port(listener: TcpListener, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => {
-                if let Ok((_, peer)) = accepted {
-                    tracing::debug!(%peer, "controller port has no peers to serve; closing");
-                }
-            }
-        }
     }
 }

@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a node: a single-node cluster that is both controller and broker.
+    /// Run a node: with no quorum given, a single-node cluster that is both
+    /// controller and broker; with --controller-quorum, one node of a cluster.
     Serve(Box<ServeArgs>),
     /// Measure a Kafka-compatible broker's throughput and latency.
     #[command(subcommand)]
@@ -65,6 +66,25 @@ struct ServeArgs {
     /// This node's id [default: 1].
     #[arg(long, env = "RILL_NODE_ID")]
     node_id: Option<i32>,
+    /// The controller quorum's voters, `ID@HOST:PORT,...` (Kafka's
+    /// controller.quorum.voters) [default: none: a single-node cluster].
+    #[arg(long, env = "RILL_CONTROLLER_QUORUM")]
+    controller_quorum: Option<String>,
+    /// What this node does: `broker,controller`, `broker` or `controller` [default: broker,controller].
+    #[arg(long, env = "RILL_PROCESS_ROLES")]
+    process_roles: Option<String>,
+    /// The host:port peers reach this node's controller port at [default: its entry in the quorum, or the controller address].
+    #[arg(long, env = "RILL_ADVERTISED_CONTROLLER_ADDR")]
+    advertised_controller_addr: Option<String>,
+    /// This broker's rack (broker.rack), for rack-aware placement and clients.
+    #[arg(long, env = "RILL_RACK")]
+    rack: Option<String>,
+    /// How often a broker heartbeats to the active controller, in milliseconds [default: 2000].
+    #[arg(long, env = "RILL_BROKER_HEARTBEAT_INTERVAL_MS")]
+    broker_heartbeat_interval_ms: Option<u64>,
+    /// How long the active controller waits for a broker's heartbeat before it fences the broker, in milliseconds [default: 9000].
+    #[arg(long, env = "RILL_BROKER_SESSION_TIMEOUT_MS")]
+    broker_session_timeout_ms: Option<u64>,
     /// Create unknown topics when a client asks for their metadata [default: true].
     #[arg(long, env = "RILL_AUTO_CREATE_TOPICS_ENABLE")]
     auto_create_topics_enable: Option<bool>,
@@ -122,6 +142,12 @@ struct FileSettings {
     controller_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     node_id: Option<i32>,
+    controller_quorum: Option<String>,
+    process_roles: Option<String>,
+    advertised_controller_addr: Option<String>,
+    rack: Option<String>,
+    broker_heartbeat_interval_ms: Option<u64>,
+    broker_session_timeout_ms: Option<u64>,
     auto_create_topics_enable: Option<bool>,
     num_partitions: Option<i32>,
     socket_request_max_bytes: Option<usize>,
@@ -305,6 +331,58 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(advertised) = args.advertised_kafka_addr.or(file.advertised_kafka_addr) {
         config.advertised_kafka_addr = Some(parse_host_port(&advertised)?);
+    }
+    if let Some(quorum) = args.controller_quorum.or(file.controller_quorum) {
+        config.controller_quorum = rill_broker::config::QuorumConfig::parse_voters(&quorum)
+            .map_err(|e| anyhow::anyhow!("controller-quorum '{quorum}': {e}"))?;
+    }
+    if let Some(roles) = args.process_roles.or(file.process_roles) {
+        config.roles = rill_broker::config::ProcessRoles::parse(&roles)
+            .map_err(|e| anyhow::anyhow!("process-roles '{roles}': {e}"))?;
+    }
+    if let Some(addr) = args
+        .advertised_controller_addr
+        .or(file.advertised_controller_addr)
+    {
+        parse_host_port(&addr)?;
+        config.advertised_controller_addr = Some(addr);
+    }
+    config.rack = args.rack.or(file.rack);
+    if let Some(ms) = args
+        .broker_heartbeat_interval_ms
+        .or(file.broker_heartbeat_interval_ms)
+    {
+        anyhow::ensure!(ms > 0, "broker-heartbeat-interval-ms must be positive");
+        config.broker_heartbeat_interval = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args
+        .broker_session_timeout_ms
+        .or(file.broker_session_timeout_ms)
+    {
+        anyhow::ensure!(ms > 0, "broker-session-timeout-ms must be positive");
+        config.broker_session_timeout = std::time::Duration::from_millis(ms);
+    }
+    anyhow::ensure!(
+        config.broker_session_timeout > config.broker_heartbeat_interval,
+        "broker-session-timeout-ms must be larger than broker-heartbeat-interval-ms"
+    );
+    if config.controller_quorum.is_empty() {
+        anyhow::ensure!(
+            config.roles == rill_broker::config::ProcessRoles::Combined,
+            "process-roles other than broker,controller need a controller-quorum"
+        );
+    } else if config.roles.is_controller() {
+        anyhow::ensure!(
+            config.controller_quorum.contains_key(&config.node_id),
+            "node {} has the controller role but is not among the controller-quorum voters",
+            config.node_id
+        );
+    } else {
+        anyhow::ensure!(
+            !config.controller_quorum.contains_key(&config.node_id),
+            "node {} is a voter of the controller-quorum; a broker-only node may not be",
+            config.node_id
+        );
     }
     if let Some(ms) = args
         .log_retention_check_interval_ms

@@ -43,13 +43,36 @@ pub const PRODUCER_ID_BLOCK_SIZE_MAX: i32 = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataCommand {
     /// A broker announces itself. Registering a node id again replaces its
-    /// endpoint and bumps its broker epoch.
+    /// endpoint and bumps its broker epoch. A registered broker starts
+    /// fenced: it leads nothing until it has caught up with the metadata
+    /// and is unfenced (KIP-631). A registration of a new incarnation (a
+    /// restarted process) first fences the old one, so leaders move away
+    /// from a process that may have lost what it had not flushed.
     RegisterBroker {
         node_id: NodeId,
+        /// Random per process start, chosen by the broker; tells a restart
+        /// from a duplicate node id (which the active controller refuses
+        /// before it proposes anything).
+        #[serde(default)]
+        incarnation_id: Uuid,
         host: String,
         port: u16,
         rack: Option<String>,
     },
+    /// The cluster id, set once by the first active controller. Every
+    /// node checks its data dir against it.
+    SetClusterId { cluster_id: String },
+    /// The active controller judged that the broker missed its session
+    /// timeout: it is fenced, leaves every ISR it is not alone in, and its
+    /// leaderships move to other in-sync, unfenced replicas.
+    FenceBroker { node_id: NodeId, broker_epoch: i64 },
+    /// A fenced broker has caught up with the metadata: it may lead again,
+    /// and takes the leadership of the partitions left without a leader
+    /// whose ISR holds it.
+    UnfenceBroker { node_id: NodeId, broker_epoch: i64 },
+    /// A broker shutting down asks that its leaderships move away before it
+    /// stops (controlled shutdown); the effect is that of fencing it.
+    ControlledShutdown { node_id: NodeId, broker_epoch: i64 },
     /// Creates a topic. When `assignments` is `None` the controller places
     /// the replicas itself; otherwise it lists, per partition, the replica
     /// node ids (first is the preferred leader) and must agree with
@@ -99,6 +122,13 @@ pub enum ApplyOutcome {
     BrokerRegistered {
         node_id: NodeId,
         broker_epoch: i64,
+    },
+    ClusterIdSet,
+    /// A broker was fenced, unfenced or shut down; `elections` partitions
+    /// changed their leader.
+    BrokerStateChanged {
+        node_id: NodeId,
+        elections: u32,
     },
     TopicCreated {
         topic_id: TopicId,
@@ -165,6 +195,14 @@ pub enum MetadataError {
     /// space (`i64`) is used up.
     #[error("{0}")]
     UnknownServerError(String),
+    /// STALE_BROKER_EPOCH (77): a fence, unfence or shutdown of a broker
+    /// registration that has since been replaced.
+    #[error("broker {node_id} has epoch {current}, not {given}")]
+    StaleBrokerEpoch {
+        node_id: NodeId,
+        given: i64,
+        current: i64,
+    },
 }
 
 impl MetadataError {
@@ -182,6 +220,7 @@ impl MetadataError {
             MetadataError::InvalidRequest(_) => 42,
             MetadataError::BrokerIdNotRegistered(_) => 102,
             MetadataError::UnknownServerError(_) => -1,
+            MetadataError::StaleBrokerEpoch { .. } => 77,
         }
     }
 }
@@ -195,6 +234,18 @@ pub struct BrokerRegistration {
     pub rack: Option<String>,
     /// Counts this node's registrations, starting at 1.
     pub broker_epoch: i64,
+    /// The process that registered (random per start).
+    #[serde(default)]
+    pub incarnation_id: Uuid,
+    /// A fenced broker leads nothing and is not offered to clients.
+    /// Registrations from before fencing existed read as unfenced.
+    #[serde(default)]
+    pub fenced: bool,
+    /// The image version right after this registration was applied: the
+    /// broker is caught up, and may be unfenced, once it has applied this
+    /// far.
+    #[serde(default)]
+    pub registered_version: u64,
 }
 
 /// One partition's replicas and leadership.
@@ -254,6 +305,9 @@ pub struct MetadataImage {
     /// is right for them.
     #[serde(default)]
     next_producer_id: i64,
+    /// The cluster id, once the first active controller has set it.
+    #[serde(default)]
+    cluster_id: Option<String>,
 }
 
 impl MetadataImage {
@@ -288,6 +342,17 @@ impl MetadataImage {
         self.brokers.values()
     }
 
+    /// The registered brokers that are not fenced: those offered to
+    /// clients and given new replicas.
+    pub fn unfenced_brokers(&self) -> impl Iterator<Item = &BrokerRegistration> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    /// The cluster id, once set.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
     /// Config entries set on a broker (empty if none).
     pub fn broker_configs(&self, node_id: NodeId) -> Option<&BTreeMap<String, String>> {
         self.broker_configs.get(&node_id)
@@ -312,20 +377,64 @@ impl MetadataImage {
     /// Checks the image's internal cross-references. Tests call it after
     /// every command; it is cheap enough for a debug assertion too.
     pub fn assert_consistent(&self) {
-        assert!(self.next_producer_id >= 0);
-        assert_eq!(self.topics.len(), self.topic_ids.len());
-        for (name, id) in &self.topic_ids {
-            let topic = &self.topics[id];
-            assert_eq!(topic.name.as_str(), name);
-            assert_eq!(&topic.topic_id, id);
-            assert!(!topic.partitions.is_empty());
-            let replication_factor = topic.partitions[0].replicas.len();
-            for partition in &topic.partitions {
-                assert_eq!(partition.replicas.len(), replication_factor);
-                assert!(partition.isr.iter().all(|r| partition.replicas.contains(r)));
-                assert!(partition.leader == -1 || partition.isr.contains(&partition.leader));
+        if let Err(problem) = self.check_consistent() {
+            panic!("inconsistent metadata image: {problem}");
+        }
+    }
+
+    /// What [`MetadataImage::assert_consistent`] checks, as an error: an
+    /// image read from a file or received from a peer is input, and damage
+    /// there is reported, not a panic.
+    pub fn check_consistent(&self) -> Result<(), String> {
+        fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(what())
             }
         }
+        ensure(self.next_producer_id >= 0, || {
+            format!("next producer id {} is negative", self.next_producer_id)
+        })?;
+        ensure(self.topics.len() == self.topic_ids.len(), || {
+            "topic names and ids differ in number".to_string()
+        })?;
+        for (name, id) in &self.topic_ids {
+            let Some(topic) = self.topics.get(id) else {
+                return Err(format!("topic '{name}' names missing id {id}"));
+            };
+            ensure(topic.name.as_str() == name && &topic.topic_id == id, || {
+                format!("topic '{name}' ({id}) is filed under another name or id")
+            })?;
+            ensure(!topic.partitions.is_empty(), || {
+                format!("topic '{name}' has no partitions")
+            })?;
+            let replication_factor = topic.partitions[0].replicas.len();
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                let at = || format!("topic '{name}' partition {index}");
+                ensure(partition.replicas.len() == replication_factor, || {
+                    format!("{}: replica count differs from partition 0", at())
+                })?;
+                ensure(
+                    partition.isr.iter().all(|r| partition.replicas.contains(r)),
+                    || format!("{}: ISR {:?} not within replicas", at(), partition.isr),
+                )?;
+                ensure(!partition.isr.is_empty(), || format!("{}: empty ISR", at()))?;
+                ensure(
+                    partition.leader == -1 || partition.isr.contains(&partition.leader),
+                    || format!("{}: leader {} not in the ISR", at(), partition.leader),
+                )?;
+                ensure(
+                    partition.leader == -1
+                        || self
+                            .brokers
+                            .get(&partition.leader)
+                            .is_some_and(|b| !b.fenced),
+                    || format!("{}: leader {} is fenced or unknown", at(), partition.leader),
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -343,8 +452,46 @@ pub fn apply(
 /// `validate_only` CreateTopics request runs.
 pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), MetadataError> {
     match command {
+        MetadataCommand::SetClusterId { cluster_id } => {
+            if cluster_id.is_empty() {
+                return Err(MetadataError::InvalidRequest(
+                    "empty cluster id".to_string(),
+                ));
+            }
+            if let Some(current) = &image.cluster_id {
+                return Err(MetadataError::InvalidRequest(format!(
+                    "the cluster id is already {current}"
+                )));
+            }
+            Ok(())
+        }
+        MetadataCommand::FenceBroker {
+            node_id,
+            broker_epoch,
+        }
+        | MetadataCommand::UnfenceBroker {
+            node_id,
+            broker_epoch,
+        }
+        | MetadataCommand::ControlledShutdown {
+            node_id,
+            broker_epoch,
+        } => {
+            let Some(broker) = image.brokers.get(node_id) else {
+                return Err(MetadataError::BrokerIdNotRegistered(*node_id));
+            };
+            if broker.broker_epoch != *broker_epoch {
+                return Err(MetadataError::StaleBrokerEpoch {
+                    node_id: *node_id,
+                    given: *broker_epoch,
+                    current: broker.broker_epoch,
+                });
+            }
+            Ok(())
+        }
         MetadataCommand::RegisterBroker {
             node_id,
+            incarnation_id: _,
             host,
             port,
             rack: _,
@@ -507,12 +654,37 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
 /// Makes the change of a command that `check` accepted.
 fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome {
     match command {
+        MetadataCommand::SetClusterId { cluster_id } => {
+            image.cluster_id = Some(cluster_id.clone());
+            ApplyOutcome::ClusterIdSet
+        }
+        MetadataCommand::FenceBroker { node_id, .. }
+        | MetadataCommand::ControlledShutdown { node_id, .. } => {
+            let elections = fence(image, *node_id);
+            ApplyOutcome::BrokerStateChanged {
+                node_id: *node_id,
+                elections,
+            }
+        }
+        MetadataCommand::UnfenceBroker { node_id, .. } => {
+            let elections = unfence(image, *node_id);
+            ApplyOutcome::BrokerStateChanged {
+                node_id: *node_id,
+                elections,
+            }
+        }
         MetadataCommand::RegisterBroker {
             node_id,
+            incarnation_id,
             host,
             port,
             rack,
         } => {
+            // A new registration replaces a process that may have lost
+            // unflushed data: it leads nothing until it is unfenced again.
+            if image.brokers.contains_key(node_id) {
+                fence(image, *node_id);
+            }
             let broker_epoch = image.brokers.get(node_id).map_or(1, |b| b.broker_epoch + 1);
             image.brokers.insert(
                 *node_id,
@@ -522,6 +694,9 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
                     port: *port,
                     rack: rack.clone(),
                     broker_epoch,
+                    incarnation_id: *incarnation_id,
+                    fenced: true,
+                    registered_version: image.version,
                 },
             );
             ApplyOutcome::BrokerRegistered {
@@ -629,17 +804,141 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
     }
 }
 
-/// A new partition led by its first replica, with every replica in sync.
-/// On creation no replica has data, so all of them are trivially caught up.
+/// A new partition led by its first replica, which is its only in-sync
+/// replica. Followers do not copy partition data yet (replication is the
+/// next step), so no other replica may ever be counted in sync: an election
+/// that handed leadership to one would lose what the leader had
+/// acknowledged. With replication, followers join the ISR once caught up.
 fn new_partition(replicas: Vec<NodeId>) -> PartitionState {
     assert!(!replicas.is_empty());
     PartitionState {
         leader: replicas[0],
-        isr: replicas.clone(),
+        isr: vec![replicas[0]],
         replicas,
         leader_epoch: 0,
         partition_epoch: 0,
     }
+}
+
+/// Whether the topic allows an out-of-sync replica to lead
+/// (`unclean.leader.election.enable`), which may lose acknowledged records.
+fn unclean_allowed(topic: &TopicState) -> bool {
+    topic
+        .configs
+        .get("unclean.leader.election.enable")
+        .is_some_and(|v| v == "true")
+}
+
+/// Moves a partition to `leader` (or to none, `-1`) with `isr`, bumping
+/// the leader epoch when the leader changes and the partition epoch on any
+/// change. Returns whether the leader changed.
+fn change_partition(partition: &mut PartitionState, leader: NodeId, isr: Vec<NodeId>) -> bool {
+    let leader_changed = partition.leader != leader;
+    if !leader_changed && partition.isr == isr {
+        return false;
+    }
+    if leader_changed {
+        partition.leader_epoch += 1;
+    }
+    partition.leader = leader;
+    partition.isr = isr;
+    partition.partition_epoch += 1;
+    leader_changed
+}
+
+/// Fences `node_id`: it leaves every ISR it is not alone in (a lone member
+/// stays, so the partition knows which replica has its data), and each
+/// partition it led gets the first replica in assignment order that is in
+/// the ISR and unfenced, or no leader. Returns how many leaders changed.
+fn fence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
+    let Some(broker) = image.brokers.get_mut(&node_id) else {
+        return 0;
+    };
+    broker.fenced = true;
+    let unfenced: BTreeSet<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
+    let mut elections = 0;
+    for topic in image.topics.values_mut() {
+        let unclean = unclean_allowed(topic);
+        for partition in &mut topic.partitions {
+            if !partition.replicas.contains(&node_id) {
+                continue;
+            }
+            let mut isr = partition.isr.clone();
+            if isr.len() > 1 {
+                isr.retain(|r| *r != node_id);
+            }
+            let mut leader = partition.leader;
+            if leader == node_id {
+                leader = elect(&partition.replicas, &isr, &unfenced);
+                if leader == -1 && unclean {
+                    leader = elect_unclean(&partition.replicas, &unfenced);
+                    if leader != -1 {
+                        tracing::warn!(
+                            topic = %topic.name,
+                            leader,
+                            "unclean leader election: records only the old ISR {isr:?} had may be lost"
+                        );
+                        isr = vec![leader];
+                    }
+                }
+            }
+            elections += u32::from(change_partition(partition, leader, isr));
+        }
+    }
+    elections
+}
+
+/// Unfences `node_id` and gives it the leadership of every partition left
+/// without a leader whose ISR holds it (or, where the topic allows unclean
+/// election, of which it is a replica). Returns how many leaders changed.
+fn unfence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
+    let Some(broker) = image.brokers.get_mut(&node_id) else {
+        return 0;
+    };
+    broker.fenced = false;
+    let mut elections = 0;
+    for topic in image.topics.values_mut() {
+        let unclean = unclean_allowed(topic);
+        for partition in &mut topic.partitions {
+            if partition.leader != -1 || !partition.replicas.contains(&node_id) {
+                continue;
+            }
+            let isr = if partition.isr.contains(&node_id) {
+                partition.isr.clone()
+            } else if unclean {
+                tracing::warn!(
+                    topic = %topic.name,
+                    leader = node_id,
+                    "unclean leader election: records only the old ISR {:?} had may be lost",
+                    partition.isr
+                );
+                vec![node_id]
+            } else {
+                continue;
+            };
+            elections += u32::from(change_partition(partition, node_id, isr));
+        }
+    }
+    elections
+}
+
+/// Kafka's clean election: the first replica in assignment order that is
+/// in the ISR and unfenced, or `-1`.
+fn elect(replicas: &[NodeId], isr: &[NodeId], unfenced: &BTreeSet<NodeId>) -> NodeId {
+    replicas
+        .iter()
+        .copied()
+        .find(|r| isr.contains(r) && unfenced.contains(r))
+        .unwrap_or(-1)
+}
+
+/// Unclean election: the first unfenced replica, in sync or not.
+fn elect_unclean(replicas: &[NodeId], unfenced: &BTreeSet<NodeId>) -> NodeId {
+    replicas
+        .iter()
+        .copied()
+        .find(|r| unfenced.contains(r))
+        .unwrap_or(-1)
 }
 
 /// Places `count` partitions starting at `first_partition` on the
@@ -656,7 +955,8 @@ fn place_replicas(
     count: i32,
     replication_factor: i16,
 ) -> Vec<Vec<NodeId>> {
-    let brokers: Vec<NodeId> = image.brokers.keys().copied().collect();
+    // Fenced brokers get no new replicas: they may be gone for good.
+    let brokers: Vec<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
     let n = brokers.len();
     let replication_factor = usize::try_from(replication_factor).expect("checked");
     assert!(replication_factor >= 1);
@@ -700,10 +1000,10 @@ fn check_replication_factor(
             "replication factor {replication_factor} is over the limit of {REPLICATION_FACTOR_MAX}"
         )));
     }
-    let brokers = image.brokers.len();
+    let brokers = image.unfenced_brokers().count();
     if usize::try_from(replication_factor).expect("positive") > brokers {
         return Err(MetadataError::InvalidReplicationFactor(format!(
-            "replication factor {replication_factor} is larger than the {brokers} available brokers"
+            "replication factor {replication_factor} is larger than the {brokers} available (unfenced) brokers"
         )));
     }
     Ok(())

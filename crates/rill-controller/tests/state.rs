@@ -20,6 +20,7 @@ fn id(n: u128) -> Uuid {
 fn register(node_id: i32) -> MetadataCommand {
     MetadataCommand::RegisterBroker {
         node_id,
+        incarnation_id: Uuid::from_u128(node_id as u128),
         host: format!("broker-{node_id}"),
         port: 9092,
         rack: None,
@@ -44,11 +45,19 @@ fn configs(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// An image with brokers 1..=n registered.
+/// An image with brokers 1..=n registered and unfenced.
 fn image_with_brokers(n: i32) -> MetadataImage {
     let mut image = MetadataImage::default();
     for node_id in 1..=n {
         apply(&mut image, &register(node_id)).unwrap();
+        apply(
+            &mut image,
+            &MetadataCommand::UnfenceBroker {
+                node_id,
+                broker_epoch: 1,
+            },
+        )
+        .unwrap();
     }
     image
 }
@@ -74,6 +83,7 @@ fn register_broker_and_register_again() {
     );
     let again = MetadataCommand::RegisterBroker {
         node_id: 1,
+        incarnation_id: Uuid::from_u128(99),
         host: "elsewhere".into(),
         port: 19092,
         rack: Some("r1".into()),
@@ -99,18 +109,21 @@ fn register_broker_rejections() {
     for command in [
         MetadataCommand::RegisterBroker {
             node_id: -1,
+            incarnation_id: Uuid::nil(),
             host: "h".into(),
             port: 1,
             rack: None,
         },
         MetadataCommand::RegisterBroker {
             node_id: 1,
+            incarnation_id: Uuid::nil(),
             host: "".into(),
             port: 1,
             rack: None,
         },
         MetadataCommand::RegisterBroker {
             node_id: 1,
+            incarnation_id: Uuid::nil(),
             host: "h".into(),
             port: 0,
             rack: None,
@@ -154,7 +167,8 @@ fn create_topic_assigns_replicas_and_leaders() {
         assert_eq!(partition.replicas.len(), 2);
         assert_ne!(partition.replicas[0], partition.replicas[1]);
         assert_eq!(partition.leader, partition.replicas[0]);
-        assert_eq!(partition.isr, partition.replicas);
+        // Followers do not copy data yet, so only the leader is in sync.
+        assert_eq!(partition.isr, vec![partition.leader]);
         assert_eq!(partition.leader_epoch, 0);
         *leaders.entry(partition.leader).or_insert(0) += 1;
     }
@@ -635,6 +649,7 @@ fn arb_command() -> impl Strategy<Value = MetadataCommand> {
         (0i32..5, prop::option::of(Just("r".to_string()))).prop_map(|(node_id, rack)| {
             MetadataCommand::RegisterBroker {
                 node_id,
+                incarnation_id: Uuid::nil(),
                 host: format!("h{node_id}"),
                 port: 9092,
                 rack,
@@ -688,6 +703,22 @@ fn arb_command() -> impl Strategy<Value = MetadataCommand> {
             prop::sample::select(vec![0, 1, PRODUCER_ID_BLOCK_SIZE])
         )
             .prop_map(|(node_id, count)| MetadataCommand::AllocateProducerIds { node_id, count }),
+        // Broker lifecycle: elections must keep every leader in the ISR and
+        // unfenced (checked by `assert_consistent` after every command).
+        (0i32..5, 1i64..4, 0u8..3).prop_map(|(node_id, broker_epoch, kind)| match kind {
+            0 => MetadataCommand::FenceBroker {
+                node_id,
+                broker_epoch,
+            },
+            1 => MetadataCommand::UnfenceBroker {
+                node_id,
+                broker_epoch,
+            },
+            _ => MetadataCommand::ControlledShutdown {
+                node_id,
+                broker_epoch,
+            },
+        }),
     ]
 }
 
@@ -746,4 +777,118 @@ proptest! {
         prop_assert_eq!(&outcomes, &direct_outcomes);
         prop_assert_eq!(&restored, &direct);
     }
+}
+
+/// Fencing the leader moves leadership to the next in-sync, unfenced
+/// replica with a higher epoch; with none, the partition has no leader
+/// until an in-sync replica returns.
+#[test]
+fn fencing_elects_from_the_isr_and_unfencing_restores() {
+    let mut image = image_with_brokers(3);
+    let topic_id = Uuid::from_u128(7);
+    apply(
+        &mut image,
+        &MetadataCommand::CreateTopic {
+            name: "t".into(),
+            topic_id,
+            partitions: 1,
+            replication_factor: 3,
+            configs: BTreeMap::new(),
+            assignments: Some(vec![vec![1, 2, 3]]),
+        },
+    )
+    .unwrap();
+    let partition = |image: &MetadataImage| image.topic("t").unwrap().partitions[0].clone();
+    assert_eq!(partition(&image).isr, vec![1]);
+
+    // The only in-sync replica is fenced: no leader, and the ISR keeps it
+    // (it alone has the data); no out-of-sync replica is elected.
+    apply(
+        &mut image,
+        &MetadataCommand::FenceBroker {
+            node_id: 1,
+            broker_epoch: 1,
+        },
+    )
+    .unwrap();
+    let p = partition(&image);
+    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (-1, vec![1], 1));
+    assert!(image.unfenced_brokers().all(|b| b.node_id != 1));
+
+    // A stale epoch changes nothing.
+    let before = image.clone();
+    assert!(matches!(
+        apply(
+            &mut image,
+            &MetadataCommand::UnfenceBroker {
+                node_id: 1,
+                broker_epoch: 9
+            }
+        ),
+        Err(MetadataError::StaleBrokerEpoch { .. })
+    ));
+    assert_eq!(image, before);
+
+    // It comes back: it leads again with a higher epoch.
+    apply(
+        &mut image,
+        &MetadataCommand::UnfenceBroker {
+            node_id: 1,
+            broker_epoch: 1,
+        },
+    )
+    .unwrap();
+    let p = partition(&image);
+    assert_eq!((p.leader, p.leader_epoch), (1, 2));
+    assert!(p.partition_epoch > before.topic("t").unwrap().partitions[0].partition_epoch);
+
+    // With unclean election allowed, an out-of-sync replica takes over and
+    // becomes the whole ISR.
+    apply(
+        &mut image,
+        &MetadataCommand::AlterConfigs {
+            resource: ConfigResource::Topic("t".into()),
+            set: configs(&[("unclean.leader.election.enable", "true")]),
+            delete: Default::default(),
+        },
+    )
+    .unwrap();
+    apply(
+        &mut image,
+        &MetadataCommand::ControlledShutdown {
+            node_id: 1,
+            broker_epoch: 1,
+        },
+    )
+    .unwrap();
+    let p = partition(&image);
+    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (2, vec![2], 3));
+
+    // A new registration of a leader's node fences the old process first.
+    apply(&mut image, &register(2)).unwrap();
+    let p = partition(&image);
+    assert_eq!(p.leader, 3, "unclean: the next unfenced replica");
+    image.assert_consistent();
+}
+
+/// Replicas are placed on unfenced brokers only, and the replication
+/// factor is checked against them.
+#[test]
+fn placement_skips_fenced_brokers() {
+    let mut image = image_with_brokers(3);
+    apply(
+        &mut image,
+        &MetadataCommand::FenceBroker {
+            node_id: 2,
+            broker_epoch: 1,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        reject(&mut image, create("t3", Uuid::from_u128(1), 1, 3)),
+        MetadataError::InvalidReplicationFactor(_)
+    ));
+    apply(&mut image, &create("t2", Uuid::from_u128(2), 8, 2)).unwrap();
+    let topic = image.topic("t2").unwrap();
+    assert!(topic.partitions.iter().all(|p| !p.replicas.contains(&2)));
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -45,7 +46,14 @@ pub async fn handle(
                 format!("topic '{name}' appears more than once in the request"),
             ))
         } else {
-            create(broker, &name, topic, request.validate_only).await
+            create(
+                broker,
+                &name,
+                topic,
+                request.validate_only,
+                request.timeout_ms,
+            )
+            .await
         };
         results.push(match outcome {
             Ok(created) => result
@@ -70,6 +78,7 @@ async fn create(
     name: &str,
     topic: CreatableTopic,
     validate_only: bool,
+    timeout_ms: i32,
 ) -> Result<CreatedTopic, KafkaError> {
     let mut configs = BTreeMap::new();
     for config in topic.configs {
@@ -117,6 +126,10 @@ async fn create(
         configs,
         assignments,
         validate_only,
+        // The request's own timeout bounds the wait for the quorum
+        // (REQUEST_TIMED_OUT past it); at least a second, so a client's 0
+        // still gets an answer from a healthy quorum.
+        Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0).max(1000)),
     )
     .await
 }

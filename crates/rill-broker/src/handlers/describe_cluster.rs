@@ -59,7 +59,7 @@ pub fn handle(
     }
     let image = broker.controller.image();
     let brokers: Vec<DescribeClusterBroker> = image
-        .brokers()
+        .unfenced_brokers()
         .map(|b| {
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(b.node_id))
@@ -69,12 +69,7 @@ pub fn handle(
                 .with_is_fenced(false)
         })
         .collect();
-    // Kafka answers -1 rather than name a controller missing from the list.
-    let controller_id = if image.broker(broker.config.node_id).is_some() {
-        broker.config.node_id
-    } else {
-        -1
-    };
+    let controller_id = broker.controller_id_for_clients(&image);
     DescribeClusterResponse::default()
         .with_endpoint_type(ENDPOINT_TYPE_BROKER)
         .with_cluster_id(str_bytes(broker.cluster_id.clone()))

@@ -102,7 +102,8 @@ async fn find(
         .topic(OFFSETS_TOPIC)
         .and_then(|t| t.partition(index))
         .map(|p| p.leader)
-        .and_then(|leader| image.broker(leader));
+        .and_then(|leader| image.broker(leader))
+        .filter(|node| !node.fenced);
     match leader {
         Some(node) => Ok((node.node_id, node.host.clone(), i32::from(node.port))),
         None => Err(KafkaError::new(ResponseError::CoordinatorNotAvailable)),
@@ -128,7 +129,7 @@ async fn offsets_topic_partitions(broker: &Arc<Broker>) -> Result<i32, KafkaErro
         return Ok(count);
     }
     let config = &broker.groups.config;
-    let brokers = broker.controller.image().brokers().count().max(1);
+    let brokers = broker.controller.image().unfenced_brokers().count().max(1);
     let replication_factor = config
         .offsets_topic_replication_factor
         .min(i16::try_from(brokers).unwrap_or(i16::MAX));
@@ -148,6 +149,7 @@ async fn offsets_topic_partitions(broker: &Arc<Broker>) -> Result<i32, KafkaErro
         configs,
         None,
         false,
+        super::AUTO_CREATE_TIMEOUT,
     )
     .await
     {

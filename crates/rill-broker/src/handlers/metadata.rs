@@ -59,8 +59,9 @@ pub async fn handle(
     };
 
     let image = broker.controller.image();
+    // Fenced brokers are not offered to clients (KIP-631).
     let brokers = image
-        .brokers()
+        .unfenced_brokers()
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.node_id))
@@ -72,7 +73,7 @@ pub async fn handle(
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_controller_id(BrokerId(broker.controller_id_for_clients(&image)))
         .with_topics(topics)
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
@@ -98,7 +99,18 @@ async fn by_name(
             KafkaError::new(ResponseError::UnknownTopicOrPartition),
         );
     }
-    match create_topic(broker, name, -1, -1, BTreeMap::new(), None, false).await {
+    match create_topic(
+        broker,
+        name,
+        -1,
+        -1,
+        BTreeMap::new(),
+        None,
+        false,
+        super::AUTO_CREATE_TIMEOUT,
+    )
+    .await
+    {
         Ok(_) => {}
         // Another request created it first: fine.
         Err(error) if error.code == ResponseError::TopicAlreadyExists.code() => {}
@@ -143,7 +155,7 @@ fn describe(image: &MetadataImage, topic: &TopicState) -> MetadataResponseTopic 
                 .replicas
                 .iter()
                 .copied()
-                .filter(|id| image.broker(*id).is_none())
+                .filter(|id| image.broker(*id).is_none_or(|b| b.fenced))
                 .map(BrokerId)
                 .collect();
             let error = if p.leader < 0 {

@@ -106,6 +106,7 @@ pub async fn create_topic(
     configs: BTreeMap<String, String>,
     assignments: Option<Vec<Vec<NodeId>>>,
     validate_only: bool,
+    timeout: std::time::Duration,
 ) -> Result<CreatedTopic, KafkaError> {
     let (partitions, replication_factor) = match &assignments {
         Some(assignments) => (
@@ -148,16 +149,25 @@ pub async fn create_topic(
                 message: Some(rejection.to_string()),
             });
     }
-    broker.controller.submit(command).await.map_err(|error| {
-        let (code, message) = controller_error(&error);
-        KafkaError {
-            code,
-            message: Some(message),
-        }
-    })?;
+    broker
+        .controller
+        .submit_within(command, timeout)
+        .await
+        .map_err(|error| {
+            let (code, message) = controller_error(&error);
+            KafkaError {
+                code,
+                message: Some(message),
+            }
+        })?;
     sync_metadata(broker).await;
     Ok(created)
 }
+
+/// How long a topic created on a client's behalf (auto-creation,
+/// `__consumer_offsets`) may wait for the quorum: less than clients'
+/// request timeouts, so they get an answer rather than time out.
+pub const AUTO_CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Applies the controller's latest image to the replicas before answering,
 /// so the client's next request finds what this one changed.

@@ -1,12 +1,23 @@
-//! The metadata state machine run by openraft, with this node as the only
-//! voter, and [`Controller`], the handle the broker holds.
+//! The metadata state machine run by openraft over the controller quorum,
+//! and [`Controller`], the handle every node holds.
+//!
+//! A node is a voter of the quorum (the `controller` role) or an observer
+//! that follows the metadata log as an openraft learner (a broker-only
+//! node). A single node with no quorum configured is the only voter of its
+//! own quorum, as before.
 //!
 //! # Layout
 //! - `log_store`: the durable Raft log (one file per entry), the vote and
 //!   the purge and commit points.
 //! - `state_machine`: applies entries to the image, publishes it, writes
 //!   and loads snapshots.
-//! - `network`: a network with no peers (single voter).
+//! - `rpc`: the controller port's frames and messages.
+//! - `network`: openraft's network over TCP (the client side).
+//! - `server`: the controller port (the serving side): Raft RPCs to
+//!   openraft, broker requests to the active controller.
+//! - `active`: what only the active controller does: judge broker
+//!   liveness from heartbeats, fence the silent, unfence the caught up,
+//!   refuse a duplicate node id, set the cluster id.
 //! - `files`: atomic replacement of small files.
 //!
 //! A data directory holds:
@@ -22,24 +33,36 @@
 //! function of its log: the image is the last snapshot plus the entries
 //! after it, applied by [`crate::state::apply`].
 
+mod active;
 mod files;
 mod log_store;
 mod network;
+pub mod rpc;
+mod server;
 mod state_machine;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use rill_types::{Clock, NodeId, SystemClock};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub use log_store::LogStore;
-pub use network::NoPeers;
+pub use network::TcpNetwork;
 pub use state_machine::StateMachine;
 
+use self::network::TcpPeer;
+use self::rpc::{
+    BrokerHeartbeat, BrokerRegistrationRequest, ControllerRequest, ControllerResponse,
+    HeartbeatAnswer, Request, Response,
+};
 use crate::state::{ApplyOutcome, MetadataCommand, MetadataError, MetadataImage};
 
 /// The node id type inside openraft. rill's node ids are `i32` as in
@@ -81,6 +104,18 @@ pub enum ControllerError {
     /// log entry (see [`FREE_BYTES_MIN`]); nothing was proposed.
     #[error("controller data dir {path}: only {free_bytes} bytes free; refusing metadata changes until space is freed")]
     NoSpace { path: PathBuf, free_bytes: u64 },
+    /// No active controller answered within the time allowed (the quorum
+    /// has lost its majority, or an election is under way). A proposal may
+    /// still be committed later.
+    #[error("no active controller answered within {0:?}")]
+    Timeout(Duration),
+    /// Another live process has registered this node id.
+    #[error("node id already registered by a live broker: {0}")]
+    DuplicateBrokerRegistration(String),
+    /// The active controller could not do it (its disk is full, its Raft
+    /// stopped, …).
+    #[error("active controller: {0}")]
+    Remote(String),
 }
 
 /// How much free space the controller's file system must have before a
@@ -108,16 +143,74 @@ impl ControllerError {
     }
 }
 
+/// How the quorum is made up, from the node's `--controller-quorum`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumConfig {
+    /// The voters: node id → controller address (`host:port`).
+    pub voters: BTreeMap<NodeId, String>,
+    /// This node's own controller address, as peers reach it.
+    pub self_addr: String,
+}
+
+impl QuorumConfig {
+    /// Parses Kafka's `controller.quorum.voters` form:
+    /// `1@host:9093,2@host:9093,3@host:9093`.
+    pub fn parse_voters(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
+        let mut voters = BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = part
+                .split_once('@')
+                .ok_or_else(|| format!("'{part}' is not NODE_ID@HOST:PORT"))?;
+            let id: NodeId = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{id}' in '{part}' is not a node id"))?;
+            if id < 0 {
+                return Err(format!("node id {id} in '{part}' is negative"));
+            }
+            let (host, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| format!("'{addr}' in '{part}' has no port"))?;
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(format!("'{addr}' in '{part}' is not HOST:PORT"));
+            }
+            if voters.insert(id, addr.to_string()).is_some() {
+                return Err(format!("node id {id} is listed twice"));
+            }
+        }
+        if voters.is_empty() {
+            return Err("the quorum lists no voters".to_string());
+        }
+        Ok(voters)
+    }
+}
+
 /// Tuning of the controller; the defaults suit a broker.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
     /// A snapshot is written after this many log entries since the last.
     pub snapshot_logs_since_last: u64,
     /// How many entries before a snapshot's point stay in the log (useful to
-    /// followers that are a little behind, once there are followers).
+    /// followers that are a little behind).
     pub snapshot_logs_to_keep: u64,
-    /// How long `open` waits for the node to elect itself and catch up.
+    /// How long `open` waits for the quorum to have a leader (and, on a
+    /// single voter, for this node to elect itself and catch up).
     pub open_timeout: Duration,
+    /// `None`: a single-node cluster, this node its only voter.
+    pub quorum: Option<QuorumConfig>,
+    /// The cluster id this node proposes if the quorum has none yet (its
+    /// data dir's, or a new one). `None` proposes none.
+    pub cluster_id: Option<String>,
+    /// Kafka's `broker.session.timeout.ms`: the active controller fences a
+    /// broker it has not heard from for this long. `None` fences nobody
+    /// (a controller used without brokers, as in tests of the log).
+    pub broker_session_timeout: Option<Duration>,
+    /// How long a request to the active controller may wait for one to
+    /// answer, when the caller gives no timeout of its own.
+    pub request_timeout: Duration,
+    /// Time for broker liveness (the active controller's judgement only;
+    /// the state machine never reads a clock).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for ControllerOptions {
@@ -126,21 +219,55 @@ impl Default for ControllerOptions {
             snapshot_logs_since_last: 1000,
             snapshot_logs_to_keep: 100,
             open_timeout: Duration::from_secs(30),
+            quorum: None,
+            cluster_id: None,
+            broker_session_timeout: None,
+            request_timeout: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
         }
     }
 }
 
-/// The controller of a single-node cluster: proposes commands to the Raft
-/// group and publishes the committed metadata image.
+/// The quorum as this node sees it, for DescribeQuorum and
+/// `rill cluster describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumState {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// The last log index this node knows to be committed.
+    pub committed_index: Option<u64>,
+    /// Voters with the last log index the leader knows each has (only the
+    /// leader knows; elsewhere `None`).
+    pub voters: Vec<(NodeId, Option<u64>)>,
+    /// Observers (learners) likewise.
+    pub observers: Vec<(NodeId, Option<u64>)>,
+}
+
+/// A node's handle on the controller quorum: proposes commands (through
+/// the active controller, wherever it is), publishes the committed
+/// metadata image, and serves the controller port.
 ///
 /// Call [`Controller::shutdown`] before dropping it; openraft's tasks run
 /// until then.
 #[derive(Clone)]
 pub struct Controller {
-    node_id: rill_types::NodeId,
+    node_id: NodeId,
     dir: PathBuf,
     raft: Raft<TypeConfig>,
     image_rx: watch::Receiver<Arc<MetadataImage>>,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of a [`Controller`] share.
+struct Shared {
+    options: ControllerOptions,
+    /// The active controller's view of broker liveness (see `active`).
+    liveness: Mutex<active::Liveness>,
+    /// Idle connections to peers for forwarded requests, one per peer
+    /// (a caller takes it out while it uses it). A `std` mutex: held only
+    /// to take or put back.
+    peers: Mutex<HashMap<RaftNodeId, TcpPeer>>,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Controller {
@@ -153,23 +280,29 @@ impl std::fmt::Debug for Controller {
 }
 
 impl Controller {
-    /// Opens the controller whose data is in `dir` (creating it if needed)
-    /// with default options. See [`Controller::open_with`].
+    /// Opens the single-voter controller whose data is in `dir` with
+    /// default options and no listener. See [`Controller::open_with`].
     pub async fn open(
         dir: impl AsRef<Path>,
-        node_id: rill_types::NodeId,
+        node_id: NodeId,
     ) -> Result<Controller, ControllerError> {
-        Self::open_with(dir, node_id, ControllerOptions::default()).await
+        Self::open_with(dir, node_id, ControllerOptions::default(), None).await
     }
 
-    /// Opens the controller whose data is in `dir`. On first start it
-    /// initialises a cluster with this node as its only voter. It returns
-    /// once this node leads and has applied every committed entry, so the
-    /// image is as current as the log.
+    /// Opens the controller whose data is in `dir` and, given a listener,
+    /// serves the controller port on it.
+    ///
+    /// On first start a voter initialises the quorum with the configured
+    /// voters (every voter does the same, which openraft allows; the first
+    /// election decides), and an observer asks the active controller to
+    /// add it as a learner. Returns once the quorum has a leader; on a
+    /// single voter, once this node leads and has applied every committed
+    /// entry, so the image is as current as the log.
     pub async fn open_with(
         dir: impl AsRef<Path>,
-        node_id: rill_types::NodeId,
+        node_id: NodeId,
         options: ControllerOptions,
+        listener: Option<TcpListener>,
     ) -> Result<Controller, ControllerError> {
         let dir = dir.as_ref();
         let raft_id =
@@ -183,67 +316,296 @@ impl Controller {
         let state_machine = StateMachine::open(dir).map_err(io_error)?;
         let image_rx = state_machine.subscribe();
 
-        let config = Config {
+        let mut config = Config {
             cluster_name: "rill".to_string(),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: options.snapshot_logs_to_keep,
+            snapshot_max_chunk_size: rpc::SNAPSHOT_CHUNK_BYTES,
             ..Config::default()
         };
+        if options.quorum.is_some() {
+            // openraft's defaults (50 ms heartbeats, 150–300 ms elections)
+            // suit a quiet network; a broker's controller shares its cores
+            // with the data path and fsyncs each entry, so a busy second
+            // must not start an election.
+            config.heartbeat_interval = 250;
+            config.election_timeout_min = 1500;
+            config.election_timeout_max = 3000;
+        }
         let config = Arc::new(config.validate().map_err(ControllerError::raft)?);
-        let raft = Raft::new(raft_id, config, NoPeers, log_store, state_machine)
+        let raft = Raft::new(raft_id, config, TcpNetwork, log_store, state_machine)
             .await
             .map_err(ControllerError::raft)?;
 
-        if raft.is_initialized().await.map_err(ControllerError::raft)? {
-            let voters: Vec<RaftNodeId> = raft
+        let shutdown = CancellationToken::new();
+        let controller = Controller {
+            node_id,
+            dir: dir.to_path_buf(),
+            raft,
+            image_rx,
+            shared: Arc::new(Shared {
+                liveness: Mutex::new(active::Liveness::default()),
+                peers: Mutex::new(HashMap::new()),
+                shutdown: shutdown.clone(),
+                options,
+            }),
+        };
+        if let Some(listener) = listener {
+            tokio::spawn(server::serve(
+                controller.clone(),
+                listener,
+                shutdown.clone(),
+            ));
+        }
+        let result = controller.join().await;
+        if let Err(error) = result {
+            let _ = controller.shutdown().await;
+            return Err(error);
+        }
+        tokio::spawn(active::run(controller.clone(), shutdown));
+        tracing::info!(
+            node_id,
+            version = controller.image().version,
+            leader = ?controller.raft.metrics().borrow().current_leader,
+            "controller ready"
+        );
+        Ok(controller)
+    }
+
+    /// Initialises or joins the quorum and waits for it to have a leader.
+    async fn join(&self) -> Result<(), ControllerError> {
+        let options = &self.shared.options;
+        let raft_id = self.raft_id();
+        let voters: BTreeMap<RaftNodeId, BasicNode> = match &options.quorum {
+            None => BTreeMap::from([(raft_id, BasicNode::default())]),
+            Some(quorum) => quorum
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id as RaftNodeId, BasicNode::new(addr)))
+                .collect(),
+        };
+        let is_voter = voters.contains_key(&raft_id);
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(ControllerError::raft)?
+        {
+            let membership: Vec<RaftNodeId> = self
+                .raft
                 .metrics()
                 .borrow()
                 .membership_config
                 .membership()
                 .voter_ids()
                 .collect();
-            if !voters.contains(&raft_id) {
-                raft.shutdown().await.map_err(ControllerError::raft)?;
-                return Err(ControllerError::NotAVoter { node_id, voters });
+            if is_voter && !membership.contains(&raft_id) {
+                return Err(ControllerError::NotAVoter {
+                    node_id: self.node_id,
+                    voters: membership,
+                });
             }
-        } else {
-            tracing::info!(node_id, dir = %dir.display(), "initialising a new single-voter controller quorum");
-            raft.initialize(BTreeSet::from([raft_id]))
+        } else if is_voter {
+            tracing::info!(node_id = self.node_id, voters = ?voters.keys().collect::<Vec<_>>(), dir = %self.dir.display(), "initialising a new controller quorum");
+            match self.raft.initialize(voters).await {
+                Ok(()) => {}
+                // Another voter initialised first and has already asked
+                // this node for its vote: the quorum is forming, and this
+                // node takes the membership from the leader's log.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::info!(
+                        node_id = self.node_id,
+                        "another voter initialised the quorum first; joining it"
+                    );
+                }
+                Err(error) => return Err(ControllerError::raft(error)),
+            }
+        }
+        let deadline = Instant::now() + options.open_timeout;
+        if !is_voter {
+            // An observer: the active controller adds it as a learner, and
+            // it then receives the log like any follower.
+            let addr = options
+                .quorum
+                .as_ref()
+                .map(|q| q.self_addr.clone())
+                .unwrap_or_default();
+            let request = ControllerRequest::AddObserver {
+                node_id: self.node_id,
+                addr,
+            };
+            match self.call(request, options.open_timeout).await? {
+                ControllerResponse::ObserverAdded => {}
+                other => return Err(unexpected_answer(&other)),
+            }
+        }
+        if options.quorum.is_none() {
+            self.raft
+                .wait(Some(options.open_timeout))
+                .state(ServerState::Leader, "the only voter elects itself")
                 .await
                 .map_err(ControllerError::raft)?;
+            // A new leader commits a blank entry of its term; once that is
+            // applied, so is everything before it.
+            self.raft
+                .ensure_linearizable()
+                .await
+                .map_err(ControllerError::raft)?;
+            return Ok(());
         }
-        raft.wait(Some(options.open_timeout))
-            .state(ServerState::Leader, "the only voter elects itself")
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "the quorum has a leader")
             .await
-            .map_err(ControllerError::raft)?;
-        // A new leader commits a blank entry of its term; once that is
-        // applied, so is everything before it.
-        raft.ensure_linearizable()
-            .await
-            .map_err(ControllerError::raft)?;
-        let controller = Controller {
-            node_id,
-            dir: dir.to_path_buf(),
-            raft,
-            image_rx,
-        };
-        tracing::info!(
-            node_id,
-            version = controller.image().version,
-            "controller ready"
-        );
-        Ok(controller)
+            .map_err(|_| ControllerError::Timeout(options.open_timeout))?;
+        Ok(())
     }
 
-    pub fn node_id(&self) -> rill_types::NodeId {
+    pub fn node_id(&self) -> NodeId {
         self.node_id
     }
 
-    /// Proposes a command and waits until it is committed and applied.
-    /// When this returns `Ok`, [`Controller::image`] shows the change.
-    /// Refused without proposing anything when the disk is (nearly) full;
-    /// see [`FREE_BYTES_MIN`].
+    fn raft_id(&self) -> RaftNodeId {
+        RaftNodeId::try_from(self.node_id).expect("checked at open")
+    }
+
+    /// Whether this node is the active controller (the quorum's leader).
+    pub fn is_active(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The active controller's node id, if this node knows one.
+    pub fn active_controller(&self) -> Option<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .and_then(|id| NodeId::try_from(id).ok())
+    }
+
+    /// The quorum as this node sees it.
+    pub fn quorum_state(&self) -> QuorumState {
+        let metrics = self.raft.metrics().borrow().clone();
+        let matched = |id: RaftNodeId| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|log_id| log_id.index)
+                .or_else(|| (id == metrics.id).then(|| metrics.last_log_index).flatten())
+        };
+        let membership = metrics.membership_config.membership();
+        let to_node = |id: RaftNodeId| NodeId::try_from(id).unwrap_or(-1);
+        QuorumState {
+            leader: metrics.current_leader.map(to_node),
+            term: metrics.current_term,
+            committed_index: metrics.last_applied.map(|l| l.index),
+            voters: membership
+                .voter_ids()
+                .map(|id| (to_node(id), matched(id)))
+                .collect(),
+            observers: membership
+                .learner_ids()
+                .map(|id| (to_node(id), matched(id)))
+                .collect(),
+        }
+    }
+
+    /// Proposes a command through the active controller and waits until it
+    /// is committed and applied here too, so that [`Controller::image`]
+    /// shows the change. Gives up after the configured request timeout.
     pub async fn submit(&self, command: MetadataCommand) -> Result<ApplyOutcome, ControllerError> {
+        self.submit_within(command, self.shared.options.request_timeout)
+            .await
+    }
+
+    /// [`Controller::submit`] with a timeout of the caller's (a request's
+    /// `timeout_ms`): past it, [`ControllerError::Timeout`].
+    pub async fn submit_within(
+        &self,
+        command: MetadataCommand,
+        timeout: Duration,
+    ) -> Result<ApplyOutcome, ControllerError> {
+        let deadline = Instant::now() + timeout;
+        self.check_free_space()?;
+        match self
+            .call(ControllerRequest::Submit(command), timeout)
+            .await?
+        {
+            ControllerResponse::Submitted { result, log_index } => {
+                self.wait_applied(log_index, deadline).await?;
+                Ok(result?)
+            }
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Registers this node as a broker; returns its broker epoch. Waits
+    /// until the registration is applied here.
+    pub async fn register_broker(
+        &self,
+        registration: BrokerRegistrationRequest,
+    ) -> Result<i64, ControllerError> {
+        let timeout = self.shared.options.request_timeout;
+        let deadline = Instant::now() + timeout;
+        match self
+            .call(ControllerRequest::Register(registration), timeout)
+            .await?
+        {
+            ControllerResponse::Registered {
+                broker_epoch,
+                log_index,
+            } => {
+                self.wait_applied(log_index, deadline).await?;
+                Ok(broker_epoch)
+            }
+            ControllerResponse::DuplicateBrokerRegistration(why) => {
+                Err(ControllerError::DuplicateBrokerRegistration(why))
+            }
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Sends a broker heartbeat to the active controller.
+    pub async fn heartbeat(
+        &self,
+        heartbeat: BrokerHeartbeat,
+        timeout: Duration,
+    ) -> Result<HeartbeatAnswer, ControllerError> {
+        match self
+            .call(ControllerRequest::Heartbeat(heartbeat), timeout)
+            .await?
+        {
+            ControllerResponse::Heartbeat(answer) => Ok(answer),
+            ControllerResponse::Submitted {
+                result: Err(rejection),
+                ..
+            } => Err(ControllerError::Rejected(rejection)),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Waits until the image here has applied the entry at `log_index`.
+    async fn wait_applied(&self, log_index: u64, deadline: Instant) -> Result<(), ControllerError> {
+        let mut images = self.image_rx.clone();
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let wait = async move {
+            images
+                .wait_for(|image| image.version > log_index)
+                .await
+                .map(|_| ())
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ControllerError::Raft("the state machine stopped".into())),
+            Err(_) => Err(ControllerError::Timeout(timeout)),
+        }
+    }
+
+    /// Refuses when this node's controller file system is (nearly) full;
+    /// see [`FREE_BYTES_MIN`].
+    fn check_free_space(&self) -> Result<(), ControllerError> {
         let free_bytes = free_bytes(&self.dir).map_err(|source| ControllerError::Io {
             path: self.dir.clone(),
             source,
@@ -254,12 +616,150 @@ impl Controller {
                 free_bytes,
             });
         }
-        let response = self
-            .raft
-            .client_write(command)
-            .await
-            .map_err(ControllerError::raft)?;
-        Ok(response.data?)
+        Ok(())
+    }
+
+    /// Sends a request to the active controller — this node itself, or the
+    /// leader it knows of over the controller port — and retries through
+    /// elections and lost connections until `timeout`.
+    async fn call(
+        &self,
+        request: ControllerRequest,
+        timeout: Duration,
+    ) -> Result<ControllerResponse, ControllerError> {
+        let deadline = Instant::now() + timeout;
+        let mut last_problem = String::from("no active controller known");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.shared.shutdown.is_cancelled() {
+                tracing::debug!(problem = %last_problem, "gave up on the active controller");
+                return Err(ControllerError::Timeout(timeout));
+            }
+            let leader = self.raft.metrics().borrow().current_leader;
+            let answer = match leader {
+                Some(leader) if leader == self.raft_id() => {
+                    let work = self.handle_as_active(request.clone());
+                    match tokio::time::timeout(left, work).await {
+                        Ok(answer) => answer,
+                        Err(_) => return Err(ControllerError::Timeout(timeout)),
+                    }
+                }
+                Some(leader) => match self.forward(leader, &request, left).await {
+                    Ok(answer) => answer,
+                    Err(problem) => {
+                        last_problem = problem;
+                        ControllerResponse::NotController { leader: None }
+                    }
+                },
+                None => ControllerResponse::NotController { leader: None },
+            };
+            match answer {
+                ControllerResponse::NotController { .. } => {
+                    // An election is under way or the leader just moved:
+                    // look again shortly.
+                    let pause = Duration::from_millis(100).min(left);
+                    tokio::time::sleep(pause).await;
+                }
+                ControllerResponse::Failed(why) => return Err(ControllerError::Remote(why)),
+                answer => return Ok(answer),
+            }
+        }
+    }
+
+    /// Sends `request` to node `leader` over the controller port.
+    async fn forward(
+        &self,
+        leader: RaftNodeId,
+        request: &ControllerRequest,
+        timeout: Duration,
+    ) -> Result<ControllerResponse, String> {
+        let addr = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let node = metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .cloned();
+            node.map(|n| n.addr)
+                .ok_or_else(|| format!("no address for node {leader}"))?
+        };
+        let taken = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&leader);
+        let mut peer = match taken {
+            Some(peer) if peer.addr() == addr => peer,
+            _ => TcpPeer::new(leader, addr),
+        };
+        let result = peer
+            .call(&Request::Controller(request.clone()), timeout)
+            .await;
+        match result {
+            Ok(Response::Controller(answer)) => {
+                self.shared
+                    .peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(leader, peer);
+                Ok(answer)
+            }
+            Ok(other) => Err(format!("answer of the wrong kind: {other:?}")),
+            Err(error) => Err(format!("node {leader}: {error}")),
+        }
+    }
+
+    /// What the active controller does with a request. Answers
+    /// `NotController` if this node turns out not to be it.
+    pub(crate) async fn handle_as_active(&self, request: ControllerRequest) -> ControllerResponse {
+        match request {
+            ControllerRequest::Submit(command) => {
+                if let Err(error) = self.check_free_space() {
+                    return ControllerResponse::Failed(error.to_string());
+                }
+                self.propose(command).await
+            }
+            ControllerRequest::Register(registration) => self.handle_register(registration).await,
+            ControllerRequest::Heartbeat(heartbeat) => self.handle_heartbeat(heartbeat).await,
+            ControllerRequest::AddObserver { node_id, addr } => {
+                let Ok(raft_id) = RaftNodeId::try_from(node_id) else {
+                    return ControllerResponse::Failed(format!("invalid node id {node_id}"));
+                };
+                let membership = self.raft.metrics().borrow().membership_config.clone();
+                if membership.membership().voter_ids().any(|v| v == raft_id) {
+                    return ControllerResponse::Failed(format!(
+                        "node {node_id} is a voter of the quorum; it cannot also join as an observer"
+                    ));
+                }
+                let known = membership
+                    .membership()
+                    .get_node(&raft_id)
+                    .is_some_and(|n| n.addr == addr);
+                if known {
+                    return ControllerResponse::ObserverAdded;
+                }
+                match self
+                    .raft
+                    .add_learner(raft_id, BasicNode::new(&addr), false)
+                    .await
+                {
+                    Ok(_) => ControllerResponse::ObserverAdded,
+                    Err(error) => not_controller_or_failed(error),
+                }
+            }
+        }
+    }
+
+    /// Proposes `command` as the active controller.
+    async fn propose(&self, command: MetadataCommand) -> ControllerResponse {
+        match self.raft.client_write(command).await {
+            Ok(response) => ControllerResponse::Submitted {
+                result: response.data,
+                log_index: response.log_id.index,
+            },
+            Err(error) => not_controller_or_failed(error),
+        }
     }
 
     /// The latest committed image.
@@ -290,10 +790,31 @@ impl Controller {
         Ok(())
     }
 
-    /// Stops openraft's tasks. Everything acknowledged is already durable.
+    /// Stops serving the controller port and openraft's tasks. Everything
+    /// acknowledged is already durable.
     pub async fn shutdown(&self) -> Result<(), ControllerError> {
+        self.shared.shutdown.cancel();
         self.raft.shutdown().await.map_err(ControllerError::raft)?;
         tracing::info!(node_id = self.node_id, "controller stopped");
         Ok(())
     }
+}
+
+/// openraft's refusal of a write or membership change: not the leader
+/// (tell the caller where to go), or something worse.
+fn not_controller_or_failed(
+    error: RaftError<RaftNodeId, ClientWriteError<RaftNodeId, BasicNode>>,
+) -> ControllerResponse {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ControllerResponse::NotController {
+                leader: forward.leader_id,
+            }
+        }
+        other => ControllerResponse::Failed(other.to_string()),
+    }
+}
+
+fn unexpected_answer(answer: &ControllerResponse) -> ControllerError {
+    ControllerError::Raft(format!("unexpected answer from the controller: {answer:?}"))
 }

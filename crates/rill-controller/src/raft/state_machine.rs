@@ -78,7 +78,12 @@ impl StateMachine {
                     format!("{}: {e}", dir.join(SNAPSHOT_FILE).display()),
                 )
             })?;
-            file.image.assert_consistent();
+            file.image.check_consistent().map_err(|problem| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {problem}", dir.join(SNAPSHOT_FILE).display()),
+                )
+            })?;
             tracing::info!(
                 snapshot_id = %file.meta.snapshot_id,
                 version = file.image.version,
@@ -247,7 +252,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let image: MetadataImage = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        image.assert_consistent();
+        // A snapshot from a peer is input: an inconsistent one is refused
+        // (openraft reports the storage error), never a panic.
+        image.check_consistent().map_err(|problem| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &io::Error::other(problem))
+        })?;
         self.write_snapshot_file(meta, &image)
             .await
             .map_err(|e| snapshot_write_error(meta, e))?;
