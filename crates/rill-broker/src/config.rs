@@ -199,7 +199,7 @@ impl Default for BrokerConfig {
             rack: None,
             broker_heartbeat_interval: Duration::from_secs(2),
             broker_session_timeout: Duration::from_secs(9),
-            controlled_shutdown_timeout: Duration::from_secs(30),
+            controlled_shutdown_timeout: Duration::from_secs(15),
             http_addr: local(9644),
             auto_create_topics_enable: true,
             num_partitions: 1,

@@ -138,6 +138,7 @@ pub struct RunningBroker {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     kafka_addr: SocketAddr,
+    controller_addr: SocketAddr,
     http_addr: SocketAddr,
 }
 
@@ -145,6 +146,11 @@ impl RunningBroker {
     /// The address the Kafka listener is bound to (useful with port 0).
     pub fn kafka_addr(&self) -> SocketAddr {
         self.kafka_addr
+    }
+
+    /// The address the controller port is bound to.
+    pub fn controller_addr(&self) -> SocketAddr {
+        self.controller_addr
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -305,16 +311,23 @@ const QUORUM_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     // Listeners first: an address in use is the most common start-up
     // failure, and finding it before recovery saves a long wait.
-    let kafka_listener = bind("Kafka clients", config.kafka_addr).await?;
+    // A controller-only node serves no Kafka traffic and takes no port
+    // for it.
+    let kafka_listener = if config.roles.is_broker() {
+        Some(bind("Kafka clients", config.kafka_addr).await?)
+    } else {
+        None
+    };
     let controller_listener = bind("the controller", config.controller_addr).await?;
     let http_listener = bind("HTTP", config.http_addr).await?;
-    let kafka_addr = kafka_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
+    let kafka_addr = match &kafka_listener {
+        Some(listener) => listener.local_addr().map_err(|source| StartError::Bind {
             what: "Kafka clients",
             addr: config.kafka_addr,
             source,
-        })?;
+        })?,
+        None => config.kafka_addr,
+    };
     let http_addr = http_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
@@ -470,7 +483,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
 
     let tasks = TaskTracker::new();
     tasks.spawn(follow_metadata(Arc::clone(&broker), shutdown.clone()));
-    if broker.config.roles.is_broker() {
+    if let Some(kafka_listener) = kafka_listener {
         tasks.spawn(heartbeats(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
@@ -491,6 +504,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         shutdown,
         tasks,
         kafka_addr,
+        controller_addr,
         http_addr,
     };
     if broker.config.roles.is_broker() {

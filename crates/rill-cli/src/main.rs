@@ -459,12 +459,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let running = rill_broker::start(config).await?;
-        println!(
-            "rill ready: kafka={} http={} data-dir={}",
-            running.kafka_addr(),
-            running.http_addr(),
-            running.broker().config.data_dir.display()
-        );
+        if running.broker().config.roles.is_broker() {
+            println!(
+                "rill ready: kafka={} controller={} http={} data-dir={}",
+                running.kafka_addr(),
+                running.controller_addr(),
+                running.http_addr(),
+                running.broker().config.data_dir.display()
+            );
+        } else {
+            println!(
+                "rill ready: controller={} http={} data-dir={}",
+                running.controller_addr(),
+                running.http_addr(),
+                running.broker().config.data_dir.display()
+            );
+        }
         wait_for_signal().await?;
         running.shutdown().await?;
         Ok(())

@@ -20,6 +20,9 @@ pub enum ClusterCommand {
     /// Show the cluster id, the controller, the nodes, and the API versions
     /// the broker supports.
     Describe(DescribeArgs),
+    /// Start a cluster of several nodes on this machine (one process per
+    /// node, free loopback ports); Ctrl-C stops all of it.
+    Local(super::local_cluster::LocalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -29,9 +32,11 @@ pub struct DescribeArgs {
 }
 
 impl ClusterCommand {
-    pub fn connect(&self) -> &ConnectArgs {
+    /// The cluster a command talks to; `None` for `local`, which starts one.
+    pub fn connect(&self) -> Option<&ConnectArgs> {
         match self {
-            ClusterCommand::Describe(args) => &args.connect,
+            ClusterCommand::Describe(args) => Some(&args.connect),
+            ClusterCommand::Local(_) => None,
         }
     }
 }
@@ -39,6 +44,7 @@ impl ClusterCommand {
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Describe(args) => describe(&args),
+        ClusterCommand::Local(args) => super::local_cluster::run(&args),
     }
 }
 

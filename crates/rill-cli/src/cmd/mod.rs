@@ -28,6 +28,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 pub mod cluster;
 pub mod consume;
 pub mod group;
+pub mod local_cluster;
 pub mod produce;
 pub mod topic;
 
@@ -44,7 +45,8 @@ pub enum ClientCommand {
     /// List, describe, reset the offsets of, and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
-    /// Show the cluster: its id, nodes, controller and API versions.
+    /// Show the cluster (its id, nodes, controller and API versions), or
+    /// start a local one.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
 }
@@ -52,7 +54,9 @@ pub enum ClientCommand {
 /// Runs a client command. A closed standard output (`rill consume t | head`)
 /// is a normal end, not an error.
 pub fn run(command: ClientCommand) -> anyhow::Result<()> {
-    command.connect().check_reachable()?;
+    if let Some(connect) = command.connect() {
+        connect.check_reachable()?;
+    }
     let result = match command {
         ClientCommand::Topic(command) => topic::run(command),
         ClientCommand::Produce(args) => produce::run(&args),
@@ -67,12 +71,12 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
 }
 
 impl ClientCommand {
-    fn connect(&self) -> &ConnectArgs {
+    fn connect(&self) -> Option<&ConnectArgs> {
         match self {
-            ClientCommand::Topic(command) => command.connect(),
-            ClientCommand::Produce(args) => &args.connect,
-            ClientCommand::Consume(args) => &args.connect,
-            ClientCommand::Group(command) => command.connect(),
+            ClientCommand::Topic(command) => Some(command.connect()),
+            ClientCommand::Produce(args) => Some(&args.connect),
+            ClientCommand::Consume(args) => Some(&args.connect),
+            ClientCommand::Group(command) => Some(command.connect()),
             ClientCommand::Cluster(command) => command.connect(),
         }
     }

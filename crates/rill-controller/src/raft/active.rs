@@ -60,7 +60,7 @@ impl Controller {
     }
 
     /// Whether `node_id` has been heard from within its session.
-    fn is_alive(&self, node_id: NodeId) -> bool {
+    pub(super) fn is_alive(&self, node_id: NodeId) -> bool {
         let now = self.now_ms();
         let liveness = self
             .shared

@@ -97,6 +97,13 @@ pub enum ControllerError {
         node_id: rill_types::NodeId,
         voters: Vec<u64>,
     },
+    /// The data dir's controller log belongs to a quorum of other voters
+    /// (another cluster's, or a single node's).
+    #[error("the controller log in this data dir belongs to a quorum of voters {found:?}, not the configured {configured:?}; use a fresh data dir")]
+    QuorumMismatch {
+        configured: Vec<u64>,
+        found: Vec<u64>,
+    },
     /// openraft failed or has stopped (for example after a storage error).
     #[error("raft: {0}")]
     Raft(String),
@@ -405,6 +412,17 @@ impl Controller {
                     voters: membership,
                 });
             }
+            // A data dir whose log was made by another quorum (a single
+            // node's, or another cluster's) must not be taken for this
+            // one's: this node would follow, or lead, the wrong log.
+            if options.quorum.is_some() {
+                let configured: Vec<RaftNodeId> = voters.keys().copied().collect();
+                let mut found = membership.clone();
+                found.sort_unstable();
+                if found != configured {
+                    return Err(ControllerError::QuorumMismatch { configured, found });
+                }
+            }
         } else if is_voter {
             tracing::info!(node_id = self.node_id, voters = ?voters.keys().collect::<Vec<_>>(), dir = %self.dir.display(), "initialising a new controller quorum");
             match self.raft.initialize(voters).await {
@@ -436,6 +454,9 @@ impl Controller {
             };
             match self.call(request, options.open_timeout).await? {
                 ControllerResponse::ObserverAdded => {}
+                ControllerResponse::DuplicateBrokerRegistration(why) => {
+                    return Err(ControllerError::DuplicateBrokerRegistration(why))
+                }
                 other => return Err(unexpected_answer(&other)),
             }
         }
@@ -629,32 +650,54 @@ impl Controller {
     ) -> Result<ControllerResponse, ControllerError> {
         let deadline = Instant::now() + timeout;
         let mut last_problem = String::from("no active controller known");
+        // A leader named by a voter's answer, for a node that does not know
+        // one itself (an observer before it has the log).
+        let mut hint: Option<RaftNodeId> = None;
+        let voters: Vec<RaftNodeId> = self
+            .shared
+            .options
+            .quorum
+            .iter()
+            .flat_map(|q| q.voters.keys())
+            .map(|id| *id as RaftNodeId)
+            .collect();
+        let mut next_voter = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || self.shared.shutdown.is_cancelled() {
                 tracing::debug!(problem = %last_problem, "gave up on the active controller");
                 return Err(ControllerError::Timeout(timeout));
             }
-            let leader = self.raft.metrics().borrow().current_leader;
-            let answer = match leader {
-                Some(leader) if leader == self.raft_id() => {
+            let known = self.raft.metrics().borrow().current_leader;
+            let target = known.or(hint.take()).or_else(|| {
+                // Nobody known: ask the voters in turn; one that is not the
+                // leader names it.
+                let voter = voters.get(next_voter % voters.len().max(1)).copied();
+                next_voter += 1;
+                voter
+            });
+            let answer = match target {
+                Some(leader) if leader == self.raft_id() && known == Some(leader) => {
                     let work = self.handle_as_active(request.clone());
                     match tokio::time::timeout(left, work).await {
                         Ok(answer) => answer,
                         Err(_) => return Err(ControllerError::Timeout(timeout)),
                     }
                 }
-                Some(leader) => match self.forward(leader, &request, left).await {
-                    Ok(answer) => answer,
-                    Err(problem) => {
-                        last_problem = problem;
-                        ControllerResponse::NotController { leader: None }
+                Some(leader) if leader != self.raft_id() => {
+                    match self.forward(leader, &request, left).await {
+                        Ok(answer) => answer,
+                        Err(problem) => {
+                            last_problem = problem;
+                            ControllerResponse::NotController { leader: None }
+                        }
                     }
-                },
-                None => ControllerResponse::NotController { leader: None },
+                }
+                _ => ControllerResponse::NotController { leader: None },
             };
             match answer {
-                ControllerResponse::NotController { .. } => {
+                ControllerResponse::NotController { leader } => {
+                    hint = leader.filter(|l| *l != self.raft_id());
                     // An election is under way or the leader just moved:
                     // look again shortly.
                     let pause = Duration::from_millis(100).min(left);
@@ -732,12 +775,18 @@ impl Controller {
                         "node {node_id} is a voter of the quorum; it cannot also join as an observer"
                     ));
                 }
-                let known = membership
-                    .membership()
-                    .get_node(&raft_id)
-                    .is_some_and(|n| n.addr == addr);
-                if known {
-                    return ControllerResponse::ObserverAdded;
+                match membership.membership().get_node(&raft_id) {
+                    Some(node) if node.addr == addr => return ControllerResponse::ObserverAdded,
+                    // The id is an observer at another address: a second
+                    // process with the same id must not take the first's
+                    // place while the first is alive.
+                    Some(node) if self.is_alive(node_id) => {
+                        return ControllerResponse::DuplicateBrokerRegistration(format!(
+                            "node {node_id} follows the metadata from {} and is alive; stop it first or pick another node id",
+                            node.addr
+                        ))
+                    }
+                    _ => {}
                 }
                 match self
                     .raft
