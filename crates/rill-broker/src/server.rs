@@ -203,10 +203,19 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// What `meta.properties` says of a data dir, as far as it says it yet.
+#[derive(Debug, Clone, Default)]
+struct DataDirIdentity {
+    cluster_id: Option<String>,
+    /// Kafka's `directory.id` (KIP-858): tells this data dir from any
+    /// other, so that a node restarted on it is not taken for a duplicate.
+    directory_id: Option<uuid::Uuid>,
+}
+
 /// Reads `meta.properties`, which ties the data dir to one cluster id and
-/// node id, as Kafka's does: checks the node id and returns the cluster id,
-/// if the data dir has one yet.
-fn read_data_dir_identity(config: &BrokerConfig) -> Result<Option<String>, StartError> {
+/// node id, as Kafka's does: checks the node id and returns what the file
+/// says (nothing for a new data dir).
+fn read_data_dir_identity(config: &BrokerConfig) -> Result<DataDirIdentity, StartError> {
     let dir = &config.data_dir;
     let io_error = |source| StartError::DataDir {
         path: dir.clone(),
@@ -233,43 +242,57 @@ fn read_data_dir_identity(config: &BrokerConfig) -> Result<Option<String>, Start
                     config.node_id
                 )));
             }
-            value("cluster.id")
-                .map(Some)
-                .ok_or_else(|| mismatch("no cluster.id".into()))
+            let cluster_id = value("cluster.id").ok_or_else(|| mismatch("no cluster.id".into()))?;
+            // Written by rill since clusters; older data dirs get one now.
+            let directory_id = match value("directory.id") {
+                Some(id) => Some(
+                    uuid::Uuid::parse_str(&id)
+                        .map_err(|e| mismatch(format!("bad directory.id {id:?}: {e}")))?,
+                ),
+                None => None,
+            };
+            Ok(DataDirIdentity {
+                cluster_id: Some(cluster_id),
+                directory_id,
+            })
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(DataDirIdentity::default()),
         Err(error) => Err(io_error(error)),
     }
 }
 
-/// Ties the data dir to the quorum's cluster id: writes `meta.properties`
-/// the first time, and refuses a data dir of another cluster.
+/// Ties the data dir to the quorum's cluster id and its own directory id:
+/// writes `meta.properties` where it lacks either, and refuses a data dir
+/// of another cluster.
 fn write_data_dir_identity(
     config: &BrokerConfig,
-    existing: Option<&str>,
+    existing: &DataDirIdentity,
     cluster_id: &str,
+    directory_id: uuid::Uuid,
 ) -> Result<(), StartError> {
     let dir = &config.data_dir;
     let path = dir.join(META_PROPERTIES);
-    match existing {
-        Some(existing) if existing == cluster_id => Ok(()),
-        Some(existing) => Err(StartError::DataDirMismatch {
-            path,
-            reason: format!(
-                "it belongs to cluster {existing}, but the controller quorum is cluster {cluster_id}"
-            ),
-        }),
-        None => {
-            let text = format!(
-                "# rill node identity; do not edit\nversion=1\ncluster.id={cluster_id}\nnode.id={}\n",
-                config.node_id
-            );
-            write_synced(dir, &path, text.as_bytes()).map_err(|source| StartError::DataDir {
-                path: dir.clone(),
-                source,
-            })
+    if let Some(existing_cluster_id) = &existing.cluster_id {
+        if existing_cluster_id != cluster_id {
+            return Err(StartError::DataDirMismatch {
+                path,
+                reason: format!(
+                    "it belongs to cluster {existing_cluster_id}, but the controller quorum is cluster {cluster_id}"
+                ),
+            });
+        }
+        if existing.directory_id == Some(directory_id) {
+            return Ok(());
         }
     }
+    let text = format!(
+        "# rill node identity; do not edit\nversion=1\ncluster.id={cluster_id}\nnode.id={}\ndirectory.id={directory_id}\n",
+        config.node_id
+    );
+    write_synced(dir, &path, text.as_bytes()).map_err(|source| StartError::DataDir {
+        path: dir.clone(),
+        source,
+    })
 }
 
 /// A cluster id as Kafka makes them: a random UUID in URL-safe base64
@@ -350,13 +373,14 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         config.advertised_controller_addr = Some(controller_addr.to_string());
     }
 
-    let existing_cluster_id = {
+    let identity = {
         let config = config.clone();
         blocking("reading the data dir", move || {
             read_data_dir_identity(&config)
         })
         .await??
     };
+    let directory_id = identity.directory_id.unwrap_or_else(uuid::Uuid::new_v4);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::new();
     let logs = {
@@ -378,7 +402,9 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     });
     let options = ControllerOptions {
         quorum,
-        cluster_id: Some(existing_cluster_id.clone().unwrap_or_else(new_cluster_id)),
+        cluster_id: Some(identity.cluster_id.clone().unwrap_or_else(new_cluster_id)),
+        data_dir_cluster_id: identity.cluster_id.clone(),
+        directory_id,
         broker_session_timeout: Some(config.broker_session_timeout),
         open_timeout: QUORUM_WAIT_TIMEOUT,
         clock: Arc::clone(&clock),
@@ -403,7 +429,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             let config = config.clone();
             let cluster_id = cluster_id.clone();
             blocking("writing the data dir's identity", move || {
-                write_data_dir_identity(&config, existing_cluster_id.as_deref(), &cluster_id)
+                write_data_dir_identity(&config, &identity, &cluster_id, directory_id)
             })
             .await??;
         }
@@ -412,6 +438,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             let registration = BrokerRegistrationRequest {
                 node_id: config.node_id,
                 incarnation_id: uuid::Uuid::new_v4(),
+                directory_id,
                 host,
                 port,
                 rack: config.rack.clone(),

@@ -21,14 +21,12 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use common::raw::RawClient;
 use common::{poll_until, serve_command, Broker, Ports};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, ProduceRequest, ProducerId, RequestHeader, ResponseHeader,
-    TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProducerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -434,56 +432,8 @@ fn librdkafka_retries_after_lost_answers_are_not_appended_twice() {
 // Raw requests
 // ---------------------------------------------------------------------------
 
-/// One connection sending one request at a time, encoded by kafka-protocol.
-struct RawClient {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
+/// The idempotence tests' requests, on the shared raw client.
 impl RawClient {
-    fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(CLIENT_TIMEOUT))
-            .expect("read timeout");
-        RawClient {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    fn send<R: Request>(&mut self, version: i16, body: R) -> R::Response {
-        let api_key = ApiKey::try_from(R::KEY).expect("known API");
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("rill-idempotence-e2e")));
-        let mut payload = BytesMut::new();
-        header
-            .encode(&mut payload, api_key.request_header_version(version))
-            .expect("encode header");
-        body.encode(&mut payload, version).expect("encode body");
-        let mut frame = BytesMut::with_capacity(4 + payload.len());
-        frame.put_u32(payload.len() as u32);
-        frame.put_slice(&payload);
-        self.stream.write_all(&frame).expect("write request");
-
-        let mut size = [0; 4];
-        self.stream.read_exact(&mut size).expect("response size");
-        let mut response = vec![0; u32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut response).expect("response");
-        let mut response = Bytes::from(response);
-        let header =
-            ResponseHeader::decode(&mut response, api_key.response_header_version(version))
-                .expect("response header");
-        assert_eq!(header.correlation_id, self.correlation_id);
-        let body = R::Response::decode(&mut response, version).expect("response body");
-        assert!(!response.has_remaining(), "bytes after the response");
-        body
-    }
-
     fn init_producer_id(&mut self) -> (i64, i16) {
         let response = self.send(
             4,
@@ -538,7 +488,7 @@ fn raw_retries_get_the_original_offsets_across_a_crash_and_a_clean_restart() {
     const TOPIC: &str = "idempotent-raw";
     let mut broker = Broker::start_new();
     create_topic(&broker, TOPIC, 1);
-    let mut client = RawClient::connect(broker.ports().kafka);
+    let mut client = RawClient::connect(broker.ports().kafka, CLIENT_TIMEOUT).expect("connect");
     let (pid, epoch) = client.init_producer_id();
     assert!(pid >= 0);
     assert_eq!(epoch, 0);
@@ -563,7 +513,7 @@ fn raw_retries_get_the_original_offsets_across_a_crash_and_a_clean_restart() {
     // shutdown), so the state comes back from the log alone.
     broker.kill();
     broker.start();
-    let mut client = RawClient::connect(broker.ports().kafka);
+    let mut client = RawClient::connect(broker.ports().kafka, CLIENT_TIMEOUT).expect("connect");
     assert_eq!(client.produce(TOPIC, &second), (0, 3));
     assert_eq!(client.produce(TOPIC, &first), (0, 0));
     assert_eq!(
@@ -585,7 +535,7 @@ fn raw_retries_get_the_original_offsets_across_a_crash_and_a_clean_restart() {
         snapshot.display()
     );
     broker.start();
-    let mut client = RawClient::connect(broker.ports().kafka);
+    let mut client = RawClient::connect(broker.ports().kafka, CLIENT_TIMEOUT).expect("connect");
     assert_eq!(client.produce(TOPIC, &third), (0, 5));
     assert_eq!(client.produce(TOPIC, &second), (0, 3));
     assert_eq!(

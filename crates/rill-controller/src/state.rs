@@ -55,6 +55,12 @@ pub enum MetadataCommand {
         /// before it proposes anything).
         #[serde(default)]
         incarnation_id: Uuid,
+        /// The data dir's id (Kafka's `directory.id`, KIP-858), kept in its
+        /// `meta.properties`: the same node restarted on its own data dir
+        /// may replace a registration whose session has not yet expired; a
+        /// second process with another data dir may not.
+        #[serde(default)]
+        directory_id: Uuid,
         host: String,
         port: u16,
         rack: Option<String>,
@@ -237,6 +243,9 @@ pub struct BrokerRegistration {
     /// The process that registered (random per start).
     #[serde(default)]
     pub incarnation_id: Uuid,
+    /// The data dir it registered from.
+    #[serde(default)]
+    pub directory_id: Uuid,
     /// A fenced broker leads nothing and is not offered to clients.
     /// Registrations from before fencing existed read as unfenced.
     #[serde(default)]
@@ -492,6 +501,7 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
         MetadataCommand::RegisterBroker {
             node_id,
             incarnation_id: _,
+            directory_id: _,
             host,
             port,
             rack: _,
@@ -676,6 +686,7 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
         MetadataCommand::RegisterBroker {
             node_id,
             incarnation_id,
+            directory_id,
             host,
             port,
             rack,
@@ -695,6 +706,7 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
                     rack: rack.clone(),
                     broker_epoch,
                     incarnation_id: *incarnation_id,
+                    directory_id: *directory_id,
                     fenced: true,
                     registered_version: image.version,
                 },

@@ -14,6 +14,7 @@ fn register(node_id: i32) -> MetadataCommand {
     MetadataCommand::RegisterBroker {
         node_id,
         incarnation_id: Uuid::from_u128(node_id as u128),
+        directory_id: Uuid::nil(),
         host: "127.0.0.1".into(),
         port: 9092,
         rack: None,

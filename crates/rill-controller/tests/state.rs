@@ -21,6 +21,7 @@ fn register(node_id: i32) -> MetadataCommand {
     MetadataCommand::RegisterBroker {
         node_id,
         incarnation_id: Uuid::from_u128(node_id as u128),
+        directory_id: Uuid::nil(),
         host: format!("broker-{node_id}"),
         port: 9092,
         rack: None,
@@ -84,6 +85,7 @@ fn register_broker_and_register_again() {
     let again = MetadataCommand::RegisterBroker {
         node_id: 1,
         incarnation_id: Uuid::from_u128(99),
+        directory_id: Uuid::nil(),
         host: "elsewhere".into(),
         port: 19092,
         rack: Some("r1".into()),
@@ -110,6 +112,7 @@ fn register_broker_rejections() {
         MetadataCommand::RegisterBroker {
             node_id: -1,
             incarnation_id: Uuid::nil(),
+            directory_id: Uuid::nil(),
             host: "h".into(),
             port: 1,
             rack: None,
@@ -117,6 +120,7 @@ fn register_broker_rejections() {
         MetadataCommand::RegisterBroker {
             node_id: 1,
             incarnation_id: Uuid::nil(),
+            directory_id: Uuid::nil(),
             host: "".into(),
             port: 1,
             rack: None,
@@ -124,6 +128,7 @@ fn register_broker_rejections() {
         MetadataCommand::RegisterBroker {
             node_id: 1,
             incarnation_id: Uuid::nil(),
+            directory_id: Uuid::nil(),
             host: "h".into(),
             port: 0,
             rack: None,
@@ -650,6 +655,7 @@ fn arb_command() -> impl Strategy<Value = MetadataCommand> {
             MetadataCommand::RegisterBroker {
                 node_id,
                 incarnation_id: Uuid::nil(),
+                directory_id: Uuid::nil(),
                 host: format!("h{node_id}"),
                 port: 9092,
                 rack,

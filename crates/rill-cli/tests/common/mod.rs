@@ -10,6 +10,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod cluster;
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -48,15 +51,23 @@ impl Ports {
     /// Three distinct free ports on 127.0.0.1. The listeners are held until
     /// all three are picked, so the kernel cannot hand out one twice.
     pub fn pick() -> Ports {
-        let listeners: Vec<TcpListener> = (0..3)
+        Ports::pick_many(1)[0]
+    }
+
+    /// The ports of `n` nodes, all distinct: every listener is held until
+    /// all are picked.
+    pub fn pick_many(n: usize) -> Vec<Ports> {
+        let listeners: Vec<TcpListener> = (0..3 * n)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
             .collect();
         let addr = |i: usize| listeners[i].local_addr().expect("local addr");
-        Ports {
-            kafka: addr(0),
-            controller: addr(1),
-            http: addr(2),
-        }
+        (0..n)
+            .map(|node| Ports {
+                kafka: addr(3 * node),
+                controller: addr(3 * node + 1),
+                http: addr(3 * node + 2),
+            })
+            .collect()
     }
 }
 
@@ -242,54 +253,94 @@ impl Broker {
     }
 
     fn try_start(&mut self) -> Result<(), String> {
-        let mut child = serve_command(self.dir.path(), &self.ports)
-            .args(&self.extra_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| format!("cannot run {}: {error}", rill_binary().display()))?;
+        let mut command = serve_command(self.dir.path(), &self.ports);
+        command.args(&self.extra_args);
+        let (child, line) = spawn_serve(command, &self.stderr)?.wait_ready(READY_TIMEOUT)?;
+        let expected = format!("kafka={}", self.ports.kafka);
+        assert!(
+            line.contains(&expected),
+            "ready line {line:?} does not name {expected}"
+        );
+        self.child = Some(child);
+        // Ready means serving: the health check says so too.
+        let (status, _) = self.http_get("/health");
+        assert_eq!(status, 200, "GET /health right after the ready line");
+        Ok(())
+    }
+}
 
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::clone(&self.stderr);
-        let stderr_reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().expect("stderr lock").push(line);
+/// A `rill serve` process started but not yet known to be ready.
+pub struct Starting {
+    child: Child,
+    ready_rx: mpsc::Receiver<String>,
+    stderr_reader: thread::JoinHandle<()>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Spawns `command` (a `rill serve`), collecting its stderr lines into
+/// `stderr` and watching its stdout for the ready line.
+pub fn spawn_serve(
+    mut command: Command,
+    stderr_lines: &Arc<Mutex<Vec<String>>>,
+) -> Result<Starting, String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot run {}: {error}", rill_binary().display()))?;
+
+    let stderr = child.stderr.take().expect("piped stderr");
+    let lines = Arc::clone(stderr_lines);
+    let stderr_reader = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            lines.lock().expect("stderr lock").push(line);
+        }
+    });
+
+    // The ready line comes on stdout; a reader thread hands it over so
+    // that the wait for it can be bounded.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.starts_with("rill ready:") {
+                let _ = ready_tx.send(line.trim_end().to_string());
             }
-        });
+            line.clear();
+        }
+        // Keep draining until the process closes stdout.
+        let _ = reader.read_to_end(&mut Vec::new());
+    });
+    Ok(Starting {
+        child,
+        ready_rx,
+        stderr_reader,
+        stderr: Arc::clone(stderr_lines),
+    })
+}
 
-        // The ready line comes on stdout; a reader thread hands it over so
-        // that the wait for it can be bounded.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.starts_with("rill ready:") {
-                    let _ = ready_tx.send(line.trim_end().to_string());
-                }
-                line.clear();
-            }
-            // Keep draining until the process closes stdout.
-            let _ = reader.read_to_end(&mut Vec::new());
-        });
-
-        let deadline = Instant::now() + READY_TIMEOUT;
+impl Starting {
+    /// Waits for the ready line; returns the process and the line, or why
+    /// it did not come (the process is then gone).
+    pub fn wait_ready(self, timeout: Duration) -> Result<(Child, String), String> {
+        let Starting {
+            mut child,
+            ready_rx,
+            stderr_reader,
+            stderr,
+        } = self;
+        let tail = |stderr: &Arc<Mutex<Vec<String>>>| {
+            let lines = stderr.lock().expect("stderr lock");
+            let from = lines.len().saturating_sub(STDERR_TAIL_LINES);
+            lines[from..].join("\n")
+        };
+        let deadline = Instant::now() + timeout;
         loop {
             match ready_rx.recv_timeout(POLL_INTERVAL) {
-                Ok(line) => {
-                    let expected = format!("kafka={}", self.ports.kafka);
-                    assert!(
-                        line.contains(&expected),
-                        "ready line {line:?} does not name {expected}"
-                    );
-                    self.child = Some(child);
-                    // Ready means serving: the health check says so too.
-                    let (status, _) = self.http_get("/health");
-                    assert_eq!(status, 200, "GET /health right after the ready line");
-                    return Ok(());
-                }
+                Ok(line) => return Ok((child, line)),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stdout closed without a ready line: the process is
@@ -301,15 +352,15 @@ impl Broker {
                 let _ = stderr_reader.join();
                 return Err(format!(
                     "rill exited with {status} before it was ready; stderr:\n{}",
-                    self.stderr_tail()
+                    tail(&stderr)
                 ));
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "rill was not ready within {READY_TIMEOUT:?}; stderr:\n{}",
-                    self.stderr_tail()
+                    "rill was not ready within {timeout:?}; stderr:\n{}",
+                    tail(&stderr)
                 ));
             }
         }

@@ -80,7 +80,12 @@ impl Controller {
         let image = self.image();
         if let Some(current) = image.broker(registration.node_id) {
             let other_process = current.incarnation_id != registration.incarnation_id;
-            if other_process && !current.fenced && self.is_alive(registration.node_id) {
+            // A restart on the node's own data dir replaces the old process
+            // (whose session may not have expired yet: it was killed); only
+            // another data dir claiming a live node's id is a duplicate.
+            let other_dir = current.directory_id != registration.directory_id;
+            if other_process && other_dir && !current.fenced && self.is_alive(registration.node_id)
+            {
                 return ControllerResponse::DuplicateBrokerRegistration(format!(
                     "node {} is registered by a live broker at {}:{} (incarnation {}); stop it first or pick another node id",
                     registration.node_id, current.host, current.port, current.incarnation_id
@@ -98,6 +103,7 @@ impl Controller {
         let command = MetadataCommand::RegisterBroker {
             node_id,
             incarnation_id: registration.incarnation_id,
+            directory_id: registration.directory_id,
             host: registration.host,
             port: registration.port,
             rack: registration.rack,

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use rill_types::{Clock, NodeId, SystemClock};
 use tokio::net::TcpListener;
@@ -119,6 +119,9 @@ pub enum ControllerError {
     /// Another live process has registered this node id.
     #[error("node id already registered by a live broker: {0}")]
     DuplicateBrokerRegistration(String),
+    /// This node's data dir belongs to another cluster.
+    #[error("{0}")]
+    InconsistentClusterId(String),
     /// The active controller could not do it (its disk is full, its Raft
     /// stopped, …).
     #[error("active controller: {0}")]
@@ -208,6 +211,11 @@ pub struct ControllerOptions {
     /// The cluster id this node proposes if the quorum has none yet (its
     /// data dir's, or a new one). `None` proposes none.
     pub cluster_id: Option<String>,
+    /// The cluster id this node's data dir already belongs to, if any: an
+    /// observer of another cluster is refused before it joins.
+    pub data_dir_cluster_id: Option<String>,
+    /// The data dir's id (see `MetadataCommand::RegisterBroker`).
+    pub directory_id: uuid::Uuid,
     /// Kafka's `broker.session.timeout.ms`: the active controller fences a
     /// broker it has not heard from for this long. `None` fences nobody
     /// (a controller used without brokers, as in tests of the log).
@@ -228,6 +236,8 @@ impl Default for ControllerOptions {
             open_timeout: Duration::from_secs(30),
             quorum: None,
             cluster_id: None,
+            data_dir_cluster_id: None,
+            directory_id: uuid::Uuid::nil(),
             broker_session_timeout: None,
             request_timeout: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
@@ -406,7 +416,11 @@ impl Controller {
                 .membership()
                 .voter_ids()
                 .collect();
-            if is_voter && !membership.contains(&raft_id) {
+            // A voter of a forming quorum may have granted a vote (and so be
+            // "initialised") before any membership reached it: nothing to
+            // check yet, the leader's log brings it.
+            let forming = membership.is_empty();
+            if !forming && is_voter && !membership.contains(&raft_id) {
                 return Err(ControllerError::NotAVoter {
                     node_id: self.node_id,
                     voters: membership,
@@ -415,7 +429,7 @@ impl Controller {
             // A data dir whose log was made by another quorum (a single
             // node's, or another cluster's) must not be taken for this
             // one's: this node would follow, or lead, the wrong log.
-            if options.quorum.is_some() {
+            if options.quorum.is_some() && !forming {
                 let configured: Vec<RaftNodeId> = voters.keys().copied().collect();
                 let mut found = membership.clone();
                 found.sort_unstable();
@@ -451,11 +465,16 @@ impl Controller {
             let request = ControllerRequest::AddObserver {
                 node_id: self.node_id,
                 addr,
+                cluster_id: options.data_dir_cluster_id.clone(),
+                directory_id: options.directory_id,
             };
             match self.call(request, options.open_timeout).await? {
                 ControllerResponse::ObserverAdded => {}
                 ControllerResponse::DuplicateBrokerRegistration(why) => {
                     return Err(ControllerError::DuplicateBrokerRegistration(why))
+                }
+                ControllerResponse::InconsistentClusterId(why) => {
+                    return Err(ControllerError::InconsistentClusterId(why))
                 }
                 other => return Err(unexpected_answer(&other)),
             }
@@ -676,6 +695,7 @@ impl Controller {
                 next_voter += 1;
                 voter
             });
+            tracing::debug!(?known, ?target, "calling the active controller");
             let answer = match target {
                 Some(leader) if leader == self.raft_id() && known == Some(leader) => {
                     let work = self.handle_as_active(request.clone());
@@ -688,6 +708,7 @@ impl Controller {
                     match self.forward(leader, &request, left).await {
                         Ok(answer) => answer,
                         Err(problem) => {
+                            tracing::debug!(%problem, "the active controller did not answer");
                             last_problem = problem;
                             ControllerResponse::NotController { leader: None }
                         }
@@ -723,7 +744,15 @@ impl Controller {
                 .membership()
                 .get_node(&leader)
                 .cloned();
+            // The membership names every node; before this node has it
+            // (an observer joining), the configured voters are where a
+            // leader can be.
             node.map(|n| n.addr)
+                .or_else(|| {
+                    let quorum = self.shared.options.quorum.as_ref()?;
+                    let id = NodeId::try_from(leader).ok()?;
+                    quorum.voters.get(&id).cloned()
+                })
                 .ok_or_else(|| format!("no address for node {leader}"))?
         };
         let taken = self
@@ -765,10 +794,23 @@ impl Controller {
             }
             ControllerRequest::Register(registration) => self.handle_register(registration).await,
             ControllerRequest::Heartbeat(heartbeat) => self.handle_heartbeat(heartbeat).await,
-            ControllerRequest::AddObserver { node_id, addr } => {
+            ControllerRequest::AddObserver {
+                node_id,
+                addr,
+                cluster_id,
+                directory_id,
+            } => {
                 let Ok(raft_id) = RaftNodeId::try_from(node_id) else {
                     return ControllerResponse::Failed(format!("invalid node id {node_id}"));
                 };
+                let image = self.image();
+                if let (Some(theirs), Some(ours)) = (&cluster_id, image.cluster_id()) {
+                    if theirs != ours {
+                        return ControllerResponse::InconsistentClusterId(format!(
+                            "the data dir of node {node_id} belongs to cluster {theirs}, but the controller quorum is cluster {ours}"
+                        ));
+                    }
+                }
                 let membership = self.raft.metrics().borrow().membership_config.clone();
                 if membership.membership().voter_ids().any(|v| v == raft_id) {
                     return ControllerResponse::Failed(format!(
@@ -780,7 +822,12 @@ impl Controller {
                     // The id is an observer at another address: a second
                     // process with the same id must not take the first's
                     // place while the first is alive.
-                    Some(node) if self.is_alive(node_id) => {
+                    Some(node)
+                        if self.is_alive(node_id)
+                            && image
+                                .broker(node_id)
+                                .is_none_or(|b| b.directory_id != directory_id) =>
+                    {
                         return ControllerResponse::DuplicateBrokerRegistration(format!(
                             "node {node_id} follows the metadata from {} and is alive; stop it first or pick another node id",
                             node.addr
@@ -794,6 +841,13 @@ impl Controller {
                     .await
                 {
                     Ok(_) => ControllerResponse::ObserverAdded,
+                    // Another membership change (another observer joining)
+                    // is being committed: ask again shortly.
+                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                        ChangeMembershipError::InProgress(_),
+                    ))) => ControllerResponse::NotController {
+                        leader: Some(self.raft_id()),
+                    },
                     Err(error) => not_controller_or_failed(error),
                 }
             }

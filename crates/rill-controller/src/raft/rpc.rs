@@ -74,7 +74,16 @@ pub enum ControllerRequest {
     Heartbeat(BrokerHeartbeat),
     /// A node that is not a voter asks to follow the metadata log as a
     /// learner (a broker-only node).
-    AddObserver { node_id: NodeId, addr: String },
+    AddObserver {
+        node_id: NodeId,
+        addr: String,
+        /// The cluster id of the node's data dir, if it has one: a node of
+        /// another cluster is refused before it is added.
+        cluster_id: Option<String>,
+        /// The data dir's id: the same node restarted may take its own
+        /// place at once.
+        directory_id: Uuid,
+    },
 }
 
 /// A broker's registration.
@@ -82,6 +91,8 @@ pub enum ControllerRequest {
 pub struct BrokerRegistrationRequest {
     pub node_id: NodeId,
     pub incarnation_id: Uuid,
+    /// The data dir's id, from its `meta.properties`.
+    pub directory_id: Uuid,
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
@@ -128,6 +139,8 @@ pub enum ControllerResponse {
     },
     /// Another live process has registered this node id.
     DuplicateBrokerRegistration(String),
+    /// The node's data dir belongs to another cluster.
+    InconsistentClusterId(String),
     /// The controller could not do it now (no space, raft stopped, …);
     /// the message says why.
     Failed(String),
