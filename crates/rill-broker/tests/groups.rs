@@ -733,3 +733,38 @@ async fn oversize_member_metadata_fails_the_sync_not_the_group() {
         (NONE, &b"ok"[..])
     );
 }
+
+/// OffsetCommits pipelined on one connection take effect in request
+/// order, as Kafka's one-request-at-a-time connections do: the last
+/// commit sent is the one that stays (librdkafka's async commits send
+/// them like this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commits_take_effect_in_request_order() {
+    const COMMITS: i64 = 50;
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    for round in 0..20 {
+        let group = format!("pipelined-{round}");
+        let mut sent = Vec::new();
+        for offset in 1..=COMMITS {
+            let commit = commit_request(&group, -1, "", "t", &[(0, offset, "")]);
+            sent.push(client.write(8, commit).await);
+        }
+        for correlation_id in sent {
+            let answer = client.read::<OffsetCommitRequest>(8, correlation_id).await;
+            assert_eq!(commit_codes(&answer), [NONE]);
+        }
+        assert_eq!(
+            committed(&mut client, &group, "t", &[0]).await,
+            [COMMITS],
+            "round {round}: an earlier commit overtook a later one"
+        );
+    }
+}
