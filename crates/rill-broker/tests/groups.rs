@@ -174,6 +174,27 @@ async fn describe(client: &mut Client, version: i16, group: &str) -> (i16, Strin
     )
 }
 
+/// A group's state as ListGroups shows it; `None` if it is not listed.
+async fn listed_state(client: &mut Client, group: &str) -> Option<String> {
+    let listed = client.send(4, ListGroupsRequest::default()).await;
+    listed
+        .groups
+        .iter()
+        .find(|g| g.group_id.as_str() == group)
+        .map(|g| g.group_state.as_str().to_string())
+}
+
+/// DeleteGroups v2 of one group; its error code.
+async fn delete_group(client: &mut Client, group: &str) -> i16 {
+    let deleted = client
+        .send(
+            2,
+            DeleteGroupsRequest::default().with_groups_names(vec![GroupId(str_bytes(group))]),
+        )
+        .await;
+    deleted.results[0].error_code
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_coordinator_makes_the_offsets_topic_and_answers_each_key() {
     let broker = TestBroker::start_with(quick_groups).await;
@@ -766,5 +787,62 @@ async fn pipelined_commits_take_effect_in_request_order() {
             [COMMITS],
             "round {round}: an earlier commit overtook a later one"
         );
+    }
+}
+
+/// Kafka's timers fire at their deadlines; rill's coordinator ticks every
+/// 50 ms. A ListGroups, DescribeGroups or DeleteGroups that comes right
+/// after a member's session deadline must not see the member any more
+/// (it used to until the next tick: Stable, NON_EMPTY_GROUP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_right_after_a_session_deadline_see_the_member_gone() {
+    const SESSION_MS: u64 = 1_000;
+    const TRIES: u64 = 9;
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    let mut tries = Vec::new();
+    for i in 0..TRIES {
+        let mut client = broker.client().await;
+        tries.push(tokio::spawn(async move {
+            // Spread over the tick, so that the deadlines fall at
+            // different points of it.
+            tokio::time::sleep(Duration::from_millis(i * 7)).await;
+            let group = format!("expiring-{i}");
+            let short = |member_id: &str| {
+                join_request(&group, member_id, &["t"]).with_session_timeout_ms(SESSION_MS as i32)
+            };
+            let first = client.send(5, short("")).await;
+            let joined = client.send(5, short(first.member_id.as_str())).await;
+            assert_eq!(joined.error_code, NONE);
+            let synced = client.send(5, sync_request(&group, &joined, b"x")).await;
+            assert_eq!(synced.error_code, NONE);
+            // The session was last renewed when the broker took the sync,
+            // before this answer came: it is over one session from now.
+            tokio::time::sleep(Duration::from_millis(SESSION_MS + 1)).await;
+            // Each decision comes first in a third of the tries.
+            match i % 3 {
+                0 => {
+                    let listed = listed_state(&mut client, &group).await;
+                    assert_eq!(listed.as_deref(), Some("Empty"));
+                    assert_eq!(delete_group(&mut client, &group).await, NONE);
+                }
+                1 => {
+                    let described = describe(&mut client, 5, &group).await;
+                    assert_eq!(described, (NONE, "Empty".into(), 0));
+                    assert_eq!(delete_group(&mut client, &group).await, NONE);
+                }
+                _ => assert_eq!(delete_group(&mut client, &group).await, NONE),
+            }
+        }));
+    }
+    for attempt in tries {
+        attempt.await.expect("a try failed");
     }
 }

@@ -605,6 +605,13 @@ impl GroupCoordinator {
         }
     }
 
+    /// [`Group::catch_up`] before a decision that looks at the group's
+    /// members, and the write that may call for.
+    fn catch_up(&self, replicas: &ReplicaManager, partition: i32, group: &mut Group) {
+        group.catch_up(self.now());
+        self.after_change(replicas, partition, group);
+    }
+
     // ------------------------------------------------------------------
     // The group APIs
 
@@ -984,12 +991,17 @@ impl GroupCoordinator {
             .collect()
     }
 
-    pub fn describe(&self, group_id: &str) -> Result<Option<DescribedGroup>, ResponseError> {
-        let state = self.lock();
-        self.locate(&state, group_id)?;
-        let Some(group) = state.groups.get(group_id) else {
+    pub fn describe(
+        &self,
+        replicas: &ReplicaManager,
+        group_id: &str,
+    ) -> Result<Option<DescribedGroup>, ResponseError> {
+        let mut state = self.lock();
+        let partition = self.locate(&state, group_id)?;
+        let Some(group) = state.groups.get_mut(group_id) else {
             return Ok(None);
         };
+        self.catch_up(replicas, partition, group);
         let stable = group.state == GroupState::Stable;
         Ok(Some(DescribedGroup {
             state: group.state.name().to_string(),
@@ -1016,10 +1028,16 @@ impl GroupCoordinator {
 
     /// Every group this node coordinates; COORDINATOR_LOAD_IN_PROGRESS
     /// while a partition is still loading, as in Kafka.
-    pub fn list(&self) -> Result<Vec<ListedGroup>, ResponseError> {
-        let state = self.lock();
+    pub fn list(&self, replicas: &ReplicaManager) -> Result<Vec<ListedGroup>, ResponseError> {
+        let mut state = self.lock();
         if state.owned.values().any(|l| *l == Load::Loading) {
             return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        let count = state.partition_count;
+        if count > 0 {
+            for group in state.groups.values_mut() {
+                self.catch_up(replicas, partition_for(&group.id, count), group);
+            }
         }
         let mut groups: Vec<ListedGroup> = state
             .groups
@@ -1057,6 +1075,7 @@ impl GroupCoordinator {
         let Some(group) = state.groups.get_mut(group_id) else {
             return Err(ResponseError::GroupIdNotFound.code());
         };
+        self.catch_up(replicas, partition, group);
         match group.state {
             GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
             GroupState::Empty if group.is_empty() => {}
@@ -1122,6 +1141,7 @@ impl GroupCoordinator {
         let Some(group) = state.groups.get_mut(group_id) else {
             return Err(ResponseError::GroupIdNotFound.code());
         };
+        self.catch_up(replicas, partition, group);
         let subscribed = match group.state {
             GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
             GroupState::Empty => HashSet::new(),

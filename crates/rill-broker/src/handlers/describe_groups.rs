@@ -44,7 +44,7 @@ pub fn handle(
                     .with_group_id(group_id)
                     .with_error_code(ResponseError::InvalidGroupId.code());
             }
-            match broker.groups.describe(group_id.as_str()) {
+            match broker.groups.describe(&broker.replicas, group_id.as_str()) {
                 Err(kind) => base.with_group_id(group_id).with_error_code(kind.code()),
                 Ok(None) if version >= 6 => base
                     .with_group_id(group_id.clone())
