@@ -846,3 +846,56 @@ async fn decisions_right_after_a_session_deadline_see_the_member_gone() {
         attempt.await.expect("a try failed");
     }
 }
+
+/// KIP-430: DescribeGroups with `include_authorized_operations` answers,
+/// for each group found, every operation Kafka's group resource has
+/// (without an authorizer): READ 3, DELETE 6, DESCRIBE 8, and since
+/// Kafka 3.9 (group configs) DESCRIBE_CONFIGS 10 and ALTER_CONFIGS 11.
+/// A group answered with an error keeps "not asked for", as in Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_groups_answers_authorized_operations() {
+    const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 11);
+    const OMITTED: i32 = i32::MIN;
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    let commit = commit_request("g", -1, "", "t", &[(0, 1, "")]);
+    assert_eq!(commit_codes(&client.send(8, commit).await), [NONE]);
+    let groups = vec![
+        GroupId(str_bytes("g")),
+        GroupId(str_bytes("never")),
+        GroupId(str_bytes("")),
+    ];
+    for version in 3..=6 {
+        let request = DescribeGroupsRequest::default().with_groups(groups.clone());
+        let plain = client.send(version, request.clone()).await;
+        for group in &plain.groups {
+            assert_eq!(group.authorized_operations, OMITTED, "v{version}");
+        }
+        let asked = client
+            .send(version, request.with_include_authorized_operations(true))
+            .await;
+        let answered: Vec<(i16, i32)> = asked
+            .groups
+            .iter()
+            .map(|g| (g.error_code, g.authorized_operations))
+            .collect();
+        // An unknown group is "Dead" without an error before v6.
+        let never = if version >= 6 {
+            (GROUP_ID_NOT_FOUND, OMITTED)
+        } else {
+            (NONE, GROUP_OPERATIONS)
+        };
+        assert_eq!(
+            answered,
+            [(NONE, GROUP_OPERATIONS), never, (INVALID_GROUP_ID, OMITTED)],
+            "v{version}"
+        );
+    }
+}
