@@ -209,6 +209,10 @@ type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 /// to be durable: [`GroupCoordinator::durable`] waits for that.
 type Appended = Result<(Arc<Partition>, AppendInfo), i16>;
 
+/// An OffsetCommit's append, and its offsets (topic, partition, value) in
+/// record order, to apply once it is durable.
+type AppendedCommit = (Appended, Vec<(String, i32, OffsetValue)>);
+
 #[derive(Debug)]
 pub struct GroupCoordinator {
     pub config: GroupConfig,
@@ -870,7 +874,6 @@ impl GroupCoordinator {
 
     /// The ordered part of [`GroupCoordinator::commit`]: the checks and
     /// the append. `None` when there is nothing to commit.
-    #[allow(clippy::type_complexity)]
     fn append_commit(
         &self,
         replicas: &ReplicaManager,
@@ -879,7 +882,7 @@ impl GroupCoordinator {
         group_instance_id: Option<&str>,
         generation: i32,
         commits: Vec<OffsetCommit>,
-    ) -> Result<Option<(Appended, Vec<(String, i32, OffsetValue)>)>, i16> {
+    ) -> Result<Option<AppendedCommit>, i16> {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId.code());
         }
