@@ -2,11 +2,15 @@
 //! written in the same order.
 //!
 //! Two tasks per connection. The reader takes frames off the socket, parses
-//! each and runs its handler's ordered part (for Produce, the append); what a
-//! request still has to wait for (an fsync for acks=all, data for a
-//! long-polling fetch) runs as its own task. The writer takes the pending
-//! answers in request order, awaits each and writes it. So a pipelining
-//! client's waits overlap, while its answers keep their order.
+//! each and runs its handler's ordered part (for Produce, the append; for
+//! the group APIs, the group's decision and its `__consumer_offsets`
+//! append); what a request still has to wait for (an fsync for acks=all or
+//! a group change, data for a long-polling fetch, the end of a rebalance)
+//! runs as its own task. So every effect a request has on the broker's
+//! state happens in request order, as on Kafka's connections, which handle
+//! one request at a time. The writer takes the pending answers in request
+//! order, awaits each and writes it. So a pipelining client's waits
+//! overlap, while its answers keep their order.
 //!
 //! Metrics are counted here, where requests arrive and answers are
 //! written: requests by API and version, latency from arrival to the
@@ -26,6 +30,7 @@
 //! pool is full of frames that their clients never finish, their deadlines
 //! are what empties it.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -104,6 +109,12 @@ pub(crate) enum Reply {
     Encoded(Bytes),
     /// A Fetch answer, written with its records sent from the segment files.
     Fetch(JoinHandle<FetchAnswer>),
+}
+
+/// An answer that waits: `wait` runs as its own task, after the reader has
+/// run the request's ordered part (whatever built `wait`).
+fn later(wait: impl Future<Output = ResponseKind> + Send + 'static) -> Reply {
+    Reply::Later(tokio::spawn(wait.in_current_span()))
 }
 
 /// Takes `bytes` just read from the request-bytes pool, waiting while it
@@ -497,9 +508,9 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
             handlers::find_coordinator::handle(b, v, body).await,
         )),
         RequestKind::JoinGroup(body) => {
-            // The answer waits for the rebalance; like an acks=all produce
-            // it waits off the connection's path.
-            let broker = Arc::clone(b);
+            // The group takes the join here, in request order; the answer
+            // waits for the rebalance, like an acks=all produce off the
+            // connection's path.
             let client = handlers::join_group::ClientIdentity {
                 client_id: request
                     .header
@@ -509,23 +520,12 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
                     .unwrap_or_default(),
                 client_host: format!("/{}", peer.ip()),
             };
-            answer(Reply::Later(tokio::spawn(
-                async move {
-                    ResponseKind::JoinGroup(
-                        handlers::join_group::handle(&broker, v, body, client).await,
-                    )
-                }
-                .in_current_span(),
-            )))
+            let joined = handlers::join_group::handle(b, v, body, client);
+            answer(later(async move { ResponseKind::JoinGroup(joined.await) }))
         }
         RequestKind::SyncGroup(body) => {
-            let broker = Arc::clone(b);
-            answer(Reply::Later(tokio::spawn(
-                async move {
-                    ResponseKind::SyncGroup(handlers::sync_group::handle(&broker, v, body).await)
-                }
-                .in_current_span(),
-            )))
+            let synced = handlers::sync_group::handle(b, v, body);
+            answer(later(async move { ResponseKind::SyncGroup(synced.await) }))
         }
         RequestKind::Heartbeat(body) => ready(ResponseKind::Heartbeat(
             handlers::heartbeat::handle(b, v, body),
@@ -534,15 +534,13 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
             handlers::leave_group::handle(b, v, body),
         )),
         RequestKind::OffsetCommit(body) => {
-            let broker = Arc::clone(b);
-            answer(Reply::Later(tokio::spawn(
-                async move {
-                    ResponseKind::OffsetCommit(
-                        handlers::offset_commit::handle(&broker, v, body).await,
-                    )
-                }
-                .in_current_span(),
-            )))
+            // Appended here, in request order, so that pipelined commits
+            // take effect in the order they were sent; only the fsync is
+            // waited for off the connection's path.
+            let committed = handlers::offset_commit::handle(b, v, body);
+            answer(later(
+                async move { ResponseKind::OffsetCommit(committed.await) },
+            ))
         }
         RequestKind::OffsetFetch(body) => ready(ResponseKind::OffsetFetch(
             handlers::offset_fetch::handle(b, v, body),
@@ -553,12 +551,18 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
         RequestKind::ListGroups(body) => ready(ResponseKind::ListGroups(
             handlers::list_groups::handle(b, v, body),
         )),
-        RequestKind::DeleteGroups(body) => ready(ResponseKind::DeleteGroups(
-            handlers::delete_groups::handle(b, v, body).await,
-        )),
-        RequestKind::OffsetDelete(body) => ready(ResponseKind::OffsetDelete(
-            handlers::offset_delete::handle(b, v, body).await,
-        )),
+        RequestKind::DeleteGroups(body) => {
+            let deleted = handlers::delete_groups::handle(b, v, body);
+            answer(later(
+                async move { ResponseKind::DeleteGroups(deleted.await) },
+            ))
+        }
+        RequestKind::OffsetDelete(body) => {
+            let deleted = handlers::offset_delete::handle(b, v, body);
+            answer(later(
+                async move { ResponseKind::OffsetDelete(deleted.await) },
+            ))
+        }
         other => {
             // The version table let it through, so a handler must exist: a bug.
             warn!(api_key = ?api_key, "no handler for an advertised API; closing the connection");

@@ -354,3 +354,73 @@ async fn metadata_does_not_auto_create_internal_topics() {
     let response = client.send(12, request("__consumer_offsets")).await;
     assert_eq!(response.topics[0].error_code, 3, "still not created");
 }
+
+/// KIP-467: a batch with keyless records sent to a compacted topic is
+/// refused with INVALID_RECORD, and from Produce v8 the answer names each
+/// bad record (its index in the batch, and why) in `record_errors`, with
+/// Kafka's messages, so that a client fails only those records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_on_a_compacted_topic_are_named_in_record_errors() {
+    const INVALID_RECORD: i16 = 87;
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client
+        .create_topic("compacted", 1, &[("cleanup.policy", "compact")])
+        .await;
+    let mut builder = BatchBuilder::new();
+    for i in 0..5 {
+        // Records 1 and 3 have no key.
+        let key = format!("key-{i}");
+        let key = (i % 2 == 0).then_some(key.as_bytes());
+        builder.push(key, Some(b"value".as_slice()), 1_700_000_000_000 + i);
+    }
+    let batch = Bytes::from(builder.build());
+    let refusal =
+        "Compacted topic cannot accept message without key in topic partition compacted-0";
+    for version in supported(ApiKey::Produce).expect("produce") {
+        if version < 3 {
+            continue; // magic-2 batches need v3+
+        }
+        let response = client
+            .send(version, produce_request("compacted", -1, batch.clone()))
+            .await;
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, INVALID_RECORD, "v{version}");
+        let errors: Vec<(i32, String)> = partition
+            .record_errors
+            .iter()
+            .map(|e| {
+                let message = e.batch_index_error_message.as_ref();
+                (
+                    e.batch_index,
+                    message.map(|m| m.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        if version >= 8 {
+            assert_eq!(
+                errors,
+                [(1, refusal.to_string()), (3, refusal.to_string())],
+                "v{version}"
+            );
+            let message = partition.error_message.as_ref().map(|m| m.to_string());
+            assert_eq!(
+                message.as_deref(),
+                Some(
+                    format!(
+                        "One or more records have been rejected due to 2 record errors in total, \
+                         and only showing the first three errors at most: \
+                         [RecordError(batchIndex=1, message='{refusal}'), \
+                         RecordError(batchIndex=3, message='{refusal}')]"
+                    )
+                    .as_str()
+                ),
+                "v{version}"
+            );
+        } else {
+            assert!(errors.is_empty(), "v{version}: {errors:?}");
+        }
+    }
+    // Nothing of the refused batches was written.
+    assert_eq!(client.list_offset("compacted", 0, -1).await, (0, 0));
+}

@@ -174,6 +174,27 @@ async fn describe(client: &mut Client, version: i16, group: &str) -> (i16, Strin
     )
 }
 
+/// A group's state as ListGroups shows it; `None` if it is not listed.
+async fn listed_state(client: &mut Client, group: &str) -> Option<String> {
+    let listed = client.send(4, ListGroupsRequest::default()).await;
+    listed
+        .groups
+        .iter()
+        .find(|g| g.group_id.as_str() == group)
+        .map(|g| g.group_state.as_str().to_string())
+}
+
+/// DeleteGroups v2 of one group; its error code.
+async fn delete_group(client: &mut Client, group: &str) -> i16 {
+    let deleted = client
+        .send(
+            2,
+            DeleteGroupsRequest::default().with_groups_names(vec![GroupId(str_bytes(group))]),
+        )
+        .await;
+    deleted.results[0].error_code
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_coordinator_makes_the_offsets_topic_and_answers_each_key() {
     let broker = TestBroker::start_with(quick_groups).await;
@@ -732,4 +753,149 @@ async fn oversize_member_metadata_fails_the_sync_not_the_group() {
         (synced.error_code, &synced.assignment[..]),
         (NONE, &b"ok"[..])
     );
+}
+
+/// OffsetCommits pipelined on one connection take effect in request
+/// order, as Kafka's one-request-at-a-time connections do: the last
+/// commit sent is the one that stays (librdkafka's async commits send
+/// them like this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commits_take_effect_in_request_order() {
+    const COMMITS: i64 = 50;
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    for round in 0..20 {
+        let group = format!("pipelined-{round}");
+        let mut sent = Vec::new();
+        for offset in 1..=COMMITS {
+            let commit = commit_request(&group, -1, "", "t", &[(0, offset, "")]);
+            sent.push(client.write(8, commit).await);
+        }
+        for correlation_id in sent {
+            let answer = client.read::<OffsetCommitRequest>(8, correlation_id).await;
+            assert_eq!(commit_codes(&answer), [NONE]);
+        }
+        assert_eq!(
+            committed(&mut client, &group, "t", &[0]).await,
+            [COMMITS],
+            "round {round}: an earlier commit overtook a later one"
+        );
+    }
+}
+
+/// Kafka's timers fire at their deadlines; rill's coordinator ticks every
+/// 50 ms. A ListGroups, DescribeGroups or DeleteGroups that comes right
+/// after a member's session deadline must not see the member any more
+/// (it used to until the next tick: Stable, NON_EMPTY_GROUP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_right_after_a_session_deadline_see_the_member_gone() {
+    const SESSION_MS: u64 = 1_000;
+    const TRIES: u64 = 9;
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    let mut tries = Vec::new();
+    for i in 0..TRIES {
+        let mut client = broker.client().await;
+        tries.push(tokio::spawn(async move {
+            // Spread over the tick, so that the deadlines fall at
+            // different points of it.
+            tokio::time::sleep(Duration::from_millis(i * 7)).await;
+            let group = format!("expiring-{i}");
+            let short = |member_id: &str| {
+                join_request(&group, member_id, &["t"]).with_session_timeout_ms(SESSION_MS as i32)
+            };
+            let first = client.send(5, short("")).await;
+            let joined = client.send(5, short(first.member_id.as_str())).await;
+            assert_eq!(joined.error_code, NONE);
+            let synced = client.send(5, sync_request(&group, &joined, b"x")).await;
+            assert_eq!(synced.error_code, NONE);
+            // The session was last renewed when the broker took the sync,
+            // before this answer came: it is over one session from now.
+            tokio::time::sleep(Duration::from_millis(SESSION_MS + 1)).await;
+            // Each decision comes first in a third of the tries.
+            match i % 3 {
+                0 => {
+                    let listed = listed_state(&mut client, &group).await;
+                    assert_eq!(listed.as_deref(), Some("Empty"));
+                    assert_eq!(delete_group(&mut client, &group).await, NONE);
+                }
+                1 => {
+                    let described = describe(&mut client, 5, &group).await;
+                    assert_eq!(described, (NONE, "Empty".into(), 0));
+                    assert_eq!(delete_group(&mut client, &group).await, NONE);
+                }
+                _ => assert_eq!(delete_group(&mut client, &group).await, NONE),
+            }
+        }));
+    }
+    for attempt in tries {
+        attempt.await.expect("a try failed");
+    }
+}
+
+/// KIP-430: DescribeGroups with `include_authorized_operations` answers,
+/// for each group found, every operation Kafka's group resource has
+/// (without an authorizer): READ 3, DELETE 6, DESCRIBE 8, and since
+/// Kafka 3.9 (group configs) DESCRIBE_CONFIGS 10 and ALTER_CONFIGS 11.
+/// A group answered with an error keeps "not asked for", as in Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_groups_answers_authorized_operations() {
+    const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 11);
+    const OMITTED: i32 = i32::MIN;
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g")),
+        )
+        .await;
+    let commit = commit_request("g", -1, "", "t", &[(0, 1, "")]);
+    assert_eq!(commit_codes(&client.send(8, commit).await), [NONE]);
+    let groups = vec![
+        GroupId(str_bytes("g")),
+        GroupId(str_bytes("never")),
+        GroupId(str_bytes("")),
+    ];
+    for version in 3..=6 {
+        let request = DescribeGroupsRequest::default().with_groups(groups.clone());
+        let plain = client.send(version, request.clone()).await;
+        for group in &plain.groups {
+            assert_eq!(group.authorized_operations, OMITTED, "v{version}");
+        }
+        let asked = client
+            .send(version, request.with_include_authorized_operations(true))
+            .await;
+        let answered: Vec<(i16, i32)> = asked
+            .groups
+            .iter()
+            .map(|g| (g.error_code, g.authorized_operations))
+            .collect();
+        // An unknown group is "Dead" without an error before v6.
+        let never = if version >= 6 {
+            (GROUP_ID_NOT_FOUND, OMITTED)
+        } else {
+            (NONE, GROUP_OPERATIONS)
+        };
+        assert_eq!(
+            answered,
+            [(NONE, GROUP_OPERATIONS), never, (INVALID_GROUP_ID, OMITTED)],
+            "v{version}"
+        );
+    }
 }

@@ -40,6 +40,7 @@ const INVALID_CONFIG: i16 = 40;
 const INVALID_REQUEST: i16 = 42;
 const POLICY_VIOLATION: i16 = 44;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
+const UNKNOWN_TOPIC_ID: i16 = 100;
 const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
 const UNSUPPORTED_ENDPOINT_TYPE: i16 = 115;
 
@@ -1399,6 +1400,91 @@ async fn describe_cluster() {
     }
     client.assert_serving().await;
     broker.stop().await;
+}
+
+// ---------------------------------------------------------------------
+// Authorized operations (KIP-430)
+
+/// Without an authorizer Kafka answers every operation a resource type
+/// has (`AclEntry.supportedOperations`), as a bit field of `AclOperation`
+/// codes. Topic: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8,
+/// DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11.
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Cluster: CREATE 5, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9,
+/// DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
+const CLUSTER_OPERATIONS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+/// Not asked for.
+const OPERATIONS_OMITTED: i32 = i32::MIN;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_authorized_operations() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("known", 1, &[]).await;
+    for version in 8..=12 {
+        let topics = ["known", "unknown"]
+            .iter()
+            .map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name))))
+            .collect();
+        let request = MetadataRequest::default()
+            .with_topics(Some(topics))
+            .with_allow_auto_topic_creation(false);
+        let plain = client.send(version, request.clone()).await;
+        assert_eq!(plain.cluster_authorized_operations, OPERATIONS_OMITTED);
+        for topic in &plain.topics {
+            assert_eq!(topic.topic_authorized_operations, OPERATIONS_OMITTED);
+        }
+
+        let mut asked = request
+            .with_include_topic_authorized_operations(true)
+            .with_include_cluster_authorized_operations(version <= 10);
+        if version >= 12 {
+            // A topic id nobody has keeps "not asked for", as in Kafka.
+            asked.topics.as_mut().expect("topics").push(
+                MetadataRequestTopic::default()
+                    .with_name(None)
+                    .with_topic_id(uuid::Uuid::from_u128(7)),
+            );
+        }
+        let response = client.send(version, asked).await;
+        // Metadata answers for the cluster only up to v10 (then
+        // DescribeCluster does).
+        let cluster = if version <= 10 {
+            CLUSTER_OPERATIONS
+        } else {
+            OPERATIONS_OMITTED
+        };
+        assert_eq!(
+            response.cluster_authorized_operations, cluster,
+            "v{version}"
+        );
+        let operations: Vec<(Option<String>, i16, i32)> = response
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_ref().map(|n| n.as_str().to_string()),
+                    t.error_code,
+                    t.topic_authorized_operations,
+                )
+            })
+            .collect();
+        let mut expected = vec![
+            (Some("known".to_string()), NONE, TOPIC_OPERATIONS),
+            // Kafka answers them for an unknown name too.
+            (
+                Some("unknown".to_string()),
+                UNKNOWN_TOPIC_OR_PARTITION,
+                TOPIC_OPERATIONS,
+            ),
+        ];
+        if version >= 12 {
+            expected.push((None, UNKNOWN_TOPIC_ID, OPERATIONS_OMITTED));
+        }
+        assert_eq!(operations, expected, "v{version}");
+    }
 }
 
 // ---------------------------------------------------------------------

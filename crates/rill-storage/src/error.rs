@@ -28,8 +28,11 @@ pub enum CorruptBatch {
 /// A batch that is well formed but not allowed in this log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRecord {
-    #[error("compacted topics require every record to have a key")]
-    MissingKeyOnCompactedTopic,
+    /// `record_indexes`: the records without a key, by their position in
+    /// the batch (from 0), so that the broker can name each (KIP-467).
+    /// Bounded by the batch's size, which `max.message.bytes` bounds.
+    #[error("compacted topics require every record to have a key; records {record_indexes:?} of the batch have none")]
+    MissingKeyOnCompactedTopic { record_indexes: Vec<usize> },
     #[error("batch has base offset {base_offset} but the log end offset is {log_end_offset}")]
     OffsetBelowLogEnd {
         base_offset: i64,

@@ -450,14 +450,14 @@ impl Log {
             if header.compression() == Ok(crate::batch::Compression::None) {
                 records::check_uncompressed_count(batch).map_err(corrupt)?;
             }
-            if config.cleanup_policy.compact
-                && !header.is_control()
-                && !records::all_records_have_keys(batch).map_err(corrupt)?
-            {
-                return Err(StorageError::Invalid {
-                    batch_index,
-                    reason: InvalidRecord::MissingKeyOnCompactedTopic,
-                });
+            if config.cleanup_policy.compact && !header.is_control() {
+                let record_indexes = records::keyless_records(batch).map_err(corrupt)?;
+                if !record_indexes.is_empty() {
+                    return Err(StorageError::Invalid {
+                        batch_index,
+                        reason: InvalidRecord::MissingKeyOnCompactedTopic { record_indexes },
+                    });
+                }
             }
             headers.push(header);
         }
@@ -1620,7 +1620,7 @@ mod tests {
         assert!(matches!(
             err,
             StorageError::Invalid {
-                reason: InvalidRecord::MissingKeyOnCompactedTopic,
+                reason: InvalidRecord::MissingKeyOnCompactedTopic { .. },
                 ..
             }
         ));

@@ -464,16 +464,27 @@ pub fn first_record_at_or_after(batch: &[u8], timestamp: i64) -> Result<Option<i
 /// their records are not subject to compaction's keying; they are reported
 /// as keyed without being decoded.
 pub fn all_records_have_keys(batch: &[u8]) -> Result<bool, CorruptBatch> {
+    Ok(keyless_records(batch)?.is_empty())
+}
+
+/// The positions in `batch` (from 0) of the records without a key, for
+/// [`all_records_have_keys`]'s check when it fails: Kafka names each bad
+/// record in its answer (KIP-467). None for a control batch.
+pub fn keyless_records(batch: &[u8]) -> Result<Vec<usize>, CorruptBatch> {
     if BatchHeader::parse(batch)?.is_control() {
-        return Ok(true);
+        return Ok(Vec::new());
     }
     let (_, count, data) = records_section(batch)?;
-    let mut all_keyed = true;
+    let mut keyless = Vec::new();
+    let mut index = 0;
     parse_records(&data, count, |record| {
-        all_keyed &= record.key.is_some();
+        if record.key.is_none() {
+            keyless.push(index);
+        }
+        index += 1;
         Ok(())
     })?;
-    Ok(all_keyed)
+    Ok(keyless)
 }
 
 // ---------------------------------------------------------------------------
@@ -1277,6 +1288,11 @@ mod tests {
             let mut keyless = keyed.clone();
             keyless.push(record(2, None, Some(b"v")));
             assert!(!all_records_have_keys(&builder(codec, keyless.clone()).build()).unwrap());
+            // Each keyless record by its position in the batch (KIP-467).
+            let mut two_keyless = keyless.clone();
+            two_keyless.insert(0, record(0, None, Some(b"first")));
+            let batch = builder(codec, two_keyless).build();
+            assert_eq!(keyless_records(&batch).unwrap(), [0, 3]);
             let control = BatchBuilder {
                 is_control: true,
                 ..builder(codec, keyless)

@@ -361,7 +361,12 @@ fn rejects_keyless_records_on_a_compacted_log() {
             reason,
         }) => {
             assert_eq!(batch_index, 1);
-            assert_eq!(reason, InvalidRecord::MissingKeyOnCompactedTopic);
+            assert_eq!(
+                reason,
+                InvalidRecord::MissingKeyOnCompactedTopic {
+                    record_indexes: vec![1]
+                }
+            );
         }
         other => panic!("expected Invalid MissingKeyOnCompactedTopic, got {other:?}"),
     }

@@ -25,6 +25,7 @@ pub mod records;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -204,6 +205,14 @@ pub struct OffsetCommit {
 /// (None: a tombstone).
 type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// Records appended to `__consumer_offsets` (or why not), not yet known
+/// to be durable: [`GroupCoordinator::durable`] waits for that.
+type Appended = Result<(Arc<Partition>, AppendInfo), i16>;
+
+/// An OffsetCommit's append, and its offsets (topic, partition, value) in
+/// record order, to apply once it is durable.
+type AppendedCommit = (Appended, Vec<(String, i32, OffsetValue)>);
+
 #[derive(Debug)]
 pub struct GroupCoordinator {
     pub config: GroupConfig,
@@ -213,6 +222,14 @@ pub struct GroupCoordinator {
     /// except the append of a change's records to `__consumer_offsets`
     /// (a page-cache write, no fsync), which is made under it so that
     /// records reach the log in the order the changes were decided.
+    ///
+    /// The group APIs that write are split the same way as Produce: the
+    /// decision and the append happen when the method is called, which the
+    /// connection does in request order, and only the wait for the fsync
+    /// (and what follows it) is in the future they return. So the requests
+    /// of one connection change groups in the order they were sent, as on
+    /// Kafka's one-request-at-a-time connections, while their fsyncs
+    /// overlap.
     state: Mutex<State>,
     /// Makes `__consumer_offsets` once, however many FindCoordinators
     /// find it missing at the same time.
@@ -522,12 +539,7 @@ impl GroupCoordinator {
 
     /// Appends records to a `__consumer_offsets` partition as its leader;
     /// called under the state lock (see [`GroupCoordinator::state`]).
-    fn append(
-        &self,
-        replicas: &ReplicaManager,
-        partition: i32,
-        writes: &Writes,
-    ) -> Result<(Arc<Partition>, AppendInfo), i16> {
+    fn append(&self, replicas: &ReplicaManager, partition: i32, writes: &Writes) -> Appended {
         assert!(!writes.is_empty());
         let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
             return Err(ResponseError::NotCoordinator.code());
@@ -558,7 +570,7 @@ impl GroupCoordinator {
 
     /// Waits until an append is durable (acks=all: fsynced, with one
     /// replica).
-    async fn durable(appended: Result<(Arc<Partition>, AppendInfo), i16>) -> Result<i64, i16> {
+    async fn durable(appended: Appended) -> Result<i64, i16> {
         let (replica, info) = appended?;
         let end = info.last_offset + 1;
         let flush_replica = Arc::clone(&replica);
@@ -575,14 +587,14 @@ impl GroupCoordinator {
     /// Writes a group's metadata in the background, after a change that
     /// no request waits on (the group became empty; a static member was
     /// replaced). A failure is logged; the next change writes it again.
-    fn persist_in_background(&self, broker: &Arc<Broker>, partition: i32, group: &Group) {
+    fn persist_in_background(&self, replicas: &ReplicaManager, partition: i32, group: &Group) {
         let writes = vec![(
             records::encode_key(&RecordKey::Group {
                 group: group.id.clone(),
             }),
             Some(records::encode_group(&group.value())),
         )];
-        let appended = self.append(&broker.replicas, partition, &writes);
+        let appended = self.append(replicas, partition, &writes);
         let group_id = group.id.clone();
         tokio::spawn(async move {
             if let Err(code) = Self::durable(appended).await {
@@ -591,27 +603,58 @@ impl GroupCoordinator {
         });
     }
 
-    fn after_change(&self, broker: &Arc<Broker>, partition: i32, group: &mut Group) {
+    fn after_change(&self, replicas: &ReplicaManager, partition: i32, group: &mut Group) {
         if group.take_persist() {
-            self.persist_in_background(broker, partition, group);
+            self.persist_in_background(replicas, partition, group);
         }
+    }
+
+    /// [`Group::catch_up`] before a decision that looks at the group's
+    /// members, and the write that may call for.
+    fn catch_up(&self, replicas: &ReplicaManager, partition: i32, group: &mut Group) {
+        group.catch_up(self.now());
+        self.after_change(replicas, partition, group);
     }
 
     // ------------------------------------------------------------------
     // The group APIs
 
-    pub async fn join(
+    /// JoinGroup. The group decides now (see [`GroupCoordinator::state`]);
+    /// the future is the wait for the join phase's end.
+    pub fn join(
         &self,
-        broker: &Arc<Broker>,
+        replicas: &ReplicaManager,
         group_id: &str,
         request: JoinRequest,
-    ) -> JoinAnswer {
+    ) -> impl Future<Output = JoinAnswer> + Send + 'static {
         let member_id = request.member_id.clone();
-        let error = |kind: ResponseError| JoinAnswer {
-            error: kind.code(),
-            generation: -1,
-            member_id: member_id.clone(),
-            ..JoinAnswer::default()
+        let joined = self.decide_join(replicas, group_id, request);
+        async move {
+            match joined {
+                Joined::Now(answer) => answer,
+                Joined::Wait(rx) => rx.await.unwrap_or_else(|_| JoinAnswer {
+                    error: ResponseError::NotCoordinator.code(),
+                    generation: -1,
+                    member_id,
+                    ..JoinAnswer::default()
+                }),
+            }
+        }
+    }
+
+    fn decide_join(
+        &self,
+        replicas: &ReplicaManager,
+        group_id: &str,
+        request: JoinRequest,
+    ) -> Joined {
+        let error = |kind: ResponseError| {
+            Joined::Now(JoinAnswer {
+                error: kind.code(),
+                generation: -1,
+                member_id: request.member_id.clone(),
+                ..JoinAnswer::default()
+            })
         };
         if group_id.is_empty() {
             return error(ResponseError::InvalidGroupId);
@@ -621,37 +664,32 @@ impl GroupCoordinator {
         {
             return error(ResponseError::InvalidSessionTimeout);
         }
-        let joined = {
-            let mut state = self.lock();
-            let partition = match self.locate(&state, group_id) {
-                Ok(partition) => partition,
-                Err(kind) => return error(kind),
-            };
-            let now = self.now();
-            let group = match state.groups.get_mut(group_id) {
-                Some(group) => group,
-                None if request.member_id.is_empty() => state
-                    .groups
-                    .entry(group_id.to_string())
-                    .or_insert_with(|| Group::new(group_id.to_string(), &self.config, now)),
-                None => return error(ResponseError::UnknownMemberId),
-            };
-            let joined = group.join(&self.config, request, now);
-            self.after_change(broker, partition, group);
-            joined
+        let mut state = self.lock();
+        let partition = match self.locate(&state, group_id) {
+            Ok(partition) => partition,
+            Err(kind) => return error(kind),
         };
-        match joined {
-            Joined::Now(answer) => answer,
-            Joined::Wait(rx) => rx
-                .await
-                .unwrap_or_else(|_| error(ResponseError::NotCoordinator)),
-        }
+        let now = self.now();
+        let group = match state.groups.get_mut(group_id) {
+            Some(group) => group,
+            None if request.member_id.is_empty() => state
+                .groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id.to_string(), &self.config, now)),
+            None => return error(ResponseError::UnknownMemberId),
+        };
+        let joined = group.join(&self.config, request, now);
+        self.after_change(replicas, partition, group);
+        joined
     }
 
+    /// SyncGroup. The group decides now and, for the leader's assignment,
+    /// appends it now; the future waits until it is durable, hands it out
+    /// and answers.
     #[allow(clippy::too_many_arguments)]
-    pub async fn sync(
-        &self,
-        broker: &Arc<Broker>,
+    pub fn sync(
+        self: &Arc<Self>,
+        replicas: &ReplicaManager,
         group_id: &str,
         member_id: &str,
         group_instance_id: Option<&str>,
@@ -659,100 +697,113 @@ impl GroupCoordinator {
         protocol_type: Option<&str>,
         protocol: Option<&str>,
         assignments: Vec<(String, Bytes)>,
-    ) -> SyncAnswer {
+    ) -> impl Future<Output = SyncAnswer> + Send + 'static {
         let error = |kind: ResponseError| SyncAnswer {
             error: kind.code(),
             ..SyncAnswer::default()
         };
-        let (synced, appended, partition) = {
+        let decided = {
             let mut state = self.lock();
-            let partition = match self.locate(&state, group_id) {
-                Ok(partition) => partition,
+            match self.locate(&state, group_id) {
+                Err(kind) => Err(kind),
+                Ok(partition) => match state.groups.get_mut(group_id) {
+                    None => Err(ResponseError::UnknownMemberId),
+                    Some(group) => {
+                        let now = self.now();
+                        let synced = group.sync(
+                            member_id,
+                            group_instance_id,
+                            generation,
+                            protocol_type,
+                            protocol,
+                            assignments,
+                            now,
+                        );
+                        self.after_change(replicas, partition, group);
+                        let appended = match &synced {
+                            Synced::Persist { value, .. } => {
+                                let writes = vec![(
+                                    records::encode_key(&RecordKey::Group {
+                                        group: group_id.to_string(),
+                                    }),
+                                    Some(records::encode_group(value)),
+                                )];
+                                Some(self.append(replicas, partition, &writes))
+                            }
+                            _ => None,
+                        };
+                        Ok((synced, appended))
+                    }
+                },
+            }
+        };
+        let coordinator = Arc::clone(self);
+        let group_id = group_id.to_string();
+        async move {
+            let (synced, appended) = match decided {
+                Ok(decided) => decided,
                 Err(kind) => return error(kind),
             };
-            let Some(group) = state.groups.get_mut(group_id) else {
-                return error(ResponseError::UnknownMemberId);
-            };
-            let now = self.now();
-            let synced = group.sync(
-                member_id,
-                group_instance_id,
-                generation,
-                protocol_type,
-                protocol,
-                assignments,
-                now,
-            );
-            let appended = match &synced {
-                Synced::Persist { value, .. } => {
-                    let writes = vec![(
-                        records::encode_key(&RecordKey::Group {
-                            group: group_id.to_string(),
-                        }),
-                        Some(records::encode_group(value)),
-                    )];
-                    Some(self.append(&broker.replicas, partition, &writes))
-                }
-                _ => None,
-            };
-            (synced, appended, partition)
-        };
-        let _ = partition;
-        match synced {
-            Synced::Now(answer) => answer,
-            Synced::Wait(rx) => rx
-                .await
-                .unwrap_or_else(|_| error(ResponseError::NotCoordinator)),
-            Synced::Persist {
-                generation,
-                assignments,
-                wait,
-                ..
-            } => {
-                // Kafka answers a group record too large for the log with
-                // UNKNOWN_SERVER_ERROR (INVALID_COMMIT_OFFSET_SIZE is for
-                // commits).
-                let written = Self::durable(appended.expect("appended above"))
+            match synced {
+                Synced::Now(answer) => answer,
+                Synced::Wait(rx) => rx
                     .await
-                    .map(|_| ())
-                    .map_err(|code| {
-                        if code == ResponseError::InvalidCommitOffsetSize.code() {
-                            ResponseError::UnknownServerError.code()
-                        } else {
-                            code
+                    .unwrap_or_else(|_| error(ResponseError::NotCoordinator)),
+                Synced::Persist {
+                    generation,
+                    assignments,
+                    wait,
+                    ..
+                } => {
+                    // Kafka answers a group record too large for the log
+                    // with UNKNOWN_SERVER_ERROR (INVALID_COMMIT_OFFSET_SIZE
+                    // is for commits).
+                    let written = Self::durable(appended.expect("appended above"))
+                        .await
+                        .map(|_| ())
+                        .map_err(|code| {
+                            if code == ResponseError::InvalidCommitOffsetSize.code() {
+                                ResponseError::UnknownServerError.code()
+                            } else {
+                                code
+                            }
+                        });
+                    {
+                        let mut state = coordinator.lock();
+                        let now = coordinator.now();
+                        if let Some(group) = state.groups.get_mut(&group_id) {
+                            group.complete_sync(generation, assignments, written, now);
                         }
-                    });
-                {
-                    let mut state = self.lock();
-                    if let Some(group) = state.groups.get_mut(group_id) {
-                        group.complete_sync(generation, assignments, written, self.now());
                     }
+                    wait.await
+                        .unwrap_or_else(|_| error(ResponseError::NotCoordinator))
                 }
-                wait.await
-                    .unwrap_or_else(|_| error(ResponseError::NotCoordinator))
             }
         }
     }
 
     pub fn heartbeat(
         &self,
+        replicas: &ReplicaManager,
         group_id: &str,
         member_id: &str,
         group_instance_id: Option<&str>,
         generation: i32,
     ) -> Result<(), ResponseError> {
         let mut state = self.lock();
-        self.locate(&state, group_id)?;
+        let partition = self.locate(&state, group_id)?;
         let Some(group) = state.groups.get_mut(group_id) else {
             return Err(ResponseError::UnknownMemberId);
         };
-        group.heartbeat(member_id, group_instance_id, generation, self.now())
+        let outcome = group.heartbeat(member_id, group_instance_id, generation, self.now());
+        self.after_change(replicas, partition, group);
+        outcome
     }
 
     /// LeaveGroup: each member's outcome, in request order.
     pub fn leave(
         &self,
-        broker: &Arc<Broker>,
+        replicas: &ReplicaManager,
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
@@ -769,88 +820,118 @@ impl GroupCoordinator {
             .iter()
             .map(|(member_id, instance)| group.leave(member_id, instance.as_deref(), now))
             .collect();
-        self.after_change(broker, partition, group);
+        self.after_change(replicas, partition, group);
         Ok(outcomes)
     }
 
     /// OffsetCommit of partitions the handler has already checked (they
-    /// exist; metadata within bounds). One error for all of them, or none.
+    /// exist; metadata within bounds). The commit is checked and appended
+    /// now, so that of two commits of a partition the one made later has
+    /// the later record, which wins ([`Group::apply_commit`]); the future
+    /// waits until it is durable and then applies it. One error for all
+    /// the partitions, or none.
     #[allow(clippy::too_many_arguments)]
-    pub async fn commit(
-        &self,
-        broker: &Arc<Broker>,
+    pub fn commit(
+        self: &Arc<Self>,
+        replicas: &ReplicaManager,
         group_id: &str,
         member_id: &str,
         group_instance_id: Option<&str>,
         generation: i32,
         commits: Vec<OffsetCommit>,
-    ) -> Result<(), i16> {
+    ) -> impl Future<Output = Result<(), i16>> + Send + 'static {
+        let appended = self.append_commit(
+            replicas,
+            group_id,
+            member_id,
+            group_instance_id,
+            generation,
+            commits,
+        );
+        let coordinator = Arc::clone(self);
+        let group_id = group_id.to_string();
+        async move {
+            let Some((appended, values)) = appended? else {
+                return Ok(());
+            };
+            let base_offset = Self::durable(appended).await?;
+            let mut state = coordinator.lock();
+            if let Some(group) = state.groups.get_mut(&group_id) {
+                for (i, (topic, partition, value)) in values.into_iter().enumerate() {
+                    group.apply_commit(
+                        topic,
+                        partition,
+                        Committed {
+                            value,
+                            record_offset: base_offset + i as i64,
+                        },
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The ordered part of [`GroupCoordinator::commit`]: the checks and
+    /// the append. `None` when there is nothing to commit.
+    fn append_commit(
+        &self,
+        replicas: &ReplicaManager,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation: i32,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<Option<AppendedCommit>, i16> {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId.code());
         }
         if commits.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let now = self.now();
-        let (appended, values) = {
-            let mut state = self.lock();
-            let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
-            let group = match state.groups.get_mut(group_id) {
-                Some(group) => group,
-                None if generation < 0 => state
-                    .groups
-                    .entry(group_id.to_string())
-                    .or_insert_with(|| Group::new(group_id.to_string(), &self.config, now)),
-                None => return Err(ResponseError::IllegalGeneration.code()),
-            };
-            group
-                .check_commit(member_id, group_instance_id, generation, now)
-                .map_err(|k| k.code())?;
-            let values: Vec<(String, i32, OffsetValue)> = commits
-                .into_iter()
-                .map(|c| {
-                    (
-                        c.topic,
-                        c.partition,
-                        OffsetValue {
-                            offset: c.offset,
-                            leader_epoch: c.leader_epoch,
-                            metadata: c.metadata,
-                            commit_timestamp: now,
-                        },
-                    )
-                })
-                .collect();
-            let writes = values
-                .iter()
-                .map(|(topic, partition, value)| {
-                    (
-                        records::encode_key(&RecordKey::Offset {
-                            group: group_id.to_string(),
-                            topic: topic.clone(),
-                            partition: *partition,
-                        }),
-                        Some(records::encode_offset(value)),
-                    )
-                })
-                .collect();
-            (self.append(&broker.replicas, partition, &writes), values)
-        };
-        let base_offset = Self::durable(appended).await?;
         let mut state = self.lock();
-        if let Some(group) = state.groups.get_mut(group_id) {
-            for (i, (topic, partition, value)) in values.into_iter().enumerate() {
-                group.apply_commit(
-                    topic,
-                    partition,
-                    Committed {
-                        value,
-                        record_offset: base_offset + i as i64,
+        let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+        let group = match state.groups.get_mut(group_id) {
+            Some(group) => group,
+            None if generation < 0 => state
+                .groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id.to_string(), &self.config, now)),
+            None => return Err(ResponseError::IllegalGeneration.code()),
+        };
+        let checked = group.check_commit(member_id, group_instance_id, generation, now);
+        self.after_change(replicas, partition, group);
+        checked.map_err(|k| k.code())?;
+        let values: Vec<(String, i32, OffsetValue)> = commits
+            .into_iter()
+            .map(|c| {
+                (
+                    c.topic,
+                    c.partition,
+                    OffsetValue {
+                        offset: c.offset,
+                        leader_epoch: c.leader_epoch,
+                        metadata: c.metadata,
+                        commit_timestamp: now,
                     },
-                );
-            }
-        }
-        Ok(())
+                )
+            })
+            .collect();
+        let writes = values
+            .iter()
+            .map(|(topic, partition, value)| {
+                (
+                    records::encode_key(&RecordKey::Offset {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    }),
+                    Some(records::encode_offset(value)),
+                )
+            })
+            .collect();
+        Ok(Some((self.append(replicas, partition, &writes), values)))
     }
 
     /// OffsetFetch for one group: the committed offsets of `partitions`
@@ -913,12 +994,17 @@ impl GroupCoordinator {
             .collect()
     }
 
-    pub fn describe(&self, group_id: &str) -> Result<Option<DescribedGroup>, ResponseError> {
-        let state = self.lock();
-        self.locate(&state, group_id)?;
-        let Some(group) = state.groups.get(group_id) else {
+    pub fn describe(
+        &self,
+        replicas: &ReplicaManager,
+        group_id: &str,
+    ) -> Result<Option<DescribedGroup>, ResponseError> {
+        let mut state = self.lock();
+        let partition = self.locate(&state, group_id)?;
+        let Some(group) = state.groups.get_mut(group_id) else {
             return Ok(None);
         };
+        self.catch_up(replicas, partition, group);
         let stable = group.state == GroupState::Stable;
         Ok(Some(DescribedGroup {
             state: group.state.name().to_string(),
@@ -945,10 +1031,16 @@ impl GroupCoordinator {
 
     /// Every group this node coordinates; COORDINATOR_LOAD_IN_PROGRESS
     /// while a partition is still loading, as in Kafka.
-    pub fn list(&self) -> Result<Vec<ListedGroup>, ResponseError> {
-        let state = self.lock();
+    pub fn list(&self, replicas: &ReplicaManager) -> Result<Vec<ListedGroup>, ResponseError> {
+        let mut state = self.lock();
         if state.owned.values().any(|l| *l == Load::Loading) {
             return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        let count = state.partition_count;
+        if count > 0 {
+            for group in state.groups.values_mut() {
+                self.catch_up(replicas, partition_for(&group.id, count), group);
+            }
         }
         let mut groups: Vec<ListedGroup> = state
             .groups
@@ -965,104 +1057,127 @@ impl GroupCoordinator {
     }
 
     /// DeleteGroups for one group: only an empty group can go; its offsets
-    /// and metadata get tombstones.
-    pub async fn delete_group(&self, broker: &Arc<Broker>, group_id: &str) -> Result<(), i16> {
+    /// and metadata get tombstones. Decided and appended now; the future
+    /// waits until the tombstones are durable.
+    pub fn delete_group(
+        &self,
+        replicas: &ReplicaManager,
+        group_id: &str,
+    ) -> impl Future<Output = Result<(), i16>> + Send + 'static {
+        let appended = self.append_deletion(replicas, group_id);
+        async move { Self::durable(appended).await.map(|_| ()) }
+    }
+
+    /// The ordered part of [`GroupCoordinator::delete_group`].
+    fn append_deletion(&self, replicas: &ReplicaManager, group_id: &str) -> Appended {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId.code());
         }
-        let appended = {
-            let mut state = self.lock();
-            let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
-            let Some(group) = state.groups.get_mut(group_id) else {
-                return Err(ResponseError::GroupIdNotFound.code());
-            };
-            match group.state {
-                GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
-                GroupState::Empty if group.is_empty() => {}
-                _ => return Err(ResponseError::NonEmptyGroup.code()),
-            }
-            let mut writes: Writes = group
-                .offsets
-                .keys()
-                .map(|(topic, index)| {
-                    (
-                        records::encode_key(&RecordKey::Offset {
-                            group: group_id.to_string(),
-                            topic: topic.clone(),
-                            partition: *index,
-                        }),
-                        None,
-                    )
-                })
-                .collect();
-            writes.push((
-                records::encode_key(&RecordKey::Group {
-                    group: group_id.to_string(),
-                }),
-                None,
-            ));
-            let appended = self.append(&broker.replicas, partition, &writes)?;
-            group.state = GroupState::Dead;
-            state.groups.remove(group_id);
-            info!(group = %group_id, "group deleted");
-            Ok(appended)
+        let mut state = self.lock();
+        let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+        let Some(group) = state.groups.get_mut(group_id) else {
+            return Err(ResponseError::GroupIdNotFound.code());
         };
-        Self::durable(appended).await.map(|_| ())
+        self.catch_up(replicas, partition, group);
+        match group.state {
+            GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
+            GroupState::Empty if group.is_empty() => {}
+            _ => return Err(ResponseError::NonEmptyGroup.code()),
+        }
+        let mut writes: Writes = group
+            .offsets
+            .keys()
+            .map(|(topic, index)| {
+                (
+                    records::encode_key(&RecordKey::Offset {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition: *index,
+                    }),
+                    None,
+                )
+            })
+            .collect();
+        writes.push((
+            records::encode_key(&RecordKey::Group {
+                group: group_id.to_string(),
+            }),
+            None,
+        ));
+        let appended = self.append(replicas, partition, &writes)?;
+        group.state = GroupState::Dead;
+        state.groups.remove(group_id);
+        info!(group = %group_id, "group deleted");
+        Ok(appended)
     }
 
     /// OffsetDelete: removes committed offsets the group no longer uses.
     /// Partitions of topics a member still subscribes to are refused one
-    /// by one (GROUP_SUBSCRIBED_TO_TOPIC).
-    pub async fn delete_offsets(
+    /// by one (GROUP_SUBSCRIBED_TO_TOPIC). Decided and appended now; the
+    /// future waits until the tombstones are durable.
+    pub fn delete_offsets(
         &self,
-        broker: &Arc<Broker>,
+        replicas: &ReplicaManager,
         group_id: &str,
         partitions: &[(String, i32)],
-    ) -> Result<Vec<i16>, i16> {
-        let (appended, outcomes) = {
-            let mut state = self.lock();
-            let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
-            let Some(group) = state.groups.get_mut(group_id) else {
-                return Err(ResponseError::GroupIdNotFound.code());
-            };
-            let subscribed = match group.state {
-                GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
-                GroupState::Empty => HashSet::new(),
-                _ => match group.subscribed_topics() {
-                    Some(topics) => topics,
-                    None => return Err(ResponseError::NonEmptyGroup.code()),
-                },
-            };
-            let mut writes = Writes::new();
-            let mut outcomes = Vec::with_capacity(partitions.len());
-            for (topic, index) in partitions {
-                if subscribed.contains(topic) {
-                    outcomes.push(ResponseError::GroupSubscribedToTopic.code());
-                    continue;
-                }
-                outcomes.push(0);
-                if group.offsets.remove(&(topic.clone(), *index)).is_some() {
-                    writes.push((
-                        records::encode_key(&RecordKey::Offset {
-                            group: group_id.to_string(),
-                            topic: topic.clone(),
-                            partition: *index,
-                        }),
-                        None,
-                    ));
-                }
+    ) -> impl Future<Output = Result<Vec<i16>, i16>> + Send + 'static {
+        let decided = self.append_offset_deletion(replicas, group_id, partitions);
+        async move {
+            let (appended, outcomes) = decided?;
+            if let Some(appended) = appended {
+                Self::durable(appended).await?;
             }
-            let appended = if writes.is_empty() {
-                None
-            } else {
-                Some(self.append(&broker.replicas, partition, &writes))
-            };
-            (appended, outcomes)
-        };
-        if let Some(appended) = appended {
-            Self::durable(appended).await?;
+            Ok(outcomes)
         }
-        Ok(outcomes)
+    }
+
+    /// The ordered part of [`GroupCoordinator::delete_offsets`]: the
+    /// append (none when no offset is removed) and each partition's code.
+    fn append_offset_deletion(
+        &self,
+        replicas: &ReplicaManager,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<(Option<Appended>, Vec<i16>), i16> {
+        let mut state = self.lock();
+        let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+        let Some(group) = state.groups.get_mut(group_id) else {
+            return Err(ResponseError::GroupIdNotFound.code());
+        };
+        self.catch_up(replicas, partition, group);
+        let subscribed = match group.state {
+            GroupState::Dead => return Err(ResponseError::GroupIdNotFound.code()),
+            GroupState::Empty => HashSet::new(),
+            _ => match group.subscribed_topics() {
+                Some(topics) => topics,
+                None => return Err(ResponseError::NonEmptyGroup.code()),
+            },
+        };
+        let mut writes = Writes::new();
+        let mut outcomes = Vec::with_capacity(partitions.len());
+        for (topic, index) in partitions {
+            if subscribed.contains(topic) {
+                outcomes.push(ResponseError::GroupSubscribedToTopic.code());
+                continue;
+            }
+            outcomes.push(0);
+            if group.offsets.remove(&(topic.clone(), *index)).is_some() {
+                writes.push((
+                    records::encode_key(&RecordKey::Offset {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition: *index,
+                    }),
+                    None,
+                ));
+            }
+        }
+        let appended = if writes.is_empty() {
+            None
+        } else {
+            Some(self.append(replicas, partition, &writes))
+        };
+        Ok((appended, outcomes))
     }
 
     // ------------------------------------------------------------------
@@ -1107,7 +1222,7 @@ impl GroupCoordinator {
         for group in state.groups.values_mut() {
             if group.needs_ticks() {
                 group.tick(now);
-                self.after_change(broker, partition_for(&group.id, count), group);
+                self.after_change(&broker.replicas, partition_for(&group.id, count), group);
             }
         }
     }

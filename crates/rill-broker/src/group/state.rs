@@ -429,6 +429,7 @@ impl Group {
     // JoinGroup
 
     pub fn join(&mut self, config: &GroupConfig, request: JoinRequest, now: i64) -> Joined {
+        self.catch_up(now);
         if self.state == GroupState::Dead {
             return Joined::Now(JoinAnswer::error(
                 ResponseError::CoordinatorNotAvailable,
@@ -851,6 +852,7 @@ impl Group {
         assignments: Vec<(String, Bytes)>,
         now: i64,
     ) -> Synced {
+        self.catch_up(now);
         let error = |kind| Synced::Now(SyncAnswer::error(kind));
         if self.state == GroupState::Dead {
             return error(ResponseError::CoordinatorNotAvailable);
@@ -965,6 +967,7 @@ impl Group {
         generation: i32,
         now: i64,
     ) -> Result<(), ResponseError> {
+        self.catch_up(now);
         if self.state == GroupState::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
@@ -998,6 +1001,7 @@ impl Group {
         group_instance_id: Option<&str>,
         now: i64,
     ) -> Result<(), ResponseError> {
+        self.catch_up(now);
         if self.state == GroupState::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
@@ -1038,6 +1042,7 @@ impl Group {
         generation: i32,
         now: i64,
     ) -> Result<(), ResponseError> {
+        self.catch_up(now);
         if self.state == GroupState::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
@@ -1151,6 +1156,18 @@ impl Group {
                     _ => self.complete_join(now),
                 }
             }
+        }
+    }
+
+    /// Kafka's timers fire at their deadlines, while the coordinator's
+    /// tick comes up to one tick later. So every decision that depends on
+    /// who is in the group (each request above; DeleteGroups,
+    /// DescribeGroups and ListGroups in the coordinator) first ends what
+    /// has run out by `now`, and sees the group as Kafka's timers would
+    /// have left it. (It may set the persist flag, like a tick.)
+    pub fn catch_up(&mut self, now: i64) {
+        if self.needs_ticks() {
+            self.tick(now);
         }
     }
 
@@ -1362,6 +1379,42 @@ mod tests {
         let answer = answered(&mut rx);
         assert_eq!((answer.generation, answer.leader.as_str()), (2, b.as_str()));
         assert_eq!(answer.protocol.as_deref(), Some("roundrobin"));
+    }
+
+    /// Kafka's timers fire at their deadlines, while the coordinator
+    /// ticks only every 50 ms: a request that comes after a deadline and
+    /// before the next tick must find the deadline passed.
+    #[test]
+    fn requests_after_a_deadline_find_it_passed_without_a_tick() {
+        let config = config(100);
+        let mut group = Group::new("g".into(), &config, 0);
+        let (a, b) = stable_pair(&mut group, &config);
+        // a was last heard from at its sync (120), b at its own (210).
+        let a_deadline = 120 + i64::from(SESSION);
+        assert_eq!(group.heartbeat(&b, None, 1, a_deadline - 1), Ok(()));
+        assert_eq!(
+            group.heartbeat(&a, None, 1, a_deadline),
+            Err(ResponseError::UnknownMemberId),
+            "a's session ended at its deadline"
+        );
+        assert_eq!(group.state, GroupState::PreparingRebalance);
+        // b is told to rejoin but never does; its heartbeats keep its
+        // session alive until the join phase ends.
+        let join_deadline = a_deadline + i64::from(REBALANCE);
+        for t in (a_deadline..join_deadline).step_by(5_000) {
+            assert_eq!(
+                group.heartbeat(&b, None, 1, t),
+                Err(ResponseError::RebalanceInProgress)
+            );
+        }
+        assert_eq!(
+            group.check_commit(&b, None, 1, join_deadline),
+            Err(ResponseError::UnknownMemberId),
+            "the join phase ended at its deadline, without b"
+        );
+        assert_eq!(group.state, GroupState::Empty);
+        assert!(group.is_empty());
+        assert!(group.take_persist(), "the emptied group is written");
     }
 
     #[test]

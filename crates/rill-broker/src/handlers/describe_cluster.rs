@@ -28,7 +28,7 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 /// .supportedOperations(CLUSTER)`: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION,
 /// DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE) as a bit field of
 /// `AclOperation` codes. rill has no authoriser yet, so all are allowed.
-const CLUSTER_OPERATIONS_ALL: i32 =
+pub(crate) const CLUSTER_OPERATIONS_ALL: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
 pub fn handle(

@@ -14,9 +14,12 @@ use rill_protocol::kafka_protocol::messages::{DescribeGroupsRequest, DescribeGro
 use super::str_bytes;
 use crate::server::Broker;
 
-/// What anyone may do to a group with no authorizer: READ, DELETE and
-/// DESCRIBE (Kafka's `AclOperation` codes 3, 6 and 8).
-const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+/// What anyone may do to a group with no authorizer (KIP-430): every
+/// operation of Kafka's `AclEntry.supportedOperations(GROUP)` — READ,
+/// DELETE, DESCRIBE, and since Kafka 3.9 (group configs) DESCRIBE_CONFIGS
+/// and ALTER_CONFIGS — as a bit field of `AclOperation` codes 3, 6, 8, 10
+/// and 11.
+const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 11);
 /// "Not asked for" on the wire.
 const OPERATIONS_NOT_ASKED: i32 = i32::MIN;
 
@@ -34,8 +37,10 @@ pub fn handle(
         .groups
         .into_iter()
         .map(|group_id| {
+            // A group answered with an error keeps "not asked for": Kafka
+            // gives operations only to groups it describes.
             let base = DescribedGroup::default()
-                .with_authorized_operations(operations)
+                .with_authorized_operations(OPERATIONS_NOT_ASKED)
                 .with_group_state(str_bytes(""))
                 .with_protocol_type(str_bytes(""))
                 .with_protocol_data(str_bytes(""));
@@ -44,7 +49,7 @@ pub fn handle(
                     .with_group_id(group_id)
                     .with_error_code(ResponseError::InvalidGroupId.code());
             }
-            match broker.groups.describe(group_id.as_str()) {
+            match broker.groups.describe(&broker.replicas, group_id.as_str()) {
                 Err(kind) => base.with_group_id(group_id).with_error_code(kind.code()),
                 Ok(None) if version >= 6 => base
                     .with_group_id(group_id.clone())
@@ -56,9 +61,11 @@ pub fn handle(
                     )))),
                 Ok(None) => base
                     .with_group_id(group_id)
+                    .with_authorized_operations(operations)
                     .with_group_state(str_bytes("Dead")),
                 Ok(Some(described)) => base
                     .with_group_id(group_id)
+                    .with_authorized_operations(operations)
                     .with_group_state(str_bytes(described.state))
                     .with_protocol_type(str_bytes(described.protocol_type))
                     .with_protocol_data(str_bytes(described.protocol))

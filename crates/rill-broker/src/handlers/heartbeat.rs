@@ -9,6 +9,7 @@ use crate::server::Broker;
 
 pub fn handle(broker: &Arc<Broker>, _version: i16, request: HeartbeatRequest) -> HeartbeatResponse {
     let outcome = broker.groups.heartbeat(
+        &broker.replicas,
         request.group_id.as_str(),
         request.member_id.as_str(),
         request.group_instance_id.as_ref().map(|i| i.as_str()),

@@ -2,14 +2,17 @@
 //! rebalance; the answer waits until the rebalance's join phase is over
 //! (see `crate::group::state`). From v4 a new member first gets
 //! MEMBER_ID_REQUIRED with its id and joins again with it (KIP-394).
+//! The group takes the join when `handle` is called, in the connection's
+//! request order; the future returned is the wait for the answer.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use rill_protocol::kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use rill_protocol::kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::str_bytes;
-use crate::group::state::JoinRequest;
+use crate::group::state::{JoinAnswer, JoinRequest};
 use crate::server::Broker;
 
 /// Who sent a request: the client id of its header and its address, as
@@ -20,12 +23,12 @@ pub struct ClientIdentity {
     pub client_host: String,
 }
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     version: i16,
     request: JoinGroupRequest,
     client: ClientIdentity,
-) -> JoinGroupResponse {
+) -> impl Future<Output = JoinGroupResponse> + Send + 'static {
     let join = JoinRequest {
         member_id: request.member_id.as_str().to_string(),
         group_instance_id: request
@@ -49,10 +52,13 @@ pub async fn handle(
             .collect(),
         require_known_member_id: version >= 4,
     };
-    let answer = broker
+    let joined = broker
         .groups
-        .join(broker, request.group_id.as_str(), join)
-        .await;
+        .join(&broker.replicas, request.group_id.as_str(), join);
+    async move { answer(joined.await) }
+}
+
+fn answer(answer: JoinAnswer) -> JoinGroupResponse {
     JoinGroupResponse::default()
         .with_error_code(answer.error)
         .with_generation_id(answer.generation)

@@ -30,7 +30,7 @@ pub fn handle(
     };
     let outcomes = match broker
         .groups
-        .leave(broker, request.group_id.as_str(), &members)
+        .leave(&broker.replicas, request.group_id.as_str(), &members)
     {
         Ok(outcomes) => outcomes,
         Err(kind) => return LeaveGroupResponse::default().with_error_code(kind.code()),

@@ -16,7 +16,7 @@ pub fn handle(
     _version: i16,
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
-    let groups = match broker.groups.list() {
+    let groups = match broker.groups.list(&broker.replicas) {
         Ok(groups) => groups,
         Err(kind) => return ListGroupsResponse::default().with_error_code(kind.code()),
     };

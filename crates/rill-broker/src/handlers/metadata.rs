@@ -14,6 +14,7 @@ use rill_protocol::kafka_protocol::messages::metadata_response::{
 use rill_protocol::kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use rill_types::TopicName;
 
+use super::describe_cluster::CLUSTER_OPERATIONS_ALL;
 use super::{create_topic, str_bytes, wire_topic, KafkaError};
 use crate::server::Broker;
 
@@ -22,6 +23,13 @@ const INTERNAL_TOPICS: [&str; 2] = ["__consumer_offsets", "__transaction_state"]
 
 /// Kafka's "authorized operations were not asked for" value.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+/// Every operation on a topic (Kafka's `AclEntry.supportedOperations(TOPIC)`:
+/// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS,
+/// ALTER_CONFIGS) as a bit field of `AclOperation` codes (KIP-430). rill has
+/// no authoriser yet, so all are allowed.
+const TOPIC_OPERATIONS_ALL: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -37,7 +45,7 @@ pub async fn handle(
     let allow_auto_create = (version < 4 || request.allow_auto_topic_creation)
         && broker.config.auto_create_topics_enable;
 
-    let topics = match requested {
+    let mut topics: Vec<MetadataResponseTopic> = match requested {
         None => {
             let image = broker.controller.image();
             image
@@ -58,6 +66,22 @@ pub async fn handle(
         }
     };
 
+    // KIP-430, as Kafka's `handleTopicMetadataRequest`: every topic asked
+    // for by name (known or not) gets its operations; an unknown topic id
+    // keeps "not asked for". Metadata answers for the cluster only in
+    // v8..=10; from v11 DescribeCluster does.
+    if version >= 8 && request.include_topic_authorized_operations {
+        for topic in topics.iter_mut().filter(|t| t.name.is_some()) {
+            topic.topic_authorized_operations = TOPIC_OPERATIONS_ALL;
+        }
+    }
+    let cluster_operations =
+        if (8..=10).contains(&version) && request.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS_ALL
+        } else {
+            AUTHORIZED_OPERATIONS_OMITTED
+        };
+
     let image = broker.controller.image();
     // Fenced brokers are not offered to clients (KIP-631).
     let brokers = image
@@ -75,7 +99,7 @@ pub async fn handle(
         .with_cluster_id(Some(str_bytes(broker.cluster_id.clone())))
         .with_controller_id(BrokerId(broker.controller_id_for_clients(&image)))
         .with_topics(topics)
-        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+        .with_cluster_authorized_operations(cluster_operations)
 }
 
 async fn by_name(
@@ -130,7 +154,9 @@ async fn by_name(
 fn by_id(image: &MetadataImage, topic_id: uuid::Uuid) -> MetadataResponseTopic {
     match image.topic_by_id(&topic_id) {
         Some(topic) => describe(image, topic),
+        // No name (null), as in Kafka.
         None => MetadataResponseTopic::default()
+            .with_name(None)
             .with_error_code(ResponseError::UnknownTopicId.code())
             .with_topic_id(topic_id)
             .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),

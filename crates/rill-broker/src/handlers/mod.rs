@@ -1,7 +1,9 @@
 //! One module per Kafka API, each with the same shape: a `handle` function
 //! that takes the broker, the request version and the decoded request body,
-//! and returns the response body (Produce and Fetch return what they still
-//! have to wait for; see `connection`).
+//! and returns the response body (Produce, Fetch and the group APIs that
+//! write to `__consumer_offsets` or wait for a rebalance return what they
+//! still have to wait for, having done in `handle` itself everything that
+//! must happen in request order; see `connection`).
 //!
 //! `configs` is not an API: it holds what DescribeConfigs, AlterConfigs,
 //! IncrementalAlterConfigs and CreateTopics share about config resources.

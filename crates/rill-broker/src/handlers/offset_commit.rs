@@ -2,12 +2,16 @@
 //! have read. Each partition is checked here (it must exist; its metadata
 //! string is bounded by `offset.metadata.max.bytes`); the group checks the
 //! committer (member, generation) and writes the commits durably before
-//! the answer (see `crate::group`).
+//! the answer (see `crate::group`). The commit is appended when `handle`
+//! is called, in the connection's request order, so that a client's
+//! pipelined commits take effect in the order it sent them; the future
+//! returned is the wait for the fsync.
 //!
 //! v2..=4 carry a retention time; Kafka has ignored it since 2.1
 //! (KIP-211), and so does rill. v9 names the KIP-848 member epoch; a
 //! classic group reads it as the generation, as Kafka does.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use rill_protocol::kafka_protocol::error::ResponseError;
@@ -19,11 +23,11 @@ use rill_protocol::kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitR
 use crate::group::OffsetCommit;
 use crate::server::Broker;
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     _version: i16,
     request: OffsetCommitRequest,
-) -> OffsetCommitResponse {
+) -> impl Future<Output = OffsetCommitResponse> + Send + 'static {
     let image = broker.controller.image();
     let metadata_max = broker.groups.config.offset_metadata_max_bytes;
     // Every partition's code, in request order; 0 for those the group
@@ -58,18 +62,24 @@ pub async fn handle(
         }
         codes.push(topic_codes);
     }
-    let group_code = match broker
-        .groups
-        .commit(
-            broker,
-            request.group_id.as_str(),
-            request.member_id.as_str(),
-            request.group_instance_id.as_ref().map(|i| i.as_str()),
-            request.generation_id_or_member_epoch,
-            commits,
-        )
-        .await
-    {
+    let committed = broker.groups.commit(
+        &broker.replicas,
+        request.group_id.as_str(),
+        request.member_id.as_str(),
+        request.group_instance_id.as_ref().map(|i| i.as_str()),
+        request.generation_id_or_member_epoch,
+        commits,
+    );
+    async move { answer(request, codes, committed.await) }
+}
+
+/// The response: each partition's own code, or else the group's.
+fn answer(
+    request: OffsetCommitRequest,
+    codes: Vec<Vec<i16>>,
+    committed: Result<(), i16>,
+) -> OffsetCommitResponse {
+    let group_code = match committed {
         Ok(()) => 0,
         Err(code) => code,
     };

@@ -1,8 +1,11 @@
 //! OffsetDelete (key 47), v0: removes a group's committed offsets for
 //! some partitions — not those of topics its members still subscribe to
-//! (GROUP_SUBSCRIBED_TO_TOPIC), as in Kafka.
+//! (GROUP_SUBSCRIBED_TO_TOPIC), as in Kafka. The tombstones are appended
+//! when `handle` is called, in the connection's request order; the future
+//! returned waits until they are durable.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use rill_protocol::kafka_protocol::error::ResponseError;
@@ -13,15 +16,33 @@ use rill_protocol::kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteR
 
 use crate::server::Broker;
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     _version: i16,
     request: OffsetDeleteRequest,
-) -> OffsetDeleteResponse {
-    if request.group_id.is_empty() {
-        return OffsetDeleteResponse::default()
-            .with_error_code(ResponseError::InvalidGroupId.code());
+) -> impl Future<Output = OffsetDeleteResponse> + Send + 'static {
+    let deleted = (!request.group_id.is_empty()).then(|| delete(broker, &request));
+    async move {
+        let Some((asked, unknown, deleted)) = deleted else {
+            return OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::InvalidGroupId.code());
+        };
+        answer(request, asked, unknown, deleted.await)
     }
+}
+
+type Partitions = Vec<(String, i32)>;
+
+/// The ordered part: the partitions asked for that exist (and those that
+/// do not), and the group's deletion of the former, already appended.
+fn delete(
+    broker: &Arc<Broker>,
+    request: &OffsetDeleteRequest,
+) -> (
+    Partitions,
+    Partitions,
+    impl Future<Output = Result<Vec<i16>, i16>> + Send + 'static,
+) {
     let image = broker.controller.image();
     let mut asked = Vec::new();
     let mut unknown = Vec::new();
@@ -36,11 +57,19 @@ pub async fn handle(
             }
         }
     }
-    let outcomes = match broker
+    let deleted = broker
         .groups
-        .delete_offsets(broker, request.group_id.as_str(), &asked)
-        .await
-    {
+        .delete_offsets(&broker.replicas, request.group_id.as_str(), &asked);
+    (asked, unknown, deleted)
+}
+
+fn answer(
+    request: OffsetDeleteRequest,
+    asked: Partitions,
+    unknown: Partitions,
+    deleted: Result<Vec<i16>, i16>,
+) -> OffsetDeleteResponse {
+    let outcomes = match deleted {
         Ok(outcomes) => outcomes,
         Err(code) => return OffsetDeleteResponse::default().with_error_code(code),
     };

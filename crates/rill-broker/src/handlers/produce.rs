@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use rill_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use rill_storage::{InvalidRecord, StorageError};
 use tracing::{debug, warn};
 
 use super::KafkaError;
 use crate::errors::{append_error_code, storage_error_code};
-use crate::replica::{LeaderAppend, Partition};
+use crate::replica::{AppendError, LeaderAppend, Partition};
 use crate::server::Broker;
 
 /// What the connection does with a produce request after its appends.
@@ -31,6 +32,23 @@ pub enum Produced {
     Ready(ProduceResponse),
     /// acks=all: the answer once the batches are durable.
     Later(Pin<Box<dyn Future<Output = ProduceResponse> + Send>>),
+}
+
+/// Why a partition's batches were refused: the error and, when a check of
+/// single records failed, each record that failed it (KIP-467: Produce v8+
+/// `record_errors`, by the record's position in its batch).
+struct Rejected {
+    error: KafkaError,
+    record_errors: Vec<BatchIndexAndErrorMessage>,
+}
+
+impl From<KafkaError> for Rejected {
+    fn from(error: KafkaError) -> Self {
+        Self {
+            error,
+            record_errors: Vec::new(),
+        }
+    }
 }
 
 /// A partition whose append acks=all must see flushed.
@@ -64,7 +82,7 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
             let result = if !valid_acks {
-                Err(KafkaError::new(ResponseError::InvalidRequiredAcks))
+                Err(KafkaError::new(ResponseError::InvalidRequiredAcks).into())
             } else {
                 append(broker, &name, data.index, data.records, acks)
             };
@@ -91,12 +109,16 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                         });
                     }
                 }
-                Err(error) => {
+                Err(Rejected {
+                    error,
+                    record_errors,
+                }) => {
                     any_error = true;
                     debug!(topic = %name, partition = data.index, code = error.code, message = ?error.message, "produce rejected");
                     response = response
                         .with_error_code(error.code)
-                        .with_error_message(error.message_bytes());
+                        .with_error_message(error.message_bytes())
+                        .with_record_errors(record_errors);
                 }
             }
             partition_responses.push(response);
@@ -129,28 +151,30 @@ fn append(
     index: i32,
     records: Option<bytes::Bytes>,
     acks: i16,
-) -> Result<(Arc<Partition>, LeaderAppend), KafkaError> {
+) -> Result<(Arc<Partition>, LeaderAppend), Rejected> {
     if topic == crate::group::OFFSETS_TOPIC {
         // The group coordinator's records; Kafka lets no client write them.
         return Err(KafkaError::with_message(
             ResponseError::InvalidTopicException,
             "cannot append to an internal topic",
-        ));
+        )
+        .into());
     }
     let Some(partition) = broker.replicas.get(topic, index) else {
-        return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
+        return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition).into());
     };
     if partition.leader() != broker.config.node_id {
-        return Err(KafkaError::new(ResponseError::NotLeaderOrFollower));
+        return Err(KafkaError::new(ResponseError::NotLeaderOrFollower).into());
     }
     if acks == -1 && partition.isr_size() < partition.min_insync_replicas() {
-        return Err(KafkaError::new(ResponseError::NotEnoughReplicas));
+        return Err(KafkaError::new(ResponseError::NotEnoughReplicas).into());
     }
     let Some(records) = records else {
         return Err(KafkaError::with_message(
             ResponseError::InvalidRecord,
             "produce request has null records",
-        ));
+        )
+        .into());
     };
     // The log rewrites offsets and the leader epoch in place, so it needs
     // its own copy: the request's bytes are shared with the whole frame.
@@ -158,10 +182,51 @@ fn append(
     partition
         .append_as_leader(&mut records)
         .map(|appended| (Arc::clone(&partition), appended))
-        .map_err(|error| KafkaError {
-            code: append_error_code(&error),
+        .map_err(|error| rejected(topic, index, &error))
+}
+
+/// A refused append as Kafka answers it. Records without a key on a
+/// compacted topic are named one by one with Kafka's messages
+/// (`LogValidator.validateKey` and `processRecordErrors`), so that a client
+/// fails only them; every other refusal is one error for the partition.
+fn rejected(topic: &str, index: i32, error: &AppendError) -> Rejected {
+    let AppendError::Storage(StorageError::Invalid {
+        reason: InvalidRecord::MissingKeyOnCompactedTopic { record_indexes },
+        ..
+    }) = error
+    else {
+        return KafkaError {
+            code: append_error_code(error),
             message: Some(error.to_string()),
-        })
+        }
+        .into();
+    };
+    let refusal = format!(
+        "Compacted topic cannot accept message without key in topic partition {topic}-{index}"
+    );
+    // Kafka's `RecordError.toString`, for the first three in the message.
+    let shown: Vec<String> = record_indexes
+        .iter()
+        .take(3)
+        .map(|i| format!("RecordError(batchIndex={i}, message='{refusal}')"))
+        .collect();
+    let message = format!(
+        "One or more records have been rejected due to {} record errors in total, and only \
+         showing the first three errors at most: [{}]",
+        record_indexes.len(),
+        shown.join(", ")
+    );
+    Rejected {
+        error: KafkaError::with_message(ResponseError::InvalidRecord, message),
+        record_errors: record_indexes
+            .iter()
+            .map(|i| {
+                BatchIndexAndErrorMessage::default()
+                    .with_batch_index(i32::try_from(*i).unwrap_or(i32::MAX))
+                    .with_batch_index_error_message(Some(super::str_bytes(refusal.clone())))
+            })
+            .collect(),
+    }
 }
 
 /// The second stage of acks=all: fsync what was appended (group-committed

@@ -163,8 +163,32 @@ impl Client {
         version: i16,
         body: R,
     ) -> Result<R::Response, String> {
-        let api_key = api_key::<R>();
         let correlation_id = self.write_request(version, body).await?;
+        self.read_response::<R>(version, correlation_id).await
+    }
+
+    /// Writes a request without reading its answer, for pipelining;
+    /// returns its correlation id for [`Client::read`].
+    pub async fn write<R: Request>(&mut self, version: i16, body: R) -> i32 {
+        self.write_request(version, body)
+            .await
+            .unwrap_or_else(|error| panic!("{:?} v{version}: {error}", api_key::<R>()))
+    }
+
+    /// Reads the answer to a request sent with [`Client::write`].
+    pub async fn read<R: Request>(&mut self, version: i16, correlation_id: i32) -> R::Response {
+        self.read_response::<R>(version, correlation_id)
+            .await
+            .unwrap_or_else(|error| panic!("{:?} v{version}: {error}", api_key::<R>()))
+    }
+
+    /// Reads one answer and checks that it is for `correlation_id`.
+    async fn read_response<R: Request>(
+        &mut self,
+        version: i16,
+        correlation_id: i32,
+    ) -> Result<R::Response, String> {
+        let api_key = api_key::<R>();
         let size = self
             .stream
             .read_u32()
