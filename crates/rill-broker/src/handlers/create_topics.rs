@@ -11,7 +11,7 @@ use rill_protocol::kafka_protocol::messages::create_topics_request::CreatableTop
 use rill_protocol::kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use rill_protocol::kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
-use super::{create_topic, describe_configs, CreatedTopic, KafkaError};
+use super::{create_topic, describe_configs, CreateMode, CreatedTopic, KafkaError};
 use crate::server::Broker;
 
 pub async fn handle(
@@ -125,11 +125,16 @@ async fn create(
         topic.replication_factor,
         configs,
         assignments,
-        validate_only,
-        // The request's own timeout bounds the wait for the quorum
-        // (REQUEST_TIMED_OUT past it); at least a second, so a client's 0
-        // still gets an answer from a healthy quorum.
-        Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0).max(1000)),
+        if validate_only {
+            CreateMode::ValidateOnly
+        } else {
+            // The request's own timeout bounds the wait for the quorum
+            // (REQUEST_TIMED_OUT past it); at least a second, so a client's
+            // 0 still gets an answer from a healthy quorum.
+            CreateMode::Create {
+                timeout: Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0).max(1000)),
+            }
+        },
     )
     .await
 }

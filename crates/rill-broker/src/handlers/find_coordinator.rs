@@ -148,8 +148,9 @@ async fn offsets_topic_partitions(broker: &Arc<Broker>) -> Result<i32, KafkaErro
         replication_factor,
         configs,
         None,
-        false,
-        super::AUTO_CREATE_TIMEOUT,
+        super::CreateMode::Create {
+            timeout: super::AUTO_CREATE_TIMEOUT,
+        },
     )
     .await
     {

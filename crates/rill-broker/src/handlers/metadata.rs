@@ -130,8 +130,9 @@ async fn by_name(
         -1,
         BTreeMap::new(),
         None,
-        false,
-        super::AUTO_CREATE_TIMEOUT,
+        super::CreateMode::Create {
+            timeout: super::AUTO_CREATE_TIMEOUT,
+        },
     )
     .await
     {

@@ -96,6 +96,16 @@ pub struct CreatedTopic {
     pub replication_factor: i16,
 }
 
+/// What [`create_topic`] does with a valid topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    /// Check it only (CreateTopics' `validate_only`).
+    ValidateOnly,
+    /// Create it, waiting at most this long for the quorum
+    /// (REQUEST_TIMED_OUT past it).
+    Create { timeout: std::time::Duration },
+}
+
 /// Asks the controller to create a topic and waits until this node's
 /// replicas exist. Without `assignments`, `partitions` and
 /// `replication_factor` of -1 take the broker's defaults; with them, both
@@ -107,8 +117,7 @@ pub async fn create_topic(
     replication_factor: i16,
     configs: BTreeMap<String, String>,
     assignments: Option<Vec<Vec<NodeId>>>,
-    validate_only: bool,
-    timeout: std::time::Duration,
+    mode: CreateMode,
 ) -> Result<CreatedTopic, KafkaError> {
     let (partitions, replication_factor) = match &assignments {
         Some(assignments) => (
@@ -143,14 +152,17 @@ pub async fn create_topic(
         configs,
         assignments,
     };
-    if validate_only {
-        return rill_controller::check(&broker.controller.image(), &command)
-            .map(|()| created)
-            .map_err(|rejection| KafkaError {
-                code: rejection.kafka_code(),
-                message: Some(rejection.to_string()),
-            });
-    }
+    let timeout = match mode {
+        CreateMode::Create { timeout } => timeout,
+        CreateMode::ValidateOnly => {
+            return rill_controller::check(&broker.controller.image(), &command)
+                .map(|()| created)
+                .map_err(|rejection| KafkaError {
+                    code: rejection.kafka_code(),
+                    message: Some(rejection.to_string()),
+                });
+        }
+    };
     broker
         .controller
         .submit_within(command, timeout)

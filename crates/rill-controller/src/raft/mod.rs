@@ -533,7 +533,11 @@ impl Controller {
                 .as_ref()
                 .and_then(|r| r.get(&id).cloned().flatten())
                 .map(|log_id| log_id.index)
-                .or_else(|| (id == metrics.id).then(|| metrics.last_log_index).flatten())
+                .or_else(|| {
+                    (id == metrics.id)
+                        .then_some(metrics.last_log_index)
+                        .flatten()
+                })
         };
         let membership = metrics.membership_config.membership();
         let to_node = |id: RaftNodeId| NodeId::try_from(id).unwrap_or(-1);
