@@ -125,6 +125,7 @@ impl Broker {
     /// changed the metadata sees its change. Blocking.
     pub fn sync_metadata(&self) {
         let image = self.controller.image();
+        self.metrics.observe_image(&image);
         self.replicas.apply_image(&image);
         self.groups.on_image(&image, &self.replicas);
     }
@@ -167,7 +168,9 @@ impl RunningBroker {
     /// clean-shutdown marker and stops the controller.
     pub async fn shutdown(self) -> Result<(), StartError> {
         info!("shutting down");
-        if self.broker.config.roles.is_broker() {
+        // A single node has no other broker to hand its partitions to.
+        if self.broker.config.roles.is_broker() && !self.broker.config.controller_quorum.is_empty()
+        {
             controlled_shutdown(&self.broker).await;
         }
         self.shutdown.cancel();
@@ -433,8 +436,23 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             })
             .await??;
         }
-        let broker_epoch = if config.roles.is_broker() {
-            let (host, port) = config.advertised();
+        let (host, port) = config.advertised();
+        // A single node is its own quorum and its own only broker: its
+        // registration from the last run still holds (nobody else could
+        // have led its partitions meanwhile), so a restart writes nothing
+        // to the controller unless the endpoint changed — which also lets
+        // it restart on a full disk. In a cluster every start registers a
+        // new incarnation, fenced until it has caught up.
+        let kept = image.broker(config.node_id).filter(|b| {
+            config.controller_quorum.is_empty()
+                && b.host == host
+                && b.port == port
+                && b.rack == config.rack
+                && b.directory_id == directory_id
+        });
+        let broker_epoch = if let Some(kept) = kept {
+            kept.broker_epoch
+        } else if config.roles.is_broker() {
             let registration = BrokerRegistrationRequest {
                 node_id: config.node_id,
                 incarnation_id: uuid::Uuid::new_v4(),

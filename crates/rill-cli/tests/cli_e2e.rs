@@ -907,11 +907,18 @@ fn cluster_describe_shows_nodes_controller_and_versions() {
     let cluster_id = field(&out, "cluster id");
     assert!(cluster_id.len() >= 16, "{out}");
     assert_eq!(field(&out, "controller"), "1");
-    let nodes = table(&out, "NODE");
-    assert_eq!(nodes.len(), 1);
-    assert_eq!(nodes[0]["NODE"], "1");
-    assert_eq!(nodes[0]["HOST"], "127.0.0.1");
-    assert_eq!(nodes[0]["PORT"], broker.ports().kafka.port().to_string());
+    let brokers = table(&out, "BROKER");
+    assert_eq!(brokers.len(), 1);
+    assert_eq!(brokers[0]["BROKER"], "1");
+    assert_eq!(brokers[0]["HOST"], "127.0.0.1");
+    assert_eq!(brokers[0]["PORT"], broker.ports().kafka.port().to_string());
+    assert_eq!(brokers[0]["STATE"], "unfenced");
+    // The single node is the quorum's only voter, and leads it.
+    assert!(out.contains("controller quorum: leader 1,"), "{out}");
+    let quorum = table(&out, "NODE");
+    assert_eq!(quorum.len(), 1, "{out}");
+    assert_eq!(quorum[0]["ROLE"], "leader");
+    assert_eq!(quorum[0]["LAG"], "0");
     let apis = table(&out, "API");
     let api = |name: &str| {
         apis.iter()

@@ -72,6 +72,8 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     SupportedApi::new(ApiKey::DeleteGroups, 0, 2),
     SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
     SupportedApi::new(ApiKey::OffsetDelete, 0, 0),
+    // KIP-595's view of the controller quorum; v2 adds the nodes' endpoints.
+    SupportedApi::new(ApiKey::DescribeQuorum, 0, 2),
     SupportedApi::new(ApiKey::DescribeCluster, 0, 2),
 ];
 

@@ -5,9 +5,8 @@
 //! As Kafka (`AuthHelper.computeDescribeClusterResponse`): a broker
 //! answers only for endpoint type BROKER (1); CONTROLLER (2) is
 //! MISMATCHED_ENDPOINT_TYPE and any other UNSUPPORTED_ENDPOINT_TYPE
-//! (INVALID_REQUEST in v0, which cannot carry the type). rill fences no
-//! brokers yet, so v2's `include_fenced_brokers` changes nothing and every
-//! broker is unfenced.
+//! (INVALID_REQUEST in v0, which cannot carry the type). Fenced brokers
+//! are listed only when v2's `include_fenced_brokers` asks for them.
 
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -59,14 +58,15 @@ pub fn handle(
     }
     let image = broker.controller.image();
     let brokers: Vec<DescribeClusterBroker> = image
-        .unfenced_brokers()
+        .brokers()
+        .filter(|b| !b.fenced || request.include_fenced_brokers)
         .map(|b| {
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(b.node_id))
                 .with_host(str_bytes(b.host.clone()))
                 .with_port(i32::from(b.port))
                 .with_rack(b.rack.clone().map(str_bytes))
-                .with_is_fenced(false)
+                .with_is_fenced(b.fenced)
         })
         .collect();
     let controller_id = broker.controller_id_for_clients(&image);

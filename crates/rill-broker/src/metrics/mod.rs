@@ -138,6 +138,9 @@ pub struct Metrics {
     topic_messages_in: IntCounterVec,
     topic_bytes_out: IntCounterVec,
     log_flush_duration: Histogram,
+    leader_elections: IntCounterVec,
+    /// The image the leader changes were last counted against.
+    last_image: std::sync::Mutex<Option<Arc<MetadataImage>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -272,6 +275,14 @@ impl Metrics {
                 duration: OnceLock::new(),
             });
         }
+        let leader_elections = counter_vec(
+            &registry,
+            "rill_leader_elections_total",
+            "Leader changes committed to the metadata since this node started, by kind: \
+             clean (a new leader from the ISR), unclean (from outside the ISR), \
+             offline (no replica could lead).",
+            &["kind"],
+        );
         Self {
             registry,
             requests,
@@ -284,7 +295,39 @@ impl Metrics {
             topic_messages_in,
             topic_bytes_out,
             log_flush_duration,
+            leader_elections,
+            last_image: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Counts the leader changes between the last image seen and `image`.
+    /// Called for each image the node applies.
+    pub(crate) fn observe_image(&self, image: &Arc<MetadataImage>) {
+        let mut last = self.last_image.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = last.as_ref() {
+            if previous.version >= image.version {
+                return;
+            }
+            for topic in image.topics() {
+                let Some(before) = previous.topic_by_id(&topic.topic_id) else {
+                    continue;
+                };
+                for (now, then) in topic.partitions.iter().zip(&before.partitions) {
+                    if now.leader == then.leader {
+                        continue;
+                    }
+                    let kind = if now.leader < 0 {
+                        "offline"
+                    } else if then.isr.contains(&now.leader) {
+                        "clean"
+                    } else {
+                        "unclean"
+                    };
+                    self.leader_elections.with_label_values(&[kind]).inc();
+                }
+            }
+        }
+        *last = Some(Arc::clone(image));
     }
 
     fn api(&self, api_key: ApiKey) -> Option<&ApiMetrics> {
@@ -578,7 +621,29 @@ fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
         }
     }
 
+    let controller_active = IntGauge::new(
+        "rill_controller_active",
+        "1 if this node is the active controller (the quorum's leader), else 0.",
+    )
+    .expect("valid gauge");
+    controller_active.set(i64::from(broker.controller.is_active()));
+    let fenced = IntGauge::new(
+        "rill_fenced_brokers",
+        "Registered brokers that are fenced: they lead nothing and are not offered to clients.",
+    )
+    .expect("valid gauge");
+    fenced.set(image.brokers().filter(|b| b.fenced).count() as i64);
+    let metadata_offset = IntGauge::new(
+        "rill_metadata_offset",
+        "How far into the controller's metadata log this node's image is.",
+    )
+    .expect("valid gauge");
+    metadata_offset.set(i64::try_from(image.version).unwrap_or(i64::MAX));
+
     let mut families = Vec::new();
+    families.extend(controller_active.collect());
+    families.extend(fenced.collect());
+    families.extend(metadata_offset.collect());
     families.extend(partition_count.collect());
     families.extend(under_replicated.collect());
     families.extend(log_size.collect());

@@ -10,7 +10,11 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kafka_protocol::messages::MetadataRequest;
+use kafka_protocol::messages::{
+    describe_quorum_request, DescribeClusterRequest, DescribeQuorumRequest, MetadataRequest,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
 
 use super::{ConnectArgs, Table};
 use crate::admin::{api_name, Connection};
@@ -71,22 +75,106 @@ fn describe(args: &DescribeArgs) -> anyhow::Result<()> {
         writeln!(out, "controller: {controller}")?;
     }
     writeln!(out)?;
-    let mut brokers = metadata.brokers.clone();
-    brokers.sort_by_key(|broker| broker.node_id.0);
-    let mut table = Table::new(&["NODE", "HOST", "PORT", "RACK"]);
-    for broker in &brokers {
-        table.row(vec![
-            broker.node_id.0.to_string(),
-            broker.host.to_string(),
-            broker.port.to_string(),
-            broker
-                .rack
-                .as_ref()
-                .map_or_else(|| "-".to_string(), ToString::to_string),
-        ]);
+    // Brokers: DescribeCluster v2 also lists the fenced ones; a broker
+    // without it gives Metadata's (unfenced) list.
+    let rack = |rack: Option<&StrBytes>| rack.map_or_else(|| "-".to_string(), ToString::to_string);
+    let mut rows: Vec<(i32, String, String, String, &str)> = match connection.send(
+        DescribeClusterRequest::default().with_include_fenced_brokers(true),
+        2..=2,
+    ) {
+        Ok((_, described)) if described.error_code == 0 => described
+            .brokers
+            .iter()
+            .map(|b| {
+                let state = if b.is_fenced { "fenced" } else { "unfenced" };
+                (
+                    b.broker_id.0,
+                    b.host.to_string(),
+                    b.port.to_string(),
+                    rack(b.rack.as_ref()),
+                    state,
+                )
+            })
+            .collect(),
+        _ => metadata
+            .brokers
+            .iter()
+            .map(|b| {
+                (
+                    b.node_id.0,
+                    b.host.to_string(),
+                    b.port.to_string(),
+                    rack(b.rack.as_ref()),
+                    "-",
+                )
+            })
+            .collect(),
+    };
+    rows.sort_by_key(|row| row.0);
+    let mut table = Table::new(&["BROKER", "HOST", "PORT", "RACK", "STATE"]);
+    for (id, host, port, rack, state) in rows {
+        table.row(vec![id.to_string(), host, port, rack, state.to_string()]);
     }
     table.write(&mut out)?;
     writeln!(out)?;
+
+    // The controller quorum (KIP-595), where the broker answers for it.
+    let quorum_request = DescribeQuorumRequest::default().with_topics(vec![
+        describe_quorum_request::TopicData::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+            .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+    ]);
+    if let Ok((_, quorum)) = connection.send(quorum_request, 0..=2) {
+        match quorum.topics.first().and_then(|t| t.partitions.first()) {
+            Some(p) if quorum.error_code == 0 && p.error_code == 0 => {
+                writeln!(
+                    out,
+                    "controller quorum: leader {}, term {}, committed metadata offset {}",
+                    p.leader_id.0, p.leader_epoch, p.high_watermark
+                )?;
+                let mut table = Table::new(&["NODE", "ROLE", "LOG-END", "LAG"]);
+                let members = p
+                    .current_voters
+                    .iter()
+                    .map(|r| {
+                        (
+                            r,
+                            if r.replica_id == p.leader_id {
+                                "leader"
+                            } else {
+                                "voter"
+                            },
+                        )
+                    })
+                    .chain(p.observers.iter().map(|r| (r, "observer")));
+                for (replica, role) in members {
+                    let (end, lag) = if replica.log_end_offset < 0 {
+                        ("-".to_string(), "-".to_string())
+                    } else {
+                        (
+                            replica.log_end_offset.to_string(),
+                            (p.high_watermark - replica.log_end_offset)
+                                .max(0)
+                                .to_string(),
+                        )
+                    };
+                    table.row(vec![
+                        replica.replica_id.0.to_string(),
+                        role.to_string(),
+                        end,
+                        lag,
+                    ]);
+                }
+                table.write(&mut out)?;
+            }
+            _ => writeln!(
+                out,
+                "controller quorum: unavailable (error {})",
+                quorum.error_code
+            )?,
+        }
+        writeln!(out)?;
+    }
     writeln!(out, "api versions of {}:", connection.addr())?;
     let mut table = Table::new(&["API", "KEY", "MIN", "MAX"]);
     for (&key, &(min, max)) in connection.versions() {

@@ -245,19 +245,23 @@ impl Default for ControllerOptions {
     }
 }
 
-/// The quorum as this node sees it, for DescribeQuorum and
-/// `rill cluster describe`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The quorum as one node sees it, for DescribeQuorum and
+/// `rill cluster describe`. Log positions are Kafka-style offsets: the
+/// number of entries up to and including the last one (openraft's entry
+/// `i` ends at offset `i + 1`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QuorumState {
     pub leader: Option<NodeId>,
     pub term: u64,
-    /// The last log index this node knows to be committed.
-    pub committed_index: Option<u64>,
-    /// Voters with the last log index the leader knows each has (only the
-    /// leader knows; elsewhere `None`).
+    /// The end of the committed log (Kafka's high watermark).
+    pub high_watermark: u64,
+    /// Voters with the end of the log the leader knows each has (only the
+    /// leader knows; elsewhere `None`, but for this node itself).
     pub voters: Vec<(NodeId, Option<u64>)>,
     /// Observers (learners) likewise.
     pub observers: Vec<(NodeId, Option<u64>)>,
+    /// Every member's controller address (`host:port`).
+    pub endpoints: Vec<(NodeId, String)>,
 }
 
 /// A node's handle on the controller quorum: proposes commands (through
@@ -527,15 +531,15 @@ impl Controller {
     /// The quorum as this node sees it.
     pub fn quorum_state(&self) -> QuorumState {
         let metrics = self.raft.metrics().borrow().clone();
-        let matched = |id: RaftNodeId| {
+        let log_end = |id: RaftNodeId| {
             metrics
                 .replication
                 .as_ref()
                 .and_then(|r| r.get(&id).cloned().flatten())
-                .map(|log_id| log_id.index)
+                .map(|log_id| log_id.index + 1)
                 .or_else(|| {
                     (id == metrics.id)
-                        .then_some(metrics.last_log_index)
+                        .then_some(metrics.last_log_index.map(|i| i + 1))
                         .flatten()
                 })
         };
@@ -544,15 +548,31 @@ impl Controller {
         QuorumState {
             leader: metrics.current_leader.map(to_node),
             term: metrics.current_term,
-            committed_index: metrics.last_applied.map(|l| l.index),
+            high_watermark: metrics.last_applied.map_or(0, |l| l.index + 1),
             voters: membership
                 .voter_ids()
-                .map(|id| (to_node(id), matched(id)))
+                .map(|id| (to_node(id), log_end(id)))
                 .collect(),
             observers: membership
                 .learner_ids()
-                .map(|id| (to_node(id), matched(id)))
+                .map(|id| (to_node(id), log_end(id)))
                 .collect(),
+            endpoints: membership
+                .nodes()
+                .map(|(id, node)| (to_node(*id), node.addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// The quorum as the active controller sees it (which alone knows how
+    /// far each voter and observer has replicated).
+    pub async fn describe_quorum(&self, timeout: Duration) -> Result<QuorumState, ControllerError> {
+        match self
+            .call(ControllerRequest::DescribeQuorum, timeout)
+            .await?
+        {
+            ControllerResponse::Quorum(state) => Ok(state),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
@@ -798,6 +818,7 @@ impl Controller {
             }
             ControllerRequest::Register(registration) => self.handle_register(registration).await,
             ControllerRequest::Heartbeat(heartbeat) => self.handle_heartbeat(heartbeat).await,
+            ControllerRequest::DescribeQuorum => ControllerResponse::Quorum(self.quorum_state()),
             ControllerRequest::AddObserver {
                 node_id,
                 addr,

@@ -72,6 +72,8 @@ pub enum ControllerRequest {
     Register(BrokerRegistrationRequest),
     /// A registered broker is alive (KIP-631's BrokerHeartbeat).
     Heartbeat(BrokerHeartbeat),
+    /// The quorum as the active controller sees it (DescribeQuorum).
+    DescribeQuorum,
     /// A node that is not a voter asks to follow the metadata log as a
     /// learner (a broker-only node).
     AddObserver {
@@ -131,6 +133,7 @@ pub enum ControllerResponse {
         log_index: u64,
     },
     Heartbeat(HeartbeatAnswer),
+    Quorum(super::QuorumState),
     ObserverAdded,
     /// This node is not the active controller; `leader` is the one it
     /// knows of, if any.

@@ -1,0 +1,94 @@
+"""A three-node cluster started with `rill cluster local`, seen through the admin
+clients of confluent-kafka (librdkafka) and kafka-python: every broker, the
+controller, topics spread over the brokers, and produce/consume across them."""
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from clients import WAIT_S, Record, ck_admin, ck_produce, kp_admin
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import NewTopic
+from rill_broker import rill_bin
+
+READY_S = 120
+
+
+@pytest.fixture
+def cluster():
+    """`rill cluster local --nodes 3` in a temp dir; yields the bootstrap string."""
+    with tempfile.TemporaryDirectory(prefix="rill-py-cluster-") as work:
+        log = open(os.path.join(work, "cluster.out"), "w+")
+        proc = subprocess.Popen(
+            [rill_bin(), "cluster", "local", "--nodes", "3", "--dir", os.path.join(work, "c")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            bootstrap = None
+            deadline = time.monotonic() + READY_S
+            while bootstrap is None and time.monotonic() < deadline:
+                assert proc.poll() is None, f"rill cluster local exited: {open(log.name).read()}"
+                match = re.search(r"^bootstrap: (\S+)$", open(log.name).read(), re.MULTILINE)
+                bootstrap = match.group(1) if match else None
+                time.sleep(0.1)
+            assert bootstrap, f"no bootstrap line in {READY_S} s: {open(log.name).read()}"
+            yield bootstrap
+        finally:
+            # Ctrl-C stops every node (each a controlled shutdown).
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+            output = open(log.name).read()
+            assert code == 0, output
+            assert "stopping every node" in output, output
+
+
+def test_admin_clients_see_every_broker_and_the_controller(cluster):
+    admin = ck_admin(cluster)
+    admin.create_topics([NewTopic("spread", num_partitions=6, replication_factor=3)])["spread"].result(timeout=WAIT_S)
+    md = admin.list_topics(timeout=WAIT_S)
+    assert sorted(md.brokers) == [1, 2, 3]
+    assert md.controller_id in (1, 2, 3)
+    partitions = md.topics["spread"].partitions
+    assert sorted(p.leader for p in partitions.values()) == [1, 1, 2, 2, 3, 3]
+    for p in partitions.values():
+        assert sorted(p.replicas) == [1, 2, 3]
+        # Followers do not copy data yet: the leader is the whole ISR.
+        assert p.isrs == [p.leader]
+
+    described = admin.describe_cluster(request_timeout=WAIT_S).result(timeout=WAIT_S)
+    assert sorted(n.id for n in described.nodes) == [1, 2, 3]
+    assert described.controller.id in (1, 2, 3)
+
+    kp = kp_admin(cluster)
+    try:
+        kp_cluster = kp.describe_cluster()
+        assert sorted(b["node_id"] for b in kp_cluster["brokers"]) == [1, 2, 3]
+        assert kp_cluster["controller_id"] in (1, 2, 3)
+        assert "spread" in kp.list_topics()
+    finally:
+        kp.close()
+
+    # Records to every partition, led by three different brokers, read back.
+    ck_produce(cluster, "spread", [Record(key=f"k{i}".encode(), value=f"v{i}".encode()) for i in range(60)])
+    consumer = Consumer({"bootstrap.servers": cluster, "group.id": "py-cluster", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition("spread", p, 0) for p in range(6)])
+        seen = []
+        deadline = time.monotonic() + WAIT_S
+        while len(seen) < 60 and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                seen.append(message.value())
+        assert sorted(seen) == sorted(f"v{i}".encode() for i in range(60))
+    finally:
+        consumer.close()
