@@ -498,6 +498,9 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
         RequestKind::IncrementalAlterConfigs(body) => ready(ResponseKind::IncrementalAlterConfigs(
             handlers::incremental_alter_configs::handle(b, v, body).await,
         )),
+        RequestKind::ElectLeaders(body) => ready(ResponseKind::ElectLeaders(
+            handlers::elect_leaders::handle(b, v, body).await,
+        )),
         RequestKind::DescribeQuorum(body) => ready(ResponseKind::DescribeQuorum(
             handlers::describe_quorum::handle(b, v, body).await,
         )),

@@ -1349,6 +1349,113 @@ async fn create_partitions() {
 }
 
 // ---------------------------------------------------------------------
+// DescribeQuorum
+
+/// A single node is the only voter of its quorum and leads it; the
+/// metadata log has entries (the registration at least), all committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_quorum() {
+    use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+    use kafka_protocol::messages::{DescribeQuorumRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    let request = |topic: &str, partition: i32| {
+        DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+            .with_topic_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![
+                PartitionData::default().with_partition_index(partition)
+            ])])
+    };
+    for version in 0..=2 {
+        let response = client.send(version, request("__cluster_metadata", 0)).await;
+        assert_eq!(response.error_code, NONE, "v{version}");
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(partition.error_code, NONE);
+        assert_eq!(partition.leader_id, BrokerId(1));
+        assert!(partition.leader_epoch >= 1);
+        assert!(partition.high_watermark > 0);
+        assert_eq!(partition.current_voters.len(), 1);
+        assert_eq!(partition.current_voters[0].replica_id, BrokerId(1));
+        assert_eq!(
+            partition.current_voters[0].log_end_offset,
+            partition.high_watermark
+        );
+        assert!(partition.observers.is_empty());
+        // v2 names the voters' controller endpoints.
+        assert_eq!(response.nodes.len(), usize::from(version >= 2));
+    }
+    // Only the metadata log is described.
+    for (topic, partition) in [("orders", 0), ("__cluster_metadata", 1)] {
+        let response = client.send(1, request(topic, partition)).await;
+        assert_eq!(
+            response.error_code, UNKNOWN_TOPIC_OR_PARTITION,
+            "{topic}-{partition}"
+        );
+    }
+}
+
+// ElectLeaders
+
+/// On a single node every partition is led by its preferred (and only)
+/// replica: nothing to elect, each partition named says so, an unknown one
+/// is unknown, and a request for all partitions lists none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_leaders() {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{ElectLeadersRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    const ELECTION_NOT_NEEDED: i16 = 84;
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("elect", 2, &[]).await;
+    let named = |partitions: Vec<i32>| {
+        Some(vec![TopicPartitions::default()
+            .with_topic(TopicName(StrBytes::from_static_str("elect")))
+            .with_partitions(partitions)])
+    };
+    for (version, election_type) in [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)] {
+        let response = client
+            .send(
+                version,
+                ElectLeadersRequest::default()
+                    .with_election_type(election_type)
+                    .with_topic_partitions(named(vec![0, 1, 7]))
+                    .with_timeout_ms(10_000),
+            )
+            .await;
+        assert_eq!(response.error_code, NONE, "v{version}");
+        let results = &response.replica_election_results[0].partition_result;
+        let codes: Vec<(i32, i16)> = results
+            .iter()
+            .map(|r| (r.partition_id, r.error_code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                (0, ELECTION_NOT_NEEDED),
+                (1, ELECTION_NOT_NEEDED),
+                (7, UNKNOWN_TOPIC_OR_PARTITION)
+            ],
+            "v{version} type {election_type}"
+        );
+    }
+    let all = client
+        .send(
+            2,
+            ElectLeadersRequest::default()
+                .with_topic_partitions(None)
+                .with_timeout_ms(10_000),
+        )
+        .await;
+    assert_eq!(all.error_code, NONE);
+    assert!(all.replica_election_results.is_empty(), "{all:?}");
+    let bad = client
+        .send(2, ElectLeadersRequest::default().with_election_type(5))
+        .await;
+    assert_eq!(bad.error_code, INVALID_REQUEST);
+}
+
 // DescribeCluster
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,8 +28,10 @@ use common::cluster::{Cluster, Role};
 use common::raw::RawClient;
 use common::{poll_until, run_to_exit, serve_command, Ports};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, MetadataRequest, MetadataResponse, TopicName,
+    BrokerId, CreateTopicsRequest, ElectLeadersRequest, MetadataRequest, MetadataResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
@@ -132,6 +134,30 @@ fn create_topic(
             .with_timeout_ms(timeout_ms),
     );
     response.topics[0].error_code
+}
+
+/// ElectLeaders v2 (`election_type` 0 preferred, 1 unclean) for one
+/// partition through node `id`; the partition's error code.
+fn elect_leaders(
+    cluster: &Cluster,
+    id: i32,
+    election_type: i8,
+    topic: &str,
+    partition: i32,
+) -> i16 {
+    let mut client =
+        RawClient::connect(cluster.node(id).kafka_addr(), CLIENT_TIMEOUT).expect("connect");
+    let response = client.send(
+        2,
+        ElectLeadersRequest::default()
+            .with_election_type(election_type)
+            .with_topic_partitions(Some(vec![TopicPartitions::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![partition])]))
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(response.error_code, 0, "{response:?}");
+    response.replica_election_results[0].partition_result[0].error_code
 }
 
 fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer {
@@ -313,6 +339,23 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
             assert_eq!((*error, *leader, *epoch), (0, rf1[index].1, rf1[index].2));
         }
     }
+    // An operator may give a leaderless partition a leader from outside
+    // its ISR (ElectLeaders UNCLEAN), losing what only the old leader had.
+    let (rf3_index, _) = rf3
+        .iter()
+        .find(|(_, p)| p.1 == victim)
+        .expect("the victim leads an rf3 partition");
+    let elected = elect_leaders(&cluster, survivor, 1, "rf3", *rf3_index);
+    assert_eq!(elected, 0, "unclean election of rf3-{rf3_index}");
+    let unclean = partitions(&metadata(&cluster, survivor), "rf3")[rf3_index].clone();
+    assert!(unclean.1 != -1 && unclean.1 != victim, "{unclean:?}");
+    assert_eq!(
+        unclean.4,
+        vec![unclean.1],
+        "the new leader is the whole ISR"
+    );
+    assert!(unclean.2 > rf3[rf3_index].2);
+
     // The live brokers' partitions take writes all along.
     let during_producer = producer(&cluster.bootstrap(), &[]);
     for p in (0..6).filter(|p| !victim_partitions.contains(p)) {
@@ -333,6 +376,10 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
             "a new epoch for the new term"
         );
     }
+    // The returning broker is out of rf3's ISR now: its preferred
+    // leadership cannot come back (PREFERRED_LEADER_NOT_AVAILABLE).
+    assert_eq!(partitions(&back, "rf3")[rf3_index].1, unclean.1);
+    assert_eq!(elect_leaders(&cluster, survivor, 0, "rf3", *rf3_index), 80);
     for p in 0..6 {
         let mut expected = before[&p].clone();
         if !victim_partitions.contains(&p) {

@@ -38,6 +38,6 @@ pub mod state;
 
 pub use raft::{Controller, ControllerError, ControllerOptions};
 pub use state::{
-    apply, check, ApplyOutcome, BrokerRegistration, ConfigResource, MetadataCommand, MetadataError,
-    MetadataImage, PartitionState, TopicId, TopicState,
+    apply, check, ApplyOutcome, BrokerRegistration, ConfigResource, ElectionResult, ElectionType,
+    MetadataCommand, MetadataError, MetadataImage, PartitionState, TopicId, TopicState,
 };

@@ -79,6 +79,13 @@ pub enum MetadataCommand {
     /// A broker shutting down asks that its leaderships move away before it
     /// stops (controlled shutdown); the effect is that of fencing it.
     ControlledShutdown { node_id: NodeId, broker_epoch: i64 },
+    /// Kafka's ElectLeaders: for each listed partition (all partitions when
+    /// `None`), move leadership to the preferred replica, or give a
+    /// leaderless partition a leader even from outside its ISR.
+    ElectLeaders {
+        election: ElectionType,
+        partitions: Option<Vec<(String, PartitionIndex)>>,
+    },
     /// Creates a topic. When `assignments` is `None` the controller places
     /// the replicas itself; otherwise it lists, per partition, the replica
     /// node ids (first is the preferred leader) and must agree with
@@ -115,6 +122,32 @@ pub enum MetadataCommand {
     AllocateProducerIds { node_id: NodeId, count: i32 },
 }
 
+/// Which election `ElectLeaders` runs (Kafka's `ElectionType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionType {
+    /// The first replica in assignment order, if it is in the ISR and
+    /// unfenced.
+    Preferred,
+    /// For a partition without a leader: an in-sync unfenced replica, or
+    /// else any unfenced replica, which becomes the whole ISR (records only
+    /// the old ISR had are lost).
+    Unclean,
+}
+
+/// What `ElectLeaders` did for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionResult {
+    Elected,
+    /// ELECTION_NOT_NEEDED (84): already led as asked.
+    NotNeeded,
+    /// PREFERRED_LEADER_NOT_AVAILABLE (80).
+    PreferredNotAvailable,
+    /// ELIGIBLE_LEADERS_NOT_AVAILABLE (83).
+    NoEligibleLeader,
+    /// UNKNOWN_TOPIC_OR_PARTITION (3).
+    UnknownPartition,
+}
+
 /// What an `AlterConfigs` changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfigResource {
@@ -149,6 +182,10 @@ pub enum ApplyOutcome {
         total: i32,
     },
     ConfigsAltered,
+    /// Per partition asked for (or every partition), what the election did.
+    LeadersElected {
+        results: Vec<(String, PartitionIndex, ElectionResult)>,
+    },
     /// The producer ids `first..first + count` now belong to the broker
     /// that asked.
     ProducerIdsAllocated {
@@ -498,6 +535,8 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
             }
             Ok(())
         }
+        // Partitions that do not exist get their own result, not a rejection.
+        MetadataCommand::ElectLeaders { .. } => Ok(()),
         MetadataCommand::RegisterBroker {
             node_id,
             incarnation_id: _,
@@ -676,6 +715,12 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
                 elections,
             }
         }
+        MetadataCommand::ElectLeaders {
+            election,
+            partitions,
+        } => ApplyOutcome::LeadersElected {
+            results: elect_leaders(image, *election, partitions.as_deref()),
+        },
         MetadataCommand::UnfenceBroker { node_id, .. } => {
             let elections = unfence(image, *node_id);
             ApplyOutcome::BrokerStateChanged {
@@ -932,6 +977,82 @@ fn unfence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
         }
     }
     elections
+}
+
+/// Runs an `ElectLeaders` over `partitions` (every partition when `None`).
+fn elect_leaders(
+    image: &mut MetadataImage,
+    election: ElectionType,
+    partitions: Option<&[(String, PartitionIndex)]>,
+) -> Vec<(String, PartitionIndex, ElectionResult)> {
+    let wanted: Vec<(String, PartitionIndex)> = match partitions {
+        Some(list) => list.to_vec(),
+        None => image
+            .topics
+            .values()
+            .flat_map(|t| {
+                (0..t.partitions.len()).map(|p| (t.name.to_string(), p as PartitionIndex))
+            })
+            .collect(),
+    };
+    let unfenced: BTreeSet<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
+    wanted
+        .into_iter()
+        .map(|(topic, index)| {
+            let Some(&topic_id) = image.topic_ids.get(&topic) else {
+                return (topic, index, ElectionResult::UnknownPartition);
+            };
+            let state = image.topics.get_mut(&topic_id).expect("ids and topics agree");
+            let Some(partition) = usize::try_from(index)
+                .ok()
+                .and_then(|i| state.partitions.get_mut(i))
+            else {
+                return (topic, index, ElectionResult::UnknownPartition);
+            };
+            let result = match election {
+                ElectionType::Preferred => {
+                    let preferred = partition.replicas[0];
+                    if partition.leader == preferred {
+                        ElectionResult::NotNeeded
+                    } else if partition.isr.contains(&preferred) && unfenced.contains(&preferred) {
+                        let isr = partition.isr.clone();
+                        change_partition(partition, preferred, isr);
+                        ElectionResult::Elected
+                    } else {
+                        ElectionResult::PreferredNotAvailable
+                    }
+                }
+                ElectionType::Unclean => {
+                    if partition.leader != -1 {
+                        ElectionResult::NotNeeded
+                    } else {
+                        let clean = elect(&partition.replicas, &partition.isr, &unfenced);
+                        if clean != -1 {
+                            let isr = partition.isr.clone();
+                            change_partition(partition, clean, isr);
+                            ElectionResult::Elected
+                        } else {
+                            match elect_unclean(&partition.replicas, &unfenced) {
+                                -1 => ElectionResult::NoEligibleLeader,
+                                leader => {
+                                    tracing::warn!(
+                                        %topic,
+                                        partition = index,
+                                        leader,
+                                        "unclean leader election asked for: records only the old ISR {:?} had may be lost",
+                                        partition.isr
+                                    );
+                                    change_partition(partition, leader, vec![leader]);
+                                    ElectionResult::Elected
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            (topic, index, result)
+        })
+        .collect()
 }
 
 /// Kafka's clean election: the first replica in assignment order that is

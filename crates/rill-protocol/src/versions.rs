@@ -70,6 +70,8 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
     SupportedApi::new(ApiKey::CreatePartitions, 0, 3),
     SupportedApi::new(ApiKey::DeleteGroups, 0, 2),
+    // v1 adds the election type (unclean) and a top-level error.
+    SupportedApi::new(ApiKey::ElectLeaders, 0, 2),
     SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
     SupportedApi::new(ApiKey::OffsetDelete, 0, 0),
     // KIP-595's view of the controller quorum; v2 adds the nodes' endpoints.
