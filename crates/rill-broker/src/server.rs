@@ -404,6 +404,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         self_addr: config.advertised_controller(),
     });
     let options = ControllerOptions {
+        advertised_addr: Some(config.advertised_controller()),
         quorum,
         cluster_id: Some(identity.cluster_id.clone().unwrap_or_else(new_cluster_id)),
         data_dir_cluster_id: identity.cluster_id.clone(),

@@ -208,6 +208,9 @@ pub struct ControllerOptions {
     pub open_timeout: Duration,
     /// `None`: a single-node cluster, this node its only voter.
     pub quorum: Option<QuorumConfig>,
+    /// This node's controller address as peers would reach it, recorded
+    /// in a single voter's membership (DescribeQuorum names it).
+    pub advertised_addr: Option<String>,
     /// The cluster id this node proposes if the quorum has none yet (its
     /// data dir's, or a new one). `None` proposes none.
     pub cluster_id: Option<String>,
@@ -235,6 +238,7 @@ impl Default for ControllerOptions {
             snapshot_logs_to_keep: 100,
             open_timeout: Duration::from_secs(30),
             quorum: None,
+            advertised_addr: None,
             cluster_id: None,
             data_dir_cluster_id: None,
             directory_id: uuid::Uuid::nil(),
@@ -398,7 +402,10 @@ impl Controller {
         let options = &self.shared.options;
         let raft_id = self.raft_id();
         let voters: BTreeMap<RaftNodeId, BasicNode> = match &options.quorum {
-            None => BTreeMap::from([(raft_id, BasicNode::default())]),
+            None => BTreeMap::from([(
+                raft_id,
+                BasicNode::new(options.advertised_addr.clone().unwrap_or_default()),
+            )]),
             Some(quorum) => quorum
                 .voters
                 .iter()
