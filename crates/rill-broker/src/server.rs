@@ -529,32 +529,23 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
 
     let tasks = TaskTracker::new();
     tasks.spawn(follow_metadata(Arc::clone(&broker), shutdown.clone()));
-    if let Some(kafka_listener) = kafka_listener {
+    if broker.config.roles.is_broker() {
         tasks.spawn(heartbeats(Arc::clone(&broker), shutdown.clone()));
-        tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
-        tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
-        tasks.spawn(accept_kafka(
-            Arc::clone(&broker),
-            kafka_listener,
-            shutdown.clone(),
-            tasks.clone(),
-        ));
     }
-    tasks.spawn(http::serve(
-        Arc::clone(&broker),
-        http_listener,
-        shutdown.clone(),
-    ));
     let running = RunningBroker {
         broker: Arc::clone(&broker),
-        shutdown,
-        tasks,
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
         kafka_addr,
         controller_addr,
         http_addr,
     };
     if broker.config.roles.is_broker() {
-        // Ready for clients once unfenced: until then it leads nothing.
+        // Clients are served once this broker is unfenced, as Kafka's
+        // brokers enable request processing only then: before, it leads
+        // nothing and is in nobody's Metadata, not even its own, which
+        // clients take for a broken answer. Connections wait in the
+        // listener's backlog meanwhile.
         let node_id = broker.config.node_id;
         let unfenced = wait_for_image(&broker.controller, "this broker to be unfenced", |image| {
             image.broker(node_id).is_some_and(|b| !b.fenced)
@@ -564,12 +555,28 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             let _ = running.shutdown().await;
             return Err(error);
         }
-        let broker = Arc::clone(&broker);
+        let synced = Arc::clone(&broker);
         blocking("opening the partitions this broker leads", move || {
-            broker.sync_metadata()
+            synced.sync_metadata()
         })
         .await?;
     }
+    if let Some(kafka_listener) = kafka_listener {
+        tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(accept_kafka(
+            Arc::clone(&broker),
+            kafka_listener,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
+    // Last: `/health` answering means the node serves.
+    tasks.spawn(http::serve(
+        Arc::clone(&broker),
+        http_listener,
+        shutdown.clone(),
+    ));
     info!(
         node_id = broker.config.node_id,
         cluster_id = %broker.cluster_id,

@@ -72,7 +72,7 @@ def test_admin_clients_see_every_broker_and_the_controller(cluster):
     kp = kp_admin(cluster)
     try:
         kp_cluster = kp.describe_cluster()
-        assert sorted(b["node_id"] for b in kp_cluster["brokers"]) == [1, 2, 3]
+        assert sorted(b["broker_id"] for b in kp_cluster["brokers"]) == [1, 2, 3]
         assert kp_cluster["controller_id"] in (1, 2, 3)
         assert "spread" in kp.list_topics()
     finally:
