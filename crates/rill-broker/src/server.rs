@@ -200,6 +200,17 @@ impl RunningBroker {
     }
 }
 
+/// The address a listener is bound to (the port chosen, for port 0).
+fn local_addr(
+    listener: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -347,27 +358,15 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let controller_listener = bind("the controller", config.controller_addr).await?;
     let http_listener = bind("HTTP", config.http_addr).await?;
     let kafka_addr = match &kafka_listener {
-        Some(listener) => listener.local_addr().map_err(|source| StartError::Bind {
-            what: "Kafka clients",
-            addr: config.kafka_addr,
-            source,
-        })?,
+        Some(listener) => local_addr(listener, "Kafka clients", config.kafka_addr)?,
         None => config.kafka_addr,
     };
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            what: "HTTP",
-            addr: config.http_addr,
-            source,
-        })?;
-    let controller_addr = controller_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            what: "the controller",
-            addr: config.controller_addr,
-            source,
-        })?;
+    let http_addr = local_addr(&http_listener, "HTTP", config.http_addr)?;
+    let controller_addr = local_addr(
+        &controller_listener,
+        "the controller",
+        config.controller_addr,
+    )?;
     let mut config = config;
     if config.advertised_kafka_addr.is_none() {
         config.advertised_kafka_addr = Some((kafka_addr.ip().to_string(), kafka_addr.port()));
