@@ -7,9 +7,11 @@
 # Every node runs with the default broker.heartbeat.interval.ms (2 s) and
 # broker.session.timeout.ms (9 s). Measured per run, with a clock read in
 # this script around each fault:
+#   elect       SIGKILL of the active controller -> another node's
+#               DescribeQuorum names a new leader.
 #   controller  SIGKILL of the active controller -> the first CreateTopics
 #               accepted through another node (a new controller elected and
-#               committing).
+#               committing), as `rill topic create` (librdkafka) sees it.
 #   fence       SIGKILL of a broker (not the controller) -> Metadata from
 #               another node no longer lists it (session timeout + check).
 #   recover     restart of that broker on its data dir -> the first record
@@ -57,7 +59,7 @@ wait_ready() {
   echo "node $i not ready" >&2; tail -20 "$WORK/node-$i.log" >&2; exit 1
 }
 brokers_seen_by() { kcat -b "127.0.0.1:${KAFKA[$1]}" -L -m 5 2>/dev/null | awk '/ brokers:/ {print $1}'; }
-controller_seen_by() { kcat -b "127.0.0.1:${KAFKA[$1]}" -L -m 5 2>/dev/null | sed -n 's/.*broker \([0-9]*\) at .*(controller).*/\1/p'; }
+controller_seen_by() { "$RILL" cluster describe --bootstrap "127.0.0.1:${KAFKA[$1]}" --timeout 2s 2>/dev/null | sed -n 's/^controller quorum: leader \([0-9-]*\),.*/\1/p'; }
 leader_of() { # node, topic, partition
   kcat -b "127.0.0.1:${KAFKA[$1]}" -L -t "$2" -m 5 2>/dev/null | sed -n "s/.*partition $3, leader \([0-9-]*\),.*/\1/p"; }
 
@@ -67,13 +69,16 @@ for i in 1 2 3; do wait_ready "$i"; done
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'; }
 max() { sort -n | tail -1; }
-: >"$WORK/controller" ; : >"$WORK/fence" ; : >"$WORK/recover" ; : >"$WORK/sigterm"
+: >"$WORK/elect" ; : >"$WORK/controller" ; : >"$WORK/fence" ; : >"$WORK/recover" ; : >"$WORK/sigterm"
 
 for run in $(seq "$RUNS"); do
   # 1. The active controller dies.
   old=$(controller_seen_by 1); [ -n "$old" ] || old=$(controller_seen_by 2)
   other=$(( old % 3 + 1 ))
   t0=$(now_ms); kill -KILL "${PID[$old]}"; wait "${PID[$old]}" 2>/dev/null || true
+  while :; do new=$(controller_seen_by "$other"); [ -n "$new" ] && [ "$new" != "$old" ] && [ "$new" != -1 ] && break; sleep 0.05; done
+  elect=$(( $(now_ms) - t0 ))
+  echo "$elect" >>"$WORK/elect"
   until "$RILL" topic create "after-$run" --partitions 1 --bootstrap "127.0.0.1:${KAFKA[$other]}" --timeout 2s >/dev/null 2>&1; do :; done
   controller=$(( $(now_ms) - t0 ))
   echo "$controller" >>"$WORK/controller"
@@ -108,9 +113,9 @@ for run in $(seq "$RUNS"); do
   start_node "$victim"; wait_ready "$victim"
   until [ "$(brokers_seen_by "$survivor")" = 3 ]; do sleep 0.1; done
 
-  echo "run $run: controller ${controller} ms, fence ${fence} ms, recover ${recover} ms (partition ${partition:-none}), sigterm ${sigterm} ms"
+  echo "run $run: elect ${elect} ms, controller ${controller} ms, fence ${fence} ms, recover ${recover} ms (partition ${partition:-none}), sigterm ${sigterm} ms"
 done
 
-for what in controller fence recover sigterm; do
+for what in elect controller fence recover sigterm; do
   echo "$what: median $(median <"$WORK/$what") ms, max $(max <"$WORK/$what") ms over $RUNS runs"
 done

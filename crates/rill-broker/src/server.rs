@@ -108,16 +108,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// The node named as the controller in Metadata and DescribeCluster.
-    /// Clients send admin requests there; any broker forwards them to the
-    /// active controller, so the active controller is named when it is an
-    /// unfenced broker (as on a single node, or in combined mode), and this
-    /// broker otherwise (a controller-only node serves no clients).
-    pub fn controller_id_for_clients(&self, image: &MetadataImage) -> i32 {
-        self.controller
-            .active_controller()
-            .filter(|id| image.broker(*id).is_some_and(|b| !b.fenced))
-            .unwrap_or(self.config.node_id)
+    /// The node named as the controller in Metadata and DescribeCluster:
+    /// this broker. Clients send admin requests to the node named, and any
+    /// broker forwards them to the active controller, so naming the broker
+    /// that answered — surely alive, since it answered — spares clients a
+    /// wait on a dead controller during an election. Kafka's KRaft brokers
+    /// name a random live broker for the same reason (KIP-590); the active
+    /// controller itself is in DescribeQuorum.
+    pub fn controller_id_for_clients(&self) -> i32 {
+        self.config.node_id
     }
 
     /// Applies the controller's latest image to the replicas now, rather

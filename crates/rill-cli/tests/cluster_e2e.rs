@@ -28,10 +28,11 @@ use common::cluster::{Cluster, Role};
 use common::raw::RawClient;
 use common::{poll_until, run_to_exit, serve_command, Ports};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::describe_quorum_request;
 use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, ElectLeadersRequest, MetadataRequest, MetadataResponse,
-    TopicName,
+    BrokerId, CreateTopicsRequest, DescribeQuorumRequest, ElectLeadersRequest, MetadataRequest,
+    MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
@@ -73,6 +74,24 @@ fn metadata(cluster: &Cluster, id: i32) -> MetadataResponse {
             .with_topics(None)
             .with_allow_auto_topic_creation(false),
     )
+}
+
+/// The active controller, as node `id` answers DescribeQuorum.
+fn active_controller(cluster: &Cluster, id: i32) -> i32 {
+    let mut client = RawClient::connect(cluster.node(id).kafka_addr(), CLIENT_TIMEOUT)
+        .expect("connect to a broker");
+    let response = client.send(
+        2,
+        DescribeQuorumRequest::default().with_topics(vec![
+            describe_quorum_request::TopicData::default()
+                .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+                .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+        ]),
+    );
+    assert_eq!(response.error_code, 0, "{response:?}");
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(partition.error_code, 0, "{response:?}");
+    partition.leader_id.0
 }
 
 /// The brokers a Metadata answer lists.
@@ -307,7 +326,7 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
     }
 
     // Kill a broker that is not the active controller (that case is below).
-    let controller = metadata(&cluster, 1).controller_id.0;
+    let controller = active_controller(&cluster, 1);
     let victim = (1..=3).find(|id| *id != controller).expect("a victim");
     let survivor = (1..=3).find(|id| *id != victim).expect("a survivor");
     let victim_partitions: Vec<i32> = rf1
@@ -411,7 +430,7 @@ fn sigterm_is_a_controlled_shutdown() {
     ];
     let mut cluster = Cluster::combined(3, &args);
     assert_eq!(create_topic(&cluster, 1, "orders", 3, 1, 10_000), 0);
-    let controller = metadata(&cluster, 1).controller_id.0;
+    let controller = active_controller(&cluster, 1);
     let victim = (1..=3).find(|id| *id != controller).expect("a victim");
     let survivor = controller;
 
@@ -498,7 +517,7 @@ fn sigterm_is_a_controlled_shutdown() {
 fn the_quorum_survives_its_controller_but_not_a_lost_majority() {
     let _serial = serial();
     let mut cluster = Cluster::combined(3, FAST);
-    let old = metadata(&cluster, 1).controller_id.0;
+    let old = active_controller(&cluster, 1);
     assert!(
         (1..=3).contains(&old),
         "a controller among the nodes: {old}"
@@ -518,7 +537,7 @@ fn the_quorum_survives_its_controller_but_not_a_lost_majority() {
         "CreateTopics worked {:?} after the controller's SIGKILL",
         killed.elapsed()
     );
-    let new = metadata(&cluster, asked).controller_id.0;
+    let new = active_controller(&cluster, asked);
     assert_ne!(new, old);
     cluster.restart(old);
     wait_metadata(

@@ -69,7 +69,7 @@ pub fn handle(
                 .with_is_fenced(b.fenced)
         })
         .collect();
-    let controller_id = broker.controller_id_for_clients(&image);
+    let controller_id = broker.controller_id_for_clients();
     DescribeClusterResponse::default()
         .with_endpoint_type(ENDPOINT_TYPE_BROKER)
         .with_cluster_id(str_bytes(broker.cluster_id.clone()))

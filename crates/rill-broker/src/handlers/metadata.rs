@@ -97,7 +97,7 @@ pub async fn handle(
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.controller_id_for_clients(&image)))
+        .with_controller_id(BrokerId(broker.controller_id_for_clients()))
         .with_topics(topics)
         .with_cluster_authorized_operations(cluster_operations)
 }
