@@ -1075,12 +1075,19 @@ fn elect_unclean(replicas: &[NodeId], unfenced: &BTreeSet<NodeId>) -> NodeId {
 }
 
 /// Places `count` partitions starting at `first_partition` on the
-/// registered brokers round-robin, as Kafka's rack-unaware assignment does:
-/// partition `p` starts at broker `(start + p) % n` and takes the next
-/// `replication_factor` brokers in node-id order. Kafka picks `start` at
-/// random; here it comes from the topic id, which is random but fixed in
-/// the command, so the placement is deterministic and still spreads leaders
-/// of different topics over different brokers.
+/// unfenced brokers round-robin, as Kafka's assignment does: partition `p`
+/// starts at broker `(start + p) % n` of the broker list and takes the
+/// brokers after it. Kafka picks `start` at random; here it comes from the
+/// topic id, which is random but fixed in the command, so the placement is
+/// deterministic and still spreads leaders of different topics over
+/// different brokers.
+///
+/// When any broker has a rack, the list alternates racks (Kafka's
+/// rack-alternated broker list: the first broker of each rack, then the
+/// second of each, …) and a partition's followers are taken from racks it
+/// has no replica in yet while there are such racks, so that losing one
+/// rack loses no partition with a replication factor above the number of
+/// replicas per rack.
 fn place_replicas(
     image: &MetadataImage,
     topic_id: &TopicId,
@@ -1089,18 +1096,62 @@ fn place_replicas(
     replication_factor: i16,
 ) -> Vec<Vec<NodeId>> {
     // Fenced brokers get no new replicas: they may be gone for good.
-    let brokers: Vec<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
+    let unfenced: Vec<&BrokerRegistration> = image.unfenced_brokers().collect();
+    let brokers = rack_alternated(&unfenced);
     let n = brokers.len();
     let replication_factor = usize::try_from(replication_factor).expect("checked");
     assert!(replication_factor >= 1);
     assert!(replication_factor <= n);
+    let rack_aware = unfenced.iter().any(|b| b.rack.is_some());
     let start = (topic_id.as_u128() % n as u128) as usize;
     (first_partition..first_partition + count)
         .map(|p| {
             let p = usize::try_from(p).expect("partition indexes are not negative");
-            (0..replication_factor)
-                .map(|r| brokers[(start + p + r) % n])
-                .collect()
+            let leader = (start + p) % n;
+            if !rack_aware {
+                return (0..replication_factor)
+                    .map(|r| brokers[(leader + r) % n].0)
+                    .collect();
+            }
+            let mut replicas = vec![brokers[leader].0];
+            let mut racks = BTreeSet::from([brokers[leader].1]);
+            // First pass: brokers of racks not used yet; second: any.
+            for any_rack in [false, true] {
+                for step in 1..n {
+                    if replicas.len() == replication_factor {
+                        break;
+                    }
+                    let (id, rack) = brokers[(leader + step) % n];
+                    if replicas.contains(&id) || (!any_rack && racks.contains(&rack)) {
+                        continue;
+                    }
+                    replicas.push(id);
+                    racks.insert(rack);
+                }
+            }
+            assert_eq!(replicas.len(), replication_factor);
+            replicas
+        })
+        .collect()
+}
+
+/// The brokers in Kafka's rack-alternated order: racks in name order
+/// (brokers without a rack as a rack of their own), taking one broker of
+/// each in turn. Node-id order when no broker has a rack.
+fn rack_alternated<'a>(brokers: &[&'a BrokerRegistration]) -> Vec<(NodeId, Option<&'a str>)> {
+    let mut by_rack: BTreeMap<Option<&str>, Vec<NodeId>> = BTreeMap::new();
+    for broker in brokers {
+        by_rack
+            .entry(broker.rack.as_deref())
+            .or_default()
+            .push(broker.node_id);
+    }
+    let deepest = by_rack.values().map(Vec::len).max().unwrap_or(0);
+    (0..deepest)
+        .flat_map(|i| {
+            by_rack
+                .iter()
+                .filter_map(move |(rack, ids)| ids.get(i).map(|id| (*id, *rack)))
         })
         .collect()
 }

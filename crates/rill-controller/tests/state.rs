@@ -898,3 +898,56 @@ fn placement_skips_fenced_brokers() {
     let topic = image.topic("t2").unwrap();
     assert!(topic.partitions.iter().all(|p| !p.replicas.contains(&2)));
 }
+
+/// With racks, replicas of a partition go to different racks while there
+/// are racks to spare, and leaders still spread over every broker.
+#[test]
+fn placement_is_rack_aware() {
+    let mut image = MetadataImage::default();
+    for (node_id, rack) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c")] {
+        apply(
+            &mut image,
+            &MetadataCommand::RegisterBroker {
+                node_id,
+                incarnation_id: Uuid::nil(),
+                directory_id: Uuid::nil(),
+                host: format!("h{node_id}"),
+                port: 9092,
+                rack: Some(rack.to_string()),
+            },
+        )
+        .unwrap();
+        apply(
+            &mut image,
+            &MetadataCommand::UnfenceBroker {
+                node_id,
+                broker_epoch: 1,
+            },
+        )
+        .unwrap();
+    }
+    let rack_of = |id: i32| image.broker(id).unwrap().rack.clone().unwrap();
+    for (rf, racks_each) in [(2, 2), (3, 3), (4, 3), (5, 3)] {
+        let name = format!("t{rf}");
+        let mut next = image.clone();
+        apply(
+            &mut next,
+            &create(&name, Uuid::from_u128(rf as u128 + 100), 10, rf),
+        )
+        .unwrap();
+        let topic = next.topic(&name).unwrap();
+        let mut leaders = BTreeMap::new();
+        for partition in &topic.partitions {
+            let racks: BTreeSet<String> = partition.replicas.iter().map(|r| rack_of(*r)).collect();
+            assert_eq!(racks.len(), racks_each, "rf {rf}: {:?}", partition.replicas);
+            let distinct: BTreeSet<_> = partition.replicas.iter().collect();
+            assert_eq!(distinct.len(), rf as usize);
+            *leaders.entry(partition.leader).or_insert(0) += 1;
+        }
+        assert_eq!(
+            leaders.len(),
+            5,
+            "rf {rf}: every broker leads some partition"
+        );
+    }
+}
