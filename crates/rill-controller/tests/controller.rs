@@ -518,3 +518,28 @@ async fn a_full_disk_refuses_changes_and_the_controller_goes_on_once_space_is_fr
     controller.shutdown().await?;
     Ok(())
 }
+
+/// A command too large for a frame to the followers is refused before it
+/// is proposed: written to the leader's log, it could never be replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_too_large_for_the_log_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller = Controller::open(dir.path(), 1).await?;
+    register_unfenced(&controller, 1).await?;
+    let before = controller.image().version;
+    let huge = MetadataCommand::CreateTopic {
+        name: "huge".into(),
+        topic_id: Uuid::from_u128(9),
+        partitions: 1,
+        replication_factor: 1,
+        configs: BTreeMap::from([("x".to_string(), "a".repeat(3 << 20))]),
+        assignments: None,
+    };
+    assert!(matches!(
+        controller.submit(huge).await,
+        Err(ControllerError::Rejected(MetadataError::InvalidRequest(_)))
+    ));
+    assert_eq!(controller.image().version, before, "nothing was proposed");
+    controller.shutdown().await?;
+    Ok(())
+}

@@ -346,6 +346,7 @@ impl Controller {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: options.snapshot_logs_to_keep,
             snapshot_max_chunk_size: rpc::SNAPSHOT_CHUNK_BYTES,
+            max_payload_entries: rpc::ENTRIES_PER_APPEND_MAX,
             ..Config::default()
         };
         if options.quorum.is_some() {
@@ -604,6 +605,17 @@ impl Controller {
     ) -> Result<ApplyOutcome, ControllerError> {
         let deadline = Instant::now() + timeout;
         self.check_free_space()?;
+        let bytes = serde_json::to_vec(&command)
+            .map_err(ControllerError::raft)?
+            .len();
+        if bytes > rpc::COMMAND_BYTES_MAX {
+            return Err(ControllerError::Rejected(MetadataError::InvalidRequest(
+                format!(
+                    "the metadata change is {bytes} bytes; at most {} fit the controller's log",
+                    rpc::COMMAND_BYTES_MAX
+                ),
+            )));
+        }
         match self
             .call(ControllerRequest::Submit(command), timeout)
             .await?
@@ -824,6 +836,14 @@ impl Controller {
             ControllerRequest::Submit(command) => {
                 if let Err(error) = self.check_free_space() {
                     return ControllerResponse::Failed(error.to_string());
+                }
+                // The proposer checked the size; a forwarded command is
+                // checked again here, where it would enter the log.
+                let bytes = serde_json::to_vec(&command).map_or(usize::MAX, |b| b.len());
+                if bytes > rpc::COMMAND_BYTES_MAX {
+                    return ControllerResponse::Failed(format!(
+                        "a metadata change of {bytes} bytes does not fit the controller's log"
+                    ));
                 }
                 self.propose(command).await
             }

@@ -30,9 +30,25 @@ use crate::state::{ApplyOutcome, MetadataCommand, MetadataError};
 
 /// The largest frame either side accepts. A snapshot chunk is at most
 /// [`SNAPSHOT_CHUNK_BYTES`] of data, which JSON writes as an array of
-/// numbers (up to four bytes per byte); append-entries batches are bounded
-/// by openraft's `max_payload_entries` of small commands.
-pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// numbers (up to four bytes per byte); an append-entries batch is at most
+/// [`ENTRIES_PER_APPEND_MAX`] entries of at most [`COMMAND_BYTES_MAX`].
+pub const FRAME_BYTES_MAX: usize = 24 * 1024 * 1024;
+
+/// The largest command (as JSON) a controller proposes. A larger one could
+/// be written to the leader's log and then never fit a frame to its
+/// followers; it is refused before it is proposed. The largest real one is
+/// a topic of `PARTITIONS_PER_TOPIC_MAX` partitions with explicit replica
+/// lists (about 1 MiB).
+pub const COMMAND_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// openraft's `max_payload_entries`: with [`COMMAND_BYTES_MAX`], what keeps
+/// an append-entries frame within [`FRAME_BYTES_MAX`].
+pub const ENTRIES_PER_APPEND_MAX: u64 = 8;
+
+/// How long a connection may stay silent between frames, and a started
+/// frame take to arrive whole. Raft peers send heartbeats every 200 ms; an
+/// idle forwarding connection is simply opened again.
+pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The snapshot chunk size openraft is configured with.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
@@ -191,8 +207,16 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
             format!("frame of {len} bytes is over the limit of {FRAME_BYTES_MAX}"),
         ));
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
+    // Grown as bytes arrive, not allocated at the declared length: a peer
+    // that announces a large frame and sends nothing holds no memory.
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    reader.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame cut off after {} of {len} bytes", body.len()),
+        ));
+    }
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))

@@ -62,11 +62,19 @@ async fn serve_connection(
     peer: std::net::SocketAddr,
 ) {
     loop {
-        let request = match rpc::read_frame::<_, Request>(&mut stream).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(error) => {
+        let read = tokio::time::timeout(
+            rpc::READ_IDLE_TIMEOUT,
+            rpc::read_frame::<_, Request>(&mut stream),
+        );
+        let request = match read.await {
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
                 tracing::info!(%peer, %error, "controller port: bad frame; closing the connection");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "controller port: connection idle too long; closing");
                 return;
             }
         };
