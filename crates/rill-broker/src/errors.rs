@@ -36,6 +36,8 @@ pub fn append_error_code(error: &AppendError) -> i16 {
         AppendError::Producer(error) => producer_state_error_code(error),
         AppendError::InvalidRecord(_) => ResponseError::InvalidRecord.code(),
         AppendError::InvalidTxnState(_) => ResponseError::InvalidTxnState.code(),
+        AppendError::NotLeader => ResponseError::NotLeaderOrFollower.code(),
+        AppendError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas.code(),
     }
 }
 

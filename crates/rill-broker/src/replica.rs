@@ -14,7 +14,7 @@
 //! shutdown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -36,12 +36,20 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: TopicId,
     pub log: Arc<Log>,
-    leader: AtomicI32,
-    leader_epoch: AtomicI32,
+    /// This node's id: the partition is led here when `state.leader` is it.
+    node_id: NodeId,
+    /// Leadership and the replica set, as the last metadata image had
+    /// them. One lock, so that they change together: an append holds it
+    /// (read) from its leadership check to the end of the append, so a
+    /// leadership change (write, in [`ReplicaManager::apply_image`]) never
+    /// falls between the check and the append, and the batch carries the
+    /// epoch it was checked under (Kafka's `leaderIsrUpdateLock`).
+    state: RwLock<ReplicaState>,
+    /// The offset below which records are committed. A separate atomic
+    /// because every fetch reads it; it only moves forward while a leader
+    /// appends (with one in-sync replica, to the log end), and is set again
+    /// from the log after truncation.
     high_watermark: AtomicI64,
-    isr_size: AtomicI32,
-    /// The topic's `min.insync.replicas`.
-    min_insync_replicas: AtomicI32,
     /// Idempotent producers' epochs and last batches. A `std` mutex held
     /// across the check of a producer's batch, its append and its
     /// recording, so that two copies of one retried batch cannot both pass
@@ -49,6 +57,29 @@ pub struct Partition {
     /// producer id do not take it.
     producers: Mutex<ProducerStateManager>,
     clock: Arc<dyn Clock>,
+}
+
+/// What the metadata says of a partition: who leads it, in which epochs,
+/// which replicas it has and which are in sync.
+///
+/// Invariant (from the controller's image): `leader` is `-1` or a member
+/// of `isr`, and `isr` is within `replicas`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub leader: NodeId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub replicas: Vec<NodeId>,
+    pub isr: Vec<NodeId>,
+    /// The topic's `min.insync.replicas`.
+    pub min_insync_replicas: i32,
+}
+
+impl ReplicaState {
+    fn assert_consistent(&self) {
+        debug_assert!(self.leader == -1 || self.isr.contains(&self.leader));
+        debug_assert!(self.isr.iter().all(|r| self.replicas.contains(r)));
+    }
 }
 
 /// A leader append that succeeded.
@@ -75,23 +106,47 @@ pub enum AppendError {
     /// coordinator to have begun its transaction.
     #[error("{0}")]
     InvalidTxnState(String),
+    /// NOT_LEADER_OR_FOLLOWER: this node does not lead the partition (any
+    /// more), checked under the state lock with the append.
+    #[error("this node does not lead the partition")]
+    NotLeader,
+    /// NOT_ENOUGH_REPLICAS: fewer in-sync replicas than the topic's
+    /// `min.insync.replicas` (checked for acks=all, before the append).
+    #[error("{isr} in-sync replicas, fewer than min.insync.replicas {min}")]
+    NotEnoughReplicas { isr: usize, min: i32 },
 }
 
 impl Partition {
+    /// A copy of the partition's leadership and replica set.
+    pub fn state(&self) -> ReplicaState {
+        self.read_state().clone()
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, ReplicaState> {
+        // A panic under this lock is a bug already reported; the state is
+        // whole (it is replaced in one assignment).
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn leader(&self) -> NodeId {
-        self.leader.load(Ordering::Acquire)
+        self.read_state().leader
+    }
+
+    /// Whether this node leads the partition now.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.node_id
     }
 
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch.load(Ordering::Acquire)
+        self.read_state().leader_epoch
     }
 
     pub fn isr_size(&self) -> i32 {
-        self.isr_size.load(Ordering::Acquire)
+        self.read_state().isr.len() as i32
     }
 
     pub fn min_insync_replicas(&self) -> i32 {
-        self.min_insync_replicas.load(Ordering::Acquire)
+        self.read_state().min_insync_replicas
     }
 
     /// The offset below which records are committed: visible to consumers.
@@ -106,9 +161,29 @@ impl Partition {
     /// (see [`rill_storage::producer_state`]): a retry of one of the
     /// producer's last five batches is answered with the original's offsets
     /// and not appended; a gap or a fenced epoch is refused.
-    pub fn append_as_leader(&self, records: &mut [u8]) -> Result<LeaderAppend, AppendError> {
+    ///
+    /// Refused with [`AppendError::NotLeader`] unless this node leads the
+    /// partition, checked under the state lock held to the append's end;
+    /// with `require_min_isr` (acks=all), [`AppendError::NotEnoughReplicas`]
+    /// when the ISR is smaller than `min.insync.replicas`.
+    pub fn append_as_leader(
+        &self,
+        records: &mut [u8],
+        require_min_isr: bool,
+    ) -> Result<LeaderAppend, AppendError> {
+        let state = self.read_state();
+        if state.leader != self.node_id {
+            return Err(AppendError::NotLeader);
+        }
+        if require_min_isr && (state.isr.len() as i32) < state.min_insync_replicas {
+            return Err(AppendError::NotEnoughReplicas {
+                isr: state.isr.len(),
+                min: state.min_insync_replicas,
+            });
+        }
+        let leader_epoch = state.leader_epoch;
         let Some((header, batch)) = producer_batch(records)? else {
-            let info = self.log.append(records, self.leader_epoch())?;
+            let info = self.log.append(records, leader_epoch)?;
             self.advance_high_watermark(&info);
             return Ok(LeaderAppend {
                 info,
@@ -165,7 +240,7 @@ impl Partition {
                 })
             }
             AppendCheck::Append => {
-                let info = self.log.append(records, self.leader_epoch())?;
+                let info = self.log.append(records, leader_epoch)?;
                 // The log wrote the offsets (and, under LogAppendTime, the
                 // max timestamp) into the batch.
                 let appended = BatchHeader::parse(records).expect("the log validated the batch");
@@ -413,10 +488,14 @@ impl ReplicaManager {
                     tp,
                     Wanted {
                         topic_id: topic.topic_id,
-                        leader: state.leader,
-                        leader_epoch: state.leader_epoch,
-                        isr_size: state.isr.len() as i32,
-                        min_insync_replicas,
+                        state: ReplicaState {
+                            leader: state.leader,
+                            leader_epoch: state.leader_epoch,
+                            partition_epoch: state.partition_epoch,
+                            replicas: state.replicas.clone(),
+                            isr: state.isr.clone(),
+                            min_insync_replicas,
+                        },
                         config: config.clone(),
                     },
                 );
@@ -449,14 +528,9 @@ impl ReplicaManager {
         }
         for (tp, wanted) in wanted {
             if let Some(partition) = partitions.get(&tp) {
-                partition.leader.store(wanted.leader, Ordering::Release);
-                partition
-                    .leader_epoch
-                    .store(wanted.leader_epoch, Ordering::Release);
-                partition.isr_size.store(wanted.isr_size, Ordering::Release);
-                partition
-                    .min_insync_replicas
-                    .store(wanted.min_insync_replicas, Ordering::Release);
+                wanted.state.assert_consistent();
+                // Waits for appends in flight under the old state.
+                *partition.state.write().unwrap_or_else(|p| p.into_inner()) = wanted.state;
                 if *partition.log.config() != wanted.config {
                     if let Err(error) = partition.log.set_config(wanted.config) {
                         warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot apply topic config");
@@ -476,11 +550,9 @@ impl ReplicaManager {
                             tp,
                             topic_id: wanted.topic_id,
                             log,
-                            leader: AtomicI32::new(wanted.leader),
-                            leader_epoch: AtomicI32::new(wanted.leader_epoch),
+                            node_id: self.node_id,
+                            state: RwLock::new(wanted.state),
                             high_watermark: AtomicI64::new(high_watermark),
-                            isr_size: AtomicI32::new(wanted.isr_size),
-                            min_insync_replicas: AtomicI32::new(wanted.min_insync_replicas),
                             producers: Mutex::new(producers),
                             clock: Arc::clone(&self.clock),
                         }),
@@ -533,10 +605,7 @@ impl ReplicaManager {
 /// What the image says about one partition this node holds.
 struct Wanted {
     topic_id: TopicId,
-    leader: NodeId,
-    leader_epoch: i32,
-    isr_size: i32,
-    min_insync_replicas: i32,
+    state: ReplicaState,
     config: LogConfig,
 }
 
@@ -632,5 +701,120 @@ pub fn dynamic_topic_defaults(
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *field = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_controller::{apply, MetadataCommand, MetadataImage};
+    use rill_storage::records::BatchBuilder;
+    use rill_storage::LogManagerConfig;
+    use rill_types::SystemClock;
+
+    fn command(image: &mut MetadataImage, command: MetadataCommand) {
+        let version = image.version;
+        image.advance_to(version);
+        apply(image, &command).expect("the command applies");
+    }
+
+    fn batch() -> Vec<u8> {
+        let mut builder = BatchBuilder::new();
+        builder.push(None, Some(b"v"), 0);
+        builder.build()
+    }
+
+    /// Leadership is checked with the append, under one lock: while
+    /// another thread fences and unfences this node over and over, every
+    /// batch the log accepted carries an epoch in which this node led, and
+    /// every refusal is NOT_LEADER.
+    #[test]
+    fn appends_carry_an_epoch_in_which_this_node_led() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let logs =
+            LogManager::open(dir.path(), LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
+        let replicas = Arc::new(ReplicaManager::new(
+            1,
+            logs,
+            LogConfig::default(),
+            ProducerStateConfig::default(),
+            clock,
+        ));
+        let mut image = MetadataImage::default();
+        command(
+            &mut image,
+            MetadataCommand::RegisterBroker {
+                node_id: 1,
+                incarnation_id: uuid::Uuid::nil(),
+                directory_id: uuid::Uuid::nil(),
+                host: "h".into(),
+                port: 9092,
+                rack: None,
+            },
+        );
+        let unfence = MetadataCommand::UnfenceBroker {
+            node_id: 1,
+            broker_epoch: 1,
+        };
+        let fence = MetadataCommand::FenceBroker {
+            node_id: 1,
+            broker_epoch: 1,
+        };
+        command(&mut image, unfence.clone());
+        command(
+            &mut image,
+            MetadataCommand::CreateTopic {
+                name: "t".into(),
+                topic_id: uuid::Uuid::from_u128(1),
+                partitions: 1,
+                replication_factor: 1,
+                configs: BTreeMap::new(),
+                assignments: None,
+            },
+        );
+        replicas.apply_image(&image);
+        let partition = replicas.get("t", 0).unwrap();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let replicas = Arc::clone(&replicas);
+            let stop = Arc::clone(&stop);
+            let mut image = image.clone();
+            std::thread::spawn(move || {
+                let mut led_epochs = vec![0];
+                for round in 0..200 {
+                    let next = if round % 2 == 0 { &fence } else { &unfence };
+                    command(&mut image, next.clone());
+                    let state = &image.topic("t").unwrap().partitions[0];
+                    if state.leader == 1 {
+                        led_epochs.push(state.leader_epoch);
+                    }
+                    replicas.apply_image(&image);
+                }
+                stop.store(true, Ordering::SeqCst);
+                led_epochs
+            })
+        };
+        let (mut appended, mut refused) = (0, 0);
+        while !stop.load(Ordering::SeqCst) {
+            match partition.append_as_leader(&mut batch(), false) {
+                Ok(_) => appended += 1,
+                Err(AppendError::NotLeader) => refused += 1,
+                Err(other) => panic!("unexpected refusal: {other}"),
+            }
+        }
+        let led_epochs = flipper.join().unwrap();
+        assert!(
+            appended > 0 && refused > 0,
+            "{appended} appended, {refused} refused"
+        );
+        for entry in partition.log.leader_epochs() {
+            assert!(
+                led_epochs.contains(&entry.epoch),
+                "a batch of epoch {} in the log; this node led in {led_epochs:?}",
+                entry.epoch
+            );
+        }
     }
 }

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::errors::append_error_code;
-use crate::replica::{Partition, ReplicaManager};
+use crate::replica::{AppendError, Partition, ReplicaManager};
 use crate::server::Broker;
 use records::{GroupValue, OffsetValue, RecordKey};
 use state::{Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced};
@@ -544,22 +544,22 @@ impl GroupCoordinator {
         let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
             return Err(ResponseError::NotCoordinator.code());
         };
-        if replica.leader() != self.node_id {
-            return Err(ResponseError::NotCoordinator.code());
-        }
-        if replica.isr_size() < replica.min_insync_replicas() {
-            return Err(ResponseError::CoordinatorNotAvailable.code());
-        }
         let now = self.now();
         let mut builder = BatchBuilder::new();
         for (key, value) in writes {
             builder.push(Some(key), value.as_deref(), now);
         }
         let mut bytes = builder.build();
-        match replica.append_as_leader(&mut bytes) {
+        // Leadership and the ISR size are checked by the append, under the
+        // partition's state lock, as for Produce.
+        match replica.append_as_leader(&mut bytes, true) {
             Ok(appended) => {
                 replicas.notify_appended();
                 Ok((replica, appended.info))
+            }
+            Err(AppendError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
+            Err(AppendError::NotEnoughReplicas { .. }) => {
+                Err(ResponseError::CoordinatorNotAvailable.code())
             }
             Err(error) => {
                 warn!(partition, %error, "writing to __consumer_offsets failed");

@@ -163,12 +163,8 @@ fn append(
     let Some(partition) = broker.replicas.get(topic, index) else {
         return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition).into());
     };
-    if partition.leader() != broker.config.node_id {
-        return Err(KafkaError::new(ResponseError::NotLeaderOrFollower).into());
-    }
-    if acks == -1 && partition.isr_size() < partition.min_insync_replicas() {
-        return Err(KafkaError::new(ResponseError::NotEnoughReplicas).into());
-    }
+    // Leadership and the ISR size are checked by the append itself, under
+    // the partition's state lock (see `Partition::append_as_leader`).
     let Some(records) = records else {
         return Err(KafkaError::with_message(
             ResponseError::InvalidRecord,
@@ -180,7 +176,7 @@ fn append(
     // its own copy: the request's bytes are shared with the whole frame.
     let mut records = records.to_vec();
     partition
-        .append_as_leader(&mut records)
+        .append_as_leader(&mut records, acks == -1)
         .map(|appended| (Arc::clone(&partition), appended))
         .map_err(|error| rejected(topic, index, &error))
 }
