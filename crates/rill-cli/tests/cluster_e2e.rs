@@ -358,6 +358,43 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
             assert_eq!((*error, *leader, *epoch), (0, rf1[index].1, rf1[index].2));
         }
     }
+    // `rill cluster describe` shows it fenced, and the quorum of three.
+    let out = Command::new(common::rill_binary())
+        .args([
+            "cluster",
+            "describe",
+            "--bootstrap",
+            &cluster.node(survivor).kafka_addr().to_string(),
+        ])
+        .output()
+        .expect("run rill cluster describe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fenced_row = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&victim.to_string()) && l.contains("fenced"))
+        .unwrap_or_else(|| panic!("no fenced row for {victim}:\n{text}"));
+    assert!(
+        fenced_row.split_whitespace().any(|c| c == "fenced"),
+        "{text}"
+    );
+    assert!(text.contains("controller quorum: leader"), "{text}");
+    // The quorum table: NODE ROLE LOG-END LAG, one row per voter.
+    let voters = text
+        .lines()
+        .filter(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.len() == 4
+                && cells[0].parse::<i32>().is_ok()
+                && (cells[1] == "leader" || cells[1] == "voter")
+        })
+        .count();
+    assert_eq!(voters, 3, "three voters listed:\n{text}");
+
     // An operator may give a leaderless partition a leader from outside
     // its ISR (ElectLeaders UNCLEAN), losing what only the old leader had.
     let (rf3_index, _) = rf3
