@@ -234,6 +234,11 @@ impl Controller {
             }
             image
                 .unfenced_brokers()
+                // This node's own broker shares the process: if this round
+                // runs, it is alive. Its heartbeats may still be late when
+                // the runtime was busy (a huge request), and fencing it then
+                // would take a single node's partitions offline for nothing.
+                .filter(|b| b.node_id != self.node_id)
                 .filter(|b| {
                     liveness
                         .last_heard_ms
