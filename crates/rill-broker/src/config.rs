@@ -103,8 +103,14 @@ pub struct BrokerConfig {
     /// Defaults of every topic's log settings (`log.segment.bytes`,
     /// `log.retention.ms`, …); a topic's own configs override them.
     pub log_defaults: LogConfig,
-    /// How often retention and compaction run (`log.retention.check.interval.ms`).
+    /// How often retention runs (`log.retention.check.interval.ms`).
     pub log_cleanup_interval: Duration,
+    /// How long the log cleaner sleeps when no log needs cleaning
+    /// (`log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff: Duration,
+    /// The most memory one cleaning pass's key map may use
+    /// (`log.cleaner.dedupe.buffer.size`).
+    pub log_cleaner_dedupe_buffer_bytes: u64,
     /// Idempotent producers' state in each partition:
     /// `producer.id.expiration.ms` (one day) and the most producers one
     /// partition remembers.
@@ -206,6 +212,8 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             log_defaults: LogConfig::default(),
             log_cleanup_interval: Duration::from_secs(300),
+            log_cleaner_backoff: Duration::from_secs(15),
+            log_cleaner_dedupe_buffer_bytes: rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT,
             producer_state: ProducerStateConfig::default(),
             producer_id_expiration_check_interval: Duration::from_secs(600),
             request_bytes_max: rill_protocol::REQUEST_BYTES_MAX_DEFAULT,

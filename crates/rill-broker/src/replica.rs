@@ -646,6 +646,12 @@ pub fn log_config(defaults: &LogConfig, configs: &BTreeMap<String, String>) -> L
             "retention.bytes" => set(&mut config.retention_bytes, long()),
             "cleanup.policy" => set(&mut config.cleanup_policy, CleanupPolicy::parse(value).ok()),
             "delete.retention.ms" => set(&mut config.delete_retention_ms, long()),
+            "min.cleanable.dirty.ratio" => set(
+                &mut config.min_cleanable_dirty_ratio,
+                value.parse::<f64>().ok(),
+            ),
+            "min.compaction.lag.ms" => set(&mut config.min_compaction_lag_ms, long()),
+            "max.compaction.lag.ms" => set(&mut config.max_compaction_lag_ms, long()),
             _ => {}
         }
     }
@@ -676,6 +682,9 @@ pub fn log_config_value(config: &LogConfig, name: &str) -> Option<String> {
         "retention.bytes" => config.retention_bytes.to_string(),
         "cleanup.policy" => config.cleanup_policy.to_string(),
         "delete.retention.ms" => config.delete_retention_ms.to_string(),
+        "min.cleanable.dirty.ratio" => config.min_cleanable_dirty_ratio.to_string(),
+        "min.compaction.lag.ms" => config.min_compaction_lag_ms.to_string(),
+        "max.compaction.lag.ms" => config.max_compaction_lag_ms.to_string(),
         _ => return None,
     };
     Some(value)

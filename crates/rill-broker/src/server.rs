@@ -561,6 +561,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     }
     if let Some(kafka_listener) = kafka_listener {
         tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(log_cleaner(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(accept_kafka(
             Arc::clone(&broker),
@@ -705,14 +706,14 @@ async fn follow_metadata(broker: Arc<Broker>, shutdown: CancellationToken) {
 enum Chore {
     /// Recovery points, and snapshots of changed producer state.
     Checkpoint,
-    /// Retention and compaction, then the checkpoints.
+    /// Retention, then the checkpoints.
     Cleanup,
     /// Forget idle producers.
     ExpireProducers,
 }
 
 /// Periodic work: recovery-point checkpoints, producer snapshots,
-/// retention and compaction, producer expiry.
+/// retention, producer expiry. Compaction is the log cleaner's.
 async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
     let mut checkpoints = tokio::time::interval(CHECKPOINT_INTERVAL);
     let mut cleanups = tokio::time::interval(broker.config.log_cleanup_interval);
@@ -750,6 +751,42 @@ async fn housekeeping(broker: Arc<Broker>, shutdown: CancellationToken) {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!(%error, cleanup, "log housekeeping failed"),
             Err(error) => error!(%error, "log housekeeping panicked"),
+        }
+    }
+}
+
+/// Kafka's log cleaner, with one cleaner thread: cleans the dirtiest
+/// compacted log that needs it, then the next, and when none does, sleeps
+/// `log.cleaner.backoff.ms`. One thread, not `log.cleaner.threads`: a pass
+/// is disk- and CPU-bound, and a second one would compete with request
+/// handling on a small machine more than it would help.
+async fn log_cleaner(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let backoff = broker.config.log_cleaner_backoff;
+    let dedupe_buffer_bytes = broker.config.log_cleaner_dedupe_buffer_bytes;
+    loop {
+        let worker = Arc::clone(&broker);
+        let round = tokio::task::spawn_blocking(move || {
+            worker.replicas.logs().clean_dirtiest(dedupe_buffer_bytes)
+        })
+        .await;
+        let cleaned = match round {
+            Ok(round) => {
+                broker.metrics.log_cleaner_round(&round);
+                // A failed pass was logged by the manager, which leaves
+                // that log alone from now on.
+                round.cleaned.is_some()
+            }
+            Err(error) => {
+                error!(%error, "the log cleaner panicked");
+                false
+            }
+        };
+        // Another log may be waiting: go on at once after a pass, as
+        // Kafka's cleaner does; back off only when nothing needed one.
+        let pause = if cleaned { Duration::ZERO } else { backoff };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -1,7 +1,9 @@
 //! A small blocking Kafka client for the admin requests librdkafka has no
 //! API for: IncrementalAlterConfigs, OffsetFetch of every topic of a group,
 //! OffsetDelete, Metadata's cluster id and controller, and the ApiVersions
-//! table itself.
+//! table itself; and for ListOffsets, where librdkafka's client-side
+//! lookups take time quadratic in the partitions asked for (170 s for
+//! 100,000), while one request per leader takes well under a second.
 //!
 //! One request at a time over a `TcpStream`, encoded and decoded with the
 //! `kafka-protocol` crate. Every connection first asks the broker which
@@ -21,8 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, FindCoordinatorRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, BrokerId, FindCoordinatorRequest, ListOffsetsRequest,
+    MetadataRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
@@ -248,6 +253,89 @@ pub fn group_coordinator(
             }
         }
     }
+}
+
+/// ListOffsets for `partitions` of `topic` at `timestamp` (-2 for the log
+/// start, -1 for the log end, else a time in ms): the offset of each
+/// partition whose leader answered, -1 where a time is past every record.
+/// One Metadata request through `bootstrap` finds the leaders, then one
+/// ListOffsets per leader asks for all of its partitions at once. A
+/// partition without a leader, or whose leader failed it, is missing.
+pub fn list_offsets(
+    bootstrap: &mut Connection,
+    timeout: Duration,
+    topic: &str,
+    partitions: &[i32],
+    timestamp: i64,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let name = TopicName(StrBytes::from_string(topic.to_string()));
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name.clone()))
+        ]))
+        .with_allow_auto_topic_creation(false);
+    let (_, metadata) = bootstrap.send(request, 1..=12)?;
+    let Some(found) = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref() == Some(&name))
+    else {
+        bail!("topic '{topic}' does not exist");
+    };
+    if let Some(error) = ResponseError::try_from_code(found.error_code) {
+        bail!("cannot look up topic '{topic}': {error}");
+    }
+    let leaders: BTreeMap<i32, i32> = found
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect();
+    let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for partition in partitions {
+        if let Some(&leader) = leaders.get(partition).filter(|&&leader| leader >= 0) {
+            by_leader.entry(leader).or_default().push(*partition);
+        }
+    }
+    let mut offsets = BTreeMap::new();
+    for (leader, asked) in by_leader {
+        let Some(broker) = metadata.brokers.iter().find(|b| b.node_id.0 == leader) else {
+            continue;
+        };
+        let addr = format!("{}:{}", broker.host, broker.port);
+        // The leader is usually the broker already connected to.
+        let mut other = None;
+        let connection = if addr == bootstrap.addr() {
+            &mut *bootstrap
+        } else {
+            other.insert(Connection::connect(&addr, timeout)?)
+        };
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(name.clone())
+                .with_partitions(
+                    asked
+                        .iter()
+                        .map(|&partition| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(partition)
+                                .with_current_leader_epoch(-1)
+                                .with_timestamp(timestamp)
+                        })
+                        .collect(),
+                )]);
+        // v1 is the first with one offset per partition; the fields this
+        // fills are the same up to v7.
+        let (_, answer) = connection.send(request, 1..=7)?;
+        for answered in answer.topics.iter().filter(|t| t.name == name) {
+            for p in &answered.partitions {
+                if p.error_code == 0 {
+                    offsets.insert(p.partition_index, p.offset);
+                }
+            }
+        }
+    }
+    Ok(offsets)
 }
 
 /// Errors that go away by themselves: a coordinator being elected or

@@ -103,9 +103,15 @@ struct ServeArgs {
     /// Close a connection whose started request frame does not arrive whole within this many milliseconds [default: 60000].
     #[arg(long, env = "RILL_REQUEST_READ_TIMEOUT_MS")]
     request_read_timeout_ms: Option<u64>,
-    /// How often retention and compaction run, in milliseconds [default: 300000].
+    /// How often retention runs, in milliseconds [default: 300000].
     #[arg(long, env = "RILL_LOG_RETENTION_CHECK_INTERVAL_MS")]
     log_retention_check_interval_ms: Option<u64>,
+    /// How long the log cleaner sleeps when no compacted log needs cleaning, in milliseconds [default: 15000].
+    #[arg(long, env = "RILL_LOG_CLEANER_BACKOFF_MS")]
+    log_cleaner_backoff_ms: Option<u64>,
+    /// The most memory the log cleaner's key map may use, in bytes [default: 134217728].
+    #[arg(long, env = "RILL_LOG_CLEANER_DEDUPE_BUFFER_SIZE")]
+    log_cleaner_dedupe_buffer_size: Option<u64>,
     /// Close a connection that sends nothing for this long, in milliseconds [default: 600000].
     #[arg(long, env = "RILL_CONNECTIONS_MAX_IDLE_MS")]
     connections_max_idle_ms: Option<u64>,
@@ -155,6 +161,8 @@ struct FileSettings {
     queued_max_request_bytes: Option<usize>,
     request_read_timeout_ms: Option<u64>,
     log_retention_check_interval_ms: Option<u64>,
+    log_cleaner_backoff_ms: Option<u64>,
+    log_cleaner_dedupe_buffer_size: Option<u64>,
     connections_max_idle_ms: Option<u64>,
     group_initial_rebalance_delay_ms: Option<i32>,
     group_min_session_timeout_ms: Option<i32>,
@@ -390,6 +398,17 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     {
         anyhow::ensure!(ms > 0, "log-retention-check-interval-ms must be positive");
         config.log_cleanup_interval = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.log_cleaner_backoff_ms.or(file.log_cleaner_backoff_ms) {
+        anyhow::ensure!(ms > 0, "log-cleaner-backoff-ms must be positive");
+        config.log_cleaner_backoff = std::time::Duration::from_millis(ms);
+    }
+    if let Some(bytes) = args
+        .log_cleaner_dedupe_buffer_size
+        .or(file.log_cleaner_dedupe_buffer_size)
+    {
+        anyhow::ensure!(bytes > 0, "log-cleaner-dedupe-buffer-size must be positive");
+        config.log_cleaner_dedupe_buffer_bytes = bytes;
     }
     if let Some(ms) = args
         .connections_max_idle_ms

@@ -900,6 +900,58 @@ fn group_list_describe_reset_and_delete() {
     );
 }
 
+/// `topic describe`, `group reset-offsets` and `group describe` on a topic
+/// of 30,000 partitions: watermarks come from one ListOffsets per leader
+/// (librdkafka's client-side lookups took time quadratic in partitions:
+/// 15 s here, 170 s at 100,000), and a reset commits in requests small
+/// enough for `__consumer_offsets` (one request for all of them is a
+/// 1.3 MB batch, above its max.message.bytes).
+#[test]
+fn topic_and_group_commands_scale_to_many_partitions() {
+    let mut broker = Broker::start_new();
+    let partitions = 30_000;
+    ok(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "wide",
+            "--partitions",
+            &partitions.to_string(),
+        ],
+    );
+    let timed = |args: &[&str]| {
+        let started = Instant::now();
+        let out = ok(&broker, args);
+        (out, started.elapsed())
+    };
+    // Generous limits: each takes well under a second on a small machine.
+    let limit = Duration::from_secs(5);
+    let (describe, took) = timed(&["topic", "describe", "wide"]);
+    assert!(took < limit, "topic describe took {took:?}");
+    let rows = table(&describe, "PARTITION");
+    assert_eq!(rows.len(), partitions);
+    assert!(
+        rows.iter().all(|row| row["LOG-END"] == "0"),
+        "every log end is known"
+    );
+    let (_, took) = timed(&[
+        "group",
+        "reset-offsets",
+        "wide-readers",
+        "--topic",
+        "wide",
+        "--to-earliest",
+        "--execute",
+    ]);
+    assert!(took < 4 * limit, "group reset-offsets took {took:?}");
+    let (described, took) = timed(&["group", "describe", "wide-readers"]);
+    assert!(took < limit, "group describe took {took:?}");
+    assert_eq!(group_offsets(&described).len(), partitions);
+    // A clean stop flushes and closes 30,000 logs; nothing here needs it.
+    broker.kill();
+}
+
 #[test]
 fn cluster_describe_shows_nodes_controller_and_versions() {
     let broker = Broker::start_new();

@@ -924,6 +924,111 @@ fn delete_records_moves_the_log_start() {
     assert_eq!(consumed[0].value.as_deref(), Some(&b"v40"[..]));
 }
 
+/// Reads partition 0 of `topic` from its start up to its high watermark,
+/// allowing the gaps compaction leaves; returns (key, value) in order.
+fn read_compacted(broker: &Broker, topic: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let (_, high) = watermarks(broker, topic, 0);
+    let consumer = consumer(broker, &[]);
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("add partition");
+    consumer.assign(&assignment).expect("assign");
+    let mut read = Vec::new();
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let mut next = 0;
+    while next < high {
+        assert!(
+            Instant::now() < deadline,
+            "read {topic} up to {high}: stuck at {next}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.unwrap_or_else(|error| panic!("consume {topic}: {error}"));
+        assert!(message.offset() >= next, "offsets go forward");
+        next = message.offset() + 1;
+        read.push((
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().map(<[u8]>::to_vec),
+        ));
+    }
+    read
+}
+
+/// The log cleaner is its own loop, waking every `log.cleaner.backoff.ms`
+/// rather than on retention's 300 s timer: on a compacted topic with a tiny
+/// `min.cleanable.dirty.ratio` and `max.compaction.lag.ms`, overwritten
+/// values are gone within seconds, and only the latest value per key is
+/// left.
+#[test]
+fn the_log_cleaner_removes_overwritten_values_within_seconds() {
+    let broker = Broker::start_new_with_args(&["--log-cleaner-backoff-ms", "100"]);
+    let topic = "compacted";
+    create_topic_with(
+        &broker,
+        topic,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("max.compaction.lag.ms", "100"),
+            ("segment.bytes", "200"),
+            ("segment.ms", "100"),
+        ],
+    );
+    let producer = producer(&broker, &[("linger.ms", "0")]);
+    let keys = 5;
+    let rounds = 4;
+    for round in 0..rounds {
+        // One flush per round: each round is its own batch, so segments
+        // roll between rounds.
+        let records: Vec<Record> = (0..keys)
+            .map(|k| Record {
+                key: Some(format!("k{k}").into_bytes()),
+                ..Record::value(format!("v{round}"))
+            })
+            .collect();
+        expect_delivered(produce_all(&producer, topic, Some(0), &records));
+    }
+    // One more batch rolls the last round out of the active segment, which
+    // the cleaner never reads (as in Kafka).
+    let last = Record {
+        key: Some(b"last".to_vec()),
+        ..Record::value("x")
+    };
+    expect_delivered(produce_all(&producer, topic, Some(0), &[last]));
+    let mut latest: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..keys)
+        .map(|k| {
+            (
+                format!("k{k}").into_bytes(),
+                Some(format!("v{}", rounds - 1).into_bytes()),
+            )
+        })
+        .collect();
+    latest.push((b"last".to_vec(), Some(b"x".to_vec())));
+    let started = Instant::now();
+    let compacted = poll_until(Duration::from_secs(20), || {
+        let read = read_compacted(&broker, topic);
+        (read == latest).then_some(read)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "overwritten values were still readable after 20 s: {:?}",
+            read_compacted(&broker, topic)
+        )
+    });
+    assert_eq!(compacted, latest);
+    eprintln!("compacted in {:?}", started.elapsed());
+    let (_, metrics) = broker.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("rill_log_cleaner_runs_total{result=\"ok\"}")),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn alter_and_describe_topic_config() {
     let broker = Broker::start_new();

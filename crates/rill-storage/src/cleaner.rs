@@ -1,15 +1,27 @@
 //! Log compaction (`cleanup.policy=compact`): rewrite closed segments keeping
-//! only the latest record for each key.
+//! only the latest record for each key. The broker's log cleaner loop picks
+//! which log to clean and when; this module judges a log's dirtiness and
+//! cleans it.
 //!
-//! One pass reads every closed segment twice: first to learn each key's
-//! latest offset, then to rewrite each segment without the records that a
-//! later one supersedes. Offsets never change (a compacted log has gaps);
-//! each batch keeps its base offset and its `lastOffsetDelta`, so producer
-//! state derived from batch ends survives. Tombstones (null values) are
-//! kept until `delete.retention.ms` past their batch's timestamp, so that a
-//! consumer reading more slowly than that still sees the deletion. The
-//! active segment is never touched, and keys in it do not yet supersede
-//! older ones (as in Kafka, whose cleaner stops at the active segment).
+//! As in Kafka, a compacted log has a clean head and a dirty tail: below
+//! its *first dirty offset* (the cleaner's point) every key was already
+//! deduplicated. A log's dirty ratio is the dirty tail's share of its
+//! closed bytes, and the cleaner takes the dirtiest log whose ratio is
+//! above `min.cleanable.dirty.ratio`, or whose oldest dirty record is older
+//! than `max.compaction.lag.ms` (KIP-354). Segments holding records newer
+//! than `min.compaction.lag.ms`, and everything after them, are not cleaned
+//! yet, nor is the active segment.
+//!
+//! One pass reads the dirty tail to learn each key's latest offset, into
+//! a key map bounded by `log.cleaner.dedupe.buffer.size`; when the tail
+//! holds more keys than fit, the pass cleans only up to the offset the map
+//! covered and the next pass goes on from there. It then rewrites every
+//! closed segment below that offset without the records a later one
+//! supersedes. Offsets never change (a compacted log has gaps); each batch
+//! keeps its base offset and its `lastOffsetDelta`, so producer state
+//! derived from batch ends survives. Tombstones (null values) are kept
+//! until `delete.retention.ms` past their batch's timestamp, so that a
+//! consumer reading more slowly than that still sees the deletion.
 //!
 //! Control batches and transactional batches are kept as they are: cleaning
 //! them needs the transaction state (aborted transactions, markers) that
@@ -17,15 +29,22 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 
 use tracing::info;
 
 use crate::batch::{self, BatchHeader, TimestampType};
+use crate::config::LogConfig;
 use crate::error::{CorruptBatch, Result, StorageError};
-use crate::log::{ClosedSegment, Log};
+use crate::log::{ClosedSegment, Log, SegmentSummary};
 use crate::records::{self, BatchBuilder};
 use crate::segment::{self, BatchCursor, CursorError, CLEANED_SUFFIX, LOG_SUFFIX};
+
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Kafka's default `log.cleaner.dedupe.buffer.size`: 128 MiB.
+pub const DEDUPE_BUFFER_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
 
 /// What one cleaning pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,52 +53,262 @@ pub struct CleanerStats {
     pub records_read: u64,
     pub records_kept: u64,
     pub tombstones_dropped: u64,
+    /// Bytes of the segments the pass went through (rewritten or not).
+    pub bytes_read: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// The pass cleaned below this offset; the next one starts here.
+    pub end_offset: i64,
+    /// The key map filled up before the end of the dirty tail.
+    pub key_map_full: bool,
 }
 
-const READ_CHUNK_BYTES: usize = 1024 * 1024;
+/// Where a compacted log stands for the cleaner at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dirtiness {
+    /// Below this every key was deduplicated by an earlier pass.
+    pub first_dirty_offset: i64,
+    /// A pass stops here: the active segment's base, or the first dirty
+    /// segment holding a record newer than `min.compaction.lag.ms`.
+    pub first_uncleanable_offset: i64,
+    /// Bytes of the closed segments wholly below `first_dirty_offset`.
+    pub clean_bytes: u64,
+    /// Bytes of the segments a pass would deduplicate.
+    pub cleanable_bytes: u64,
+    /// The oldest cleanable record is older than `max.compaction.lag.ms`.
+    pub compaction_due: bool,
+    /// The log's `min.cleanable.dirty.ratio`.
+    pub min_cleanable_dirty_ratio: f64,
+}
+
+impl Dirtiness {
+    /// Judges a log from its closed segments (in offset order), as of `now_ms`.
+    pub(crate) fn of(
+        segments: &[SegmentSummary],
+        first_dirty_offset: i64,
+        active_base_offset: i64,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Self {
+        let lag_horizon_ms = now_ms.saturating_sub(config.min_compaction_lag_ms);
+        let mut first_uncleanable_offset = active_base_offset;
+        if config.min_compaction_lag_ms > 0 {
+            if let Some(young) = segments
+                .iter()
+                .filter(|s| s.next_offset > first_dirty_offset)
+                .find(|s| s.max_timestamp > lag_horizon_ms)
+            {
+                first_uncleanable_offset = young.base_offset.max(first_dirty_offset);
+            }
+        }
+        let mut clean_bytes = 0;
+        let mut cleanable_bytes = 0;
+        let mut oldest_dirty_ms: Option<i64> = None;
+        for s in segments {
+            if s.next_offset <= first_dirty_offset {
+                clean_bytes += s.size;
+            } else if s.base_offset < first_uncleanable_offset {
+                cleanable_bytes += s.size;
+                if s.first_timestamp >= 0 {
+                    oldest_dirty_ms = Some(
+                        oldest_dirty_ms.map_or(s.first_timestamp, |t| t.min(s.first_timestamp)),
+                    );
+                }
+            }
+        }
+        let compaction_due = cleanable_bytes > 0
+            && oldest_dirty_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) > config.max_compaction_lag_ms);
+        Self {
+            first_dirty_offset,
+            first_uncleanable_offset,
+            clean_bytes,
+            cleanable_bytes,
+            compaction_due,
+            min_cleanable_dirty_ratio: config.min_cleanable_dirty_ratio,
+        }
+    }
+
+    /// The cleanable bytes' share of the closed bytes (Kafka's `cleanableRatio`).
+    pub fn dirty_ratio(&self) -> f64 {
+        let total = self.clean_bytes + self.cleanable_bytes;
+        if total == 0 {
+            return 0.0;
+        }
+        self.cleanable_bytes as f64 / total as f64
+    }
+
+    /// Whether the cleaner should take this log now: there is something to
+    /// clean, and either its ratio is above the log's minimum (strictly, as
+    /// in Kafka) or `max.compaction.lag.ms` has passed.
+    pub fn needs_cleaning(&self) -> bool {
+        self.cleanable_bytes > 0
+            && (self.compaction_due || self.dirty_ratio() > self.min_cleanable_dirty_ratio)
+    }
+}
+
+/// The latest offset of each key in the dirty tail, bounded in bytes.
+/// Kafka's `SkimpyOffsetMap` keeps a 16-byte hash per key and accepts the
+/// (tiny) chance of two keys sharing one; this keeps whole keys, so that
+/// a collision can never drop a live record, and counts their length.
+#[derive(Debug)]
+pub(crate) struct KeyMap {
+    offsets: HashMap<Vec<u8>, i64>,
+    bytes: u64,
+    bytes_max: u64,
+}
+
+impl KeyMap {
+    /// What an entry costs besides its key: the offset, the key's `Vec`
+    /// header and the hash table's own share.
+    pub(crate) const ENTRY_OVERHEAD_BYTES: u64 = 48;
+
+    pub(crate) fn new(bytes_max: u64) -> Self {
+        Self {
+            offsets: HashMap::new(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    /// Records `offset` as `key`'s latest. Returns false, changing nothing,
+    /// when a new key does not fit; the first key always fits, so that
+    /// every pass makes progress.
+    pub(crate) fn insert(&mut self, key: Vec<u8>, offset: i64) -> bool {
+        if let Some(latest) = self.offsets.get_mut(&key) {
+            assert!(*latest < offset, "keys are read in offset order");
+            *latest = offset;
+            return true;
+        }
+        let cost = key.len() as u64 + Self::ENTRY_OVERHEAD_BYTES;
+        if !self.offsets.is_empty() && self.bytes.saturating_add(cost) > self.bytes_max {
+            return false;
+        }
+        self.bytes += cost;
+        self.offsets.insert(key, offset);
+        true
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<i64> {
+        self.offsets.get(key).copied()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len()
+    }
+}
 
 impl Log {
-    /// Compacts the closed segments if the log's policy says so.
+    /// How dirty the log is now; `None` unless its policy is compact.
+    pub fn dirtiness(&self) -> Option<Dirtiness> {
+        let config = self.config();
+        if !config.cleanup_policy.compact {
+            return None;
+        }
+        let (segments, first_dirty_offset, active_base_offset) = self.cleaner_summary();
+        Some(Dirtiness::of(
+            &segments,
+            first_dirty_offset,
+            active_base_offset,
+            &config,
+            self.clock_now_ms(),
+        ))
+    }
+
+    /// Compacts all the closed segments (whatever the cleaner cleaned
+    /// before), if the log's policy says so.
     pub fn compact(&self) -> Result<CleanerStats> {
+        self.clean_pass(true, DEDUPE_BUFFER_BYTES_DEFAULT)
+    }
+
+    /// One pass of the log cleaner: deduplicates the dirty tail (as far as
+    /// a key map of `dedupe_buffer_bytes` covers) against everything before
+    /// it, and moves the cleaner's point past what it covered.
+    pub fn clean(&self, dedupe_buffer_bytes: u64) -> Result<CleanerStats> {
+        self.clean_pass(false, dedupe_buffer_bytes)
+    }
+
+    fn clean_pass(&self, from_start: bool, dedupe_buffer_bytes: u64) -> Result<CleanerStats> {
         let config = self.config();
         let mut stats = CleanerStats::default();
         if !config.cleanup_policy.compact {
             return Ok(stats);
         }
-        let segments = self.closed_segments()?;
-        if segments.is_empty() {
+        let view = self.closed_segments()?;
+        let segments = &view.segments;
+        let summaries: Vec<SegmentSummary> = segments.iter().map(ClosedSegment::summary).collect();
+        let first_dirty_offset = if from_start {
+            segments
+                .first()
+                .map_or(view.first_dirty_offset, |s| s.base_offset)
+        } else {
+            view.first_dirty_offset
+        };
+        let now_ms = self.clock_now_ms();
+        let dirtiness = Dirtiness::of(
+            &summaries,
+            first_dirty_offset,
+            view.active_base_offset,
+            &config,
+            now_ms,
+        );
+        let uncleanable = dirtiness.first_uncleanable_offset;
+        stats.end_offset = first_dirty_offset;
+        if dirtiness.cleanable_bytes == 0 {
             return Ok(stats);
         }
 
-        // Pass 1: the latest offset of every key in the closed segments.
-        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
-        for seg in &segments {
+        // Pass 1: the latest offset of every key in the dirty tail, until
+        // the map is full.
+        let mut latest = KeyMap::new(dedupe_buffer_bytes);
+        let mut end_offset = uncleanable;
+        for seg in segments
+            .iter()
+            .filter(|s| s.next_offset > first_dirty_offset && s.base_offset < uncleanable)
+        {
             for_each_batch(seg, |header, bytes| {
-                if header.is_control() || header.is_transactional() {
-                    return Ok(());
+                if header.base_offset >= uncleanable {
+                    return Ok(ControlFlow::Break(()));
+                }
+                let last_offset = header.base_offset + i64::from(header.last_offset_delta);
+                if last_offset < first_dirty_offset
+                    || header.is_control()
+                    || header.is_transactional()
+                {
+                    return Ok(ControlFlow::Continue(()));
                 }
                 for record in records::decode_records(bytes)? {
+                    let offset = header.base_offset + i64::from(record.offset_delta);
+                    if offset < first_dirty_offset {
+                        continue;
+                    }
                     if let Some(key) = record.key {
-                        latest.insert(key, header.base_offset + i64::from(record.offset_delta));
+                        if !latest.insert(key, offset) {
+                            end_offset = offset;
+                            stats.key_map_full = true;
+                            return Ok(ControlFlow::Break(()));
+                        }
                     }
                 }
-                Ok(())
+                Ok(ControlFlow::Continue(()))
             })?;
+            if stats.key_map_full {
+                break;
+            }
         }
+        stats.end_offset = end_offset;
 
-        // Pass 2: rewrite each segment.
-        let now_ms = self.clock_now_ms();
+        // Pass 2: rewrite each segment below the end.
         let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
-        for seg in &segments {
+        for seg in segments.iter().filter(|s| s.base_offset < end_offset) {
             let (base_offset, file_id, size) = (seg.base_offset, seg.file_id, seg.size);
+            stats.bytes_read += size;
             let mut out = Vec::with_capacity(size as usize);
             let mut changed = false;
             for_each_batch(seg, |header, bytes| {
                 if header.is_control() || header.is_transactional() {
                     out.extend_from_slice(bytes);
-                    return Ok(());
+                    return Ok(ControlFlow::Continue(()));
                 }
                 let all = records::decode_records(bytes)?;
                 let read = all.len();
@@ -87,8 +316,13 @@ impl Log {
                 let mut kept = Vec::with_capacity(all.len());
                 for record in all {
                     let offset = header.base_offset + i64::from(record.offset_delta);
+                    if offset >= end_offset {
+                        // Past what the key map covered: the next pass's.
+                        kept.push(record);
+                        continue;
+                    }
                     let Some(key) = &record.key else { continue };
-                    if latest.get(key) != Some(&offset) {
+                    if latest.get(key).is_some_and(|latest| latest > offset) {
                         continue;
                     }
                     if record.value.is_none() && !keep_tombstones {
@@ -109,7 +343,7 @@ impl Log {
                 } else {
                     changed = true;
                 }
-                Ok(())
+                Ok(ControlFlow::Continue(()))
             })?;
             if !changed {
                 continue;
@@ -133,8 +367,9 @@ impl Log {
                 stats.bytes_after += out.len() as u64;
             }
         }
+        self.advance_first_dirty_offset(&view, end_offset);
         if stats.segments_cleaned > 0 {
-            info!(log = %self.name(), ?stats, "compacted");
+            info!(log = %self.name(), keys = latest.len(), ?stats, "compacted");
         }
         Ok(stats)
     }
@@ -168,12 +403,13 @@ fn rebuild(
     Ok(builder.build())
 }
 
-/// Calls `visit` with every batch of a segment file, in order. A batch that
+/// Calls `visit` with every batch of a segment file, in order, until it
+/// says to stop. A batch that
 /// fails its checks or whose records do not decode stops the pass with
 /// [`StorageError::CorruptLog`], naming the file and position.
 fn for_each_batch(
     seg: &ClosedSegment,
-    mut visit: impl FnMut(&BatchHeader, &[u8]) -> std::result::Result<(), CorruptBatch>,
+    mut visit: impl FnMut(&BatchHeader, &[u8]) -> std::result::Result<ControlFlow<()>, CorruptBatch>,
 ) -> Result<()> {
     let corrupt = |position, reason| StorageError::CorruptLog {
         path: seg.log_path.clone(),
@@ -186,11 +422,106 @@ fn for_each_batch(
         match cursor.next_batch() {
             Ok(Some(bytes)) => {
                 let header = batch::check(bytes).map_err(|reason| corrupt(position, reason))?;
-                visit(&header, bytes).map_err(|reason| corrupt(position, reason))?;
+                if visit(&header, bytes)
+                    .map_err(|reason| corrupt(position, reason))?
+                    .is_break()
+                {
+                    return Ok(());
+                }
             }
             Ok(None) => return Ok(()),
             Err(CursorError::Corrupt(reason)) => return Err(corrupt(position, reason)),
             Err(CursorError::Io(e)) => return Err(StorageError::io("read", &seg.log_path)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(base_offset: i64, next_offset: i64, size: u64, timestamp: i64) -> SegmentSummary {
+        SegmentSummary {
+            base_offset,
+            next_offset,
+            size,
+            max_timestamp: timestamp,
+            first_timestamp: timestamp,
+        }
+    }
+
+    #[test]
+    fn dirty_ratio_is_the_cleanable_share_of_the_closed_bytes() {
+        let config = LogConfig {
+            cleanup_policy: crate::CleanupPolicy::COMPACT,
+            min_cleanable_dirty_ratio: 0.5,
+            ..LogConfig::default()
+        };
+        let segments = [
+            segment(0, 10, 100, 1),
+            segment(10, 20, 100, 2),
+            segment(20, 30, 200, 3),
+        ];
+        // Cleaned below 20: 200 clean bytes, 200 dirty.
+        let d = Dirtiness::of(&segments, 20, 30, &config, 10);
+        assert_eq!((d.clean_bytes, d.cleanable_bytes), (200, 200));
+        assert_eq!(d.dirty_ratio(), 0.5);
+        assert!(!d.needs_cleaning(), "Kafka cleans only strictly above");
+        // Never cleaned: everything is dirty.
+        let d = Dirtiness::of(&segments, 0, 30, &config, 10);
+        assert_eq!(d.dirty_ratio(), 1.0);
+        assert!(d.needs_cleaning());
+        // All cleaned: nothing to do.
+        let d = Dirtiness::of(&segments, 30, 30, &config, 10);
+        assert_eq!(d.dirty_ratio(), 0.0);
+        assert!(!d.needs_cleaning());
+        // No closed segments at all.
+        assert_eq!(Dirtiness::of(&[], 0, 0, &config, 10).dirty_ratio(), 0.0);
+    }
+
+    #[test]
+    fn min_lag_stops_the_cleanable_range_and_max_lag_forces_a_clean() {
+        let config = LogConfig {
+            min_cleanable_dirty_ratio: 0.9,
+            min_compaction_lag_ms: 100,
+            max_compaction_lag_ms: 1000,
+            ..LogConfig::default()
+        };
+        let segments = [
+            segment(0, 10, 100, 0),
+            segment(10, 20, 100, 500),
+            segment(20, 30, 100, 950),
+        ];
+        // At 1000 the third segment is younger than the min lag.
+        let d = Dirtiness::of(&segments, 10, 30, &config, 1000);
+        assert_eq!(d.first_uncleanable_offset, 20);
+        assert_eq!((d.clean_bytes, d.cleanable_bytes), (100, 100));
+        assert!(!d.compaction_due, "its oldest dirty record is 500 ms old");
+        assert!(!d.needs_cleaning(), "a ratio of 0.5 is below 0.9");
+        // At 1501 the oldest dirty record is past the max lag.
+        let d = Dirtiness::of(&segments, 10, 30, &config, 1501);
+        assert_eq!(d.first_uncleanable_offset, 30);
+        assert!(d.compaction_due);
+        assert!(d.needs_cleaning());
+        // A log with nothing cleanable is never due.
+        let d = Dirtiness::of(&segments, 30, 30, &config, 100_000);
+        assert!(!d.compaction_due);
+    }
+
+    #[test]
+    fn key_map_refuses_new_keys_beyond_its_bytes_but_updates_known_ones() {
+        let entry = 3 + KeyMap::ENTRY_OVERHEAD_BYTES;
+        let mut map = KeyMap::new(2 * entry);
+        assert!(map.insert(b"aaa".to_vec(), 0));
+        assert!(map.insert(b"bbb".to_vec(), 1));
+        assert!(!map.insert(b"ccc".to_vec(), 2), "a third key does not fit");
+        assert!(map.insert(b"aaa".to_vec(), 3), "a known key still moves on");
+        assert_eq!(map.get(b"aaa"), Some(3));
+        assert_eq!(map.get(b"ccc"), None);
+        assert_eq!(map.len(), 2);
+        // A map too small for any key still takes one, so a pass progresses.
+        let mut tiny = KeyMap::new(0);
+        assert!(tiny.insert(b"key".to_vec(), 0));
+        assert!(!tiny.insert(b"other".to_vec(), 1));
     }
 }

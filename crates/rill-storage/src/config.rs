@@ -56,7 +56,7 @@ impl std::fmt::Display for CleanupPolicy {
 }
 
 /// The settings of one partition log. Defaults are Kafka's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll the active segment before it would exceed this.
     pub segment_bytes: u64,
@@ -79,6 +79,14 @@ pub struct LogConfig {
     pub cleanup_policy: CleanupPolicy,
     /// `delete.retention.ms`: how long compaction keeps tombstones.
     pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: the share of a compacted log's bytes
+    /// not yet cleaned above which the cleaner takes it.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a record stays uncompacted at least this long.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a log whose oldest uncleaned record is older
+    /// than this is cleaned whatever its dirty ratio (KIP-354).
+    pub max_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -94,6 +102,9 @@ impl Default for LogConfig {
             retention_bytes: -1,
             cleanup_policy: CleanupPolicy::DELETE,
             delete_retention_ms: 24 * 60 * 60 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 }
@@ -136,6 +147,24 @@ impl LogConfig {
             return bad(format!(
                 "delete.retention.ms {} is negative",
                 self.delete_retention_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
+            return bad(format!(
+                "min.cleanable.dirty.ratio {} is outside [0, 1]",
+                self.min_cleanable_dirty_ratio
+            ));
+        }
+        if self.min_compaction_lag_ms < 0 {
+            return bad(format!(
+                "min.compaction.lag.ms {} is negative",
+                self.min_compaction_lag_ms
+            ));
+        }
+        if self.max_compaction_lag_ms < 1 {
+            return bad(format!(
+                "max.compaction.lag.ms {} must be at least 1",
+                self.max_compaction_lag_ms
             ));
         }
         Ok(())
@@ -199,6 +228,18 @@ mod tests {
             },
             LogConfig {
                 delete_retention_ms: -1,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                min_cleanable_dirty_ratio: 1.5,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                min_compaction_lag_ms: -1,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                max_compaction_lag_ms: 0,
                 ..LogConfig::default()
             },
         ];

@@ -18,7 +18,8 @@
 //! - `index`, `segment`: the sparse indexes and one segment file.
 //! - [`log`]: [`Log`], the partition log itself (append, read, offsets,
 //!   flush with group commit, truncation, retention).
-//! - `cleaner`: compaction, as [`Log::compact`].
+//! - `cleaner`: compaction: a log's [`Dirtiness`], one cleaning pass
+//!   ([`Log::clean`]) with its bounded key map, and [`Log::compact`].
 //! - [`epoch`]: the leader-epoch cache.
 //! - [`producer_state`]: idempotent producers' epochs and last batches per
 //!   partition, the sequence rules, and its snapshots (the caller holds a
@@ -44,7 +45,7 @@ pub mod records;
 mod segment;
 
 pub use batch::{BatchHeader, Compression, ProducerFields, TimestampType};
-pub use cleaner::CleanerStats;
+pub use cleaner::{CleanerStats, Dirtiness, DEDUPE_BUFFER_BYTES_DEFAULT};
 pub use config::{CleanupPolicy, LogConfig};
 pub use epoch::{EpochEndOffset, EpochEntry};
 pub use error::{CorruptBatch, InvalidRecord, Result, StorageError};
@@ -52,4 +53,4 @@ pub use files::FileCache;
 pub use log::{
     AppendInfo, FileRegion, FlushObserver, Log, LogOpenOptions, ReadInfo, TimestampOffset,
 };
-pub use manager::{LogManager, LogManagerConfig};
+pub use manager::{CleanerRound, LogManager, LogManagerConfig};

@@ -88,10 +88,46 @@ pub struct ReadInfo {
 #[derive(Debug)]
 pub(crate) struct ClosedSegment {
     pub base_offset: i64,
+    pub next_offset: i64,
     pub file_id: crate::files::FileId,
     pub file: Arc<File>,
     pub log_path: PathBuf,
     pub size: u64,
+    pub max_timestamp: i64,
+    pub first_timestamp: i64,
+}
+
+impl ClosedSegment {
+    pub fn summary(&self) -> SegmentSummary {
+        SegmentSummary {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            size: self.size,
+            max_timestamp: self.max_timestamp,
+            first_timestamp: self.first_timestamp,
+        }
+    }
+}
+
+/// The closed segments and the cleaner's point, read together.
+#[derive(Debug)]
+pub(crate) struct CleanerView {
+    pub segments: Vec<ClosedSegment>,
+    pub active_base_offset: i64,
+    pub first_dirty_offset: i64,
+    pub truncations: u64,
+}
+
+/// What the cleaner needs of a closed segment to judge a log's dirtiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentSummary {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size: u64,
+    /// The largest batch timestamp, -1 if none.
+    pub max_timestamp: i64,
+    /// The first batch's timestamp (what KIP-354 measures the lag from).
+    pub first_timestamp: i64,
 }
 
 /// A record found by timestamp.
@@ -153,6 +189,13 @@ struct LogState {
     /// where it was, so that the next start scans that tail with its CRCs
     /// (Kafka takes the whole log dir offline instead).
     fsync_failed: bool,
+    /// The log cleaner's point: records below it were cleaned (Kafka's
+    /// cleaner checkpoint). Kept in memory only, so a restart cleans a
+    /// compacted log once in full.
+    first_dirty_offset: i64,
+    /// Counts truncations, so that a cleaning pass that raced with one
+    /// does not move `first_dirty_offset` over records it never read.
+    truncations: u64,
 }
 
 impl LogState {
@@ -322,6 +365,8 @@ impl Log {
             dir_dirty: true,
             closed: false,
             fsync_failed: false,
+            first_dirty_offset: 0,
+            truncations: 0,
         };
         let log_end_offset = state.log_end_offset();
         let first_base = state.segments.keys().next().copied().unwrap_or(0);
@@ -1136,6 +1181,8 @@ impl Log {
         active.next_offset = active.next_offset.max(log_start_offset);
         let log_end_offset = state.log_end_offset();
         state.recovery_point = state.recovery_point.min(log_end_offset);
+        state.first_dirty_offset = state.first_dirty_offset.min(log_end_offset);
+        state.truncations += 1;
         state.epochs.truncate_from_end(log_end_offset);
         state.epochs.persist()?;
         Ok(())
@@ -1170,6 +1217,8 @@ impl Log {
         state.segments.insert(fresh.base_offset, fresh);
         state.log_start_offset = offset;
         state.recovery_point = offset;
+        state.first_dirty_offset = offset;
+        state.truncations += 1;
         state.epochs.truncate_from_end(i64::MIN);
         state.epochs.persist()?;
         checkpoint::sync_dir(&self.dir)
@@ -1328,25 +1377,66 @@ impl Log {
         &self.name
     }
 
-    /// Every closed segment, as the cleaner reads it.
-    pub(crate) fn closed_segments(&self) -> Result<Vec<ClosedSegment>> {
+    /// Every closed segment, as the cleaner reads it, with the cleaner's
+    /// point and the truncation count to hand back to
+    /// [`Log::advance_first_dirty_offset`].
+    pub(crate) fn closed_segments(&self) -> Result<CleanerView> {
         let state = lock(&self.state);
         self.ensure_open(&state)?;
         let active_base = state.active().base_offset;
-        state
+        let segments = state
             .segments
             .values()
             .filter(|s| s.base_offset != active_base)
             .map(|s| {
                 Ok(ClosedSegment {
                     base_offset: s.base_offset,
+                    next_offset: s.next_offset,
                     file_id: s.file_id,
                     file: s.file(&self.files)?,
                     log_path: s.log_path.clone(),
                     size: s.size,
+                    max_timestamp: s.max_timestamp,
+                    first_timestamp: s.rolling_timestamp_ms.unwrap_or(s.max_timestamp),
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(CleanerView {
+            segments,
+            active_base_offset: active_base,
+            first_dirty_offset: state.first_dirty_offset.max(state.log_start_offset),
+            truncations: state.truncations,
+        })
+    }
+
+    /// The cleaner's summary of every closed segment, without opening any
+    /// file: what choosing the dirtiest log needs.
+    pub(crate) fn cleaner_summary(&self) -> (Vec<SegmentSummary>, i64, i64) {
+        let state = lock(&self.state);
+        let active_base = state.active().base_offset;
+        let segments = state
+            .segments
+            .values()
+            .filter(|s| s.base_offset != active_base)
+            .map(|s| SegmentSummary {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                max_timestamp: s.max_timestamp,
+                first_timestamp: s.rolling_timestamp_ms.unwrap_or(s.max_timestamp),
+            })
+            .collect();
+        let first_dirty = state.first_dirty_offset.max(state.log_start_offset);
+        (segments, first_dirty, active_base)
+    }
+
+    /// Records that the cleaner cleaned everything below `offset`, unless
+    /// the log was truncated since it read `view`.
+    pub(crate) fn advance_first_dirty_offset(&self, view: &CleanerView, offset: i64) {
+        let mut state = lock(&self.state);
+        if state.truncations == view.truncations {
+            state.first_dirty_offset = state.first_dirty_offset.max(offset);
+        }
     }
 
     /// Replaces a closed segment with a cleaned copy written at

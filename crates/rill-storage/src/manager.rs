@@ -13,7 +13,7 @@
 //!   start-up; when present no log is scanned.
 //! - `.lock`: held while a process uses the directory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +22,7 @@ use rill_types::{Clock, TopicPartition};
 use tracing::{info, warn};
 
 use crate::checkpoint;
+use crate::cleaner::CleanerStats;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::files::FileCache;
@@ -63,9 +64,24 @@ pub struct LogManager {
     files: Arc<FileCache>,
     flush_observer: Option<Arc<dyn FlushObserver>>,
     logs: RwLock<HashMap<TopicPartition, Arc<Log>>>,
+    /// Logs whose cleaning failed (a corrupt batch); the cleaner leaves them
+    /// alone until they are deleted or the process restarts, as Kafka's
+    /// does with its uncleanable partitions.
+    uncleanable: Mutex<HashSet<TopicPartition>>,
     /// Serialises checkpoint writes, which rewrite whole files.
     checkpointing: Mutex<()>,
     _lock: File,
+}
+
+/// What one round of the log cleaner found and did.
+#[derive(Debug, Default)]
+pub struct CleanerRound {
+    /// The highest dirty ratio among the compacted logs.
+    pub max_dirty_ratio: f64,
+    /// The log cleaned, and how its pass went.
+    pub cleaned: Option<(TopicPartition, Result<CleanerStats>)>,
+    /// Logs the cleaner leaves alone because a pass over them failed.
+    pub uncleanable_partitions: usize,
 }
 
 type OffsetsByPartition = HashMap<TopicPartition, i64>;
@@ -154,6 +170,7 @@ impl LogManager {
             files,
             flush_observer: config.flush_observer,
             logs: RwLock::new(logs),
+            uncleanable: Mutex::new(HashSet::new()),
             checkpointing: Mutex::new(()),
             _lock: lock,
         };
@@ -237,6 +254,10 @@ impl LogManager {
             .unwrap_or_else(|p| p.into_inner())
             .remove(tp);
         let Some(log) = removed else { return Ok(false) };
+        self.uncleanable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tp);
         log.delete()?;
         self.checkpoint()?;
         Ok(true)
@@ -263,14 +284,14 @@ impl LogManager {
         Ok(Some(start))
     }
 
-    /// Runs retention and compaction over every log once. A log that fails
-    /// (a corrupt batch the cleaner cannot read, a full disk) is logged and
-    /// skipped so that the others are still cleaned; the first failure is
-    /// returned after the pass.
+    /// Runs retention over every log once (compaction is the log
+    /// cleaner's: [`LogManager::clean_dirtiest`]). A log that fails (a full
+    /// disk) is logged and skipped so that the others are still cleaned;
+    /// the first failure is returned after the pass.
     pub fn run_cleanup(&self) -> Result<()> {
         let mut first_failure = None;
         for (tp, log) in self.snapshot() {
-            let result = log.apply_retention().and_then(|_| log.compact());
+            let result = log.apply_retention();
             if let Err(error) = result {
                 warn!(topic = %tp.topic, partition = tp.partition, %error, "cleanup of this log failed; skipping it this pass");
                 first_failure.get_or_insert(error);
@@ -278,6 +299,56 @@ impl LogManager {
         }
         self.checkpoint()?;
         first_failure.map_or(Ok(()), Err)
+    }
+
+    /// One round of the log cleaner: judges every compacted log and cleans
+    /// the dirtiest that needs it (see [`crate::Dirtiness::needs_cleaning`]) with a
+    /// key map of at most `dedupe_buffer_bytes`. A log whose pass fails (a
+    /// corrupt batch the cleaner cannot read, a full disk) is reported in
+    /// the round and not taken again (see `uncleanable`).
+    pub fn clean_dirtiest(&self, dedupe_buffer_bytes: u64) -> CleanerRound {
+        let uncleanable = self
+            .uncleanable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut round = CleanerRound {
+            uncleanable_partitions: uncleanable.len(),
+            ..CleanerRound::default()
+        };
+        let mut dirtiest: Option<(TopicPartition, Arc<Log>, f64)> = None;
+        for (tp, log) in self.snapshot() {
+            if uncleanable.contains(&tp) {
+                continue;
+            }
+            let Some(dirtiness) = log.dirtiness() else {
+                continue;
+            };
+            let ratio = dirtiness.dirty_ratio();
+            round.max_dirty_ratio = round.max_dirty_ratio.max(ratio);
+            if !dirtiness.needs_cleaning() {
+                continue;
+            }
+            // Logs due by max.compaction.lag.ms count as fully dirty, so
+            // that a clean but overdue log is not starved by dirtier ones.
+            let rank = if dirtiness.compaction_due { 2.0 } else { ratio };
+            if dirtiest.as_ref().is_none_or(|(_, _, best)| rank > *best) {
+                dirtiest = Some((tp, log, rank));
+            }
+        }
+        if let Some((tp, log, _)) = dirtiest {
+            let result = log.clean(dedupe_buffer_bytes);
+            if let Err(error) = &result {
+                warn!(topic = %tp.topic, partition = tp.partition, %error, "cleaning this log failed; the cleaner leaves it alone from now on");
+                self.uncleanable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(tp.clone());
+                round.uncleanable_partitions += 1;
+            }
+            round.cleaned = Some((tp, result));
+        }
+        round
     }
 
     /// Every log, as of now; the map's lock is not held while they are used.

@@ -13,7 +13,7 @@ use rill_storage::batch::{self, BatchHeader};
 use rill_storage::records::BatchBuilder;
 use rill_storage::{
     CleanupPolicy, CorruptBatch, EpochEndOffset, EpochEntry, InvalidRecord, Log, LogConfig,
-    LogOpenOptions, StorageError, TimestampOffset, TimestampType,
+    LogOpenOptions, StorageError, TimestampOffset, TimestampType, DEDUPE_BUFFER_BYTES_DEFAULT,
 };
 
 /// A log with a segment size large enough that nothing rolls.
@@ -1339,6 +1339,85 @@ fn compaction_drops_tombstones_only_after_delete_retention_ms() {
 }
 
 #[test]
+fn the_cleaner_cleans_only_as_far_as_its_key_map_reaches() {
+    let (_h, log) = harness(LogConfig {
+        segment_bytes: 1024 * 1024,
+        ..compact_config()
+    });
+    // Offsets 0..4: keys k0..k3 once; 4..8: each again; then a roll.
+    for round in 0..2 {
+        for k in 0..4 {
+            put(&log, &format!("k{k}"), Some(&round.to_string()), START_MS);
+        }
+    }
+    log.roll().unwrap();
+    // Room for two keys: the map covers offsets 0..2, so only k0 and k1's
+    // first values can go, and nothing of k2, k3.
+    let two_keys = 2 * (2 + 48);
+    let stats = log.clean(two_keys).unwrap();
+    assert!(stats.key_map_full, "{stats:?}");
+    assert_eq!(stats.end_offset, 2);
+    assert_eq!(
+        kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4, 5, 6, 7],
+        "the map saw only the first values: nothing superseded yet"
+    );
+    // The next passes go on from offset 2 and finish the tail.
+    let stats = log.clean(two_keys).unwrap();
+    assert_eq!(stats.end_offset, 4);
+    let stats = log.clean(two_keys).unwrap();
+    assert_eq!(stats.end_offset, 6);
+    assert_eq!(
+        kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6, 7],
+        "k0 and k1's second values cover their first"
+    );
+    let stats = log.clean(two_keys).unwrap();
+    assert_eq!(stats.end_offset, 8);
+    assert!(!stats.key_map_full);
+    assert_eq!(
+        kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    assert_eq!(log.dirtiness().unwrap().cleanable_bytes, 0);
+    // A map with room for all keys cleans the tail in one pass.
+    for k in 0..4 {
+        put(&log, &format!("k{k}"), Some("2"), START_MS);
+    }
+    log.roll().unwrap();
+    let stats = log.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+    assert_eq!(stats.end_offset, 12);
+    assert_eq!(
+        kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![8, 9, 10, 11]
+    );
+}
+
+#[test]
+fn the_cleaner_leaves_records_younger_than_min_compaction_lag() {
+    let (h, log) = harness(LogConfig {
+        min_compaction_lag_ms: 1000,
+        ..compact_config()
+    });
+    put(&log, "a", Some("1"), START_MS);
+    log.roll().unwrap();
+    put(&log, "a", Some("2"), START_MS + 500);
+    log.roll().unwrap();
+    put(&log, "a", Some("3"), START_MS + 900);
+    log.roll().unwrap();
+    h.clock.set_ms(START_MS + 1000);
+    // Only the first segment is old enough; alone it supersedes nothing.
+    let dirtiness = log.dirtiness().unwrap();
+    assert_eq!(dirtiness.first_uncleanable_offset, 1);
+    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+    assert_eq!(kv(&log).len(), 3);
+    // Once the second is old enough, it covers the first; the third is not.
+    h.clock.set_ms(START_MS + 1600);
+    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+    assert_eq!(kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+#[test]
 fn compaction_does_nothing_under_delete_policy_or_without_closed_segments() {
     let (_h, log) = harness(compact_config());
     put(&log, "a", Some("1"), 1);
@@ -1957,10 +2036,11 @@ mod manager {
     }
 
     /// A segment damaged on disk after it was written stops the cleaner for
-    /// that log with an error that names the file and the position, and the
-    /// other logs are still cleaned.
+    /// that log with an error that names the file and the position; the log
+    /// is then left alone (Kafka's uncleanable partitions), so that the
+    /// other logs are still cleaned rather than starved behind it.
     #[test]
-    fn cleanup_reports_a_corrupt_segment_and_cleans_the_other_logs() {
+    fn the_cleaner_reports_a_corrupt_segment_and_cleans_the_other_logs() {
         let dir = tempfile::tempdir().unwrap();
         let manager = open(dir.path());
         let config = LogConfig {
@@ -1991,7 +2071,19 @@ mod manager {
         bytes[63] ^= 0xff;
         std::fs::write(&first_segment, bytes).unwrap();
 
-        let error = manager.run_cleanup().unwrap_err();
+        let mut errors = Vec::new();
+        for _ in 0..10 {
+            let round = manager.clean_dirtiest(rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT);
+            match round.cleaned {
+                None => break,
+                Some((tp, Err(error))) => errors.push((tp, error)),
+                Some((_, Ok(_))) => {}
+            }
+        }
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (failed, error) = errors.remove(0);
+        assert_eq!(failed, damaged);
+        assert_eq!(manager.clean_dirtiest(1 << 20).uncleanable_partitions, 1);
         match &error {
             StorageError::CorruptLog { path, position, .. } => {
                 assert_eq!(path, &first_segment);
@@ -2132,7 +2224,7 @@ mod manager {
     }
 
     #[test]
-    fn run_cleanup_applies_retention_and_compaction_to_every_log() {
+    fn run_cleanup_applies_retention_and_the_cleaner_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(START_MS));
         let manager = LogManager::open(
@@ -2163,10 +2255,85 @@ mod manager {
         manager.run_cleanup().unwrap();
         assert_eq!(delete.segment_base_offsets(), vec![2]);
         assert_eq!(delete.log_start_offset(), 2);
-        assert_eq!(offsets(&read_all(&compact)), vec![1]);
+        assert_eq!(
+            offsets(&read_all(&compact)),
+            vec![0, 1],
+            "retention does not compact"
+        );
         assert_eq!(
             checkpoint_lines(dir.path(), "log-start-offset-checkpoint"),
             vec!["events 0 2", "events 1 0"]
         );
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT);
+        assert_eq!(round.max_dirty_ratio, 1.0);
+        let (cleaned, stats) = round.cleaned.unwrap();
+        assert_eq!(cleaned, tp(1));
+        assert_eq!(stats.unwrap().segments_cleaned, 1);
+        assert_eq!(offsets(&read_all(&compact)), vec![1]);
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT);
+        assert_eq!(round.max_dirty_ratio, 0.0);
+        assert!(round.cleaned.is_none(), "nothing dirty is left");
+    }
+
+    #[test]
+    fn the_cleaner_takes_the_dirtiest_log_above_its_ratio_or_past_max_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let manager = LogManager::open(
+            dir.path(),
+            LogManagerConfig::default(),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        )
+        .unwrap();
+        let config = |ratio: f64, max_lag_ms: i64| LogConfig {
+            min_cleanable_dirty_ratio: ratio,
+            max_compaction_lag_ms: max_lag_ms,
+            ..compact_config()
+        };
+        // Cleaned once, then one closed dirty segment of four: ratio 1/4.
+        let quarter = manager
+            .get_or_create(&tp(0), config(0.5, i64::MAX))
+            .unwrap();
+        for key in ["a", "b", "c"] {
+            put(&quarter, key, Some("1"), START_MS);
+            quarter.roll().unwrap();
+        }
+        quarter.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+        put(&quarter, "a", Some("2"), START_MS);
+        quarter.roll().unwrap();
+        // Never cleaned: ratio 1, but its minimum is 1 (strictly above, as
+        // in Kafka, so never by ratio).
+        let whole = manager
+            .get_or_create(&tp(1), config(1.0, i64::MAX))
+            .unwrap();
+        put(&whole, "a", Some("1"), START_MS);
+        whole.roll().unwrap();
+        let dirtiness = quarter.dirtiness().unwrap();
+        assert_eq!(dirtiness.dirty_ratio(), 0.25);
+        assert!(!dirtiness.needs_cleaning());
+        assert!(!whole.dirtiness().unwrap().needs_cleaning());
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT);
+        assert_eq!(round.max_dirty_ratio, 1.0);
+        assert!(round.cleaned.is_none());
+
+        // A lower minimum makes the quarter-dirty log cleanable.
+        quarter.set_config(config(0.2, i64::MAX)).unwrap();
+        let (cleaned, _) = manager
+            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT)
+            .cleaned
+            .unwrap();
+        assert_eq!(cleaned, tp(0));
+        assert_eq!(quarter.dirtiness().unwrap().dirty_ratio(), 0.0);
+
+        // max.compaction.lag.ms passed: cleaned whatever the ratio says.
+        whole.set_config(config(1.0, 1000)).unwrap();
+        assert!(!whole.dirtiness().unwrap().compaction_due);
+        clock.set_ms(START_MS + 1001);
+        assert!(whole.dirtiness().unwrap().compaction_due);
+        let (cleaned, _) = manager
+            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT)
+            .cleaned
+            .unwrap();
+        assert_eq!(cleaned, tp(1));
     }
 }

@@ -649,7 +649,7 @@ mod tests {
                 honoured += 1;
             }
         }
-        assert_eq!(honoured, 10);
+        assert_eq!(honoured, 13);
         let all: BTreeMap<String, String> = config::topic_configs()
             .map(|def| (def.name.to_string(), def.default.to_string()))
             .collect();
@@ -680,6 +680,9 @@ mod tests {
             retention_bytes: 12345,
             cleanup_policy: rill_storage::CleanupPolicy::COMPACT,
             timestamp_type: rill_storage::TimestampType::LogAppendTime,
+            min_cleanable_dirty_ratio: 0.01,
+            min_compaction_lag_ms: 5,
+            max_compaction_lag_ms: 100,
             ..LogConfig::default()
         };
         let values: BTreeMap<String, String> = config::topic_config_names()

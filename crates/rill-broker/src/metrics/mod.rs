@@ -139,6 +139,11 @@ pub struct Metrics {
     topic_bytes_out: IntCounterVec,
     log_flush_duration: Histogram,
     leader_elections: IntCounterVec,
+    log_cleaner_runs: IntCounterVec,
+    log_cleaner_bytes_cleaned: IntCounter,
+    log_cleaner_bytes_reclaimed: IntCounter,
+    log_cleaner_max_dirty_ratio: prometheus::Gauge,
+    log_cleaner_uncleanable_partitions: IntGauge,
     /// The image the leader changes were last counted against.
     last_image: std::sync::Mutex<Option<Arc<MetadataImage>>>,
 }
@@ -283,6 +288,46 @@ impl Metrics {
              offline (no replica could lead).",
             &["kind"],
         );
+        let log_cleaner_runs = counter_vec(
+            &registry,
+            "rill_log_cleaner_runs_total",
+            "Passes of the log cleaner over a compacted log, by result (ok, failed).",
+            &["result"],
+        );
+        let log_cleaner_bytes_cleaned = register(
+            &registry,
+            IntCounter::new(
+                "rill_log_cleaner_bytes_cleaned_total",
+                "Bytes of segments the log cleaner read and deduplicated.",
+            )
+            .expect("valid counter"),
+        );
+        let log_cleaner_bytes_reclaimed = register(
+            &registry,
+            IntCounter::new(
+                "rill_log_cleaner_bytes_reclaimed_total",
+                "Bytes the log cleaner's rewrites removed from segments.",
+            )
+            .expect("valid counter"),
+        );
+        let log_cleaner_max_dirty_ratio = register(
+            &registry,
+            prometheus::Gauge::new(
+                "rill_log_cleaner_max_dirty_ratio",
+                "The highest dirty ratio (uncleaned share of closed bytes) among compacted \
+                 logs, at the log cleaner's last round.",
+            )
+            .expect("valid gauge"),
+        );
+        let log_cleaner_uncleanable_partitions = register(
+            &registry,
+            IntGauge::new(
+                "rill_log_cleaner_uncleanable_partitions",
+                "Logs the log cleaner leaves alone because a pass over them failed \
+                 (a corrupt batch); until they are deleted or the broker restarts.",
+            )
+            .expect("valid gauge"),
+        );
         Self {
             registry,
             requests,
@@ -296,7 +341,29 @@ impl Metrics {
             topic_bytes_out,
             log_flush_duration,
             leader_elections,
+            log_cleaner_runs,
+            log_cleaner_bytes_cleaned,
+            log_cleaner_bytes_reclaimed,
+            log_cleaner_max_dirty_ratio,
+            log_cleaner_uncleanable_partitions,
             last_image: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reports one round of the log cleaner.
+    pub(crate) fn log_cleaner_round(&self, round: &rill_storage::CleanerRound) {
+        self.log_cleaner_max_dirty_ratio.set(round.max_dirty_ratio);
+        self.log_cleaner_uncleanable_partitions
+            .set(i64::try_from(round.uncleanable_partitions).unwrap_or(i64::MAX));
+        match &round.cleaned {
+            None => {}
+            Some((_, Ok(stats))) => {
+                self.log_cleaner_runs.with_label_values(&["ok"]).inc();
+                self.log_cleaner_bytes_cleaned.inc_by(stats.bytes_read);
+                self.log_cleaner_bytes_reclaimed
+                    .inc_by(stats.bytes_before.saturating_sub(stats.bytes_after));
+            }
+            Some((_, Err(_))) => self.log_cleaner_runs.with_label_values(&["failed"]).inc(),
         }
     }
 

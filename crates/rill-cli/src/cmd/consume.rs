@@ -219,22 +219,8 @@ pub fn run(args: &ConsumeArgs) -> anyhow::Result<()> {
         Some(From::Offset(offset)) => {
             // An offset past either end of a partition's log starts at that
             // end, rather than leaving it to the reset policy.
-            let low = list_offsets(
-                &lookup,
-                connect,
-                diagnostics,
-                &args.topic,
-                &partitions,
-                Offset::Beginning,
-            )?;
-            let high = list_offsets(
-                &lookup,
-                connect,
-                diagnostics,
-                &args.topic,
-                &partitions,
-                Offset::End,
-            )?;
+            let low = list_offsets(connect, &args.topic, &partitions, Offset::Beginning)?;
+            let high = list_offsets(connect, &args.topic, &partitions, Offset::End)?;
             let mut starts = BTreeMap::new();
             for &partition in &partitions {
                 let (Some(Offset::Offset(low)), Some(Offset::Offset(high))) =
@@ -250,14 +236,7 @@ pub fn run(args: &ConsumeArgs) -> anyhow::Result<()> {
             starts
         }
         Some(From::Time(ms)) => {
-            let found = list_offsets(
-                &lookup,
-                connect,
-                diagnostics,
-                &args.topic,
-                &partitions,
-                Offset::Offset(ms),
-            )?;
+            let found = list_offsets(connect, &args.topic, &partitions, Offset::Offset(ms))?;
             let mut starts = BTreeMap::new();
             for &partition in &partitions {
                 let Some(offset) = found.get(&partition) else {

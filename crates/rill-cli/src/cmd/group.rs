@@ -37,6 +37,9 @@ use crate::admin::{group_coordinator, is_retriable, with_message, Connection};
 /// How long to wait before asking a coordinator that is loading again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
+/// The most offsets `reset-offsets` commits in one request.
+const COMMIT_PARTITIONS_MAX: usize = 10_000;
+
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// List the cluster's consumer groups with their states.
@@ -331,11 +334,10 @@ fn describe(args: &DescribeArgs) -> anyhow::Result<()> {
     for (topic, partition) in &partitions {
         by_topic.entry(topic).or_default().push(*partition);
     }
-    let diagnostics = &client.context().diagnostics;
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for (topic, ids) in &by_topic {
         // A topic deleted since its offsets were committed has no end.
-        let Ok(found) = list_offsets(&client, connect, diagnostics, topic, ids, Offset::End) else {
+        let Ok(found) = list_offsets(connect, topic, ids, Offset::End) else {
             continue;
         };
         for (partition, offset) in found {
@@ -471,27 +473,11 @@ fn reset_offsets(args: &ResetArgs) -> anyhow::Result<()> {
 
     let mut plan: Vec<(String, i32, Option<i64>, i64)> = Vec::new();
     for (topic, partitions) in &targets {
-        let starts = list_offsets(
-            &client,
-            connect,
-            diagnostics,
-            topic,
-            partitions,
-            Offset::Beginning,
-        )?;
-        let ends = list_offsets(
-            &client,
-            connect,
-            diagnostics,
-            topic,
-            partitions,
-            Offset::End,
-        )?;
+        let starts = list_offsets(connect, topic, partitions, Offset::Beginning)?;
+        let ends = list_offsets(connect, topic, partitions, Offset::End)?;
         let at_time = match args.to.to_datetime {
             Some(ms) => Some(list_offsets(
-                &client,
                 connect,
-                diagnostics,
                 topic,
                 partitions,
                 Offset::Offset(ms),
@@ -549,12 +535,6 @@ fn reset_offsets(args: &ResetArgs) -> anyhow::Result<()> {
         eprintln!("dry run: nothing committed; add --execute to commit these offsets");
         return Ok(());
     }
-    let mut offsets = TopicPartitionList::new();
-    for (topic, partition, _, new) in &plan {
-        offsets
-            .add_partition_offset(topic, *partition, Offset::Offset(*new))
-            .context("cannot build a partition list")?;
-    }
     let mut config = connect.client_config();
     config
         .set("group.id", &args.group)
@@ -562,17 +542,29 @@ fn reset_offsets(args: &ResetArgs) -> anyhow::Result<()> {
     let committer: BaseConsumer<CliContext> = config
         .create_with_context(CliContext::default())
         .context("cannot create a client for the group")?;
-    // Not a member of the group: OffsetCommit with no generation, which a
-    // coordinator takes for a group without members.
-    committer
-        .commit(&offsets, CommitMode::Sync)
-        .map_err(|error| {
-            args.connect.failure(
-                &format!("cannot commit offsets for group '{}'", args.group),
-                &error,
-                &committer.context().diagnostics,
-            )
-        })?;
+    // One OffsetCommit per COMMIT_PARTITIONS_MAX partitions: the
+    // coordinator writes each request's offsets as one batch, which must
+    // fit `__consumer_offsets`' max.message.bytes (1 MiB by default, about
+    // 20,000 offsets).
+    for chunk in plan.chunks(COMMIT_PARTITIONS_MAX) {
+        let mut offsets = TopicPartitionList::new();
+        for (topic, partition, _, new) in chunk {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*new))
+                .context("cannot build a partition list")?;
+        }
+        // Not a member of the group: OffsetCommit with no generation, which
+        // a coordinator takes for a group without members.
+        committer
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(|error| {
+                args.connect.failure(
+                    &format!("cannot commit offsets for group '{}'", args.group),
+                    &error,
+                    &committer.context().diagnostics,
+                )
+            })?;
+    }
     eprintln!(
         "committed {} offsets for group '{}'",
         plan.len(),

@@ -20,10 +20,10 @@ use clap::{Args, Subcommand};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::Client;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset};
 
 pub mod cluster;
 pub mod consume;
@@ -402,38 +402,44 @@ fn topic_info(topic: &rdkafka::metadata::MetadataTopic) -> TopicInfo {
 /// ListOffsets for some partitions of a topic, by partition: `position` is
 /// `Beginning` (the log start), `End` (the log end) or `Offset(ms)`, a time
 /// (the first offset at or after it, or `End` if there is none). A
-/// partition whose leader did not answer is missing from the map.
-pub fn list_offsets<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
+/// partition whose leader did not answer is missing from the map. Asks
+/// through the CLI's own protocol client (see `admin::list_offsets`), one
+/// request per leader.
+pub fn list_offsets(
     connect: &ConnectArgs,
-    diagnostics: &Diagnostics,
     topic: &str,
     partitions: &[i32],
     position: Offset,
 ) -> anyhow::Result<BTreeMap<i32, Offset>> {
-    // ListOffsets takes the special times -2 (earliest) and -1 (latest),
-    // which are how librdkafka stores Beginning and End, so one call covers
-    // all three cases with one request per leader.
-    let mut query = TopicPartitionList::new();
-    for &partition in partitions {
-        query
-            .add_partition_offset(topic, partition, position)
-            .context("cannot build a partition list")?;
-    }
-    let answer = consumer
-        .offsets_for_times(query, connect.timeout)
-        .map_err(|error| {
-            connect.failure(
-                &format!("cannot read the offsets of topic '{topic}'"),
-                &error,
-                diagnostics,
-            )
-        })?;
-    Ok(answer
-        .elements()
-        .iter()
-        .filter(|element| element.error().is_ok())
-        .map(|element| (element.partition(), element.offset()))
+    // ListOffsets takes the special times -2 (earliest) and -1 (latest).
+    let timestamp = match position {
+        Offset::Beginning => -2,
+        Offset::End => -1,
+        Offset::Offset(ms) => ms,
+        other => bail!("cannot list offsets at {other:?}"),
+    };
+    let what = || format!("cannot read the offsets of topic '{topic}'");
+    let mut bootstrap = crate::admin::Connection::bootstrap(&connect.bootstrap, connect.timeout)
+        .with_context(what)?;
+    let found = crate::admin::list_offsets(
+        &mut bootstrap,
+        connect.timeout,
+        topic,
+        partitions,
+        timestamp,
+    )
+    .with_context(what)?;
+    Ok(found
+        .into_iter()
+        .map(|(partition, offset)| {
+            // A time past every record finds no offset (-1): the log end.
+            let offset = if offset < 0 {
+                Offset::End
+            } else {
+                Offset::Offset(offset)
+            };
+            (partition, offset)
+        })
         .collect())
 }
 

@@ -197,22 +197,8 @@ fn describe(args: &DescribeArgs) -> anyhow::Result<()> {
     let diagnostics = &consumer.context().diagnostics;
     let info = describe_topic(consumer.client(), connect, diagnostics, &args.topic)?;
     let ids: Vec<i32> = info.partitions.iter().map(|p| p.id).collect();
-    let starts = list_offsets(
-        &consumer,
-        connect,
-        diagnostics,
-        &info.name,
-        &ids,
-        Offset::Beginning,
-    )?;
-    let ends = list_offsets(
-        &consumer,
-        connect,
-        diagnostics,
-        &info.name,
-        &ids,
-        Offset::End,
-    )?;
+    let starts = list_offsets(connect, &info.name, &ids, Offset::Beginning)?;
+    let ends = list_offsets(connect, &info.name, &ids, Offset::End)?;
 
     let admin = admin_client(connect)?;
     let configs = block_on(admin.describe_configs(
