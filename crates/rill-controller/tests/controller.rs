@@ -543,3 +543,71 @@ async fn a_command_too_large_for_the_log_is_refused() -> anyhow::Result<()> {
     controller.shutdown().await?;
     Ok(())
 }
+
+/// The active controller fences a broker whose heartbeats stop for its
+/// session timeout — but not for a gap in which the controller itself was
+/// not running (paused or starved): then every session starts afresh.
+/// (Found by rill-chaos: a SIGSTOPped active controller, resumed, fenced
+/// every broker at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_are_fenced_for_their_silence_not_the_controllers() -> anyhow::Result<()> {
+    use rill_controller::raft::rpc::{BrokerHeartbeat, BrokerRegistrationRequest};
+    use rill_types::ManualClock;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = ControllerOptions {
+        broker_session_timeout: Some(Duration::from_secs(2)),
+        clock: clock.clone(),
+        ..ControllerOptions::default()
+    };
+    let controller = Controller::open_with(dir.path(), 1, options, None).await?;
+    // A broker of another process (node 2): node 1's own broker is never
+    // fenced by its own controller.
+    let broker_epoch = controller
+        .register_broker(BrokerRegistrationRequest {
+            node_id: 2,
+            incarnation_id: Uuid::from_u128(2),
+            directory_id: Uuid::from_u128(2),
+            host: "127.0.0.1".into(),
+            port: 9092,
+            rack: None,
+        })
+        .await?;
+    let heartbeat = |version| BrokerHeartbeat {
+        node_id: 2,
+        broker_epoch,
+        metadata_version: version,
+        want_shut_down: false,
+    };
+    let answer = controller
+        .heartbeat(
+            heartbeat(controller.image().version),
+            Duration::from_secs(5),
+        )
+        .await?;
+    assert!(!answer.fenced);
+    let fenced = |c: &Controller| c.image().broker(2).is_some_and(|b| b.fenced);
+
+    // The controller "pauses" for 10 s: nobody could be heard meanwhile.
+    clock.advance_ms(10_000);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !fenced(&controller),
+        "fenced for the controller's own pause"
+    );
+
+    // Now the broker is silent while the controller runs: fenced once its
+    // 2 s session has passed.
+    for _ in 0..20 {
+        clock.advance_ms(200);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if fenced(&controller) {
+            break;
+        }
+    }
+    assert!(fenced(&controller), "a silent broker was not fenced");
+    controller.shutdown().await?;
+    Ok(())
+}

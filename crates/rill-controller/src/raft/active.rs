@@ -34,7 +34,16 @@ pub(super) struct Liveness {
     /// The term in which this node last became active; sessions restart
     /// when it changes.
     active_term: Option<u64>,
+    /// When the last round ran. A round much later than its interval means
+    /// this process itself was not running (paused, starved): heartbeats
+    /// that arrived meanwhile were not heard, so no broker is judged on
+    /// that gap.
+    last_round_ms: Option<i64>,
 }
+
+/// A gap between rounds past which sessions restart instead of being
+/// judged (see `Liveness::last_round_ms`).
+const ROUND_GAP_MAX: Duration = Duration::from_secs(1);
 
 impl Controller {
     fn now_ms(&self) -> i64 {
@@ -220,17 +229,33 @@ impl Controller {
                 .liveness
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if liveness.active_term != Some(metrics.current_term) {
+            let gap_ms = liveness.last_round_ms.map(|last| now.saturating_sub(last));
+            liveness.last_round_ms = Some(now);
+            let paused = gap_ms.is_some_and(|gap| gap > ROUND_GAP_MAX.as_millis() as i64);
+            let new_term = liveness.active_term != Some(metrics.current_term);
+            if new_term || paused {
+                // A new active controller has heard from nobody yet; one
+                // that was not running could not hear anybody. Either way
+                // every broker starts a fresh session rather than being
+                // fenced for the controller's own silence.
                 liveness.active_term = Some(metrics.current_term);
                 liveness.last_heard_ms.clear();
                 for broker in image.brokers() {
                     liveness.last_heard_ms.insert(broker.node_id, now);
                 }
-                tracing::info!(
-                    node_id = self.node_id,
-                    term = metrics.current_term,
-                    "this node is the active controller"
-                );
+                if new_term {
+                    tracing::info!(
+                        node_id = self.node_id,
+                        term = metrics.current_term,
+                        "this node is the active controller"
+                    );
+                } else {
+                    tracing::warn!(
+                        node_id = self.node_id,
+                        gap_ms,
+                        "the active controller did not run for a while; broker sessions restart"
+                    );
+                }
             }
             image
                 .unfenced_brokers()
