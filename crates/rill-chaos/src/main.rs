@@ -239,7 +239,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let ops = history::read(&history_path)?;
     let analysis = checker::check(&ops);
     let report = report::Report {
-        valid: analysis.valid,
+        analysis: &analysis,
         seed,
         faults,
         fault_kinds: kinds.iter().map(ToString::to_string).collect(),
@@ -247,10 +247,6 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         nodes: args.nodes,
         partitions: args.partitions,
         duration_s: args.duration,
-        acked: analysis.acked,
-        lost: analysis.lost,
-        duplicated: analysis.duplicated,
-        analysis: &analysis,
     };
     report::write_json(&report, &args.out.join("report.json"))?;
     report::write_svg(&ops, &args.out.join("report.svg"))?;

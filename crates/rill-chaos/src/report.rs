@@ -15,7 +15,9 @@ use crate::history::{Op, Type, F};
 /// What `report.json` holds.
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
-    pub valid: bool,
+    /// `valid`, `acked`, `lost`, `duplicated`, `anomalies`… come from here.
+    #[serde(flatten)]
+    pub analysis: &'a Analysis,
     pub seed: u64,
     /// How many faults were injected.
     pub faults: usize,
@@ -26,11 +28,6 @@ pub struct Report<'a> {
     pub nodes: usize,
     pub partitions: i32,
     pub duration_s: u64,
-    pub acked: usize,
-    pub lost: usize,
-    pub duplicated: usize,
-    #[serde(flatten)]
-    pub analysis: &'a Analysis,
 }
 
 pub fn write_json(report: &Report<'_>, path: &Path) -> anyhow::Result<()> {

@@ -14,7 +14,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -39,6 +38,10 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(40);
 /// Records one poll op holds at most.
 const POLL_BATCH_MAX: usize = 500;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often a consumer reads back its group's committed offsets, and
+/// how long that may take (it blocks the consumer's polls meanwhile).
+const COMMITTED_INTERVAL: Duration = Duration::from_secs(1);
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the final reader tries to reach each partition's end.
 const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long topic creation may take (a controller election included).
@@ -172,7 +175,7 @@ pub fn produce(
     Ok(())
 }
 
-/// Records commits and (group) assignments into the history.
+/// Records (group) assignments into the history.
 struct ReadContext {
     recorder: Arc<Recorder>,
     process: String,
@@ -185,22 +188,6 @@ impl ConsumerContext for ReadContext {
         if let Rebalance::Assign(_) = rebalance {
             self.recorder
                 .record(Op::new(&self.process, Type::Ok, F::Assign, 0));
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        for element in offsets.elements() {
-            let Offset::Offset(offset) = element.offset() else {
-                continue;
-            };
-            let mut op = Op::new(&self.process, Type::Ok, F::Commit, 0);
-            op.partition = Some(element.partition());
-            op.offset = Some(offset);
-            if let Err(error) = &result {
-                op.kind = Type::Fail;
-                op.error = Some(error.to_string());
-            }
-            self.recorder.record(op);
         }
     }
 }
@@ -246,7 +233,12 @@ pub fn consume(
         }
         Mode::Group => consumer.subscribe(&[TOPIC]).context("subscribe")?,
     }
+    let mut last_read_back = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_read_back.elapsed() >= COMMITTED_INTERVAL {
+            read_back_commits(&consumer, process, &recorder);
+            last_read_back = Instant::now();
+        }
         let (records, error) = poll_batch(&consumer);
         if !records.is_empty() {
             // A poll is recorded only when it returned records; its
@@ -265,8 +257,12 @@ pub fn consume(
             op.error = error;
             recorder.record(op);
             // Asynchronous: a commit to a dead coordinator must not stall
-            // the reads; its outcome is recorded by the callback.
-            let _ = consumer.commit(&commit, CommitMode::Async);
+            // the reads. What the coordinator holds is read back below.
+            if let Err(error) = consumer.commit(&commit, CommitMode::Async) {
+                let mut op = Op::new(process, Type::Fail, F::Commit, 0);
+                op.error = Some(error.to_string());
+                recorder.record(op);
+            }
         } else if let Some(error) = error {
             let mut op = Op::new(process, Type::Fail, F::Poll, 0);
             op.error = Some(error);
@@ -274,6 +270,33 @@ pub fn consume(
         }
     }
     Ok(())
+}
+
+/// Reads back the group's committed offsets for the consumer's partitions
+/// (OffsetFetch): a `commit` op per partition with a committed offset.
+fn read_back_commits<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    process: &str,
+    recorder: &Recorder,
+) {
+    recorder.record(Op::new(process, Type::Invoke, F::Commit, 0));
+    match consumer.committed(COMMITTED_TIMEOUT) {
+        Ok(list) => {
+            for element in list.elements() {
+                if let Offset::Offset(offset) = element.offset() {
+                    let mut op = Op::new(process, Type::Ok, F::Commit, 0);
+                    op.partition = Some(element.partition());
+                    op.offset = Some(offset);
+                    recorder.record(op);
+                }
+            }
+        }
+        Err(error) => {
+            let mut op = Op::new(process, Type::Fail, F::Commit, 0);
+            op.error = Some(error.to_string());
+            recorder.record(op);
+        }
+    }
 }
 
 /// Up to [`POLL_BATCH_MAX`] records, and the error that ended the batch.
