@@ -35,10 +35,12 @@ pub enum F {
     Send,
     /// A consumer polls: on `ok`, the `records` it got.
     Poll,
-    /// A consumer read back its group's committed `offset` (the next one
-    /// to read) for `partition` from the coordinator (OffsetFetch); its
-    /// own commits are asynchronous and not recorded one by one.
+    /// A consumer commits `offset` (the next one to read) for
+    /// `partition`, synchronously; `info` when the outcome is unknown.
     Commit,
+    /// A consumer read back its group's committed `offset` for
+    /// `partition` from the coordinator (OffsetFetch).
+    Committed,
     /// A group consumer was given partitions (`records` empty); the
     /// positions it reads from start again.
     Assign,

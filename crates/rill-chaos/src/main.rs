@@ -35,6 +35,15 @@ use crate::cluster::Cluster;
 use crate::history::{Op, Recorder, Type, F};
 use crate::nemesis::{Fault, Kind};
 
+/// Every node's flags on top of its identity and listeners: a broker is
+/// fenced after 3 s of silence (9 s by default), so that the longer
+/// pauses and kills (1 to 5 s) fence it and the shorter ones do not.
+const NODE_ARGS: &[&str] = &[
+    "--broker-heartbeat-interval-ms",
+    "500",
+    "--broker-session-timeout-ms",
+    "3000",
+];
 /// How long the consumers go on reading once the producers are done.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How often a wait looks at the interrupt flag.
@@ -163,7 +172,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
 
     let history_path = args.out.join("history.jsonl");
     let recorder = Arc::new(Recorder::create(&history_path)?);
-    let mut cluster = Cluster::start(&args.rill, args.nodes, &args.out, &[])?;
+    let mut cluster = Cluster::start(&args.rill, args.nodes, &args.out, NODE_ARGS)?;
     println!(
         "rill-chaos: {} nodes ready (data in {}), bootstrap {}",
         args.nodes,
@@ -243,6 +252,16 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         seed,
         faults,
         fault_kinds: kinds.iter().map(ToString::to_string).collect(),
+        faults_by_kind: kinds
+            .iter()
+            .map(|kind| {
+                let done = schedule[..faults]
+                    .iter()
+                    .filter(|f| f.kind == *kind)
+                    .count();
+                (kind.to_string(), done)
+            })
+            .collect(),
         faults_not_run: not_run,
         nodes: args.nodes,
         partitions: args.partitions,

@@ -23,6 +23,7 @@ pub struct Report<'a> {
     pub faults: usize,
     /// The fault kinds that ran.
     pub fault_kinds: Vec<String>,
+    pub faults_by_kind: BTreeMap<String, usize>,
     /// Fault kinds asked for that this version cannot inject, and why.
     pub faults_not_run: BTreeMap<String, String>,
     pub nodes: usize,

@@ -4,6 +4,7 @@
 //! every partition from its start to its log end. Every client records
 //! what it did and saw in the history.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -38,6 +39,10 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(40);
 /// Records one poll op holds at most.
 const POLL_BATCH_MAX: usize = 500;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often a consumer commits what it read.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a consumer's request may wait for its answer.
+const CONSUMER_SOCKET_TIMEOUT_MS: &str = "10000";
 /// How often a consumer reads back its group's committed offsets, and
 /// how long that may take (it blocks the consumer's polls meanwhile).
 const COMMITTED_INTERVAL: Duration = Duration::from_secs(1);
@@ -201,7 +206,8 @@ pub enum Mode {
     Group,
 }
 
-/// Polls until `stop`, committing after every batch.
+/// Polls until `stop`; commits what it read every [`COMMIT_INTERVAL`] and
+/// reads the group's committed offsets back every [`COMMITTED_INTERVAL`].
 pub fn consume(
     bootstrap: &str,
     process: &str,
@@ -220,6 +226,8 @@ pub fn consume(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // Bounds a synchronous commit or a read-back to a paused node.
+        .set("socket.timeout.ms", CONSUMER_SOCKET_TIMEOUT_MS)
         .create_with_context(context)
         .with_context(|| format!("create consumer {process}"))?;
     match mode {
@@ -233,8 +241,16 @@ pub fn consume(
         }
         Mode::Group => consumer.subscribe(&[TOPIC]).context("subscribe")?,
     }
+    // The next offset to read of each partition read since the last commit.
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
     let mut last_read_back = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_commit.elapsed() >= COMMIT_INTERVAL && !positions.is_empty() {
+            commit(&consumer, process, &positions, &recorder);
+            positions.clear();
+            last_commit = Instant::now();
+        }
         if last_read_back.elapsed() >= COMMITTED_INTERVAL {
             read_back_commits(&consumer, process, &recorder);
             last_read_back = Instant::now();
@@ -244,25 +260,13 @@ pub fn consume(
             // A poll is recorded only when it returned records; its
             // invocation is stamped when the records came.
             recorder.record(Op::new(process, Type::Invoke, F::Poll, 0));
-            let mut commit = TopicPartitionList::new();
             for record in &records {
-                let _ = commit.add_partition_offset(
-                    TOPIC,
-                    record.partition,
-                    Offset::Offset(record.offset + 1),
-                );
+                positions.insert(record.partition, record.offset + 1);
             }
             let mut op = Op::new(process, Type::Ok, F::Poll, 0);
             op.records = Some(records);
             op.error = error;
             recorder.record(op);
-            // Asynchronous: a commit to a dead coordinator must not stall
-            // the reads. What the coordinator holds is read back below.
-            if let Err(error) = consumer.commit(&commit, CommitMode::Async) {
-                let mut op = Op::new(process, Type::Fail, F::Commit, 0);
-                op.error = Some(error.to_string());
-                recorder.record(op);
-            }
         } else if let Some(error) = error {
             let mut op = Op::new(process, Type::Fail, F::Poll, 0);
             op.error = Some(error);
@@ -272,19 +276,58 @@ pub fn consume(
     Ok(())
 }
 
+/// Commits `positions` synchronously. Synchronous, because librdkafka
+/// retries asynchronous commits and can land an older one after a newer
+/// one: the committed offset would move back without the broker at fault.
+fn commit<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    process: &str,
+    positions: &BTreeMap<i32, i64>,
+    recorder: &Recorder,
+) {
+    let mut list = TopicPartitionList::new();
+    let op = |kind: Type, partition: i32, offset: i64| {
+        let mut op = Op::new(process, kind, F::Commit, 0);
+        op.partition = Some(partition);
+        op.offset = Some(offset);
+        op
+    };
+    for (&partition, &offset) in positions {
+        recorder.record(op(Type::Invoke, partition, offset));
+        if let Err(error) = list.add_partition_offset(TOPIC, partition, Offset::Offset(offset)) {
+            let mut failed = op(Type::Fail, partition, offset);
+            failed.error = Some(error.to_string());
+            recorder.record(failed);
+            return;
+        }
+    }
+    let result = consumer.commit(&list, CommitMode::Sync);
+    for (&partition, &offset) in positions {
+        match &result {
+            Ok(()) => recorder.record(op(Type::Ok, partition, offset)),
+            Err(error) => {
+                // A timed-out commit may still land later.
+                let mut done = op(Type::Info, partition, offset);
+                done.error = Some(error.to_string());
+                recorder.record(done);
+            }
+        }
+    }
+}
+
 /// Reads back the group's committed offsets for the consumer's partitions
-/// (OffsetFetch): a `commit` op per partition with a committed offset.
+/// (OffsetFetch): a `committed` op per partition with a committed offset.
 fn read_back_commits<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     process: &str,
     recorder: &Recorder,
 ) {
-    recorder.record(Op::new(process, Type::Invoke, F::Commit, 0));
+    recorder.record(Op::new(process, Type::Invoke, F::Committed, 0));
     match consumer.committed(COMMITTED_TIMEOUT) {
         Ok(list) => {
             for element in list.elements() {
                 if let Offset::Offset(offset) = element.offset() {
-                    let mut op = Op::new(process, Type::Ok, F::Commit, 0);
+                    let mut op = Op::new(process, Type::Ok, F::Committed, 0);
                     op.partition = Some(element.partition());
                     op.offset = Some(offset);
                     recorder.record(op);
@@ -292,7 +335,7 @@ fn read_back_commits<C: ConsumerContext>(
             }
         }
         Err(error) => {
-            let mut op = Op::new(process, Type::Fail, F::Commit, 0);
+            let mut op = Op::new(process, Type::Fail, F::Committed, 0);
             op.error = Some(error.to_string());
             recorder.record(op);
         }
