@@ -2,8 +2,8 @@
 //! ports, each with a data dir in a temporary directory, which the nemesis
 //! kills (SIGKILL), restarts on the same data dir, pauses (SIGSTOP) and
 //! resumes (SIGCONT). Dropping the cluster kills every node (paused ones
-//! included) and removes the data dirs, also when the run failed. Every
-//! wait is bounded.
+//! included) and removes the data dirs, also when the run failed; a node
+//! also dies with `rill-chaos` itself. Every wait is bounded.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
@@ -98,13 +98,14 @@ impl Cluster {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             dir,
         };
+        // Each node is the cluster's as soon as it is spawned, so that a
+        // failure to start another one still stops it (see `Drop`).
         let mut starting = Vec::new();
         for i in 0..cluster.nodes.len() {
             starting.push(cluster.spawn(i)?);
         }
         for (i, ready) in starting.into_iter().enumerate() {
-            let child = cluster.wait_ready(i, ready)?;
-            cluster.nodes[i].child = Some(child);
+            cluster.wait_ready(i, &ready)?;
         }
         Ok(cluster)
     }
@@ -156,9 +157,7 @@ impl Cluster {
             bail!("node {id} is running");
         }
         let ready = self.spawn(i)?;
-        let child = self.wait_ready(i, ready)?;
-        self.nodes[i].child = Some(child);
-        Ok(())
+        self.wait_ready(i, &ready)
     }
 
     pub fn pause(&mut self, id: i32) -> anyhow::Result<()> {
@@ -205,7 +204,8 @@ impl Cluster {
         Ok(healed)
     }
 
-    fn spawn(&self, i: usize) -> anyhow::Result<(Child, mpsc::Receiver<()>)> {
+    /// Starts node `i`'s process; the receiver gets its ready line.
+    fn spawn(&mut self, i: usize) -> anyhow::Result<mpsc::Receiver<()>> {
         let node = &self.nodes[i];
         let log = OpenOptions::new()
             .create(true)
@@ -213,7 +213,9 @@ impl Cluster {
             .open(&node.log)
             .with_context(|| format!("open {}", node.log.display()))?;
         let stderr = log.try_clone().context("clone the log file")?;
-        let mut child = Command::new(&self.rill)
+        let mut command = Command::new(&self.rill);
+        die_with_parent(&mut command);
+        let mut child = command
             .arg("serve")
             .args(["--node-id", &node.id.to_string()])
             .args(["--controller-quorum", &self.quorum])
@@ -233,21 +235,24 @@ impl Cluster {
         // The ready line comes on stdout; a thread hands it over, so that
         // the wait for it is bounded, and copies everything to the log.
         thread::spawn(move || copy_watching(stdout, log, ready_tx));
-        Ok((child, ready_rx))
+        self.nodes[i].child = Some(child);
+        self.nodes[i].paused = false;
+        Ok(ready_rx)
     }
 
-    fn wait_ready(
-        &self,
-        i: usize,
-        (mut child, ready): (Child, mpsc::Receiver<()>),
-    ) -> anyhow::Result<Child> {
-        let node = &self.nodes[i];
+    /// Waits for node `i`'s ready line; kills the node if it does not come.
+    fn wait_ready(&mut self, i: usize, ready: &mpsc::Receiver<()>) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if ready.recv_timeout(POLL_INTERVAL).is_ok() {
-                return Ok(child);
+                return Ok(());
             }
+            let node = &mut self.nodes[i];
+            let Some(child) = node.child.as_mut() else {
+                bail!("node {} is not running", node.id)
+            };
             if let Some(status) = child.try_wait().context("try_wait")? {
+                node.child = None;
                 bail!(
                     "node {} exited with {status} before it was ready (log: {})",
                     node.id,
@@ -257,6 +262,7 @@ impl Cluster {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                node.child = None;
                 bail!(
                     "node {} was not ready within {READY_TIMEOUT:?} (log: {})",
                     node.id,
@@ -277,6 +283,24 @@ impl Drop for Cluster {
                 let _ = wait_timeout(&mut child, REAP_TIMEOUT);
             }
         }
+    }
+}
+
+/// Has the node killed (SIGKILL) when `rill-chaos` dies, even by SIGKILL,
+/// when `Drop` cannot run. The signal comes when the *thread* that spawned
+/// the node ends: every node is spawned by the main thread (the nemesis
+/// and the heal run there), which lives as long as the process.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes one prctl(2)
+    // system call and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

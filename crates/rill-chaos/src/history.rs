@@ -36,7 +36,8 @@ pub enum F {
     /// A consumer polls: on `ok`, the `records` it got.
     Poll,
     /// A consumer commits `offset` (the next one to read) for
-    /// `partition`, synchronously; `info` when the outcome is unknown.
+    /// `partition`: `ok` once a read-back shows it, `info` when it was
+    /// not seen in time (it may still land).
     Commit,
     /// A consumer read back its group's committed `offset` for
     /// `partition` from the coordinator (OffsetFetch).

@@ -46,6 +46,8 @@ const NODE_ARGS: &[&str] = &[
 ];
 /// How long the consumers go on reading once the producers are done.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long an interrupted run may take to stop its nodes and clients.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
 /// How often a wait looks at the interrupt flag.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -147,6 +149,8 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             other => bail!("unknown fault {other:?} (kill, pause, partition)"),
         }
     }
+    // Sorted, so that the same kinds in any order give the same schedule.
+    kinds.sort();
     kinds.dedup();
     for (fault, why) in &not_run {
         eprintln!("rill-chaos: fault {fault} does not run: {why}");
@@ -376,6 +380,12 @@ fn watch_signals(interrupted: Arc<AtomicBool>) -> anyhow::Result<()> {
         });
         eprintln!("rill-chaos: interrupted; stopping");
         interrupted.store(true, Ordering::Relaxed);
+        // A client stuck in librdkafka could keep the run from seeing the
+        // flag: exit anyway after a while. The nodes die with the process
+        // (see `cluster`); only their data dirs stay.
+        thread::sleep(INTERRUPT_GRACE);
+        eprintln!("rill-chaos: not stopped within {INTERRUPT_GRACE:?}; exiting");
+        std::process::exit(2);
     });
     Ok(())
 }

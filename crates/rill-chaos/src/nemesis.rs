@@ -14,7 +14,7 @@ const GAP_MS: (u64, u64) = (1_000, 3_000);
 /// How long a node stays killed or paused.
 const HOLD_MS: (u64, u64) = (1_000, 5_000);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// SIGKILL, then a restart on the same data dir after the hold.

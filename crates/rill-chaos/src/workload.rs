@@ -39,8 +39,11 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(40);
 /// Records one poll op holds at most.
 const POLL_BATCH_MAX: usize = 500;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// How often a consumer commits what it read.
+/// How often a consumer commits what it read (when no commit is
+/// outstanding), and how long a commit may take to show in a read-back
+/// before it is given up as of unknown outcome.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a consumer's request may wait for its answer.
 const CONSUMER_SOCKET_TIMEOUT_MS: &str = "10000";
 /// How often a consumer reads back its group's committed offsets, and
@@ -206,8 +209,8 @@ pub enum Mode {
     Group,
 }
 
-/// Polls until `stop`; commits what it read every [`COMMIT_INTERVAL`] and
-/// reads the group's committed offsets back every [`COMMITTED_INTERVAL`].
+/// Polls until `stop`; commits what it read (see [`Commits`]) and reads
+/// the group's committed offsets back every [`COMMITTED_INTERVAL`].
 pub fn consume(
     bootstrap: &str,
     process: &str,
@@ -226,7 +229,7 @@ pub fn consume(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        // Bounds a synchronous commit or a read-back to a paused node.
+        // Bounds a read-back from a paused node.
         .set("socket.timeout.ms", CONSUMER_SOCKET_TIMEOUT_MS)
         .create_with_context(context)
         .with_context(|| format!("create consumer {process}"))?;
@@ -243,17 +246,21 @@ pub fn consume(
     }
     // The next offset to read of each partition read since the last commit.
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut commits = Commits::default();
     let mut last_commit = Instant::now();
     let mut last_read_back = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if last_commit.elapsed() >= COMMIT_INTERVAL && !positions.is_empty() {
-            commit(&consumer, process, &positions, &recorder);
+        if last_read_back.elapsed() >= COMMITTED_INTERVAL {
+            commits.read_back(&consumer, process, &recorder);
+            last_read_back = Instant::now();
+        }
+        if last_commit.elapsed() >= COMMIT_INTERVAL
+            && !positions.is_empty()
+            && commits.may_commit(process, &recorder)
+        {
+            commits.commit(&consumer, process, &positions, &recorder);
             positions.clear();
             last_commit = Instant::now();
-        }
-        if last_read_back.elapsed() >= COMMITTED_INTERVAL {
-            read_back_commits(&consumer, process, &recorder);
-            last_read_back = Instant::now();
         }
         let (records, error) = poll_batch(&consumer);
         if !records.is_empty() {
@@ -273,71 +280,124 @@ pub fn consume(
             recorder.record(op);
         }
     }
+    commits.give_up(process, &recorder);
     Ok(())
 }
 
-/// Commits `positions` synchronously. Synchronous, because librdkafka
-/// retries asynchronous commits and can land an older one after a newer
-/// one: the committed offset would move back without the broker at fault.
-fn commit<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    process: &str,
-    positions: &BTreeMap<i32, i64>,
-    recorder: &Recorder,
-) {
-    let mut list = TopicPartitionList::new();
-    let op = |kind: Type, partition: i32, offset: i64| {
+/// A consumer's commits, one at a time. They are asynchronous: a
+/// synchronous commit (`rd_kafka_commit`) waits without a bound and was
+/// seen never to return after faults. And one at a time, because
+/// librdkafka queues and retries asynchronous commits and can land an
+/// older one after a newer one, which would look like the coordinator
+/// moving back. A commit is `ok` once a read-back shows its offsets; one
+/// not seen within [`COMMIT_TIMEOUT`] is `info` (it may still land) and
+/// the next may go.
+#[derive(Debug, Default)]
+struct Commits {
+    /// Partition → offset of the outstanding commit.
+    pending: BTreeMap<i32, i64>,
+    since: Option<Instant>,
+}
+
+impl Commits {
+    fn op(process: &str, kind: Type, partition: i32, offset: i64) -> Op {
         let mut op = Op::new(process, kind, F::Commit, 0);
         op.partition = Some(partition);
         op.offset = Some(offset);
         op
-    };
-    for (&partition, &offset) in positions {
-        recorder.record(op(Type::Invoke, partition, offset));
-        if let Err(error) = list.add_partition_offset(TOPIC, partition, Offset::Offset(offset)) {
-            let mut failed = op(Type::Fail, partition, offset);
-            failed.error = Some(error.to_string());
-            recorder.record(failed);
+    }
+
+    /// Whether a new commit may go: none is outstanding, or the
+    /// outstanding one is given up.
+    fn may_commit(&mut self, process: &str, recorder: &Recorder) -> bool {
+        match self.since {
+            None => true,
+            Some(since) if since.elapsed() >= COMMIT_TIMEOUT => {
+                self.give_up(process, recorder);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn give_up(&mut self, process: &str, recorder: &Recorder) {
+        for (&partition, &offset) in &self.pending {
+            let mut op = Commits::op(process, Type::Info, partition, offset);
+            op.error = Some(format!("not seen committed within {COMMIT_TIMEOUT:?}"));
+            recorder.record(op);
+        }
+        self.pending.clear();
+        self.since = None;
+    }
+
+    fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        process: &str,
+        positions: &BTreeMap<i32, i64>,
+        recorder: &Recorder,
+    ) {
+        assert!(self.pending.is_empty());
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in positions {
+            recorder.record(Commits::op(process, Type::Invoke, partition, offset));
+            if let Err(error) = list.add_partition_offset(TOPIC, partition, Offset::Offset(offset))
+            {
+                let mut op = Commits::op(process, Type::Fail, partition, offset);
+                op.error = Some(error.to_string());
+                recorder.record(op);
+                continue;
+            }
+            self.pending.insert(partition, offset);
+        }
+        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+            // Refused before it was sent.
+            for (partition, offset) in std::mem::take(&mut self.pending) {
+                let mut op = Commits::op(process, Type::Fail, partition, offset);
+                op.error = Some(error.to_string());
+                recorder.record(op);
+            }
             return;
         }
+        self.since = Some(Instant::now());
     }
-    let result = consumer.commit(&list, CommitMode::Sync);
-    for (&partition, &offset) in positions {
-        match &result {
-            Ok(()) => recorder.record(op(Type::Ok, partition, offset)),
-            Err(error) => {
-                // A timed-out commit may still land later.
-                let mut done = op(Type::Info, partition, offset);
-                done.error = Some(error.to_string());
-                recorder.record(done);
-            }
-        }
-    }
-}
 
-/// Reads back the group's committed offsets for the consumer's partitions
-/// (OffsetFetch): a `committed` op per partition with a committed offset.
-fn read_back_commits<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    process: &str,
-    recorder: &Recorder,
-) {
-    recorder.record(Op::new(process, Type::Invoke, F::Committed, 0));
-    match consumer.committed(COMMITTED_TIMEOUT) {
-        Ok(list) => {
-            for element in list.elements() {
-                if let Offset::Offset(offset) = element.offset() {
+    /// Reads back the group's committed offsets for the consumer's
+    /// partitions (OffsetFetch, bounded): a `committed` op per partition
+    /// with a committed offset; the outstanding commit's partitions that
+    /// show its offset are `ok`.
+    fn read_back<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        process: &str,
+        recorder: &Recorder,
+    ) {
+        recorder.record(Op::new(process, Type::Invoke, F::Committed, 0));
+        match consumer.committed(COMMITTED_TIMEOUT) {
+            Ok(list) => {
+                for element in list.elements() {
+                    let Offset::Offset(offset) = element.offset() else {
+                        continue;
+                    };
+                    let partition = element.partition();
                     let mut op = Op::new(process, Type::Ok, F::Committed, 0);
-                    op.partition = Some(element.partition());
+                    op.partition = Some(partition);
                     op.offset = Some(offset);
                     recorder.record(op);
+                    if self.pending.get(&partition) == Some(&offset) {
+                        self.pending.remove(&partition);
+                        recorder.record(Commits::op(process, Type::Ok, partition, offset));
+                    }
+                }
+                if self.pending.is_empty() {
+                    self.since = None;
                 }
             }
-        }
-        Err(error) => {
-            let mut op = Op::new(process, Type::Fail, F::Committed, 0);
-            op.error = Some(error.to_string());
-            recorder.record(op);
+            Err(error) => {
+                let mut op = Op::new(process, Type::Fail, F::Committed, 0);
+                op.error = Some(error.to_string());
+                recorder.record(op);
+            }
         }
     }
 }
