@@ -1,0 +1,391 @@
+//! `rill-chaos`: runs a real rill cluster under faults while real clients
+//! (librdkafka) write and read, records everything they saw, and checks
+//! that nothing acknowledged was lost, duplicated or reordered.
+//!
+//! Layout:
+//! - `history`: the recorded operations (`history.jsonl`) and their format.
+//! - `checker`: what a history must satisfy; knows nothing of the cluster.
+//! - `cluster`: the `rill serve` processes, killed, paused and restarted.
+//! - `nemesis`: the seeded schedule of faults.
+//! - `workload`: the queue workload's producers, consumers and final reads.
+//! - `report`: `report.json` and `report.svg`.
+//!
+//! **Invariant:** no rill crate is a dependency. rill is tested as a user
+//! runs it: a binary and Kafka addresses.
+
+mod checker;
+mod cluster;
+mod history;
+mod nemesis;
+mod report;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::cluster::Cluster;
+use crate::history::{Op, Recorder, Type, F};
+use crate::nemesis::{Fault, Kind};
+
+/// Every node's flags on top of its identity and listeners: a broker is
+/// fenced after 3 s of silence (9 s by default), so that the longer
+/// pauses and kills (1 to 5 s) fence it and the shorter ones do not.
+const NODE_ARGS: &[&str] = &[
+    "--broker-heartbeat-interval-ms",
+    "500",
+    "--broker-session-timeout-ms",
+    "3000",
+];
+/// How long the consumers go on reading once the producers are done.
+const DRAIN: Duration = Duration::from_secs(5);
+/// How long an interrupted run may take to stop its nodes and clients.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
+/// How often a wait looks at the interrupt flag.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rill-chaos",
+    about = "Fault injection and a history checker for rill"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a cluster under faults with a workload, then checks the history.
+    /// Exit 0: valid; 1: the checker found an anomaly; 2: the run could not be done.
+    Run(RunArgs),
+    /// Checks a recorded history again. Exit 0: valid; 1: anomalies; 2: unreadable.
+    Check {
+        /// A `history.jsonl` written by `run`.
+        history: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The `rill` binary.
+    #[arg(long)]
+    rill: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Seconds of workload under faults (the final reads come after).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Fault kinds: kill, pause (partition is not done yet).
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
+    faults: Vec<String>,
+    /// queue (txn needs transactions, which rill does not serve yet).
+    #[arg(long, default_value = "queue")]
+    workload: String,
+    /// The nemesis's seed; random (and printed) when not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Where history.jsonl, report.json, report.svg and the node logs go.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Check { history } => check(&history),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("rill-chaos: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<bool> {
+    let ops = history::read(path)?;
+    let analysis = checker::check(&ops);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&analysis).context("encode")?
+    );
+    Ok(analysis.valid)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<bool> {
+    if args.workload != "queue" {
+        bail!(
+            "workload {:?}: only queue runs (txn needs transactions, which rill does not serve yet)",
+            args.workload
+        );
+    }
+    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
+    let mut kinds = Vec::new();
+    let mut not_run = BTreeMap::new();
+    for fault in &args.faults {
+        match fault.as_str() {
+            "kill" => kinds.push(Kind::Kill),
+            "pause" => kinds.push(Kind::Pause),
+            "partition" => {
+                not_run.insert(
+                    fault.clone(),
+                    "not implemented yet (needs a network namespace and nftables; docs/chaos.md)"
+                        .to_string(),
+                );
+            }
+            other => bail!("unknown fault {other:?} (kill, pause, partition)"),
+        }
+    }
+    // Sorted, so that the same kinds in any order give the same schedule.
+    kinds.sort();
+    kinds.dedup();
+    for (fault, why) in &not_run {
+        eprintln!("rill-chaos: fault {fault} does not run: {why}");
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    println!("rill-chaos: seed {seed}");
+    let duration = Duration::from_secs(args.duration);
+    let node_ids: Vec<i32> = (1..=args.nodes as i32).collect();
+    let schedule = nemesis::schedule(seed, duration, &kinds, &node_ids);
+    println!(
+        "rill-chaos: {} faults planned over {}s",
+        schedule.len(),
+        args.duration
+    );
+
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&interrupted))?;
+
+    let history_path = args.out.join("history.jsonl");
+    let recorder = Arc::new(Recorder::create(&history_path)?);
+    let mut cluster = Cluster::start(&args.rill, args.nodes, &args.out, NODE_ARGS)?;
+    println!(
+        "rill-chaos: {} nodes ready (data in {}), bootstrap {}",
+        args.nodes,
+        cluster.data_root().display(),
+        cluster.bootstrap()
+    );
+    let bootstrap = cluster.bootstrap();
+    workload::create_topic(&bootstrap, args.partitions)?;
+
+    let stop_producers = Arc::new(AtomicBool::new(false));
+    let stop_consumers = Arc::new(AtomicBool::new(false));
+    let next_value = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for (process, idempotent) in [("idempotent", true), ("plain", false)] {
+        let (bootstrap, recorder, next_value, stop) = (
+            bootstrap.clone(),
+            Arc::clone(&recorder),
+            Arc::clone(&next_value),
+            Arc::clone(&stop_producers),
+        );
+        producers.push(thread::spawn(move || {
+            workload::produce(&bootstrap, process, idempotent, recorder, next_value, stop)
+        }));
+    }
+    let mut consumers = Vec::new();
+    for (process, mode) in [
+        ("assign", workload::Mode::Assign),
+        ("group", workload::Mode::Group),
+    ] {
+        let (bootstrap, recorder, stop) = (
+            bootstrap.clone(),
+            Arc::clone(&recorder),
+            Arc::clone(&stop_consumers),
+        );
+        let partitions = args.partitions;
+        consumers.push(thread::spawn(move || {
+            workload::consume(&bootstrap, process, mode, partitions, recorder, stop)
+        }));
+    }
+
+    let start = Instant::now();
+    let mut faults = 0;
+    for fault in &schedule {
+        if !sleep_until(start + fault.at, &interrupted) {
+            break;
+        }
+        inject(&mut cluster, fault, &recorder, &interrupted)?;
+        faults += 1;
+    }
+    sleep_until(start + duration, &interrupted);
+    for (node, action) in cluster.heal()? {
+        println!("rill-chaos: healed node {node} ({action})");
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted; every node stopped");
+    }
+
+    println!("rill-chaos: faults over; waiting for outstanding sends");
+    stop_producers.store(true, Ordering::Relaxed);
+    for producer in producers {
+        join(producer)?;
+    }
+    sleep_until(Instant::now() + DRAIN, &interrupted);
+    stop_consumers.store(true, Ordering::Relaxed);
+    for consumer in consumers {
+        join(consumer)?;
+    }
+    println!("rill-chaos: reading every partition from the start");
+    workload::final_read(&bootstrap, args.partitions, &recorder)?;
+    recorder.finish()?;
+    drop(cluster);
+
+    let ops = history::read(&history_path)?;
+    let analysis = checker::check(&ops);
+    let report = report::Report {
+        analysis: &analysis,
+        seed,
+        faults,
+        fault_kinds: kinds.iter().map(ToString::to_string).collect(),
+        faults_by_kind: kinds
+            .iter()
+            .map(|kind| {
+                let done = schedule[..faults]
+                    .iter()
+                    .filter(|f| f.kind == *kind)
+                    .count();
+                (kind.to_string(), done)
+            })
+            .collect(),
+        faults_not_run: not_run,
+        nodes: args.nodes,
+        partitions: args.partitions,
+        duration_s: args.duration,
+    };
+    report::write_json(&report, &args.out.join("report.json"))?;
+    report::write_svg(&ops, &args.out.join("report.svg"))?;
+    let found: Vec<String> = analysis
+        .anomalies
+        .iter()
+        .map(|(name, finding)| format!("{name}: {}", finding.count))
+        .collect();
+    println!(
+        "rill-chaos: seed {seed}, {faults} faults, {} acknowledged, {} indeterminate, {} lost, {} duplicated; {}; report in {}",
+        analysis.acked,
+        analysis.indeterminate,
+        analysis.lost,
+        analysis.duplicated,
+        if analysis.valid { "valid".to_string() } else { format!("INVALID ({})", found.join(", ")) },
+        args.out.join("report.json").display()
+    );
+    Ok(analysis.valid)
+}
+
+/// Injects one fault, holds it, heals it; each step is in the history.
+fn inject(
+    cluster: &mut Cluster,
+    fault: &Fault,
+    recorder: &Recorder,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<()> {
+    let (begin, heal) = match fault.kind {
+        Kind::Kill => (F::Kill, F::Restart),
+        Kind::Pause => (F::Pause, F::Resume),
+    };
+    let record = |f: F, kind: Type, error: Option<String>| {
+        let mut op = Op::new("nemesis", kind, f, 0);
+        op.node = Some(fault.node);
+        op.error = error;
+        recorder.record(op);
+    };
+    println!(
+        "rill-chaos: {} node {} for {:?}",
+        fault.kind, fault.node, fault.hold
+    );
+    record(begin, Type::Invoke, None);
+    match fault.kind {
+        Kind::Kill => cluster.kill(fault.node)?,
+        Kind::Pause => cluster.pause(fault.node)?,
+    }
+    record(begin, Type::Ok, None);
+    sleep_until(Instant::now() + fault.hold, interrupted);
+    record(heal, Type::Invoke, None);
+    let healed = match fault.kind {
+        Kind::Kill => cluster.restart(fault.node),
+        Kind::Pause => cluster.resume(fault.node),
+    };
+    match healed {
+        Ok(()) => {
+            record(heal, Type::Ok, None);
+            Ok(())
+        }
+        Err(error) => {
+            record(heal, Type::Fail, Some(format!("{error:#}")));
+            Err(error)
+        }
+    }
+}
+
+/// Sleeps until `deadline`; false if interrupted first.
+fn sleep_until(deadline: Instant, interrupted: &AtomicBool) -> bool {
+    loop {
+        if interrupted.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        thread::sleep(TICK.min(deadline - now));
+    }
+}
+
+fn join(handle: thread::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    match handle.join() {
+        Ok(result) => result,
+        Err(_) => bail!("a client thread panicked"),
+    }
+}
+
+/// SIGINT and SIGTERM set `interrupted` instead of ending the process, so
+/// that the run stops its nodes and removes their data dirs.
+fn watch_signals(interrupted: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("start the signal runtime")?;
+    let (mut int, mut term) = {
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::interrupt()).context("watch SIGINT")?,
+            signal(SignalKind::terminate()).context("watch SIGTERM")?,
+        )
+    };
+    thread::spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("rill-chaos: interrupted; stopping");
+        interrupted.store(true, Ordering::Relaxed);
+        // A client stuck in librdkafka could keep the run from seeing the
+        // flag: exit anyway after a while. The nodes die with the process
+        // (see `cluster`); only their data dirs stay.
+        thread::sleep(INTERRUPT_GRACE);
+        eprintln!("rill-chaos: not stopped within {INTERRUPT_GRACE:?}; exiting");
+        std::process::exit(2);
+    });
+    Ok(())
+}
