@@ -342,18 +342,25 @@ impl GroupCoordinator {
                 let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
                     continue;
                 };
+                if replica.log.log_end_offset() == 0 {
+                    // Nothing to read (the topic was just made): loaded
+                    // here, under the lock, so that whichever caller of
+                    // `on_image` gets here first — the FindCoordinator that
+                    // made the topic, or the metadata follower — nobody
+                    // sees it loading, and that FindCoordinator sends its
+                    // client to a coordinator that is ready. (Loading it
+                    // outside the lock let the other caller answer while
+                    // the load was still under way: a JoinGroup right
+                    // after got COORDINATOR_LOAD_IN_PROGRESS.)
+                    state.owned.insert(partition, Load::Loaded);
+                    debug!(partition, "loaded empty __consumer_offsets partition");
+                    continue;
+                }
                 state.owned.insert(partition, Load::Loading);
                 to_load.push((partition, replica));
             }
         }
         for (partition, replica) in to_load {
-            if replica.log.log_end_offset() == 0 {
-                // Nothing to read (the topic was just made): loaded at
-                // once, so that the FindCoordinator that made it sends
-                // its client to a coordinator that is ready.
-                self.load(partition, &replica);
-                continue;
-            }
             let coordinator = Arc::clone(self);
             self.runtime
                 .spawn_blocking(move || coordinator.load(partition, &replica));
