@@ -146,10 +146,19 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("node {}: {e}", node.id))
             })
             .collect();
-        for (i, starting) in starting.into_iter().enumerate() {
-            match starting.wait_ready(NODE_READY_TIMEOUT) {
+        let mut starting = starting.into_iter().enumerate();
+        while let Some((i, next)) = starting.next() {
+            match next.wait_ready(NODE_READY_TIMEOUT) {
                 Ok((child, _)) => cluster.nodes[i].child = Some(child),
-                Err(error) => panic!("node {} did not start: {error}", cluster.nodes[i].id),
+                Err(error) => {
+                    // The nodes not yet waited for are not the cluster's
+                    // yet: kill them here, or they would outlive the test
+                    // (the cluster's drop stops the ones already started).
+                    for (_, rest) in starting {
+                        rest.kill();
+                    }
+                    panic!("node {} did not start: {error}", cluster.nodes[i].id);
+                }
             }
         }
         cluster

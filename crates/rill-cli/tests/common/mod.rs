@@ -323,6 +323,13 @@ pub fn spawn_serve(
 }
 
 impl Starting {
+    /// Kills the process (SIGKILL) and reaps it: for a start abandoned
+    /// because another failed.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the ready line; returns the process and the line, or why
     /// it did not come (the process is then gone).
     pub fn wait_ready(self, timeout: Duration) -> Result<(Child, String), String> {
