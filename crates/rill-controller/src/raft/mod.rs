@@ -114,7 +114,7 @@ pub enum ControllerError {
     /// No active controller answered within the time allowed (the quorum
     /// has lost its majority, or an election is under way). A proposal may
     /// still be committed later.
-    #[error("no active controller answered within {0:?}")]
+    #[error("no active controller answered within {0:?}: a majority of the controller quorum's voters must be running and reachable on their controller ports (see `rill cluster describe`)")]
     Timeout(Duration),
     /// Another live process has registered this node id.
     #[error("node id already registered by a live broker: {0}")]
