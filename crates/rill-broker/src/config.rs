@@ -87,6 +87,9 @@ pub struct BrokerConfig {
     /// `broker.session.timeout.ms`: the active controller fences a broker
     /// silent this long.
     pub broker_session_timeout: Duration,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with
+    /// its leader's log end for this long leaves the ISR.
+    pub replica_lag_time_max: Duration,
     /// How long a SIGTERM waits for the controller to move this broker's
     /// leaderships away (controlled shutdown) before it stops anyway.
     pub controlled_shutdown_timeout: Duration,
@@ -205,6 +208,7 @@ impl Default for BrokerConfig {
             rack: None,
             broker_heartbeat_interval: Duration::from_secs(2),
             broker_session_timeout: Duration::from_secs(9),
+            replica_lag_time_max: Duration::from_secs(30),
             controlled_shutdown_timeout: Duration::from_secs(15),
             http_addr: local(9644),
             auto_create_topics_enable: true,

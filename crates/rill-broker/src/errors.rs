@@ -7,7 +7,7 @@ use rill_controller::{ControllerError, MetadataError};
 use rill_storage::producer_state::ProducerStateError;
 use rill_storage::StorageError;
 
-use crate::replica::AppendError;
+use crate::replica::{AppendError, ReplicationError};
 
 use rill_protocol::kafka_protocol;
 
@@ -44,6 +44,17 @@ pub fn append_error_code(error: &AppendError) -> i16 {
 /// The Kafka error code for a batch the idempotence rules refused. Kafka
 /// answers INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED, to a produce from
 /// a fenced epoch since 2.7 (KIP-588): clients treat it as abortable.
+/// An acks=all wait that ended without the records committed.
+pub fn replication_error_code(error: ReplicationError) -> i16 {
+    match error {
+        ReplicationError::NotLeader => ResponseError::NotLeaderOrFollower.code(),
+        ReplicationError::NotEnoughReplicasAfterAppend => {
+            ResponseError::NotEnoughReplicasAfterAppend.code()
+        }
+        ReplicationError::Timeout => ResponseError::RequestTimedOut.code(),
+    }
+}
+
 pub fn producer_state_error_code(error: &ProducerStateError) -> i16 {
     let kind = match error {
         ProducerStateError::InvalidSequence { .. } => ResponseError::InvalidRecord,

@@ -37,6 +37,7 @@ mod http;
 mod metrics;
 mod producer_ids;
 pub mod replica;
+mod replication;
 pub mod server;
 
 pub use config::BrokerConfig;

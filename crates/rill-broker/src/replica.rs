@@ -1,22 +1,26 @@
 //! Partition replicas: every partition this node holds, with its log, its
-//! leader epoch and its high watermark, kept in step with the controller's
-//! metadata image.
+//! leadership and its high watermark, kept in step with the controller's
+//! metadata image (DESIGN.md §7, Kafka's ISR protocol).
 //!
-//! On a single node with replication factor 1 the high watermark is the log
-//! end offset: the only in-sync replica is the leader itself. The fields are
-//! kept apart anyway so that replication adds followers without changing how
-//! handlers read a partition.
+//! As **leader** a partition takes producers' appends, tracks how far each
+//! follower has fetched ([`Partition::fetched_by_follower`]) and moves the
+//! high watermark to the smallest log end offset in the ISR; acks=all
+//! waits for it ([`Partition::wait_replicated`]); the ISR task proposes
+//! ISR changes to the controller ([`Partition::isr_change`]). As
+//! **follower** it appends what the leader's log holds, offsets and epochs
+//! kept ([`Partition::append_as_follower`], driven by
+//! [`crate::replication`]), and takes the leader's high watermark.
 //!
 //! Each partition also holds the state of its idempotent producers
 //! ([`rill_storage::producer_state`]): loaded when the partition is opened
-//! (a snapshot plus the log after it), checked and updated by every append
-//! of a batch with a producer id, snapshotted by housekeeping and at
-//! shutdown.
+//! (a snapshot plus the log after it), checked and updated by every leader
+//! append of a batch with a producer id and recorded from every follower
+//! append (so that a new leader recognises a retry), rebuilt after a
+//! truncation, snapshotted by housekeeping and at shutdown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rill_controller::{MetadataImage, TopicId};
 use rill_storage::batch::{self, BatchHeader};
@@ -45,17 +49,18 @@ pub struct Partition {
     /// falls between the check and the append, and the batch carries the
     /// epoch it was checked under (Kafka's `leaderIsrUpdateLock`).
     state: RwLock<ReplicaState>,
-    /// The offset below which records are committed. A separate atomic
-    /// because every fetch reads it; it only moves forward while a leader
-    /// appends (with one in-sync replica, to the log end), and is set again
-    /// from the log after truncation.
-    high_watermark: AtomicI64,
+    /// As leader: how far each follower has fetched, and the ISR change
+    /// proposed to the controller and not yet in the image.
+    followers: Mutex<Followers>,
     /// Idempotent producers' epochs and last batches. A `std` mutex held
     /// across the check of a producer's batch, its append and its
     /// recording, so that two copies of one retried batch cannot both pass
     /// the check (Kafka holds its log lock the same way). Appends without a
     /// producer id do not take it.
     producers: Mutex<ProducerStateManager>,
+    /// Bumped when the high watermark moves or the leadership changes:
+    /// what acks=all waits on, for this partition alone.
+    changes: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
 }
 
@@ -82,6 +87,36 @@ impl ReplicaState {
     }
 }
 
+/// The leader's view of its followers (Kafka's `Replica` states).
+#[derive(Debug, Default)]
+struct Followers {
+    /// Every other replica's progress, since this node became leader.
+    progress: HashMap<NodeId, FollowerProgress>,
+    /// Where this node's leader epoch began: a follower is caught up
+    /// enough to join the ISR only at or past it.
+    epoch_start_offset: i64,
+    /// The ISR proposed to the controller, until the image has it (or
+    /// the proposal failed). The high watermark counts its members as well
+    /// as the image's, so that a replica joining the ISR holds everything
+    /// committed by the time it is in it (Kafka's "maximal ISR").
+    pending_isr: Option<Vec<NodeId>>,
+}
+
+/// How far one follower has fetched.
+#[derive(Debug, Clone, Copy)]
+struct FollowerProgress {
+    /// The follower's log end offset (its last fetch offset), which it
+    /// holds durably: it fetches offset N only once it has fsynced below
+    /// N. `-1` until it fetches in this leader epoch.
+    log_end_offset: i64,
+    /// The last time its fetch offset reached the leader's log end (or
+    /// the leader's log end at its previous fetch): `replica.lag.time.max.ms`
+    /// counts from here.
+    last_caught_up_ms: i64,
+    last_fetch_ms: i64,
+    leader_end_at_last_fetch: i64,
+}
+
 /// A leader append that succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaderAppend {
@@ -89,6 +124,9 @@ pub struct LeaderAppend {
     /// The batch was a producer's retry of one already in the log: nothing
     /// was appended, and `info` gives the original's offsets.
     pub duplicate: bool,
+    /// The leader epoch the batch was appended in: acks=all waits for the
+    /// high watermark in this epoch.
+    pub leader_epoch: i32,
 }
 
 /// Why a leader append was refused.
@@ -107,13 +145,39 @@ pub enum AppendError {
     #[error("{0}")]
     InvalidTxnState(String),
     /// NOT_LEADER_OR_FOLLOWER: this node does not lead the partition (any
-    /// more), checked under the state lock with the append.
+    /// more), checked under the state lock with the append; or, for a
+    /// follower append, it no longer follows in the epoch fetched for.
     #[error("this node does not lead the partition")]
     NotLeader,
     /// NOT_ENOUGH_REPLICAS: fewer in-sync replicas than the topic's
     /// `min.insync.replicas` (checked for acks=all, before the append).
     #[error("{isr} in-sync replicas, fewer than min.insync.replicas {min}")]
     NotEnoughReplicas { isr: usize, min: i32 },
+}
+
+/// Why acks=all did not get its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    /// NOT_LEADER_OR_FOLLOWER: the leadership moved before the records
+    /// were committed; they may be gone.
+    #[error("the leadership moved before the records were committed")]
+    NotLeader,
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND: committed, but the ISR shrank
+    /// below `min.insync.replicas` meanwhile.
+    #[error("the ISR shrank below min.insync.replicas after the append")]
+    NotEnoughReplicasAfterAppend,
+    /// REQUEST_TIMED_OUT: not committed within the request's timeout.
+    #[error("not replicated to the ISR within the request's timeout")]
+    Timeout,
+}
+
+/// An ISR change for the controller (AlterPartition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub tp: TopicPartition,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<NodeId>,
 }
 
 impl Partition {
@@ -126,6 +190,10 @@ impl Partition {
         // A panic under this lock is a bug already reported; the state is
         // whole (it is replaced in one assignment).
         self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_followers(&self) -> MutexGuard<'_, Followers> {
+        self.followers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn leader(&self) -> NodeId {
@@ -151,11 +219,11 @@ impl Partition {
 
     /// The offset below which records are committed: visible to consumers.
     pub fn high_watermark(&self) -> i64 {
-        self.high_watermark.load(Ordering::Acquire)
+        self.log.high_watermark()
     }
 
-    /// Appends a producer's batches as leader and, with every replica in
-    /// sync (this node alone), moves the high watermark to the new log end.
+    /// Appends a producer's batches as leader, and moves the high
+    /// watermark if the ISR is this node alone.
     ///
     /// A batch with a producer id goes through the idempotence rules first
     /// (see [`rill_storage::producer_state`]): a retry of one of the
@@ -182,13 +250,15 @@ impl Partition {
             });
         }
         let leader_epoch = state.leader_epoch;
+        let appended = |info| LeaderAppend {
+            info,
+            duplicate: false,
+            leader_epoch,
+        };
         let Some((header, batch)) = producer_batch(records)? else {
             let info = self.log.append(records, leader_epoch)?;
-            self.advance_high_watermark(&info);
-            return Ok(LeaderAppend {
-                info,
-                duplicate: false,
-            });
+            self.maybe_advance_high_watermark(&state);
+            return Ok(appended(info));
         };
         if header.is_control() {
             return Err(AppendError::InvalidRecord(
@@ -237,30 +307,306 @@ impl Partition {
                         batch_count: 1,
                     },
                     duplicate: true,
+                    leader_epoch,
                 })
             }
             AppendCheck::Append => {
                 let info = self.log.append(records, leader_epoch)?;
                 // The log wrote the offsets (and, under LogAppendTime, the
                 // max timestamp) into the batch.
-                let appended = BatchHeader::parse(records).expect("the log validated the batch");
-                let appended =
-                    ProducerBatch::from_header(&appended).expect("the batch has a producer id");
-                assert_eq!(appended.first_offset, info.base_offset);
-                producers.record(&appended, self.clock.now_ms());
+                let appended_header =
+                    BatchHeader::parse(records).expect("the log validated the batch");
+                let recorded = ProducerBatch::from_header(&appended_header)
+                    .expect("the batch has a producer id");
+                assert_eq!(recorded.first_offset, info.base_offset);
+                producers.record(&recorded, self.clock.now_ms());
                 drop(producers);
-                self.advance_high_watermark(&info);
-                Ok(LeaderAppend {
-                    info,
-                    duplicate: false,
-                })
+                self.maybe_advance_high_watermark(&state);
+                Ok(appended(info))
             }
         }
     }
 
-    fn advance_high_watermark(&self, info: &AppendInfo) {
-        self.high_watermark
-            .fetch_max(info.last_offset + 1, Ordering::AcqRel);
+    /// Appends batches fetched from the leader of `leader_epoch`, as they
+    /// are (offsets, epochs, producer ids and sequences kept; CRCs
+    /// checked), and records their producers, so that this replica could
+    /// lead with every producer's last batches known. Refused with
+    /// [`AppendError::NotLeader`] unless this node still follows in that
+    /// epoch (a fetch answer that arrives after a leader change is stale).
+    /// Nothing is fsynced here.
+    pub fn append_as_follower(
+        &self,
+        records: &[u8],
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, AppendError> {
+        let state = self.read_state();
+        if state.leader == self.node_id || state.leader_epoch != leader_epoch {
+            return Err(AppendError::NotLeader);
+        }
+        let mut producers = self.lock_producers();
+        let info = self.log.append_replicated(records)?;
+        let now_ms = self.clock.now_ms();
+        for bytes in batch::split(records).filter_map(Result::ok) {
+            if let Ok(header) = BatchHeader::parse(bytes) {
+                if header.is_control() {
+                    continue;
+                }
+                if let Some(recorded) = ProducerBatch::from_header(&header) {
+                    producers.record(&recorded, now_ms);
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    /// As follower: takes the leader's high watermark, up to this log's
+    /// end. Returns whether it moved.
+    pub fn follow_high_watermark(&self, leader_high_watermark: i64) -> bool {
+        self.log.advance_high_watermark(leader_high_watermark)
+    }
+
+    /// As leader: records that follower `replica` fetched from
+    /// `fetch_offset` (its log end offset), and moves the high watermark
+    /// if the ISR now holds more. Returns whether the high watermark moved,
+    /// or `None` when this node does not lead or `replica` is not a
+    /// replica of the partition.
+    pub fn fetched_by_follower(&self, replica: NodeId, fetch_offset: i64) -> Option<bool> {
+        let state = self.read_state();
+        if state.leader != self.node_id || !state.replicas.contains(&replica) {
+            return None;
+        }
+        let now_ms = self.clock.now_ms();
+        let leader_end = self.log.log_end_offset();
+        {
+            let mut followers = self.lock_followers();
+            let progress = followers
+                .progress
+                .entry(replica)
+                .or_insert(FollowerProgress {
+                    log_end_offset: -1,
+                    last_caught_up_ms: now_ms,
+                    last_fetch_ms: now_ms,
+                    leader_end_at_last_fetch: leader_end,
+                });
+            // Kafka's `Replica.updateFetchState`: caught up now if it asked
+            // for the log end; caught up at its previous fetch if it asked
+            // for what the log end was then.
+            if fetch_offset >= leader_end {
+                progress.last_caught_up_ms = now_ms;
+            } else if fetch_offset >= progress.leader_end_at_last_fetch {
+                progress.last_caught_up_ms = progress.last_caught_up_ms.max(progress.last_fetch_ms);
+            }
+            progress.log_end_offset = fetch_offset;
+            progress.last_fetch_ms = now_ms;
+            progress.leader_end_at_last_fetch = leader_end;
+        }
+        Some(self.maybe_advance_high_watermark(&state))
+    }
+
+    /// Moves the high watermark to the smallest log end offset among the
+    /// ISR (with any proposed additions), if that is further. The leader's
+    /// own log end counts as is: acks=all flushes the leader's log itself.
+    fn maybe_advance_high_watermark(&self, state: &ReplicaState) -> bool {
+        if state.leader != self.node_id {
+            return false;
+        }
+        let mut committed = self.log.log_end_offset();
+        {
+            let followers = self.lock_followers();
+            let pending = followers.pending_isr.iter().flatten();
+            for replica in state.isr.iter().chain(pending) {
+                if *replica == self.node_id {
+                    continue;
+                }
+                let end = followers
+                    .progress
+                    .get(replica)
+                    .map_or(-1, |p| p.log_end_offset);
+                committed = committed.min(end);
+            }
+        }
+        let moved = self.log.advance_high_watermark(committed);
+        if moved {
+            self.notify_change();
+        }
+        moved
+    }
+
+    fn notify_change(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// acks=all: waits until everything below `end_offset`, appended in
+    /// `leader_epoch`, is committed (below the high watermark), or the
+    /// leadership moves, or `deadline` passes. The leader's own flush is
+    /// the caller's (see `handlers::produce`).
+    pub async fn wait_replicated(
+        &self,
+        end_offset: i64,
+        leader_epoch: i32,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ReplicationError> {
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            {
+                let state = self.read_state();
+                if state.leader != self.node_id || state.leader_epoch != leader_epoch {
+                    return Err(ReplicationError::NotLeader);
+                }
+                if self.log.high_watermark() >= end_offset {
+                    // Kafka's `Partition.checkEnoughReplicasReachOffset`.
+                    return if (state.isr.len() as i32) < state.min_insync_replicas {
+                        Err(ReplicationError::NotEnoughReplicasAfterAppend)
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(ReplicationError::NotLeader);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(ReplicationError::Timeout),
+            }
+        }
+    }
+
+    /// As leader: the ISR change to propose, if one is due and none is in
+    /// flight. A follower leaves when it has not caught up with the log
+    /// end for `lag_max`; one outside joins once it has reached the high
+    /// watermark and this leader epoch's start (Kafka's
+    /// `Partition.maybeShrinkIsr` and `maybeExpandIsr`). The proposal is
+    /// remembered as pending until the image has a new partition epoch or
+    /// [`Partition::isr_change_failed`] is called.
+    pub fn isr_change(&self, lag_max: Duration) -> Option<IsrChange> {
+        let state = self.read_state();
+        if state.leader != self.node_id {
+            return None;
+        }
+        let now_ms = self.clock.now_ms();
+        let high_watermark = self.log.high_watermark();
+        let mut followers = self.lock_followers();
+        if followers.pending_isr.is_some() {
+            return None;
+        }
+        let lag_max_ms = i64::try_from(lag_max.as_millis()).unwrap_or(i64::MAX);
+        let mut isr: Vec<NodeId> = state
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| {
+                *r == self.node_id
+                    || followers
+                        .progress
+                        .get(r)
+                        .is_some_and(|p| now_ms.saturating_sub(p.last_caught_up_ms) <= lag_max_ms)
+            })
+            .collect();
+        for replica in &state.replicas {
+            if isr.contains(replica) {
+                continue;
+            }
+            if let Some(progress) = followers.progress.get(replica) {
+                if progress.log_end_offset >= high_watermark
+                    && progress.log_end_offset >= followers.epoch_start_offset
+                    && now_ms.saturating_sub(progress.last_caught_up_ms) <= lag_max_ms
+                {
+                    isr.push(*replica);
+                }
+            }
+        }
+        if isr.len() == state.isr.len() && isr.iter().all(|r| state.isr.contains(r)) {
+            return None;
+        }
+        // Replicas in assignment order, as the controller keeps them.
+        isr.sort_by_key(|r| state.replicas.iter().position(|x| x == r));
+        followers.pending_isr = Some(isr.clone());
+        Some(IsrChange {
+            tp: self.tp.clone(),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr,
+        })
+    }
+
+    /// The proposed ISR change was refused or lost: the next check may
+    /// propose again.
+    pub fn isr_change_failed(&self) {
+        self.lock_followers().pending_isr = None;
+    }
+
+    /// How far behind the leader's log end each follower is, as leader
+    /// (for the lag metric); empty as follower.
+    pub fn follower_lag(&self) -> Vec<(NodeId, i64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let end = self.log.log_end_offset();
+        let followers = self.lock_followers();
+        let mut lag: Vec<(NodeId, i64)> = followers
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, (end - p.log_end_offset.max(0)).max(0)))
+            .collect();
+        lag.sort_unstable();
+        lag
+    }
+
+    /// Takes the state the image gives the partition: on becoming leader
+    /// in a new epoch, records the epoch's start in the log and starts
+    /// tracking the followers afresh; on any change, wakes acks=all
+    /// waiters to look again.
+    fn set_state(&self, wanted: ReplicaState) {
+        wanted.assert_consistent();
+        // Waits for appends in flight under the old state.
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if *state == wanted {
+            return;
+        }
+        let became_leader = wanted.leader == self.node_id
+            && (state.leader != self.node_id || state.leader_epoch != wanted.leader_epoch);
+        {
+            let mut followers = self.lock_followers();
+            if became_leader {
+                if let Err(error) = self.log.begin_epoch(wanted.leader_epoch) {
+                    warn!(topic = %self.tp.topic, partition = self.tp.partition, %error, "cannot record the new leader epoch's start");
+                }
+                let now_ms = self.clock.now_ms();
+                let end = self.log.log_end_offset();
+                followers.progress = wanted
+                    .replicas
+                    .iter()
+                    .filter(|r| **r != self.node_id)
+                    .map(|r| {
+                        (
+                            *r,
+                            FollowerProgress {
+                                log_end_offset: -1,
+                                last_caught_up_ms: now_ms,
+                                last_fetch_ms: now_ms,
+                                leader_end_at_last_fetch: end,
+                            },
+                        )
+                    })
+                    .collect();
+                followers.epoch_start_offset = end;
+                followers.pending_isr = None;
+            } else if wanted.leader != self.node_id {
+                followers.progress.clear();
+                followers.pending_isr = None;
+            } else if wanted.partition_epoch != state.partition_epoch {
+                followers.pending_isr = None;
+            }
+        }
+        *state = wanted;
+        drop(state);
+        // With the ISR this node alone (or its followers further on than
+        // the high watermark), the high watermark moves at once.
+        self.maybe_advance_high_watermark(&self.read_state());
+        self.notify_change();
     }
 
     fn lock_producers(&self) -> MutexGuard<'_, ProducerStateManager> {
@@ -325,12 +671,6 @@ impl Partition {
         written
     }
 
-    /// Re-reads the high watermark from the log after an operation that can
-    /// move the log end or start (DeleteRecords, truncation).
-    pub fn refresh_high_watermark(&self) {
-        self.high_watermark
-            .store(self.log.log_end_offset(), Ordering::Release);
-    }
 }
 
 /// The producer fields of a request's batches, if they carry a producer id.
@@ -373,6 +713,9 @@ pub struct ReplicaManager {
     applied: Mutex<Option<u64>>,
     /// Bumped after every append, so that waiting fetches re-check.
     appended: watch::Sender<u64>,
+    /// The version of the last image applied, for the replica fetchers to
+    /// follow leadership changes once the partitions have them.
+    applied_images: watch::Sender<u64>,
 }
 
 impl ReplicaManager {
@@ -392,6 +735,7 @@ impl ReplicaManager {
             partitions: RwLock::new(HashMap::new()),
             applied: Mutex::new(None),
             appended: watch::Sender::new(0),
+            applied_images: watch::Sender::new(0),
         }
     }
 
@@ -528,9 +872,7 @@ impl ReplicaManager {
         }
         for (tp, wanted) in wanted {
             if let Some(partition) = partitions.get(&tp) {
-                wanted.state.assert_consistent();
-                // Waits for appends in flight under the old state.
-                *partition.state.write().unwrap_or_else(|p| p.into_inner()) = wanted.state;
+                partition.set_state(wanted.state);
                 if *partition.log.config() != wanted.config {
                     if let Err(error) = partition.log.set_config(wanted.config) {
                         warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot apply topic config");
@@ -543,20 +885,28 @@ impl ReplicaManager {
                     let Some(producers) = self.load_producers(&tp, &log) else {
                         continue;
                     };
-                    let high_watermark = log.log_end_offset();
-                    partitions.insert(
-                        tp.clone(),
-                        Arc::new(Partition {
-                            tp,
-                            topic_id: wanted.topic_id,
-                            log,
-                            node_id: self.node_id,
-                            state: RwLock::new(wanted.state),
-                            high_watermark: AtomicI64::new(high_watermark),
-                            producers: Mutex::new(producers),
-                            clock: Arc::clone(&self.clock),
+                    let partition = Partition {
+                        tp: tp.clone(),
+                        topic_id: wanted.topic_id,
+                        log,
+                        node_id: self.node_id,
+                        // Led by nobody until `set_state`, which does what
+                        // taking over a partition needs.
+                        state: RwLock::new(ReplicaState {
+                            leader: -1,
+                            leader_epoch: -1,
+                            partition_epoch: -1,
+                            replicas: Vec::new(),
+                            isr: Vec::new(),
+                            min_insync_replicas: 1,
                         }),
-                    );
+                        followers: Mutex::new(Followers::default()),
+                        producers: Mutex::new(producers),
+                        changes: watch::Sender::new(0),
+                        clock: Arc::clone(&self.clock),
+                    };
+                    partition.set_state(wanted.state);
+                    partitions.insert(tp, Arc::new(partition));
                 }
                 Err(error) => {
                     warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot open partition log")
@@ -564,10 +914,52 @@ impl ReplicaManager {
             }
         }
         *applied = Some(image.version);
+        self.applied_images.send_replace(image.version);
+    }
+
+    /// A receiver that changes after each image applied.
+    pub fn subscribe_images(&self) -> watch::Receiver<u64> {
+        self.applied_images.subscribe()
     }
 }
 
 impl ReplicaManager {
+    /// Truncates a follower's log to `offset` (where it diverges from its
+    /// leader's), checkpointed at once, and rebuilds its producer state
+    /// from what is left. Blocking.
+    pub fn truncate(&self, partition: &Partition, offset: i64) -> Result<(), StorageError> {
+        self.logs.truncate_to(&partition.tp, offset)?;
+        self.reload_producers(partition);
+        Ok(())
+    }
+
+    /// Empties a follower's log and restarts it at `offset` (its leader's
+    /// log now starts after this log's end). Blocking.
+    pub fn restart_log_at(&self, partition: &Partition, offset: i64) -> Result<(), StorageError> {
+        partition.log.truncate_fully_and_start_at(offset)?;
+        self.logs.checkpoint()?;
+        self.reload_producers(partition);
+        Ok(())
+    }
+
+    /// Moves a follower's log start up to its leader's (DeleteRecords or
+    /// retention on the leader). Blocking.
+    pub fn follow_log_start(&self, partition: &Partition, offset: i64) -> Result<(), StorageError> {
+        if offset > partition.log.log_start_offset() && offset <= partition.log.log_end_offset() {
+            self.logs.delete_before(&partition.tp, offset)?;
+        }
+        Ok(())
+    }
+
+    fn reload_producers(&self, partition: &Partition) {
+        // Producer state describes the log as it was; what was cut off
+        // must not be remembered as appended. Snapshots past the new end
+        // are ignored by the load.
+        if let Some(producers) = self.load_producers(&partition.tp, &partition.log) {
+            *partition.lock_producers() = producers;
+        }
+    }
+
     /// Builds a partition's producer state from its snapshot and log. This
     /// reads the log after the snapshot (all of it without one), so it runs
     /// only where a partition is opened: at start-up before the node is
@@ -720,6 +1112,7 @@ mod tests {
     use rill_storage::records::BatchBuilder;
     use rill_storage::LogManagerConfig;
     use rill_types::SystemClock;
+    use std::sync::atomic::Ordering;
 
     fn command(image: &mut MetadataImage, command: MetadataCommand) {
         let version = image.version;

@@ -563,6 +563,14 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(log_cleaner(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(crate::replication::run_fetchers(
+            Arc::clone(&broker),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::replication::run_isr_changes(
+            Arc::clone(&broker),
+            shutdown.clone(),
+        ));
         tasks.spawn(accept_kafka(
             Arc::clone(&broker),
             kafka_listener,

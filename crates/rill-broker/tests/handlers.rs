@@ -125,7 +125,8 @@ async fn offset_for_leader_epoch() {
                         (0, -1, 7),
                         // No epoch asked for.
                         (0, -1, -1),
-                        // An empty log knows no epoch.
+                        // An empty log knows the epoch its leader began:
+                        // Kafka's `makeLeader` records it at the log end.
                         (1, 0, 0),
                         // The client thinks the leader is newer.
                         (0, 3, 0),
@@ -146,7 +147,7 @@ async fn offset_for_leader_epoch() {
                 (0, NONE, 0, 5),
                 (0, NONE, -1, -1),
                 (0, NONE, -1, -1),
-                (1, NONE, -1, -1),
+                (1, NONE, 0, 0),
                 (0, UNKNOWN_LEADER_EPOCH, -1, -1),
                 (2, UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
                 (-1, UNKNOWN_TOPIC_OR_PARTITION, -1, -1),

@@ -85,6 +85,9 @@ struct ServeArgs {
     /// How long the active controller waits for a broker's heartbeat before it fences the broker, in milliseconds [default: 9000].
     #[arg(long, env = "RILL_BROKER_SESSION_TIMEOUT_MS")]
     broker_session_timeout_ms: Option<u64>,
+    /// How long a follower may go without catching up with its leader before it leaves the ISR, in milliseconds [default: 30000].
+    #[arg(long, env = "RILL_REPLICA_LAG_TIME_MAX_MS")]
+    replica_lag_time_max_ms: Option<u64>,
     /// Create unknown topics when a client asks for their metadata [default: true].
     #[arg(long, env = "RILL_AUTO_CREATE_TOPICS_ENABLE")]
     auto_create_topics_enable: Option<bool>,
@@ -154,6 +157,7 @@ struct FileSettings {
     rack: Option<String>,
     broker_heartbeat_interval_ms: Option<u64>,
     broker_session_timeout_ms: Option<u64>,
+    replica_lag_time_max_ms: Option<u64>,
     auto_create_topics_enable: Option<bool>,
     num_partitions: Option<i32>,
     socket_request_max_bytes: Option<usize>,
@@ -362,6 +366,13 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     {
         anyhow::ensure!(ms > 0, "broker-heartbeat-interval-ms must be positive");
         config.broker_heartbeat_interval = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args
+        .replica_lag_time_max_ms
+        .or(file.replica_lag_time_max_ms)
+    {
+        anyhow::ensure!(ms > 0, "replica-lag-time-max-ms must be positive");
+        config.replica_lag_time_max = std::time::Duration::from_millis(ms);
     }
     if let Some(ms) = args
         .broker_session_timeout_ms

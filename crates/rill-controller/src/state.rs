@@ -120,6 +120,18 @@ pub enum MetadataCommand {
     /// handed out twice: the next free id is part of the image, so it
     /// survives restarts and snapshots, and every broker takes from it.
     AllocateProducerIds { node_id: NodeId, count: i32 },
+    /// A partition leader's ISR change (Kafka's AlterPartition): `isr`
+    /// replaces the ISR if `leader` still leads in `leader_epoch` and the
+    /// partition is still at `partition_epoch`; the partition epoch is
+    /// bumped. Replicas joining must be unfenced.
+    AlterPartition {
+        topic_id: TopicId,
+        partition: PartitionIndex,
+        leader: NodeId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<NodeId>,
+    },
 }
 
 /// Which election `ElectLeaders` runs (Kafka's `ElectionType`).
@@ -192,6 +204,8 @@ pub enum ApplyOutcome {
         first: i64,
         count: i32,
     },
+    /// The ISR changed; the partition is now at `partition_epoch`.
+    PartitionAltered { partition_epoch: i32 },
     /// A Raft entry that carries no command (a leader's blank entry or a
     /// membership change) was applied.
     Nothing,
@@ -246,6 +260,18 @@ pub enum MetadataError {
         given: i64,
         current: i64,
     },
+    /// FENCED_LEADER_EPOCH (74): an AlterPartition from a leader that no
+    /// longer leads in that epoch.
+    #[error("{0}")]
+    FencedLeaderEpoch(String),
+    /// INVALID_UPDATE_VERSION (95): an AlterPartition against a partition
+    /// epoch that has moved on; the leader retries on fresh metadata.
+    #[error("{0}")]
+    InvalidUpdateVersion(String),
+    /// INELIGIBLE_REPLICA (107): an AlterPartition adding a fenced replica
+    /// to the ISR.
+    #[error("{0}")]
+    IneligibleReplica(String),
 }
 
 impl MetadataError {
@@ -264,6 +290,9 @@ impl MetadataError {
             MetadataError::BrokerIdNotRegistered(_) => 102,
             MetadataError::UnknownServerError(_) => -1,
             MetadataError::StaleBrokerEpoch { .. } => 77,
+            MetadataError::FencedLeaderEpoch(_) => 74,
+            MetadataError::InvalidUpdateVersion(_) => 95,
+            MetadataError::IneligibleReplica(_) => 107,
         }
     }
 }
@@ -537,6 +566,65 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
         }
         // Partitions that do not exist get their own result, not a rejection.
         MetadataCommand::ElectLeaders { .. } => Ok(()),
+        MetadataCommand::AlterPartition {
+            topic_id,
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        } => {
+            let topic = image
+                .topics
+                .get(topic_id)
+                .ok_or(MetadataError::UnknownTopicId(*topic_id))?;
+            let state = usize::try_from(*partition)
+                .ok()
+                .and_then(|p| topic.partitions.get(p))
+                .ok_or_else(|| {
+                    MetadataError::UnknownTopicOrPartition(format!("{}-{partition}", topic.name))
+                })?;
+            let at = || format!("{}-{partition}", topic.name);
+            if state.leader != *leader || state.leader_epoch != *leader_epoch {
+                return Err(MetadataError::FencedLeaderEpoch(format!(
+                    "{}: led by {} in epoch {}, not by {leader} in epoch {leader_epoch}",
+                    at(),
+                    state.leader,
+                    state.leader_epoch
+                )));
+            }
+            if state.partition_epoch != *partition_epoch {
+                return Err(MetadataError::InvalidUpdateVersion(format!(
+                    "{}: partition epoch {}, not {partition_epoch}",
+                    at(),
+                    state.partition_epoch
+                )));
+            }
+            let distinct: BTreeSet<NodeId> = isr.iter().copied().collect();
+            if !isr.contains(leader)
+                || distinct.len() != isr.len()
+                || !isr.iter().all(|r| state.replicas.contains(r))
+            {
+                return Err(MetadataError::InvalidRequest(format!(
+                    "{}: ISR {isr:?} must hold the leader {leader}, once each, and only replicas of {:?}",
+                    at(),
+                    state.replicas
+                )));
+            }
+            let fenced: Vec<NodeId> = isr
+                .iter()
+                .copied()
+                .filter(|r| !state.isr.contains(r))
+                .filter(|r| image.brokers.get(r).is_none_or(|b| b.fenced))
+                .collect();
+            if !fenced.is_empty() {
+                return Err(MetadataError::IneligibleReplica(format!(
+                    "{}: replicas {fenced:?} are fenced and cannot join the ISR",
+                    at()
+                )));
+            }
+            Ok(())
+        }
         MetadataCommand::RegisterBroker {
             node_id,
             incarnation_id: _,
@@ -721,6 +809,23 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
         } => ApplyOutcome::LeadersElected {
             results: elect_leaders(image, *election, partitions.as_deref()),
         },
+        MetadataCommand::AlterPartition {
+            topic_id,
+            partition,
+            isr,
+            ..
+        } => {
+            let state = image
+                .topics
+                .get_mut(topic_id)
+                .and_then(|t| t.partitions.get_mut(*partition as usize))
+                .expect("checked");
+            state.isr = isr.clone();
+            state.partition_epoch += 1;
+            ApplyOutcome::PartitionAltered {
+                partition_epoch: state.partition_epoch,
+            }
+        }
         MetadataCommand::UnfenceBroker { node_id, .. } => {
             let elections = unfence(image, *node_id);
             ApplyOutcome::BrokerStateChanged {
@@ -861,16 +966,14 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
     }
 }
 
-/// A new partition led by its first replica, which is its only in-sync
-/// replica. Followers do not copy partition data yet (replication is the
-/// next step), so no other replica may ever be counted in sync: an election
-/// that handed leadership to one would lose what the leader had
-/// acknowledged. With replication, followers join the ISR once caught up.
+/// A new partition led by its first replica, with every replica in sync:
+/// an empty log is the same on all of them (Kafka's KRaft controller does
+/// the same for the unfenced ones; placement picks only unfenced brokers).
 fn new_partition(replicas: Vec<NodeId>) -> PartitionState {
     assert!(!replicas.is_empty());
     PartitionState {
         leader: replicas[0],
-        isr: vec![replicas[0]],
+        isr: replicas.clone(),
         replicas,
         leader_epoch: 0,
         partition_epoch: 0,

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -234,6 +235,11 @@ pub struct Log {
     structure: Mutex<()>,
     state: Mutex<LogState>,
     flush_observer: Option<Arc<dyn FlushObserver>>,
+    /// The offset below which records are committed (Kafka keeps it in
+    /// its log too): the replica layer moves it, truncation and a new log
+    /// start keep it within the log. Starts at the log start until
+    /// [`Log::restore_high_watermark`] gives the checkpointed value.
+    high_watermark: AtomicI64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -395,6 +401,7 @@ impl Log {
             flush: Mutex::new(false),
             flushed: Condvar::new(),
             structure: Mutex::new(()),
+            high_watermark: AtomicI64::new(state.log_start_offset),
             state: Mutex::new(state),
             flush_observer: None,
         };
@@ -428,6 +435,57 @@ impl Log {
 
     pub fn log_end_offset(&self) -> i64 {
         lock(&self.state).log_end_offset()
+    }
+
+    /// The offset below which records are committed: what consumers may
+    /// read.
+    ///
+    /// Invariant: `log_start_offset <= high_watermark <= log_end_offset`
+    /// (each move is clamped under the state lock).
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Moves the high watermark forward to `offset`, clamped to the log
+    /// end; never back. Returns whether it moved.
+    pub fn advance_high_watermark(&self, offset: i64) -> bool {
+        let state = lock(&self.state);
+        let offset = offset.min(state.log_end_offset());
+        let before = self.high_watermark.fetch_max(offset, Ordering::AcqRel);
+        offset > before
+    }
+
+    /// Sets the high watermark to the checkpointed `offset`, clamped to
+    /// the log (a checkpoint may predate a truncation or a new log start).
+    pub fn restore_high_watermark(&self, offset: i64) {
+        let state = lock(&self.state);
+        let offset = offset.clamp(state.log_start_offset, state.log_end_offset());
+        self.high_watermark.store(offset, Ordering::Release);
+    }
+
+    /// Keeps the high watermark within the log after its end or start moved.
+    fn clamp_high_watermark(&self, state: &LogState) {
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        let clamped = hw.clamp(state.log_start_offset, state.log_end_offset());
+        if clamped != hw {
+            self.high_watermark.store(clamped, Ordering::Release);
+        }
+    }
+
+    /// Records that `epoch` begins at the log end: a new leader does so
+    /// when it takes over, before its first append, so that a follower's
+    /// OffsetForLeaderEpoch for the previous epoch ends where this one
+    /// starts (Kafka's `Partition.makeLeader`). An epoch not above the
+    /// latest is ignored.
+    pub fn begin_epoch(&self, epoch: i32) -> Result<()> {
+        let mut state = lock(&self.state);
+        self.ensure_open(&state)?;
+        if state.epochs.latest_epoch().is_some_and(|e| e >= epoch) {
+            return Ok(());
+        }
+        let end = state.log_end_offset();
+        state.epochs.assign(epoch, end);
+        state.epochs.persist()
     }
 
     /// Everything below this offset is known to be durable.
@@ -1183,6 +1241,7 @@ impl Log {
         state.recovery_point = state.recovery_point.min(log_end_offset);
         state.first_dirty_offset = state.first_dirty_offset.min(log_end_offset);
         state.truncations += 1;
+        self.clamp_high_watermark(&state);
         state.epochs.truncate_from_end(log_end_offset);
         state.epochs.persist()?;
         Ok(())
@@ -1219,6 +1278,7 @@ impl Log {
         state.recovery_point = offset;
         state.first_dirty_offset = offset;
         state.truncations += 1;
+        self.high_watermark.store(offset, Ordering::Release);
         state.epochs.truncate_from_end(i64::MIN);
         state.epochs.persist()?;
         checkpoint::sync_dir(&self.dir)
@@ -1236,6 +1296,7 @@ impl Log {
         if offset > state.log_start_offset {
             state.log_start_offset = offset;
             state.epochs.truncate_from_start(offset);
+            self.clamp_high_watermark(&state);
             state.epochs.persist()?;
             self.delete_segments_below_start(&mut state)?;
         }
@@ -1294,6 +1355,7 @@ impl Log {
         if first_base > state.log_start_offset {
             state.log_start_offset = first_base;
             state.epochs.truncate_from_start(first_base);
+            self.clamp_high_watermark(&state);
             state.epochs.persist()?;
         }
         Ok(deleted)

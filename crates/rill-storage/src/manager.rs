@@ -30,6 +30,8 @@ use crate::log::{FlushObserver, Log, LogOpenOptions};
 
 pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
+/// Each log's high watermark, as Kafka's `replication-offset-checkpoint`.
+pub const HIGH_WATERMARK_CHECKPOINT: &str = "replication-offset-checkpoint";
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".kafka_cleanshutdown";
 const LOCK_FILE: &str = ".lock";
 /// Suffix of a partition directory whose deletion was started.
@@ -125,6 +127,7 @@ impl LogManager {
         let clean_shutdown = marker.exists();
         let recovery_points = read_offsets_checkpoint(&data_dir.join(RECOVERY_POINT_CHECKPOINT));
         let log_starts = read_offsets_checkpoint(&data_dir.join(LOG_START_OFFSET_CHECKPOINT));
+        let high_watermarks = read_offsets_checkpoint(&data_dir.join(HIGH_WATERMARK_CHECKPOINT));
         let files = FileCache::new(config.open_files_max);
         let mut logs = HashMap::new();
         for entry in fs::read_dir(data_dir).map_err(StorageError::io("list", data_dir))? {
@@ -161,6 +164,9 @@ impl LogManager {
                 options,
             )?
             .with_flush_observer(config.flush_observer.clone());
+            if let Some(&high_watermark) = high_watermarks.get(&tp) {
+                log.restore_high_watermark(high_watermark);
+            }
             logs.insert(tp, Arc::new(log));
         }
         info!(data_dir = %data_dir.display(), logs = logs.len(), clean_shutdown, "opened logs");
@@ -359,7 +365,8 @@ impl LogManager {
             .collect()
     }
 
-    /// Writes both offset checkpoints.
+    /// Writes the offset checkpoints: recovery points, log starts, high
+    /// watermarks.
     pub fn checkpoint(&self) -> Result<()> {
         let _serial = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let logs = self.snapshot();
@@ -376,6 +383,10 @@ impl LogManager {
         checkpoint::write_atomically(
             &self.data_dir.join(LOG_START_OFFSET_CHECKPOINT),
             &lines(&|log| log.log_start_offset()),
+        )?;
+        checkpoint::write_atomically(
+            &self.data_dir.join(HIGH_WATERMARK_CHECKPOINT),
+            &lines(&|log| log.high_watermark()),
         )
     }
 

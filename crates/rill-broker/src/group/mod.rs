@@ -35,13 +35,13 @@ use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::ConsumerProtocolSubscription;
 use rill_protocol::kafka_protocol::protocol::Decodable;
 use rill_storage::records::BatchBuilder;
-use rill_storage::{batch, records as storage_records, AppendInfo};
+use rill_storage::{batch, records as storage_records};
 use rill_types::{Clock, NodeId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::errors::append_error_code;
-use crate::replica::{AppendError, Partition, ReplicaManager};
+use crate::replica::{AppendError, LeaderAppend, Partition, ReplicaManager, ReplicationError};
 use crate::server::Broker;
 use records::{GroupValue, OffsetValue, RecordKey};
 use state::{Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced};
@@ -53,6 +53,9 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 const TICK: Duration = Duration::from_millis(50);
 /// The most bytes read from `__consumer_offsets` at a time while loading.
 const LOAD_CHUNK_BYTES: u64 = 1024 * 1024;
+/// How long a coordinator's write may wait to be committed to the ISR
+/// (Kafka's `offsets.commit.timeout.ms`).
+const OFFSETS_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The group coordinator's settings, with Kafka's names and defaults.
 #[derive(Debug, Clone)]
@@ -207,7 +210,7 @@ type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// Records appended to `__consumer_offsets` (or why not), not yet known
 /// to be durable: [`GroupCoordinator::durable`] waits for that.
-type Appended = Result<(Arc<Partition>, AppendInfo), i16>;
+type Appended = Result<(Arc<Partition>, LeaderAppend), i16>;
 
 /// An OffsetCommit's append, and its offsets (topic, partition, value) in
 /// record order, to apply once it is durable.
@@ -418,7 +421,11 @@ impl GroupCoordinator {
         let mut values: HashMap<String, Option<GroupValue>> = HashMap::new();
         let mut offsets: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
         let mut records = 0u64;
-        let end = replica.high_watermark();
+        // To the log end, not the high watermark: as the new leader, its
+        // log is the partition's, and what lies above the high watermark
+        // is committed once the followers fetch it (Kafka loads to the log
+        // end too).
+        let end = replica.log.log_end_offset();
         let mut next = replica.log.log_start_offset();
         let mut buf = Vec::new();
         while next < end {
@@ -562,7 +569,7 @@ impl GroupCoordinator {
         match replica.append_as_leader(&mut bytes, true) {
             Ok(appended) => {
                 replicas.notify_appended();
-                Ok((replica, appended.info))
+                Ok((replica, appended))
             }
             Err(AppendError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
             Err(AppendError::NotEnoughReplicas { .. }) => {
@@ -575,19 +582,33 @@ impl GroupCoordinator {
         }
     }
 
-    /// Waits until an append is durable (acks=all: fsynced, with one
-    /// replica).
+    /// Waits until an append is committed as acks=all is: flushed here and
+    /// replicated to the ISR, within Kafka's `offsets.commit.timeout.ms`.
+    /// A lost leadership is NOT_COORDINATOR; a timeout or a shrunken ISR
+    /// COORDINATOR_NOT_AVAILABLE, as Kafka maps them for its coordinators.
     async fn durable(appended: Appended) -> Result<i64, i16> {
-        let (replica, info) = appended?;
-        let end = info.last_offset + 1;
+        let (replica, appended) = appended?;
+        let end = appended.info.last_offset + 1;
         let flush_replica = Arc::clone(&replica);
         match tokio::task::spawn_blocking(move || flush_replica.log.flush_until(end)).await {
-            Ok(Ok(())) => Ok(info.base_offset),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 warn!(partition = replica.tp.partition, %error, "flushing __consumer_offsets failed");
+                return Err(ResponseError::CoordinatorNotAvailable.code());
+            }
+            Err(_) => return Err(ResponseError::CoordinatorNotAvailable.code()),
+        }
+        let deadline = tokio::time::Instant::now() + OFFSETS_COMMIT_TIMEOUT;
+        match replica
+            .wait_replicated(end, appended.leader_epoch, deadline)
+            .await
+        {
+            Ok(()) => Ok(appended.info.base_offset),
+            Err(ReplicationError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
+            Err(error) => {
+                debug!(partition = replica.tp.partition, %error, "__consumer_offsets write not committed");
                 Err(ResponseError::CoordinatorNotAvailable.code())
             }
-            Err(_) => Err(ResponseError::CoordinatorNotAvailable.code()),
         }
     }
 

@@ -10,6 +10,12 @@
 //! the connection writes them with `sendfile`, so record bytes never pass
 //! through this process's memory.
 //!
+//! A fetch with `replica_id` set comes from a follower (DESIGN.md §7): it
+//! reads up to the log end rather than the high watermark, and its fetch
+//! offset tells the leader how far that follower's log reaches
+//! ([`crate::replica::Partition::fetched_by_follower`]), which may move the
+//! high watermark sent back in the same answer.
+//!
 //! Fetch sessions (KIP-227) are declined: the response's session id is 0,
 //! so clients send full fetch requests, as the protocol allows.
 
@@ -129,12 +135,12 @@ impl Waiting {
             let Some(partition) = broker.replicas.get(topic, index) else {
                 return true;
             };
-            let high_watermark = partition.high_watermark();
-            if *next_offset >= high_watermark {
+            let upper_bound = readable_end(&partition, request.replica_id.0);
+            if *next_offset >= upper_bound {
                 continue;
             }
             let wanted = bytes_min.saturating_sub(self.bytes).max(1);
-            match partition.log.read(*next_offset, wanted, high_watermark) {
+            match partition.log.read(*next_offset, wanted, upper_bound) {
                 Ok(info) => {
                     self.bytes += info.bytes;
                     *next_offset = info.next_offset;
@@ -160,7 +166,8 @@ fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchAnsw
         let name = topic.topic.0.as_str();
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for fetch in &topic.partitions {
-            let data = match read_partition(broker, name, fetch, bytes_max, total) {
+            let data = match read_partition(broker, request.replica_id.0, name, fetch, bytes_max, total)
+            {
                 Ok(data) => {
                     total += data
                         .records
@@ -200,8 +207,19 @@ fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchAnsw
 
 type PartitionError = (KafkaError, i64, i64);
 
+/// Where a fetch may read to: the log end for a follower, the high
+/// watermark for a consumer.
+fn readable_end(partition: &crate::replica::Partition, replica_id: i32) -> i64 {
+    if replica_id >= 0 {
+        partition.log.log_end_offset()
+    } else {
+        partition.high_watermark()
+    }
+}
+
 fn read_partition(
     broker: &Broker,
+    replica_id: i32,
     topic: &str,
     fetch: &FetchPartition,
     bytes_max: usize,
@@ -215,12 +233,21 @@ fn read_partition(
         ));
     };
     let log = &partition.log;
-    let high_watermark = partition.high_watermark();
-    let fail = |error: KafkaError| (error, log.log_start_offset(), high_watermark);
+    let fail = |error: KafkaError| (error, log.log_start_offset(), partition.high_watermark());
     if partition.leader() != broker.config.node_id {
         return Err(fail(KafkaError::new(ResponseError::NotLeaderOrFollower)));
     }
     check_leader_epoch(fetch.current_leader_epoch, partition.leader_epoch()).map_err(fail)?;
+    if replica_id >= 0 {
+        match partition.fetched_by_follower(replica_id, fetch.fetch_offset) {
+            // The ISR now holds more: consumers may read further.
+            Some(true) => broker.replicas.notify_appended(),
+            Some(false) => {}
+            None => return Err(fail(KafkaError::new(ResponseError::NotLeaderOrFollower))),
+        }
+    }
+    let high_watermark = partition.high_watermark();
+    let upper_bound = readable_end(&partition, replica_id);
 
     let partition_max = usize::try_from(fetch.partition_max_bytes).unwrap_or(0);
     let room = bytes_max.saturating_sub(bytes_so_far).min(partition_max);
@@ -228,7 +255,7 @@ fn read_partition(
         None
     } else {
         // Only where the records are: they are sent from the files.
-        match log.read(fetch.fetch_offset, room.max(1) as u64, high_watermark) {
+        match log.read(fetch.fetch_offset, room.max(1) as u64, upper_bound) {
             Ok(info) => Some(info),
             Err(error @ StorageError::OffsetOutOfRange { .. }) => {
                 return Err(fail(KafkaError {

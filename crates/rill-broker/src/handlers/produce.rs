@@ -1,12 +1,15 @@
 //! Produce (key 0), in two stages. The first runs in request order on the
 //! connection: validate and append every partition's batches. The second is
 //! the wait acks=all needs — the group-committed fsync of the appended
-//! batches — and runs on its own, so a pipelining producer's next request
-//! is appended while this one's fsync is in flight.
+//! batches here, then the high watermark passing them (every ISR member
+//! has fetched them, which it does only once it has fsynced them) — and
+//! runs on its own, so a pipelining producer's next request is appended
+//! while this one waits. The wait is bounded by the request's `timeout_ms`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::produce_response::{
@@ -17,9 +20,12 @@ use rill_storage::{InvalidRecord, StorageError};
 use tracing::{debug, warn};
 
 use super::KafkaError;
-use crate::errors::{append_error_code, storage_error_code};
+use crate::errors::{append_error_code, replication_error_code, storage_error_code};
 use crate::replica::{AppendError, LeaderAppend, Partition};
 use crate::server::Broker;
+
+/// The longest acks=all waits, whatever the request's `timeout_ms`.
+const PRODUCE_WAIT_MAX: Duration = Duration::from_secs(5 * 60);
 
 /// What the connection does with a produce request after its appends.
 pub enum Produced {
@@ -51,11 +57,13 @@ impl From<KafkaError> for Rejected {
     }
 }
 
-/// A partition whose append acks=all must see flushed.
+/// A partition whose append acks=all must see flushed and replicated.
 struct Durable {
     partition: Arc<Partition>,
-    /// Flush everything below this offset.
+    /// Flush and replicate everything below this offset.
     end_offset: i64,
+    /// The epoch it was appended in: a new leader may not have it.
+    leader_epoch: i32,
     /// Where its result is in the response: topic and partition position.
     topic_at: usize,
     partition_at: usize,
@@ -63,6 +71,8 @@ struct Durable {
 
 pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest) -> Produced {
     let acks = request.acks;
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0))
+        .min(PRODUCE_WAIT_MAX);
     let valid_acks = matches!(acks, -1..=1);
     let mut durable = Vec::new();
     let mut any_error = false;
@@ -87,7 +97,14 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 append(broker, &name, data.index, data.records, acks)
             };
             match result {
-                Ok((partition, LeaderAppend { info, duplicate })) => {
+                Ok((
+                    partition,
+                    LeaderAppend {
+                        info,
+                        duplicate,
+                        leader_epoch,
+                    },
+                )) => {
                     any_appended |= !duplicate;
                     if !duplicate {
                         bytes_in += batch_bytes;
@@ -104,6 +121,7 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                         durable.push(Durable {
                             partition,
                             end_offset: info.last_offset + 1,
+                            leader_epoch,
                             topic_at,
                             partition_at,
                         });
@@ -139,7 +157,10 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
     match acks {
         0 if any_error => Produced::Close,
         0 => Produced::NoAnswer,
-        -1 if !durable.is_empty() => Produced::Later(Box::pin(wait_durable(response, durable))),
+        -1 if !durable.is_empty() => {
+            let deadline = tokio::time::Instant::now() + timeout;
+            Produced::Later(Box::pin(wait_durable(response, durable, deadline)))
+        }
         _ => Produced::Ready(response),
     }
 }
@@ -226,14 +247,19 @@ fn rejected(topic: &str, index: i32, error: &AppendError) -> Rejected {
 }
 
 /// The second stage of acks=all: fsync what was appended (group-committed
-/// with every other waiter of the same log), then answer.
-async fn wait_durable(mut response: ProduceResponse, durable: Vec<Durable>) -> ProduceResponse {
+/// with every other waiter of the same log), then wait for the ISR to have
+/// it, and answer.
+async fn wait_durable(
+    mut response: ProduceResponse,
+    durable: Vec<Durable>,
+    deadline: tokio::time::Instant,
+) -> ProduceResponse {
     let flushed = tokio::task::spawn_blocking(move || {
         durable
             .into_iter()
             .map(|d| {
                 let result = d.partition.log.flush_until(d.end_offset);
-                (d.topic_at, d.partition_at, d.partition, result)
+                (d, result)
             })
             .collect::<Vec<_>>()
     })
@@ -252,11 +278,21 @@ async fn wait_durable(mut response: ProduceResponse, durable: Vec<Durable>) -> P
             return response;
         }
     };
-    for (topic_at, partition_at, partition, result) in flushed {
+    for (d, result) in flushed {
+        let p = &mut response.responses[d.topic_at].partition_responses[d.partition_at];
         if let Err(error) = result {
-            warn!(topic = %partition.tp.topic, partition = partition.tp.partition, %error, "flush failed");
-            let p = &mut response.responses[topic_at].partition_responses[partition_at];
+            warn!(topic = %d.partition.tp.topic, partition = d.partition.tp.partition, %error, "flush failed");
             p.error_code = storage_error_code(&error);
+            p.error_message = Some(super::str_bytes(error.to_string()));
+            continue;
+        }
+        if let Err(error) = d
+            .partition
+            .wait_replicated(d.end_offset, d.leader_epoch, deadline)
+            .await
+        {
+            debug!(topic = %d.partition.tp.topic, partition = d.partition.tp.partition, %error, "acks=all not satisfied");
+            p.error_code = replication_error_code(error);
             p.error_message = Some(super::str_bytes(error.to_string()));
         }
     }

@@ -139,6 +139,8 @@ pub struct Metrics {
     topic_bytes_out: IntCounterVec,
     log_flush_duration: Histogram,
     leader_elections: IntCounterVec,
+    isr_shrinks: IntCounter,
+    isr_expands: IntCounter,
     log_cleaner_runs: IntCounterVec,
     log_cleaner_bytes_cleaned: IntCounter,
     log_cleaner_bytes_reclaimed: IntCounter,
@@ -288,6 +290,22 @@ impl Metrics {
              offline (no replica could lead).",
             &["kind"],
         );
+        let isr_shrinks = register(
+            &registry,
+            IntCounter::new(
+                "rill_isr_shrinks_total",
+                "ISR changes this node, as leader, had committed that removed a replica.",
+            )
+            .expect("valid counter"),
+        );
+        let isr_expands = register(
+            &registry,
+            IntCounter::new(
+                "rill_isr_expands_total",
+                "ISR changes this node, as leader, had committed that added a replica.",
+            )
+            .expect("valid counter"),
+        );
         let log_cleaner_runs = counter_vec(
             &registry,
             "rill_log_cleaner_runs_total",
@@ -341,6 +359,8 @@ impl Metrics {
             topic_bytes_out,
             log_flush_duration,
             leader_elections,
+            isr_shrinks,
+            isr_expands,
             log_cleaner_runs,
             log_cleaner_bytes_cleaned,
             log_cleaner_bytes_reclaimed,
@@ -395,6 +415,16 @@ impl Metrics {
             }
         }
         *last = Some(Arc::clone(image));
+    }
+
+    /// An ISR change this node proposed was committed.
+    pub fn isr_changed(&self, shrunk: bool, expanded: bool) {
+        if shrunk {
+            self.isr_shrinks.inc();
+        }
+        if expanded {
+            self.isr_expands.inc();
+        }
     }
 
     fn api(&self, api_key: ApiKey) -> Option<&ApiMetrics> {
@@ -637,6 +667,11 @@ fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
         "A partition's first offset still in its log.",
         &["topic", "partition"],
     );
+    let follower_lag = gauge_vec(
+        "rill_replica_follower_lag",
+        "As leader: how many offsets a follower's log end is behind this node's.",
+        &["topic", "partition", "follower"],
+    );
     let mut under = 0;
     for partition in &partitions {
         let topic = partition.tp.topic.as_str();
@@ -651,6 +686,12 @@ fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
         log_start
             .with_label_values(&labels)
             .set(partition.log.log_start_offset());
+        for (follower, lag) in partition.follower_lag() {
+            let follower = follower.to_string();
+            follower_lag
+                .with_label_values(&[topic, index.as_str(), follower.as_str()])
+                .set(lag);
+        }
         let replicas = image
             .topic(topic)
             .and_then(|t| t.partition(partition.tp.partition))
@@ -716,6 +757,7 @@ fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
     families.extend(log_size.collect());
     families.extend(log_end.collect());
     families.extend(log_start.collect());
+    families.extend(follower_lag.collect());
     families.extend(committed.collect());
     families.extend(lag.collect());
     families

@@ -1,0 +1,715 @@
+//! The follower side of replication (DESIGN.md §7): one fetcher per leader
+//! broker, carrying every partition this node follows from it, and the
+//! leader-side ISR task that proposes ISR changes to the controller.
+//!
+//! A fetcher's round, for the partitions it carries:
+//! 1. **Truncation**, once per leader epoch (KIP-101/KIP-279): it asks the
+//!    leader with OffsetForLeaderEpoch where this log's latest epoch ends in
+//!    the leader's log, and cuts this log there, exactly; when the leader
+//!    knows a smaller epoch only, it cuts to where that epoch ends here and
+//!    asks again. So no replica keeps a record its leader does not have.
+//! 2. **Fetch** from the log end (Fetch v12 with `replica_id`): the leader's
+//!    batches are appended as they are ([`Partition::append_as_follower`]),
+//!    **fsynced**, and only then is the next fetch sent — the fetch offset is
+//!    what the leader takes as this replica's log end, so what the leader
+//!    counts towards its high watermark is durable here. The leader's high
+//!    watermark and log start come back in the answer and are taken.
+//!
+//! Errors that say the leadership moved (NOT_LEADER_OR_FOLLOWER, a fenced
+//! or unknown epoch) park the partition until the metadata changes; the
+//! connection is re-opened with a backoff when it fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rill_controller::{MetadataCommand, MetadataImage};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use rill_storage::batch::BatchHeader;
+use rill_types::{NodeId, TopicPartition};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::replica::{AppendError, IsrChange, Partition};
+use crate::server::Broker;
+
+/// Fetch v12: the newest this broker serves, with `replica_id` and the
+/// current leader epoch per partition.
+const FETCH_VERSION: i16 = 12;
+/// OffsetForLeaderEpoch v4 (flexible, with `replica_id`).
+const OFFSET_FOR_LEADER_EPOCH_VERSION: i16 = 4;
+/// How long the leader may hold a fetch with nothing new
+/// (`replica.fetch.wait.max.ms`).
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// `replica.fetch.max.bytes` and `replica.fetch.response.max.bytes`.
+const PARTITION_FETCH_BYTES: i32 = 1024 * 1024;
+const RESPONSE_FETCH_BYTES: i32 = 10 * 1024 * 1024;
+/// An answer larger than this is not one (a guard on the size prefix).
+const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Connect and answer timeouts beyond the fetch's own wait.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Backoff after a failed connection or a refused partition
+/// (`replica.fetch.backoff.ms`).
+const BACKOFF: Duration = Duration::from_millis(500);
+/// How often the leader looks for ISR changes to propose.
+const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One partition a fetcher carries.
+#[derive(Debug, Clone)]
+struct Followed {
+    partition: Arc<Partition>,
+    /// The leader epoch this node follows in: sent as the current epoch,
+    /// so a deposed leader refuses rather than answers.
+    leader_epoch: i32,
+    /// Whether this log was cut where it diverges from the leader's, in
+    /// this epoch.
+    truncated: bool,
+    /// Not fetched before this (the leader refused it).
+    parked_until: Option<Instant>,
+}
+
+/// A running fetcher: its partitions, shared with the task.
+#[derive(Debug)]
+struct Fetcher {
+    addr: String,
+    partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Follows the applied images: starts, updates and stops one fetcher per
+/// leader broker so that every partition this node follows is fetched
+/// from its current leader.
+pub async fn run_fetchers(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut images = broker.replicas.subscribe_images();
+    let mut fetchers: HashMap<NodeId, Fetcher> = HashMap::new();
+    loop {
+        let image = broker.controller.image();
+        reconcile(&broker, &image, &mut fetchers, &shutdown);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = images.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            // Partitions opened late (or a broker that re-registered at
+            // another address) are picked up within a second.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    for (_, fetcher) in fetchers.drain() {
+        fetcher.stop.cancel();
+        let _ = fetcher.task.await;
+    }
+}
+
+fn reconcile(
+    broker: &Arc<Broker>,
+    image: &MetadataImage,
+    fetchers: &mut HashMap<NodeId, Fetcher>,
+    shutdown: &CancellationToken,
+) {
+    let node_id = broker.config.node_id;
+    let mut wanted: HashMap<NodeId, Vec<(Arc<Partition>, i32)>> = HashMap::new();
+    for partition in broker.replicas.all() {
+        let state = partition.state();
+        if state.leader < 0 || state.leader == node_id || !state.replicas.contains(&node_id) {
+            continue;
+        }
+        wanted
+            .entry(state.leader)
+            .or_default()
+            .push((partition, state.leader_epoch));
+    }
+    // Fetchers whose leader no longer leads anything here, or moved.
+    fetchers.retain(|leader, fetcher| {
+        let addr = leader_addr(image, *leader);
+        let keep = wanted.contains_key(leader) && addr.as_deref() == Some(fetcher.addr.as_str());
+        if !keep {
+            fetcher.stop.cancel();
+        }
+        keep
+    });
+    for (leader, partitions) in wanted {
+        let Some(addr) = leader_addr(image, leader) else {
+            continue;
+        };
+        let fetcher = fetchers.entry(leader).or_insert_with(|| {
+            let shared = Arc::new(Mutex::new(BTreeMap::new()));
+            let stop = shutdown.child_token();
+            info!(leader, %addr, "starting a replica fetcher");
+            let task = tokio::spawn(fetch_loop(
+                Arc::clone(broker),
+                leader,
+                addr.clone(),
+                Arc::clone(&shared),
+                stop.clone(),
+            ));
+            Fetcher {
+                addr: addr.clone(),
+                partitions: shared,
+                stop,
+                task,
+            }
+        });
+        let mut shared = lock(&fetcher.partitions);
+        let keep: HashMap<TopicPartition, i32> = partitions
+            .iter()
+            .map(|(p, epoch)| (p.tp.clone(), *epoch))
+            .collect();
+        shared.retain(|tp, followed| {
+            keep.get(tp) == Some(&followed.leader_epoch)
+                && Arc::ptr_eq(
+                    &followed.partition,
+                    &partitions
+                        .iter()
+                        .find(|(p, _)| &p.tp == tp)
+                        .expect("kept")
+                        .0,
+                )
+        });
+        for (partition, leader_epoch) in partitions {
+            shared
+                .entry(partition.tp.clone())
+                .or_insert_with(|| Followed {
+                    partition,
+                    leader_epoch,
+                    truncated: false,
+                    parked_until: None,
+                });
+        }
+    }
+}
+
+fn leader_addr(image: &MetadataImage, leader: NodeId) -> Option<String> {
+    image
+        .broker(leader)
+        .filter(|b| !b.fenced)
+        .map(|b| format!("{}:{}", b.host, b.port))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One fetcher: rounds of truncation and fetch against one leader.
+async fn fetch_loop(
+    broker: Arc<Broker>,
+    leader: NodeId,
+    addr: String,
+    partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
+    stop: CancellationToken,
+) {
+    let mut connection: Option<LeaderConnection> = None;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<Followed> = lock(&partitions)
+            .values()
+            .filter(|f| f.parked_until.is_none_or(|t| t <= now))
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        }
+        let conn = match connection.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let connected = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    connected = LeaderConnection::connect(&addr, broker.config.node_id) => connected,
+                };
+                match connected {
+                    Ok(conn) => connection.insert(conn),
+                    Err(error) => {
+                        debug!(leader, %addr, %error, "cannot reach the leader; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(BACKOFF) => continue,
+                        }
+                    }
+                }
+            }
+        };
+        let round = tokio::select! {
+            _ = stop.cancelled() => return,
+            round = fetch_round(&broker, conn, &due) => round,
+        };
+        match round {
+            Ok(outcomes) => {
+                let mut shared = lock(&partitions);
+                for (tp, outcome) in outcomes {
+                    let Some(followed) = shared.get_mut(&tp) else {
+                        continue;
+                    };
+                    match outcome {
+                        Outcome::Truncated(epoch) if followed.leader_epoch == epoch => {
+                            followed.truncated = true;
+                        }
+                        Outcome::Truncated(_) => {}
+                        Outcome::Retruncate => followed.truncated = false,
+                        Outcome::Park => followed.parked_until = Some(Instant::now() + BACKOFF),
+                    }
+                }
+            }
+            Err(error) => {
+                debug!(leader, %addr, %error, "replica fetch failed; reconnecting");
+                connection = None;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(BACKOFF) => {}
+                }
+            }
+        }
+    }
+}
+
+/// What a round decided for one partition.
+#[derive(Debug)]
+enum Outcome {
+    /// Its log no longer diverges from the leader's, in this epoch.
+    Truncated(i32),
+    /// Ask the leader where the logs diverge (again).
+    Retruncate,
+    /// The leader refused it: wait for the metadata to change.
+    Park,
+}
+
+async fn fetch_round(
+    broker: &Arc<Broker>,
+    conn: &mut LeaderConnection,
+    due: &[Followed],
+) -> Result<Vec<(TopicPartition, Outcome)>, String> {
+    let mut outcomes = Vec::new();
+    let (untruncated, ready): (Vec<&Followed>, Vec<&Followed>) =
+        due.iter().partition(|f| !f.truncated);
+    if !untruncated.is_empty() {
+        outcomes.extend(truncate(broker, conn, &untruncated).await?);
+    }
+    if ready.is_empty() {
+        return Ok(outcomes);
+    }
+    let request = fetch_request(broker.config.node_id, &ready);
+    let response: FetchResponse = conn
+        .send(request, FETCH_VERSION, FETCH_WAIT + ANSWER_TIMEOUT)
+        .await?;
+    if response.error_code != 0 {
+        return Err(format!("fetch refused with error {}", response.error_code));
+    }
+    let by_tp: HashMap<(String, i32), &Followed> = ready
+        .iter()
+        .map(|f| ((f.partition.tp.topic.to_string(), f.partition.tp.partition), *f))
+        .collect();
+    let mut answers = Vec::new();
+    for topic in response.responses {
+        let name = topic.topic.0.to_string();
+        for data in topic.partitions {
+            if let Some(followed) = by_tp.get(&(name.clone(), data.partition_index)) {
+                answers.push(((*followed).clone(), data));
+            }
+        }
+    }
+    let worker = Arc::clone(broker);
+    let applied = tokio::task::spawn_blocking(move || {
+        answers
+            .into_iter()
+            .filter_map(|(followed, data)| {
+                let tp = followed.partition.tp.clone();
+                apply_fetched(&worker, &followed, data).map(|outcome| (tp, outcome))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| format!("applying fetched records panicked: {e}"))?;
+    outcomes.extend(applied);
+    Ok(outcomes)
+}
+
+fn fetch_request(node_id: NodeId, ready: &[&Followed]) -> FetchRequest {
+    let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+    for followed in ready {
+        let log = &followed.partition.log;
+        topics
+            .entry(followed.partition.tp.topic.to_string())
+            .or_default()
+            .push(
+                FetchPartition::default()
+                    .with_partition(followed.partition.tp.partition)
+                    .with_current_leader_epoch(followed.leader_epoch)
+                    .with_fetch_offset(log.log_end_offset())
+                    .with_last_fetched_epoch(log.latest_epoch().unwrap_or(-1))
+                    .with_log_start_offset(log.log_start_offset())
+                    .with_partition_max_bytes(PARTITION_FETCH_BYTES),
+            );
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(node_id))
+        .with_max_wait_ms(FETCH_WAIT.as_millis() as i32)
+        .with_min_bytes(1)
+        .with_max_bytes(RESPONSE_FETCH_BYTES)
+        .with_session_epoch(-1)
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(name)))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        )
+}
+
+/// Appends (and fsyncs) one partition's fetched records, or handles the
+/// leader's refusal. Blocking. `None`: nothing to change in the fetcher.
+fn apply_fetched(
+    broker: &Broker,
+    followed: &Followed,
+    data: kafka_protocol::messages::fetch_response::PartitionData,
+) -> Option<Outcome> {
+    let partition = &followed.partition;
+    let tp = &partition.tp;
+    let code = data.error_code;
+    if code == ResponseError::OffsetOutOfRange.code() {
+        let end = partition.log.log_end_offset();
+        if end < data.log_start_offset {
+            // The leader deleted what this log would need next.
+            info!(topic = %tp.topic, partition = tp.partition, end, leader_log_start = data.log_start_offset, "behind the leader's log start; restarting the log there");
+            if let Err(error) = broker.replicas.restart_log_at(partition, data.log_start_offset) {
+                warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot restart the log");
+                return Some(Outcome::Park);
+            }
+            return None;
+        }
+        // Past the leader's log end: cut to the leader's high watermark,
+        // which the leader surely holds, and fetch from there.
+        let to = data.high_watermark.max(partition.log.log_start_offset());
+        info!(topic = %tp.topic, partition = tp.partition, end, to, "past the leader's log end; truncating to its high watermark");
+        if let Err(error) = broker.replicas.truncate(partition, to) {
+            warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot truncate");
+        }
+        return Some(Outcome::Park);
+    }
+    if code != 0 {
+        debug!(topic = %tp.topic, partition = tp.partition, code, "the leader refused a replica fetch");
+        return Some(Outcome::Park);
+    }
+    let records = data.records.unwrap_or_default();
+    let whole = whole_batches(&records);
+    if !whole.is_empty() {
+        match partition.append_as_follower(whole, followed.leader_epoch) {
+            Ok(info) => {
+                // Durable before the next fetch says it is here.
+                if let Err(error) = partition.log.flush_until(info.last_offset + 1) {
+                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot flush fetched records");
+                    return Some(Outcome::Park);
+                }
+            }
+            Err(AppendError::NotLeader) => return Some(Outcome::Park),
+            Err(AppendError::Storage(rill_storage::StorageError::Invalid { reason, .. })) => {
+                // Records that do not start at this log's end: the logs
+                // diverge after all; ask the leader again.
+                warn!(topic = %tp.topic, partition = tp.partition, %reason, "fetched records do not follow this log");
+                return Some(Outcome::Retruncate);
+            }
+            Err(error) => {
+                warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot append fetched records");
+                return Some(Outcome::Park);
+            }
+        }
+    }
+    if let Err(error) = broker.replicas.follow_log_start(partition, data.log_start_offset) {
+        warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start");
+    }
+    partition.follow_high_watermark(data.high_watermark);
+    None
+}
+
+/// The complete batches at the front of a fetched record set (a leader may
+/// end it with part of a batch).
+fn whole_batches(records: &[u8]) -> &[u8] {
+    let mut end = 0;
+    while let Ok(header) = BatchHeader::parse(&records[end..]) {
+        if end + header.size() > records.len() {
+            break;
+        }
+        end += header.size();
+    }
+    &records[..end]
+}
+
+/// Cuts each partition's log where it diverges from the leader's.
+async fn truncate(
+    broker: &Arc<Broker>,
+    conn: &mut LeaderConnection,
+    untruncated: &[&Followed],
+) -> Result<Vec<(TopicPartition, Outcome)>, String> {
+    let mut outcomes = Vec::new();
+    let mut asked: Vec<(&Followed, i32)> = Vec::new();
+    for followed in untruncated {
+        match followed.partition.log.latest_epoch() {
+            // Nothing with an epoch here: nothing can diverge.
+            None => outcomes.push((
+                followed.partition.tp.clone(),
+                Outcome::Truncated(followed.leader_epoch),
+            )),
+            Some(epoch) => asked.push((followed, epoch)),
+        }
+    }
+    if asked.is_empty() {
+        return Ok(outcomes);
+    }
+    let mut topics: BTreeMap<String, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
+    for (followed, epoch) in &asked {
+        topics
+            .entry(followed.partition.tp.topic.to_string())
+            .or_default()
+            .push(
+                OffsetForLeaderPartition::default()
+                    .with_partition(followed.partition.tp.partition)
+                    .with_current_leader_epoch(followed.leader_epoch)
+                    .with_leader_epoch(*epoch),
+            );
+    }
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(broker.config.node_id))
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetForLeaderTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(name)))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let response: OffsetForLeaderEpochResponse = conn
+        .send(request, OFFSET_FOR_LEADER_EPOCH_VERSION, ANSWER_TIMEOUT)
+        .await?;
+    let mut answers = Vec::new();
+    for topic in response.topics {
+        let name = topic.topic.to_string();
+        for answer in topic.partitions {
+            if let Some((followed, _)) = asked.iter().find(|(f, _)| {
+                f.partition.tp.topic.as_str() == name && f.partition.tp.partition == answer.partition
+            }) {
+                answers.push(((*followed).clone(), answer));
+            }
+        }
+    }
+    let worker = Arc::clone(broker);
+    let cut = tokio::task::spawn_blocking(move || {
+        answers
+            .into_iter()
+            .map(|(followed, answer)| {
+                let tp = followed.partition.tp.clone();
+                let outcome = cut_where_diverging(&worker, &followed, &answer);
+                (tp, outcome)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| format!("truncation panicked: {e}"))?;
+    outcomes.extend(cut);
+    Ok(outcomes)
+}
+
+/// KIP-279's rule for one partition, given the leader's answer for this
+/// log's latest epoch. Blocking.
+fn cut_where_diverging(
+    broker: &Broker,
+    followed: &Followed,
+    answer: &kafka_protocol::messages::offset_for_leader_epoch_response::EpochEndOffset,
+) -> Outcome {
+    let partition = &followed.partition;
+    let tp = &partition.tp;
+    if answer.error_code != 0 {
+        debug!(topic = %tp.topic, partition = tp.partition, code = answer.error_code, "the leader refused OffsetForLeaderEpoch");
+        return Outcome::Park;
+    }
+    let log = &partition.log;
+    let end = log.log_end_offset();
+    let (to, done) = if answer.leader_epoch < 0 || answer.end_offset < 0 {
+        // The leader knows no epoch this old (its log starts later, or is
+        // empty): keep what is committed here and let the fetch sort out
+        // the rest (an offset past the leader's end is cut to its high
+        // watermark).
+        (partition.high_watermark(), true)
+    } else {
+        let local = log.end_offset_for_epoch(answer.leader_epoch);
+        if local.epoch == answer.leader_epoch {
+            (answer.end_offset.min(local.end_offset), true)
+        } else {
+            // This log never had the leader's epoch: cut to where this
+            // log's largest epoch below it ends, and ask again.
+            (local.end_offset.max(log.log_start_offset()), false)
+        }
+    };
+    if to < end {
+        info!(
+            topic = %tp.topic,
+            partition = tp.partition,
+            leader_epoch = answer.leader_epoch,
+            leader_end_offset = answer.end_offset,
+            from = end,
+            to,
+            "truncating to where the log diverges from the leader's"
+        );
+        if let Err(error) = broker.replicas.truncate(partition, to) {
+            warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot truncate");
+            return Outcome::Park;
+        }
+    }
+    if done {
+        Outcome::Truncated(followed.leader_epoch)
+    } else {
+        Outcome::Retruncate
+    }
+}
+
+/// One connection to a leader broker's Kafka listener: requests one at a
+/// time, each bounded by a timeout.
+struct LeaderConnection {
+    stream: TcpStream,
+    correlation_id: i32,
+    client_id: StrBytes,
+}
+
+impl LeaderConnection {
+    async fn connect(addr: &str, node_id: NodeId) -> Result<LeaderConnection, String> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(LeaderConnection {
+            stream,
+            correlation_id: 0,
+            client_id: StrBytes::from_string(format!("rill-replica-fetcher-{node_id}")),
+        })
+    }
+
+    async fn send<R: Request>(
+        &mut self,
+        body: R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, String> {
+        tokio::time::timeout(timeout, self.exchange(body, version))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+
+    async fn exchange<R: Request>(&mut self, body: R, version: i16) -> Result<R::Response, String> {
+        let key = ApiKey::try_from(R::KEY).map_err(|()| format!("unknown API key {}", R::KEY))?;
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+        let mut payload = BytesMut::new();
+        header
+            .encode(&mut payload, key.request_header_version(version))
+            .and_then(|()| body.encode(&mut payload, version))
+            .map_err(|e| format!("cannot encode {key:?} v{version}: {e}"))?;
+        let mut frame = BytesMut::with_capacity(4 + payload.len());
+        frame.put_u32(payload.len() as u32);
+        frame.put_slice(&payload);
+        let io = |e: std::io::Error| format!("{key:?}: {e}");
+        self.stream.write_all(&frame).await.map_err(io)?;
+        let size = self.stream.read_u32().await.map_err(io)? as usize;
+        if size > RESPONSE_BYTES_MAX {
+            return Err(format!("a {size}-byte answer to {key:?}"));
+        }
+        let mut answer = vec![0; size];
+        self.stream.read_exact(&mut answer).await.map_err(io)?;
+        let mut answer = Bytes::from(answer);
+        let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
+            .map_err(|e| format!("cannot decode the header of {key:?}: {e}"))?;
+        if header.correlation_id != self.correlation_id {
+            return Err(format!(
+                "answer {} to request {}",
+                header.correlation_id, self.correlation_id
+            ));
+        }
+        let decoded = R::Response::decode(&mut answer, version)
+            .map_err(|e| format!("cannot decode {key:?} v{version}: {e}"))?;
+        let _ = answer.remaining();
+        Ok(decoded)
+    }
+}
+
+/// The leader side: every [`ISR_CHECK_INTERVAL`], proposes the ISR changes
+/// its partitions call for (AlterPartition), one in flight per partition.
+/// A refused proposal (a stale partition epoch, a fenced replica) is
+/// dropped; the next check proposes again on fresh metadata.
+pub async fn run_isr_changes(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let lag_max = broker.config.replica_lag_time_max;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ISR_CHECK_INTERVAL) => {}
+        }
+        for partition in broker.replicas.all() {
+            let Some(change) = partition.isr_change(lag_max) else {
+                continue;
+            };
+            let broker = Arc::clone(&broker);
+            tokio::spawn(async move { propose(&broker, &partition, change).await });
+        }
+    }
+}
+
+async fn propose(broker: &Broker, partition: &Partition, change: IsrChange) {
+    let before = partition.state().isr;
+    let IsrChange {
+        tp,
+        leader_epoch,
+        partition_epoch,
+        isr,
+    } = change;
+    let command = MetadataCommand::AlterPartition {
+        topic_id: partition.topic_id,
+        partition: tp.partition,
+        leader: broker.config.node_id,
+        leader_epoch,
+        partition_epoch,
+        isr: isr.clone(),
+    };
+    match broker.controller.submit(command).await {
+        Ok(_) => {
+            let shrunk = before.iter().any(|r| !isr.contains(r));
+            let expanded = isr.iter().any(|r| !before.contains(r));
+            info!(topic = %tp.topic, partition = tp.partition, ?before, after = ?isr, "ISR changed");
+            broker.metrics.isr_changed(shrunk, expanded);
+            // The image with the new ISR, applied by the metadata follower,
+            // clears the pending change.
+        }
+        Err(error) => {
+            debug!(topic = %tp.topic, partition = tp.partition, %error, "ISR change refused; will retry");
+            partition.isr_change_failed();
+        }
+    }
+}
