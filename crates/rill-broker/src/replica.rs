@@ -670,7 +670,6 @@ impl Partition {
         }
         written
     }
-
 }
 
 /// The producer fields of a request's batches, if they carry a producer id.

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use rill_controller::{MetadataCommand, MetadataImage};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
@@ -35,6 +34,7 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use rill_controller::{MetadataCommand, MetadataImage};
 use rill_storage::batch::BatchHeader;
 use rill_types::{NodeId, TopicPartition};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -319,7 +319,12 @@ async fn fetch_round(
     }
     let by_tp: HashMap<(String, i32), &Followed> = ready
         .iter()
-        .map(|f| ((f.partition.tp.topic.to_string(), f.partition.tp.partition), *f))
+        .map(|f| {
+            (
+                (f.partition.tp.topic.to_string(), f.partition.tp.partition),
+                *f,
+            )
+        })
         .collect();
     let mut answers = Vec::new();
     for topic in response.responses {
@@ -396,7 +401,10 @@ fn apply_fetched(
         if end < data.log_start_offset {
             // The leader deleted what this log would need next.
             info!(topic = %tp.topic, partition = tp.partition, end, leader_log_start = data.log_start_offset, "behind the leader's log start; restarting the log there");
-            if let Err(error) = broker.replicas.restart_log_at(partition, data.log_start_offset) {
+            if let Err(error) = broker
+                .replicas
+                .restart_log_at(partition, data.log_start_offset)
+            {
                 warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot restart the log");
                 return Some(Outcome::Park);
             }
@@ -439,7 +447,10 @@ fn apply_fetched(
             }
         }
     }
-    if let Err(error) = broker.replicas.follow_log_start(partition, data.log_start_offset) {
+    if let Err(error) = broker
+        .replicas
+        .follow_log_start(partition, data.log_start_offset)
+    {
         warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start");
     }
     partition.follow_high_watermark(data.high_watermark);
@@ -512,7 +523,8 @@ async fn truncate(
         let name = topic.topic.to_string();
         for answer in topic.partitions {
             if let Some((followed, _)) = asked.iter().find(|(f, _)| {
-                f.partition.tp.topic.as_str() == name && f.partition.tp.partition == answer.partition
+                f.partition.tp.topic.as_str() == name
+                    && f.partition.tp.partition == answer.partition
             }) {
                 answers.push(((*followed).clone(), answer));
             }

@@ -4,11 +4,10 @@
 //! controller, refuse what must be refused — driven by librdkafka, kcat
 //! and raw requests where a field matters.
 //!
-//! Partition data is not replicated yet, so a partition's only in-sync
-//! replica is its leader: a dead leader's partitions have no leader (and
-//! clients get LEADER_NOT_AVAILABLE) until it returns, with a higher leader
-//! epoch. These tests check exactly that, and that no election ever hands
-//! leadership to a replica without the data.
+//! A partition of replication factor 1 has only its leader in sync: a dead
+//! leader's partitions have no leader (clients get LEADER_NOT_AVAILABLE)
+//! until it returns, with a higher leader epoch. One of factor 3 moves to
+//! another in-sync replica (`replication_e2e.rs` checks the data).
 //!
 //! The tests take a lock each: several clusters at once on two cores would
 //! make election and session timing a matter of luck.
@@ -266,10 +265,12 @@ fn wait_metadata(
 // ---------------------------------------------------------------------------
 
 /// Three combined nodes: replicas spread, every node's Metadata agrees; a
-/// SIGKILLed broker is fenced within its session timeout and its partitions
-/// have no leader (their only in-sync replica is gone) while the others go
-/// on; back, it is unfenced, leads again with a higher epoch, and kept every
-/// acknowledged record.
+/// SIGKILLed broker is fenced within its session timeout; its partitions
+/// of factor 1 have no leader (their only in-sync replica is gone), those
+/// of factor 3 move to another in-sync replica, and the others go on;
+/// back, it is unfenced, leads its factor-1 partitions again with a higher
+/// epoch, kept every acknowledged record, rejoins the ISR of the others
+/// and takes its preferred leadership back when asked.
 #[test]
 fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
     let _serial = serial();
@@ -297,7 +298,7 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
     let rf1 = partitions(&reference, "rf1");
     let rf3 = partitions(&reference, "rf3");
     // Round-robin placement: each broker leads two of rf1's six partitions
-    // and holds a replica of every rf3 partition; the ISR is the leader.
+    // and holds a replica of every rf3 partition, all in sync.
     for id in 1..=3 {
         assert_eq!(
             rf1.values().filter(|p| p.1 == id).count(),
@@ -313,7 +314,8 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
     for (error, leader, _, replicas, isr) in rf3.values() {
         assert_eq!(*error, 0);
         assert_eq!(replicas.len(), 3);
-        assert_eq!(isr, &vec![*leader]);
+        assert_eq!(replicas[0], *leader);
+        assert_eq!(isr, replicas);
     }
 
     // Records in every partition, acknowledged by all (here: the leader).
@@ -395,22 +397,19 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
         .count();
     assert_eq!(voters, 3, "three voters listed:\n{text}");
 
-    // An operator may give a leaderless partition a leader from outside
-    // its ISR (ElectLeaders UNCLEAN), losing what only the old leader had.
+    // rf3's partitions moved to another in-sync replica, and the victim
+    // left their ISR.
     let (rf3_index, _) = rf3
         .iter()
         .find(|(_, p)| p.1 == victim)
         .expect("the victim leads an rf3 partition");
-    let elected = elect_leaders(&cluster, survivor, 1, "rf3", *rf3_index);
-    assert_eq!(elected, 0, "unclean election of rf3-{rf3_index}");
-    let unclean = partitions(&metadata(&cluster, survivor), "rf3")[rf3_index].clone();
-    assert!(unclean.1 != -1 && unclean.1 != victim, "{unclean:?}");
-    assert_eq!(
-        unclean.4,
-        vec![unclean.1],
-        "the new leader is the whole ISR"
+    let moved = partitions(&fenced, "rf3")[rf3_index].clone();
+    assert!(
+        moved.0 == 0 && moved.1 != -1 && moved.1 != victim,
+        "{moved:?}"
     );
-    assert!(unclean.2 > rf3[rf3_index].2);
+    assert!(!moved.4.contains(&victim), "{moved:?}");
+    assert!(moved.2 > rf3[rf3_index].2);
 
     // The live brokers' partitions take writes all along.
     let during_producer = producer(&cluster.bootstrap(), &[]);
@@ -432,10 +431,18 @@ fn three_nodes_agree_fence_a_killed_broker_and_take_it_back() {
             "a new epoch for the new term"
         );
     }
-    // The returning broker is out of rf3's ISR now: its preferred
-    // leadership cannot come back (PREFERRED_LEADER_NOT_AVAILABLE).
-    assert_eq!(partitions(&back, "rf3")[rf3_index].1, unclean.1);
-    assert_eq!(elect_leaders(&cluster, survivor, 0, "rf3", *rf3_index), 80);
+    // The returning broker catches up and rejoins rf3's ISR; then its
+    // preferred leadership can come back.
+    wait_metadata(
+        &cluster,
+        survivor,
+        FENCE_WAIT,
+        "the victim back in sync",
+        |m| partitions(m, "rf3")[rf3_index].4.contains(&victim),
+    );
+    assert_eq!(elect_leaders(&cluster, survivor, 0, "rf3", *rf3_index), 0);
+    let preferred = partitions(&metadata(&cluster, survivor), "rf3")[rf3_index].clone();
+    assert_eq!(preferred.1, victim, "{preferred:?}");
     for p in 0..6 {
         let mut expected = before[&p].clone();
         if !victim_partitions.contains(&p) {

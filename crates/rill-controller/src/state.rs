@@ -205,7 +205,9 @@ pub enum ApplyOutcome {
         count: i32,
     },
     /// The ISR changed; the partition is now at `partition_epoch`.
-    PartitionAltered { partition_epoch: i32 },
+    PartitionAltered {
+        partition_epoch: i32,
+    },
     /// A Raft entry that carries no command (a leader's blank entry or a
     /// membership change) was applied.
     Nothing,

@@ -166,29 +166,29 @@ fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchAnsw
         let name = topic.topic.0.as_str();
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for fetch in &topic.partitions {
-            let data = match read_partition(broker, request.replica_id.0, name, fetch, bytes_max, total)
-            {
-                Ok(data) => {
-                    total += data
-                        .records
-                        .iter()
-                        .map(|r| r.byte_len() as usize)
-                        .sum::<usize>();
-                    data
-                }
-                Err((error, log_start_offset, high_watermark)) => {
-                    any_error = true;
-                    FetchPartitionOut {
-                        partition_index: fetch.partition,
-                        error_code: error.code,
-                        high_watermark,
-                        last_stable_offset: high_watermark,
-                        log_start_offset,
-                        preferred_read_replica: -1,
-                        records: Vec::new(),
+            let data =
+                match read_partition(broker, request.replica_id.0, name, fetch, bytes_max, total) {
+                    Ok(data) => {
+                        total += data
+                            .records
+                            .iter()
+                            .map(|r| r.byte_len() as usize)
+                            .sum::<usize>();
+                        data
                     }
-                }
-            };
+                    Err((error, log_start_offset, high_watermark)) => {
+                        any_error = true;
+                        FetchPartitionOut {
+                            partition_index: fetch.partition,
+                            error_code: error.code,
+                            high_watermark,
+                            last_stable_offset: high_watermark,
+                            log_start_offset,
+                            preferred_read_replica: -1,
+                            records: Vec::new(),
+                        }
+                    }
+                };
             partitions.push(data);
         }
         topics.push(FetchTopicOut {

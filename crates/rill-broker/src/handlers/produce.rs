@@ -71,8 +71,8 @@ struct Durable {
 
 pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest) -> Produced {
     let acks = request.acks;
-    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0))
-        .min(PRODUCE_WAIT_MAX);
+    let timeout =
+        Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0)).min(PRODUCE_WAIT_MAX);
     let valid_acks = matches!(acks, -1..=1);
     let mut durable = Vec::new();
     let mut any_error = false;
