@@ -1227,4 +1227,134 @@ mod tests {
             Err(AppendError::NotLeader)
         ));
     }
+    /// The leader's side of the ISR protocol, step by step with a manual
+    /// clock: the high watermark is the smallest log end in the ISR (an
+    /// in-sync follower that has not fetched holds it back), a follower
+    /// that does not catch up for `replica.lag.time.max.ms` is proposed for
+    /// removal, one that caught up is proposed back, one proposal at a
+    /// time; a new leader epoch starts where the log ends.
+    #[test]
+    fn the_high_watermark_follows_the_isr_and_laggards_are_proposed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let manual = Arc::new(rill_types::ManualClock::new(1_000));
+        let clock: Arc<dyn Clock> = manual.clone();
+        let logs =
+            LogManager::open(dir.path(), LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
+        let replicas = ReplicaManager::new(
+            1,
+            logs,
+            LogConfig::default(),
+            ProducerStateConfig::default(),
+            clock,
+        );
+        let mut image = MetadataImage::default();
+        for node_id in 1..=3 {
+            command(
+                &mut image,
+                MetadataCommand::RegisterBroker {
+                    node_id,
+                    incarnation_id: uuid::Uuid::nil(),
+                    directory_id: uuid::Uuid::from_u128(node_id as u128),
+                    host: "h".into(),
+                    port: 9092,
+                    rack: None,
+                },
+            );
+            let broker_epoch = image.broker(node_id).unwrap().broker_epoch;
+            command(
+                &mut image,
+                MetadataCommand::UnfenceBroker {
+                    node_id,
+                    broker_epoch,
+                },
+            );
+        }
+        command(
+            &mut image,
+            MetadataCommand::CreateTopic {
+                name: "t".into(),
+                topic_id: uuid::Uuid::from_u128(7),
+                partitions: 1,
+                replication_factor: 3,
+                configs: BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+                assignments: Some(vec![vec![1, 2, 3]]),
+            },
+        );
+        replicas.apply_image(&image);
+        let partition = replicas.get("t", 0).unwrap();
+        assert!(partition.is_leader());
+        assert_eq!(
+            partition.log.leader_epochs()[0].start_offset,
+            0,
+            "the epoch begins at once"
+        );
+
+        for _ in 0..4 {
+            partition.append_as_leader(&mut batch(), true).unwrap();
+        }
+        assert_eq!(partition.high_watermark(), 0, "no follower has fetched");
+        assert_eq!(partition.fetched_by_follower(2, 4), Some(false));
+        assert_eq!(partition.high_watermark(), 0, "follower 3 holds it back");
+        assert_eq!(partition.fetched_by_follower(3, 2), Some(true));
+        assert_eq!(partition.high_watermark(), 2);
+        assert_eq!(partition.fetched_by_follower(4, 0), None, "not a replica");
+
+        // Follower 3 stays behind past the lag limit; 2 keeps up.
+        let lag_max = Duration::from_millis(500);
+        assert_eq!(partition.isr_change(lag_max), None);
+        manual.advance_ms(400);
+        assert_eq!(partition.fetched_by_follower(2, 4), Some(false));
+        manual.advance_ms(200);
+        let change = partition.isr_change(lag_max).expect("3 proposed out");
+        assert_eq!(change.isr, vec![1, 2]);
+        assert_eq!(
+            partition.isr_change(lag_max),
+            None,
+            "one proposal at a time"
+        );
+        command(
+            &mut image,
+            MetadataCommand::AlterPartition {
+                topic_id: partition.topic_id,
+                partition: 0,
+                leader: 1,
+                leader_epoch: change.leader_epoch,
+                partition_epoch: change.partition_epoch,
+                isr: change.isr,
+            },
+        );
+        replicas.apply_image(&image);
+        assert_eq!(partition.state().isr, vec![1, 2]);
+        assert_eq!(
+            partition.high_watermark(),
+            4,
+            "the ISR without 3 has it all"
+        );
+
+        // 3 catches up: proposed back in.
+        assert_eq!(partition.fetched_by_follower(3, 4), Some(false));
+        let change = partition.isr_change(lag_max).expect("3 proposed back");
+        assert_eq!(change.isr, vec![1, 2, 3]);
+        partition.isr_change_failed();
+        assert!(
+            partition.isr_change(lag_max).is_some(),
+            "proposed again after a refusal"
+        );
+
+        // A stale proposal is refused by the controller.
+        let stale = MetadataCommand::AlterPartition {
+            topic_id: partition.topic_id,
+            partition: 0,
+            leader: 1,
+            leader_epoch: change.leader_epoch,
+            partition_epoch: change.partition_epoch - 1,
+            isr: vec![1, 2, 3],
+        };
+        let version = image.version;
+        image.advance_to(version);
+        assert!(matches!(
+            apply(&mut image, &stale),
+            Err(rill_controller::MetadataError::InvalidUpdateVersion(_))
+        ));
+    }
 }
