@@ -152,3 +152,44 @@ fn ten_thousand_logs_within_the_open_file_bound() {
         started.elapsed()
     );
 }
+
+/// The high watermark survives a restart through the manager's
+/// `replication-offset-checkpoint`, moves only forward, never past the log
+/// end, and is pulled back by a truncation below it (and up by a new log
+/// start above it).
+#[test]
+fn high_watermarks_are_checkpointed_and_kept_within_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000));
+    let tp = TopicPartition::new(TopicName::new("hw").unwrap(), 0);
+    {
+        let manager =
+            LogManager::open(dir.path(), LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
+        let log = manager.get_or_create(&tp, LogConfig::default()).unwrap();
+        for i in 0..10u8 {
+            let mut builder = rill_storage::records::BatchBuilder::new();
+            builder.push(None, Some(&[i]), 0);
+            log.append(&mut builder.build(), 0).unwrap();
+        }
+        assert_eq!(log.high_watermark(), 0);
+        assert!(log.advance_high_watermark(7));
+        assert!(!log.advance_high_watermark(5), "never back");
+        assert!(log.advance_high_watermark(99));
+        assert_eq!(log.high_watermark(), 10, "never past the log end");
+        manager.truncate_to(&tp, 6).unwrap();
+        assert_eq!(log.high_watermark(), 6, "a truncation pulls it back");
+        manager.checkpoint().unwrap();
+    }
+    let manager =
+        LogManager::open(dir.path(), LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
+    let log = manager.get(&tp).unwrap();
+    assert_eq!(log.high_watermark(), 6, "restored from the checkpoint");
+    manager.delete_before(&tp, 6).unwrap();
+    assert_eq!(log.high_watermark(), 6);
+    log.truncate_fully_and_start_at(20).unwrap();
+    assert_eq!(
+        log.high_watermark(),
+        20,
+        "a log restarted later starts there"
+    );
+}
