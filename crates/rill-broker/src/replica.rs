@@ -879,7 +879,7 @@ impl ReplicaManager {
                 }
                 continue;
             }
-            match self.logs.get_or_create(&tp, wanted.config) {
+            match self.open_log(&tp, wanted.topic_id, wanted.config) {
                 Ok(log) => {
                     let Some(producers) = self.load_producers(&tp, &log) else {
                         continue;
@@ -922,7 +922,48 @@ impl ReplicaManager {
     }
 }
 
+/// The file in a partition's directory naming the topic id it belongs to
+/// (Kafka's `partition.metadata`).
+const PARTITION_METADATA: &str = "partition.metadata";
+
 impl ReplicaManager {
+    /// Opens (creating if needed) a partition's log for topic `topic_id`.
+    /// A log on disk that belongs to another topic of the same name (one
+    /// deleted while this broker was away, and created again) is deleted
+    /// first: its records are not this topic's, and a replica that kept
+    /// them could lead with them. Blocking.
+    fn open_log(
+        &self,
+        tp: &TopicPartition,
+        topic_id: TopicId,
+        config: LogConfig,
+    ) -> Result<Arc<Log>, StorageError> {
+        let log = self.logs.get_or_create(tp, config.clone())?;
+        let path = log.dir().join(PARTITION_METADATA);
+        let recorded = std::fs::read_to_string(&path).ok().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("topic_id: "))
+                .and_then(|id| uuid::Uuid::parse_str(id.trim()).ok())
+        });
+        match recorded {
+            Some(id) if id == topic_id => return Ok(log),
+            Some(other) => {
+                warn!(topic = %tp.topic, partition = tp.partition, old_topic_id = %other, %topic_id, "deleting the log of an older topic of the same name");
+                drop(log);
+                self.logs.delete(tp)?;
+                let log = self.logs.get_or_create(tp, config)?;
+                write_partition_metadata(&log, topic_id)?;
+                Ok(log)
+            }
+            // A new log, or one from before the file existed: it is this
+            // topic's as far as anyone knows (the image named it).
+            None => {
+                write_partition_metadata(&log, topic_id)?;
+                Ok(log)
+            }
+        }
+    }
+
     /// Truncates a follower's log to `offset` (where it diverges from its
     /// leader's), checkpointed at once, and rebuilds its producer state
     /// from what is left. Blocking.
@@ -991,6 +1032,11 @@ impl ReplicaManager {
             }
         }
     }
+}
+
+fn write_partition_metadata(log: &Log, topic_id: TopicId) -> Result<(), StorageError> {
+    let text = format!("version: 0\ntopic_id: {topic_id}\n");
+    rill_storage::write_atomically(&log.dir().join(PARTITION_METADATA), text.as_bytes())
 }
 
 /// What the image says about one partition this node holds.
@@ -1356,5 +1402,78 @@ mod tests {
             apply(&mut image, &stale),
             Err(rill_controller::MetadataError::InvalidUpdateVersion(_))
         ));
+    }
+    /// A broker that returns after its topic was deleted and created again
+    /// under the same name does not take its old log for the new topic's:
+    /// `partition.metadata` names the topic id the log belongs to.
+    #[test]
+    fn an_old_topics_log_is_not_the_new_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let open = |image: &MetadataImage| {
+            let logs =
+                LogManager::open(dir.path(), LogManagerConfig::default(), Arc::clone(&clock))
+                    .unwrap();
+            let replicas = ReplicaManager::new(
+                1,
+                logs,
+                LogConfig::default(),
+                ProducerStateConfig::default(),
+                Arc::clone(&clock),
+            );
+            replicas.apply_image(image);
+            replicas
+        };
+        let image_with = |topic_id: u128| {
+            let mut image = MetadataImage::default();
+            command(
+                &mut image,
+                MetadataCommand::RegisterBroker {
+                    node_id: 1,
+                    incarnation_id: uuid::Uuid::nil(),
+                    directory_id: uuid::Uuid::nil(),
+                    host: "h".into(),
+                    port: 9092,
+                    rack: None,
+                },
+            );
+            command(
+                &mut image,
+                MetadataCommand::UnfenceBroker {
+                    node_id: 1,
+                    broker_epoch: 1,
+                },
+            );
+            command(
+                &mut image,
+                MetadataCommand::CreateTopic {
+                    name: "t".into(),
+                    topic_id: uuid::Uuid::from_u128(topic_id),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: BTreeMap::new(),
+                    assignments: None,
+                },
+            );
+            image
+        };
+        {
+            let replicas = open(&image_with(1));
+            let partition = replicas.get("t", 0).unwrap();
+            partition.append_as_leader(&mut batch(), false).unwrap();
+            assert_eq!(partition.log.log_end_offset(), 1);
+            replicas.logs().shutdown().unwrap();
+        }
+        {
+            // Same topic id: the log is kept.
+            let replicas = open(&image_with(1));
+            assert_eq!(replicas.get("t", 0).unwrap().log.log_end_offset(), 1);
+            replicas.logs().shutdown().unwrap();
+        }
+        // Another topic id under the same name: a fresh log.
+        let replicas = open(&image_with(2));
+        let partition = replicas.get("t", 0).unwrap();
+        assert_eq!(partition.log.log_end_offset(), 0);
+        assert_eq!(partition.high_watermark(), 0);
     }
 }

@@ -53,4 +53,5 @@ pub use files::FileCache;
 pub use log::{
     AppendInfo, FileRegion, FlushObserver, Log, LogOpenOptions, ReadInfo, TimestampOffset,
 };
+pub use checkpoint::write_atomically;
 pub use manager::{CleanerRound, LogManager, LogManagerConfig};
