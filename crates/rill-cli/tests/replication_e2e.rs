@@ -677,3 +677,115 @@ fn committed_offsets_outlive_the_coordinator() {
         "the committed offset after coordinator {coordinator} died (asked via node {survivor})"
     );
 }
+
+/// `rill_topic_bytes_out_total` of `topic` on node `id` (consumer and
+/// follower fetches alike).
+fn bytes_out(cluster: &Cluster, id: i32, topic: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(cluster.node(id).ports.http).unwrap();
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let prefix = format!("rill_topic_bytes_out_total{{topic=\"{topic}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+fn fetch(
+    cluster: &Cluster,
+    id: i32,
+    version: i16,
+    topic: &str,
+    rack: &str,
+) -> kafka_protocol::messages::fetch_response::PartitionData {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let mut raw = RawClient::connect(cluster.node(id).kafka_addr(), CLIENT_TIMEOUT).unwrap();
+    let response = raw.send(
+        version,
+        kafka_protocol::messages::FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_rack_id(StrBytes::from_string(rack.to_string()))
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]),
+    );
+    response.responses[0].partitions[0].clone()
+}
+
+/// Fetch from follower (KIP-392): brokers in racks; the leader sends a
+/// consumer of another rack to the in-sync replica in its rack, which
+/// serves the records up to its own high watermark; librdkafka with
+/// `client.rack` reads the whole partition there.
+#[test]
+fn consumers_read_from_the_follower_in_their_rack() {
+    let _serial = serial();
+    let cluster = Cluster::combined_in_racks(3, FAST);
+    create_topic(&cluster, 1, "near", 2);
+    let (leader, _) = wait_partition(&cluster, 1, "near", "three in sync", |l, isr| {
+        l > 0 && isr.len() == 3
+    });
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let rack = format!("rack-{follower}");
+    let writer = producer(&cluster.bootstrap(), &[]);
+    let values: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    assert_delivered(&produce(&writer, "near", &refs));
+
+    let sent_there = fetch(&cluster, leader, 11, "near", &rack);
+    assert_eq!(sent_there.error_code, 0);
+    assert_eq!(
+        sent_there.preferred_read_replica.0, follower,
+        "{sent_there:?}"
+    );
+    assert!(sent_there.records.as_ref().is_none_or(|r| r.is_empty()));
+    let own_rack = fetch(&cluster, leader, 11, "near", &format!("rack-{leader}"));
+    assert_eq!(own_rack.preferred_read_replica.0, -1);
+    assert!(own_rack.records.is_some_and(|r| !r.is_empty()));
+
+    // The follower serves v11+ consumers, once its high watermark has
+    // caught up; older versions are the leader's alone.
+    let served = poll_until(WAIT, || {
+        let answer = fetch(&cluster, follower, 11, "near", "");
+        (answer.error_code == 0 && answer.high_watermark == 20).then_some(answer)
+    })
+    .expect("the follower's high watermark reaches 20");
+    assert!(served.records.is_some_and(|r| !r.is_empty()));
+    assert_eq!(fetch(&cluster, follower, 10, "near", "").error_code, 6);
+
+    let before = bytes_out(&cluster, follower, "near");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "near-reader")
+        .set("client.rack", &rack)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("near", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while read.len() < values.len() && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
+        }
+    }
+    assert_eq!(read, values);
+    assert!(
+        bytes_out(&cluster, follower, "near") > before,
+        "the rack's follower sent the records"
+    );
+}

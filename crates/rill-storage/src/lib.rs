@@ -45,6 +45,7 @@ pub mod records;
 mod segment;
 
 pub use batch::{BatchHeader, Compression, ProducerFields, TimestampType};
+pub use checkpoint::write_atomically;
 pub use cleaner::{CleanerStats, Dirtiness, DEDUPE_BUFFER_BYTES_DEFAULT};
 pub use config::{CleanupPolicy, LogConfig};
 pub use epoch::{EpochEndOffset, EpochEntry};
@@ -53,5 +54,4 @@ pub use files::FileCache;
 pub use log::{
     AppendInfo, FileRegion, FlushObserver, Log, LogOpenOptions, ReadInfo, TimestampOffset,
 };
-pub use checkpoint::write_atomically;
 pub use manager::{CleanerRound, LogManager, LogManagerConfig};

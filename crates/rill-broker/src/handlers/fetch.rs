@@ -16,6 +16,13 @@
 //! ([`crate::replica::Partition::fetched_by_follower`]), which may move the
 //! high watermark sent back in the same answer.
 //!
+//! Fetch from follower (KIP-392): from v11 a consumer may fetch from any
+//! replica, which serves up to its own high watermark. A leader asked by a
+//! consumer that names its rack (`rack_id`, librdkafka's `client.rack`)
+//! that is not the leader's own names an in-sync replica in that rack as
+//! `preferred_read_replica` instead of sending records (Kafka's
+//! `RackAwareReplicaSelector`); the client then fetches there.
+//!
 //! Fetch sessions (KIP-227) are declined: the response's session id is 0,
 //! so clients send full fetch requests, as the protocol allows.
 
@@ -73,7 +80,7 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
             .as_mut()
             .is_none_or(|waiting| waiting.enough(&broker, &request, bytes_min));
         if look {
-            let (response, bytes, any_error) = read(&broker, &request, bytes_max);
+            let (response, bytes, any_error) = read(&broker, version, &request, bytes_max);
             // As Kafka: `min_bytes` of 0 (or less) answers at once, data or not.
             if bytes >= bytes_min || any_error || Instant::now() >= deadline {
                 return response;
@@ -88,14 +95,14 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
             waiting.get_or_insert_with(|| Waiting::new(&request));
         }
         tokio::select! {
-            _ = broker.shutdown.cancelled() => return read(&broker, &request, bytes_max).0,
+            _ = broker.shutdown.cancelled() => return read(&broker, version, &request, bytes_max).0,
             changed = appends.changed() => {
                 if changed.is_err() {
-                    return read(&broker, &request, bytes_max).0;
+                    return read(&broker, version, &request, bytes_max).0;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                return read(&broker, &request, bytes_max).0;
+                return read(&broker, version, &request, bytes_max).0;
             }
         }
     }
@@ -158,7 +165,17 @@ impl Waiting {
 /// One pass over every requested partition. Returns the response, the
 /// record bytes in it, and whether any partition has an error (which
 /// answers at once, as in Kafka).
-fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchAnswer, usize, bool) {
+fn read(
+    broker: &Broker,
+    version: i16,
+    request: &FetchRequest,
+    bytes_max: usize,
+) -> (FetchAnswer, usize, bool) {
+    let asker = Asker {
+        replica_id: request.replica_id.0,
+        follower_reads: version >= 11,
+        rack: request.rack_id.as_str(),
+    };
     let mut total = 0usize;
     let mut any_error = false;
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -166,29 +183,28 @@ fn read(broker: &Broker, request: &FetchRequest, bytes_max: usize) -> (FetchAnsw
         let name = topic.topic.0.as_str();
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for fetch in &topic.partitions {
-            let data =
-                match read_partition(broker, request.replica_id.0, name, fetch, bytes_max, total) {
-                    Ok(data) => {
-                        total += data
-                            .records
-                            .iter()
-                            .map(|r| r.byte_len() as usize)
-                            .sum::<usize>();
-                        data
+            let data = match read_partition(broker, &asker, name, fetch, bytes_max, total) {
+                Ok(data) => {
+                    total += data
+                        .records
+                        .iter()
+                        .map(|r| r.byte_len() as usize)
+                        .sum::<usize>();
+                    data
+                }
+                Err((error, log_start_offset, high_watermark)) => {
+                    any_error = true;
+                    FetchPartitionOut {
+                        partition_index: fetch.partition,
+                        error_code: error.code,
+                        high_watermark,
+                        last_stable_offset: high_watermark,
+                        log_start_offset,
+                        preferred_read_replica: -1,
+                        records: Vec::new(),
                     }
-                    Err((error, log_start_offset, high_watermark)) => {
-                        any_error = true;
-                        FetchPartitionOut {
-                            partition_index: fetch.partition,
-                            error_code: error.code,
-                            high_watermark,
-                            last_stable_offset: high_watermark,
-                            log_start_offset,
-                            preferred_read_replica: -1,
-                            records: Vec::new(),
-                        }
-                    }
-                };
+                }
+            };
             partitions.push(data);
         }
         topics.push(FetchTopicOut {
@@ -217,9 +233,45 @@ fn readable_end(partition: &crate::replica::Partition, replica_id: i32) -> i64 {
     }
 }
 
+/// Who asks, as far as it decides what a partition's answer is.
+struct Asker<'a> {
+    /// A follower's node id, or -1 for a consumer.
+    replica_id: i32,
+    /// Fetch v11+: a consumer may read from a follower.
+    follower_reads: bool,
+    /// The consumer's rack (`client.rack`), or empty.
+    rack: &'a str,
+}
+
+/// The in-sync replica in the consumer's rack that the leader sends it
+/// to, if the leader's own rack is another.
+fn preferred_read_replica(
+    broker: &Broker,
+    partition: &crate::replica::Partition,
+    rack: &str,
+) -> Option<i32> {
+    if rack.is_empty() {
+        return None;
+    }
+    let image = broker.controller.image();
+    let in_rack = |id: i32| {
+        image
+            .broker(id)
+            .is_some_and(|b| !b.fenced && b.rack.as_deref() == Some(rack))
+    };
+    if in_rack(broker.config.node_id) {
+        return None;
+    }
+    partition
+        .state()
+        .isr
+        .into_iter()
+        .find(|id| *id != broker.config.node_id && in_rack(*id))
+}
+
 fn read_partition(
     broker: &Broker,
-    replica_id: i32,
+    asker: &Asker<'_>,
     topic: &str,
     fetch: &FetchPartition,
     bytes_max: usize,
@@ -234,10 +286,25 @@ fn read_partition(
     };
     let log = &partition.log;
     let fail = |error: KafkaError| (error, log.log_start_offset(), partition.high_watermark());
-    if partition.leader() != broker.config.node_id {
+    let replica_id = asker.replica_id;
+    let leading = partition.leader() == broker.config.node_id;
+    if !leading && (replica_id >= 0 || !asker.follower_reads) {
         return Err(fail(KafkaError::new(ResponseError::NotLeaderOrFollower)));
     }
     check_leader_epoch(fetch.current_leader_epoch, partition.leader_epoch()).map_err(fail)?;
+    if leading && replica_id < 0 && asker.follower_reads {
+        if let Some(preferred) = preferred_read_replica(broker, &partition, asker.rack) {
+            return Ok(FetchPartitionOut {
+                partition_index: fetch.partition,
+                error_code: 0,
+                high_watermark: partition.high_watermark(),
+                last_stable_offset: partition.high_watermark(),
+                log_start_offset: log.log_start_offset(),
+                preferred_read_replica: preferred,
+                records: Vec::new(),
+            });
+        }
+    }
     if replica_id >= 0 {
         match partition.fetched_by_follower(replica_id, fetch.fetch_offset) {
             // The ISR now holds more: consumers may read further.

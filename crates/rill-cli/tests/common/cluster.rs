@@ -97,6 +97,8 @@ pub struct Cluster {
     nodes: Vec<Node>,
     quorum: String,
     extra_args: Vec<String>,
+    /// Each node in a rack of its own, `rack-<id>`.
+    racked: bool,
 }
 
 impl Cluster {
@@ -106,9 +108,19 @@ impl Cluster {
         Cluster::start(&roles, extra_args)
     }
 
+    /// `n` combined nodes, node `id` in rack `rack-<id>`.
+    pub fn combined_in_racks(n: i32, extra_args: &[&str]) -> Cluster {
+        let roles: Vec<(i32, Role)> = (1..=n).map(|id| (id, Role::Combined)).collect();
+        Cluster::start_with(&roles, extra_args, true)
+    }
+
     /// Starts the given nodes at once, each with `extra_args` on top of its
     /// identity, quorum and ports, and waits until every one is ready.
     pub fn start(roles: &[(i32, Role)], extra_args: &[&str]) -> Cluster {
+        Cluster::start_with(roles, extra_args, false)
+    }
+
+    fn start_with(roles: &[(i32, Role)], extra_args: &[&str], racked: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("rill-cluster-")
             .tempdir()
@@ -138,6 +150,7 @@ impl Cluster {
             nodes,
             quorum,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            racked,
         };
         let starting: Vec<_> = (0..cluster.nodes.len())
             .map(|i| {
@@ -172,6 +185,9 @@ impl Cluster {
             .args(["--controller-quorum", &self.quorum])
             .args(["--process-roles", node.role.flag()])
             .args(&self.extra_args);
+        if self.racked {
+            command.args(["--rack", &format!("rack-{}", node.id)]);
+        }
         command
     }
 
