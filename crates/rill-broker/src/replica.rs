@@ -81,6 +81,20 @@ pub struct ReplicaState {
 }
 
 impl ReplicaState {
+    /// `min.insync.replicas`, as far as the replicas can meet it.
+    fn effective_min_isr(&self) -> usize {
+        usize::try_from(self.min_insync_replicas.max(1))
+            .unwrap_or(1)
+            .min(self.replicas.len().max(1))
+    }
+
+    /// Whether the ISR is below `min.insync.replicas`: then the high
+    /// watermark stays where it is (KIP-966's strict rule, which is what
+    /// lets a replica that left such an ISR lead without loss).
+    fn under_min_isr(&self) -> bool {
+        self.isr.len() < self.effective_min_isr()
+    }
+
     fn assert_consistent(&self) {
         debug_assert!(self.leader == -1 || self.isr.contains(&self.leader));
         debug_assert!(self.isr.iter().all(|r| self.replicas.contains(r)));
@@ -404,10 +418,12 @@ impl Partition {
     }
 
     /// Moves the high watermark to the smallest log end offset among the
-    /// ISR (with any proposed additions), if that is further. The leader's
-    /// own log end counts as is: acks=all flushes the leader's log itself.
+    /// ISR (with any proposed additions), if that is further, and only
+    /// while the ISR has `min.insync.replicas` members (KIP-966). The
+    /// leader's own log end counts as is: acks=all flushes the leader's
+    /// log itself.
     fn maybe_advance_high_watermark(&self, state: &ReplicaState) -> bool {
-        if state.leader != self.node_id {
+        if state.leader != self.node_id || state.under_min_isr() {
             return false;
         }
         let mut committed = self.log.log_end_offset();
@@ -454,13 +470,13 @@ impl Partition {
                 if state.leader != self.node_id || state.leader_epoch != leader_epoch {
                     return Err(ReplicationError::NotLeader);
                 }
+                // Kafka's `Partition.checkEnoughReplicasReachOffset`; under
+                // the minimum the high watermark cannot get there at all.
+                if state.under_min_isr() {
+                    return Err(ReplicationError::NotEnoughReplicasAfterAppend);
+                }
                 if self.log.high_watermark() >= end_offset {
-                    // Kafka's `Partition.checkEnoughReplicasReachOffset`.
-                    return if (state.isr.len() as i32) < state.min_insync_replicas {
-                        Err(ReplicationError::NotEnoughReplicasAfterAppend)
-                    } else {
-                        Ok(())
-                    };
+                    return Ok(());
                 }
             }
             tokio::select! {

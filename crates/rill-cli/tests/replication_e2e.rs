@@ -789,3 +789,90 @@ fn consumers_read_from_the_follower_in_their_rack() {
         "the rack's follower sent the records"
     );
 }
+
+/// Eligible leader replicas (KIP-966): RF 3, min.insync.replicas 2. The
+/// followers die one after the other, so the second leaves an ISR below
+/// the minimum and becomes eligible; then the leader dies too. The
+/// eligible replica returns alone and leads at once, cleanly (it holds
+/// every committed record: the high watermark cannot move under the
+/// minimum), without waiting for the last ISR member and without an
+/// unclean election; with the third back, every acknowledged record is
+/// readable.
+#[test]
+fn an_eligible_replica_leads_when_the_isr_is_gone() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(
+        &[
+            (1, Role::Controller),
+            (2, Role::Broker),
+            (3, Role::Broker),
+            (4, Role::Broker),
+        ],
+        FAST,
+    );
+    create_topic(&cluster, 2, "elr", 2);
+    let (leader, _) = wait_partition(&cluster, 2, "elr", "three in sync", |l, isr| {
+        l > 0 && isr.len() == 3
+    });
+    let followers: Vec<i32> = (2..=4).filter(|id| *id != leader).collect();
+    let (first, eligible) = (followers[0], followers[1]);
+    let writer = producer(&cluster.bootstrap(), &[("message.timeout.ms", "30000")]);
+    let values: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    assert_delivered(&produce(&writer, "elr", &refs));
+    drop(writer);
+    // The high watermark reaches the followers with their next fetch.
+    thread::sleep(Duration::from_secs(1));
+
+    cluster.kill(first);
+    wait_partition(
+        &cluster,
+        leader,
+        "elr",
+        "the first follower out",
+        |_, isr| isr.len() == 2,
+    );
+    cluster.kill(eligible);
+    wait_partition(
+        &cluster,
+        leader,
+        "elr",
+        "the second follower out",
+        |_, isr| isr == [leader],
+    );
+    cluster.kill(leader);
+
+    cluster.restart(eligible);
+    let (elected, isr) = wait_partition(&cluster, eligible, "elr", "a new leader", |l, _| {
+        l > 0 && l != leader
+    });
+    assert_eq!(
+        (elected, isr),
+        (eligible, vec![eligible]),
+        "the eligible replica leads"
+    );
+
+    cluster.restart(first);
+    wait_partition(&cluster, eligible, "elr", "two in sync", |_, isr| {
+        isr.len() >= 2
+    });
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "elr-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("elr", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while read.len() < values.len() && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
+        }
+    }
+    assert_eq!(read, values, "every acknowledged record");
+}

@@ -338,6 +338,13 @@ pub struct PartitionState {
     /// Bumped on every change to this partition's state (Kafka's
     /// `partition_epoch`).
     pub partition_epoch: i32,
+    /// Eligible leader replicas (KIP-966): replicas that left the ISR while
+    /// it was below `min.insync.replicas`. The high watermark cannot move
+    /// while the ISR is that small, so each of them holds every committed
+    /// record and may lead cleanly when no ISR member can. Empty whenever
+    /// the ISR is at least `min.insync.replicas`.
+    #[serde(default)]
+    pub elr: Vec<NodeId>,
 }
 
 /// One topic.
@@ -497,6 +504,19 @@ impl MetadataImage {
                     || format!("{}: ISR {:?} not within replicas", at(), partition.isr),
                 )?;
                 ensure(!partition.isr.is_empty(), || format!("{}: empty ISR", at()))?;
+                ensure(
+                    partition
+                        .elr
+                        .iter()
+                        .all(|r| partition.replicas.contains(r) && !partition.isr.contains(r)),
+                    || {
+                        format!(
+                            "{}: ELR {:?} not within the replicas outside the ISR",
+                            at(),
+                            partition.elr
+                        )
+                    },
+                )?;
                 ensure(
                     partition.leader == -1 || partition.isr.contains(&partition.leader),
                     || format!("{}: leader {} not in the ISR", at(), partition.leader),
@@ -817,13 +837,14 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
             isr,
             ..
         } => {
-            let state = image
-                .topics
-                .get_mut(topic_id)
-                .and_then(|t| t.partitions.get_mut(*partition as usize))
+            let topic = image.topics.get_mut(topic_id).expect("checked");
+            let min_isr = min_isr(topic);
+            let state = topic
+                .partitions
+                .get_mut(*partition as usize)
                 .expect("checked");
-            state.isr = isr.clone();
-            state.partition_epoch += 1;
+            let leader = state.leader;
+            change_partition(state, leader, isr.clone(), min_isr);
             ApplyOutcome::PartitionAltered {
                 partition_epoch: state.partition_epoch,
             }
@@ -976,6 +997,7 @@ fn new_partition(replicas: Vec<NodeId>) -> PartitionState {
     PartitionState {
         leader: replicas[0],
         isr: replicas.clone(),
+        elr: Vec::new(),
         replicas,
         leader_epoch: 0,
         partition_epoch: 0,
@@ -993,8 +1015,15 @@ fn unclean_allowed(topic: &TopicState) -> bool {
 
 /// Moves a partition to `leader` (or to none, `-1`) with `isr`, bumping
 /// the leader epoch when the leader changes and the partition epoch on any
-/// change. Returns whether the leader changed.
-fn change_partition(partition: &mut PartitionState, leader: NodeId, isr: Vec<NodeId>) -> bool {
+/// change, and keeps the ELR (KIP-966): replicas leaving an ISR that is
+/// then below `min_isr` join it, ISR members leave it, and an ISR of
+/// `min_isr` or more empties it. Returns whether the leader changed.
+fn change_partition(
+    partition: &mut PartitionState,
+    leader: NodeId,
+    isr: Vec<NodeId>,
+    min_isr: usize,
+) -> bool {
     let leader_changed = partition.leader != leader;
     if !leader_changed && partition.isr == isr {
         return false;
@@ -1002,10 +1031,47 @@ fn change_partition(partition: &mut PartitionState, leader: NodeId, isr: Vec<Nod
     if leader_changed {
         partition.leader_epoch += 1;
     }
+    let min_isr = min_isr.clamp(1, partition.replicas.len().max(1));
+    if isr.len() >= min_isr {
+        partition.elr.clear();
+    } else {
+        for left in partition.isr.iter().filter(|r| !isr.contains(r)) {
+            if !partition.elr.contains(left) {
+                partition.elr.push(*left);
+            }
+        }
+        partition.elr.retain(|r| !isr.contains(r));
+    }
     partition.leader = leader;
     partition.isr = isr;
     partition.partition_epoch += 1;
     leader_changed
+}
+
+/// The topic's `min.insync.replicas` (1 when unset).
+fn min_isr(topic: &TopicState) -> usize {
+    topic
+        .configs
+        .get("min.insync.replicas")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Kafka's clean election, in its order: the first replica in assignment
+/// order that is in the ISR and unfenced, keeping the ISR; else the first
+/// unfenced eligible leader replica (KIP-966), which becomes the ISR.
+fn elect_clean(
+    partition: &PartitionState,
+    isr: &[NodeId],
+    unfenced: &BTreeSet<NodeId>,
+) -> Option<(NodeId, Vec<NodeId>)> {
+    match elect(&partition.replicas, isr, unfenced) {
+        -1 => {
+            let leader = elect(&partition.replicas, &partition.elr, unfenced);
+            (leader != -1).then(|| (leader, vec![leader]))
+        }
+        leader => Some((leader, isr.to_vec())),
+    }
 }
 
 /// Fences `node_id`: it leaves every ISR it is not alone in (a lone member
@@ -1021,6 +1087,7 @@ fn fence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
     let mut elections = 0;
     for topic in image.topics.values_mut() {
         let unclean = unclean_allowed(topic);
+        let min_isr = min_isr(topic);
         for partition in &mut topic.partitions {
             if !partition.replicas.contains(&node_id) {
                 continue;
@@ -1030,9 +1097,13 @@ fn fence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
                 isr.retain(|r| *r != node_id);
             }
             let mut leader = partition.leader;
+            let mut unclean_election = false;
             if leader == node_id {
-                leader = elect(&partition.replicas, &isr, &unfenced);
-                if leader == -1 && unclean {
+                leader = -1;
+                if let Some((elected, elected_isr)) = elect_clean(partition, &isr, &unfenced) {
+                    leader = elected;
+                    isr = elected_isr;
+                } else if unclean {
                     leader = elect_unclean(&partition.replicas, &unfenced);
                     if leader != -1 {
                         tracing::warn!(
@@ -1041,10 +1112,15 @@ fn fence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
                             "unclean leader election: records only the old ISR {isr:?} had may be lost"
                         );
                         isr = vec![leader];
+                        unclean_election = true;
                     }
                 }
             }
-            elections += u32::from(change_partition(partition, leader, isr));
+            elections += u32::from(change_partition(partition, leader, isr, min_isr));
+            if unclean_election {
+                // What the old ISR committed is void: nobody is eligible.
+                partition.elr.clear();
+            }
         }
     }
     elections
@@ -1061,12 +1137,17 @@ fn unfence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
     let mut elections = 0;
     for topic in image.topics.values_mut() {
         let unclean = unclean_allowed(topic);
+        let min_isr = min_isr(topic);
         for partition in &mut topic.partitions {
             if partition.leader != -1 || !partition.replicas.contains(&node_id) {
                 continue;
             }
+            let clean = partition.isr.contains(&node_id) || partition.elr.contains(&node_id);
             let isr = if partition.isr.contains(&node_id) {
                 partition.isr.clone()
+            } else if partition.elr.contains(&node_id) {
+                // An eligible leader replica holds every committed record.
+                vec![node_id]
             } else if unclean {
                 tracing::warn!(
                     topic = %topic.name,
@@ -1078,7 +1159,10 @@ fn unfence(image: &mut MetadataImage, node_id: NodeId) -> u32 {
             } else {
                 continue;
             };
-            elections += u32::from(change_partition(partition, node_id, isr));
+            elections += u32::from(change_partition(partition, node_id, isr, min_isr));
+            if !clean {
+                partition.elr.clear();
+            }
         }
     }
     elections
@@ -1108,6 +1192,7 @@ fn elect_leaders(
                 return (topic, index, ElectionResult::UnknownPartition);
             };
             let state = image.topics.get_mut(&topic_id).expect("ids and topics agree");
+            let min_isr = min_isr(state);
             let Some(partition) = usize::try_from(index)
                 .ok()
                 .and_then(|i| state.partitions.get_mut(i))
@@ -1121,7 +1206,7 @@ fn elect_leaders(
                         ElectionResult::NotNeeded
                     } else if partition.isr.contains(&preferred) && unfenced.contains(&preferred) {
                         let isr = partition.isr.clone();
-                        change_partition(partition, preferred, isr);
+                        change_partition(partition, preferred, isr, min_isr);
                         ElectionResult::Elected
                     } else {
                         ElectionResult::PreferredNotAvailable
@@ -1131,10 +1216,9 @@ fn elect_leaders(
                     if partition.leader != -1 {
                         ElectionResult::NotNeeded
                     } else {
-                        let clean = elect(&partition.replicas, &partition.isr, &unfenced);
-                        if clean != -1 {
-                            let isr = partition.isr.clone();
-                            change_partition(partition, clean, isr);
+                        let isr = partition.isr.clone();
+                        if let Some((clean, isr)) = elect_clean(partition, &isr, &unfenced) {
+                            change_partition(partition, clean, isr, min_isr);
                             ElectionResult::Elected
                         } else {
                             match elect_unclean(&partition.replicas, &unfenced) {
@@ -1147,7 +1231,8 @@ fn elect_leaders(
                                         "unclean leader election asked for: records only the old ISR {:?} had may be lost",
                                         partition.isr
                                     );
-                                    change_partition(partition, leader, vec![leader]);
+                                    change_partition(partition, leader, vec![leader], min_isr);
+                                    partition.elr.clear();
                                     ElectionResult::Elected
                                 }
                             }

@@ -172,8 +172,8 @@ fn create_topic_assigns_replicas_and_leaders() {
         assert_eq!(partition.replicas.len(), 2);
         assert_ne!(partition.replicas[0], partition.replicas[1]);
         assert_eq!(partition.leader, partition.replicas[0]);
-        // Followers do not copy data yet, so only the leader is in sync.
-        assert_eq!(partition.isr, vec![partition.leader]);
+        // Every replica of a new (empty) partition is in sync.
+        assert_eq!(partition.isr, partition.replicas);
         assert_eq!(partition.leader_epoch, 0);
         *leaders.entry(partition.leader).or_insert(0) += 1;
     }
@@ -684,6 +684,26 @@ fn arb_command() -> impl Strategy<Value = MetadataCommand> {
         topic_id
             .clone()
             .prop_map(|topic_id| MetadataCommand::DeleteTopic { topic_id }),
+        (
+            topic_id.clone(),
+            0i32..3,
+            0i32..5,
+            0i32..3,
+            0i32..4,
+            prop::collection::vec(0i32..5, 1..4)
+        )
+            .prop_map(
+                |(topic_id, partition, leader, leader_epoch, partition_epoch, isr)| {
+                    MetadataCommand::AlterPartition {
+                        topic_id,
+                        partition,
+                        leader,
+                        leader_epoch,
+                        partition_epoch,
+                        isr,
+                    }
+                }
+            ),
         (topic_id, 0i32..8, assignments).prop_map(|(topic_id, new_total, assignments)| {
             MetadataCommand::CreatePartitions {
                 topic_id,
@@ -786,10 +806,13 @@ proptest! {
 }
 
 /// Fencing the leader moves leadership to the next in-sync, unfenced
-/// replica with a higher epoch; with none, the partition has no leader
-/// until an in-sync replica returns.
+/// replica with a higher epoch. Replicas that leave an ISR below
+/// `min.insync.replicas` become eligible leader replicas (KIP-966): when no
+/// ISR member can lead, one of them does, cleanly; an ISR back at the
+/// minimum empties the ELR. With neither, the partition has no leader until
+/// an in-sync replica returns, unless unclean election is allowed.
 #[test]
-fn fencing_elects_from_the_isr_and_unfencing_restores() {
+fn fencing_elects_from_the_isr_then_the_elr() {
     let mut image = image_with_brokers(3);
     let topic_id = Uuid::from_u128(7);
     apply(
@@ -799,27 +822,44 @@ fn fencing_elects_from_the_isr_and_unfencing_restores() {
             topic_id,
             partitions: 1,
             replication_factor: 3,
-            configs: BTreeMap::new(),
+            configs: configs(&[("min.insync.replicas", "2")]),
             assignments: Some(vec![vec![1, 2, 3]]),
         },
     )
     .unwrap();
     let partition = |image: &MetadataImage| image.topic("t").unwrap().partitions[0].clone();
-    assert_eq!(partition(&image).isr, vec![1]);
+    assert_eq!(partition(&image).isr, vec![1, 2, 3]);
+    let fence = |image: &mut MetadataImage, node_id| {
+        apply(
+            image,
+            &MetadataCommand::FenceBroker {
+                node_id,
+                broker_epoch: 1,
+            },
+        )
+        .unwrap();
+        image.assert_consistent();
+        partition(image)
+    };
 
-    // The only in-sync replica is fenced: no leader, and the ISR keeps it
-    // (it alone has the data); no out-of-sync replica is elected.
-    apply(
-        &mut image,
-        &MetadataCommand::FenceBroker {
-            node_id: 1,
-            broker_epoch: 1,
-        },
-    )
-    .unwrap();
-    let p = partition(&image);
-    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (-1, vec![1], 1));
-    assert!(image.unfenced_brokers().all(|b| b.node_id != 1));
+    // The leader goes: the next in-sync replica leads; at the minimum, no ELR.
+    let p = fence(&mut image, 1);
+    assert_eq!(
+        (p.leader, p.isr.clone(), p.elr.clone(), p.leader_epoch),
+        (2, vec![2, 3], vec![], 1)
+    );
+    // Below the minimum: the replica that left is eligible.
+    let p = fence(&mut image, 3);
+    assert_eq!(
+        (p.leader, p.isr.clone(), p.elr.clone()),
+        (2, vec![2], vec![3])
+    );
+    // The last in-sync replica goes: no leader, the ISR keeps it.
+    let p = fence(&mut image, 2);
+    assert_eq!(
+        (p.leader, p.isr.clone(), p.elr.clone(), p.leader_epoch),
+        (-1, vec![2], vec![3], 2)
+    );
 
     // A stale epoch changes nothing.
     let before = image.clone();
@@ -827,7 +867,7 @@ fn fencing_elects_from_the_isr_and_unfencing_restores() {
         apply(
             &mut image,
             &MetadataCommand::UnfenceBroker {
-                node_id: 1,
+                node_id: 3,
                 broker_epoch: 9
             }
         ),
@@ -835,7 +875,8 @@ fn fencing_elects_from_the_isr_and_unfencing_restores() {
     ));
     assert_eq!(image, before);
 
-    // It comes back: it leads again with a higher epoch.
+    // Broker 1 (out of both) returns: still no leader. Broker 3 (eligible)
+    // returns: it leads cleanly, and the ISR member it replaced is eligible.
     apply(
         &mut image,
         &MetadataCommand::UnfenceBroker {
@@ -844,9 +885,68 @@ fn fencing_elects_from_the_isr_and_unfencing_restores() {
         },
     )
     .unwrap();
+    assert_eq!(partition(&image).leader, -1);
+    apply(
+        &mut image,
+        &MetadataCommand::UnfenceBroker {
+            node_id: 3,
+            broker_epoch: 1,
+        },
+    )
+    .unwrap();
     let p = partition(&image);
-    assert_eq!((p.leader, p.leader_epoch), (1, 2));
+    assert_eq!(
+        (p.leader, p.isr.clone(), p.elr.clone(), p.leader_epoch),
+        (3, vec![3], vec![2], 3)
+    );
     assert!(p.partition_epoch > before.topic("t").unwrap().partitions[0].partition_epoch);
+    image.assert_consistent();
+
+    // The leader takes broker 1 back into the ISR: at the minimum again,
+    // the ELR empties.
+    apply(
+        &mut image,
+        &MetadataCommand::AlterPartition {
+            topic_id,
+            partition: 0,
+            leader: 3,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![1, 3],
+        },
+    )
+    .unwrap();
+    let p = partition(&image);
+    assert_eq!((p.isr.clone(), p.elr.clone()), (vec![1, 3], vec![]));
+    // A fenced replica may not join; a stale partition epoch is refused.
+    assert!(matches!(
+        apply(
+            &mut image,
+            &MetadataCommand::AlterPartition {
+                topic_id,
+                partition: 0,
+                leader: 3,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![1, 2, 3],
+            },
+        ),
+        Err(MetadataError::IneligibleReplica(_))
+    ));
+    assert!(matches!(
+        apply(
+            &mut image,
+            &MetadataCommand::AlterPartition {
+                topic_id,
+                partition: 0,
+                leader: 3,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch - 1,
+                isr: vec![3],
+            },
+        ),
+        Err(MetadataError::InvalidUpdateVersion(_))
+    ));
 
     // With unclean election allowed, an out-of-sync replica takes over and
     // becomes the whole ISR.
@@ -859,21 +959,24 @@ fn fencing_elects_from_the_isr_and_unfencing_restores() {
         },
     )
     .unwrap();
+    fence(&mut image, 1);
+    let p = fence(&mut image, 3);
+    assert_eq!((p.leader, p.isr.clone()), (-1, vec![3]));
+    apply(&mut image, &register(2)).unwrap();
     apply(
         &mut image,
-        &MetadataCommand::ControlledShutdown {
-            node_id: 1,
-            broker_epoch: 1,
+        &MetadataCommand::UnfenceBroker {
+            node_id: 2,
+            broker_epoch: 2,
         },
     )
     .unwrap();
     let p = partition(&image);
-    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (2, vec![2], 3));
-
-    // A new registration of a leader's node fences the old process first.
-    apply(&mut image, &register(2)).unwrap();
-    let p = partition(&image);
-    assert_eq!(p.leader, 3, "unclean: the next unfenced replica");
+    assert_eq!(
+        (p.leader, p.isr.clone(), p.elr.clone()),
+        (2, vec![2], vec![]),
+        "unclean"
+    );
     image.assert_consistent();
 }
 
