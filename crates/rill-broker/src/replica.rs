@@ -962,7 +962,7 @@ impl ReplicaManager {
                 .and_then(|id| uuid::Uuid::parse_str(id.trim()).ok())
         });
         match recorded {
-            Some(id) if id == topic_id => return Ok(log),
+            Some(id) if id == topic_id => Ok(log),
             Some(other) => {
                 warn!(topic = %tp.topic, partition = tp.partition, old_topic_id = %other, %topic_id, "deleting the log of an older topic of the same name");
                 drop(log);

@@ -137,7 +137,10 @@ fn create_topic(cluster: &Cluster, id: i32, name: &str, min_insync_replicas: i32
 /// Every delivery report of a producer: the value and its offset, or the
 /// error it failed with.
 #[derive(Clone, Default)]
-struct Deliveries(Arc<Mutex<Vec<(String, Result<i64, String>)>>>);
+struct Deliveries(Arc<Mutex<Vec<Report>>>);
+
+/// A delivery report: the value, and its offset or the error.
+type Report = (String, Result<i64, String>);
 
 impl ClientContext for Deliveries {}
 
@@ -179,7 +182,7 @@ fn produce(
     producer: &BaseProducer<Deliveries>,
     topic: &str,
     values: &[&str],
-) -> Vec<(String, Result<i64, String>)> {
+) -> Vec<Report> {
     let context = producer.context().clone();
     let before = context.0.lock().unwrap().len();
     for value in values {
@@ -194,7 +197,7 @@ fn produce(
     reports
 }
 
-fn assert_delivered(reports: &[(String, Result<i64, String>)]) {
+fn assert_delivered(reports: &[Report]) {
     for (value, result) in reports {
         assert!(result.is_ok(), "{value}: {result:?}");
     }
