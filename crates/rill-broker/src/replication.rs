@@ -169,30 +169,24 @@ fn reconcile(
             }
         });
         let mut shared = lock(&fetcher.partitions);
-        let keep: HashMap<TopicPartition, i32> = partitions
-            .iter()
-            .map(|(p, epoch)| (p.tp.clone(), *epoch))
+        let keep: HashMap<TopicPartition, (Arc<Partition>, i32)> = partitions
+            .into_iter()
+            .map(|(p, epoch)| (p.tp.clone(), (p, epoch)))
             .collect();
+        // A new leader epoch (or a re-created partition) starts over, with
+        // truncation first.
         shared.retain(|tp, followed| {
-            keep.get(tp) == Some(&followed.leader_epoch)
-                && Arc::ptr_eq(
-                    &followed.partition,
-                    &partitions
-                        .iter()
-                        .find(|(p, _)| &p.tp == tp)
-                        .expect("kept")
-                        .0,
-                )
+            keep.get(tp).is_some_and(|(partition, epoch)| {
+                *epoch == followed.leader_epoch && Arc::ptr_eq(partition, &followed.partition)
+            })
         });
-        for (partition, leader_epoch) in partitions {
-            shared
-                .entry(partition.tp.clone())
-                .or_insert_with(|| Followed {
-                    partition,
-                    leader_epoch,
-                    truncated: false,
-                    parked_until: None,
-                });
+        for (tp, (partition, leader_epoch)) in keep {
+            shared.entry(tp).or_insert_with(|| Followed {
+                partition,
+                leader_epoch,
+                truncated: false,
+                parked_until: None,
+            });
         }
     }
 }

@@ -178,11 +178,7 @@ fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer<Deliveries>
 
 /// Sends `values` to partition 0 of `topic`, waits for every report, and
 /// returns them.
-fn produce(
-    producer: &BaseProducer<Deliveries>,
-    topic: &str,
-    values: &[&str],
-) -> Vec<Report> {
+fn produce(producer: &BaseProducer<Deliveries>, topic: &str, values: &[&str]) -> Vec<Report> {
     let context = producer.context().clone();
     let before = context.0.lock().unwrap().len();
     for value in values {
