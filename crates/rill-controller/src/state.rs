@@ -132,6 +132,14 @@ pub enum MetadataCommand {
         partition_epoch: i32,
         isr: Vec<NodeId>,
     },
+    /// Kafka's AlterPartitionReassignments: for each partition, move it to
+    /// the target replicas (`Some`), or cancel its ongoing reassignment
+    /// (`None`). The target replicas join as followers; once all are in the
+    /// ISR, the others are removed (and the leader moved if it is one of
+    /// them). Each partition gets its own result.
+    AlterPartitionReassignments {
+        reassignments: Vec<(String, PartitionIndex, Option<Vec<NodeId>>)>,
+    },
 }
 
 /// Which election `ElectLeaders` runs (Kafka's `ElectionType`).
@@ -208,6 +216,11 @@ pub enum ApplyOutcome {
     PartitionAltered {
         partition_epoch: i32,
     },
+    /// Per partition asked for: `None` when its reassignment began (or
+    /// completed, or was cancelled), else why not.
+    ReassignmentsAltered {
+        results: Vec<(String, PartitionIndex, Option<MetadataError>)>,
+    },
     /// A Raft entry that carries no command (a leader's blank entry or a
     /// membership change) was applied.
     Nothing,
@@ -274,6 +287,10 @@ pub enum MetadataError {
     /// to the ISR.
     #[error("{0}")]
     IneligibleReplica(String),
+    /// NO_REASSIGNMENT_IN_PROGRESS (85): a cancellation with nothing to
+    /// cancel.
+    #[error("{0}")]
+    NoReassignmentInProgress(String),
 }
 
 impl MetadataError {
@@ -295,6 +312,7 @@ impl MetadataError {
             MetadataError::FencedLeaderEpoch(_) => 74,
             MetadataError::InvalidUpdateVersion(_) => 95,
             MetadataError::IneligibleReplica(_) => 107,
+            MetadataError::NoReassignmentInProgress(_) => 85,
         }
     }
 }
@@ -345,6 +363,37 @@ pub struct PartitionState {
     /// the ISR is at least `min.insync.replicas`.
     #[serde(default)]
     pub elr: Vec<NodeId>,
+    /// Replicas a reassignment is adding (also in `replicas`).
+    #[serde(default)]
+    pub adding: Vec<NodeId>,
+    /// Replicas a reassignment will remove once every target replica is in
+    /// sync (still in `replicas` until then).
+    #[serde(default)]
+    pub removing: Vec<NodeId>,
+}
+
+impl PartitionState {
+    /// The replicas before the ongoing reassignment, if one is.
+    pub fn original_replicas(&self) -> Vec<NodeId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.adding.contains(r))
+            .collect()
+    }
+
+    /// The replicas a reassignment is moving to (the replicas, without one).
+    pub fn target_replicas(&self) -> Vec<NodeId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing.contains(r))
+            .collect()
+    }
+
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
 }
 
 /// One topic.
@@ -493,12 +542,30 @@ impl MetadataImage {
             ensure(!topic.partitions.is_empty(), || {
                 format!("topic '{name}' has no partitions")
             })?;
-            let replication_factor = topic.partitions[0].replicas.len();
             for (index, partition) in topic.partitions.iter().enumerate() {
                 let at = || format!("topic '{name}' partition {index}");
-                ensure(partition.replicas.len() == replication_factor, || {
-                    format!("{}: replica count differs from partition 0", at())
-                })?;
+                // Replication factors may differ between partitions after
+                // a reassignment, as in Kafka.
+                ensure(
+                    partition
+                        .adding
+                        .iter()
+                        .chain(&partition.removing)
+                        .all(|r| partition.replicas.contains(r))
+                        && partition
+                            .adding
+                            .iter()
+                            .all(|r| !partition.removing.contains(r)),
+                    || {
+                        format!(
+                            "{}: reassignment adding {:?} / removing {:?} not within replicas {:?}",
+                            at(),
+                            partition.adding,
+                            partition.removing,
+                            partition.replicas
+                        )
+                    },
+                )?;
                 ensure(
                     partition.isr.iter().all(|r| partition.replicas.contains(r)),
                     || format!("{}: ISR {:?} not within replicas", at(), partition.isr),
@@ -588,6 +655,7 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
         }
         // Partitions that do not exist get their own result, not a rejection.
         MetadataCommand::ElectLeaders { .. } => Ok(()),
+        MetadataCommand::AlterPartitionReassignments { .. } => Ok(()),
         MetadataCommand::AlterPartition {
             topic_id,
             partition,
@@ -845,8 +913,26 @@ fn mutate(image: &mut MetadataImage, command: &MetadataCommand) -> ApplyOutcome 
                 .expect("checked");
             let leader = state.leader;
             change_partition(state, leader, isr.clone(), min_isr);
+            let unfenced: BTreeSet<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
+            let topic = image.topics.get_mut(topic_id).expect("checked");
+            let state = topic
+                .partitions
+                .get_mut(*partition as usize)
+                .expect("checked");
+            maybe_complete_reassignment(state, &unfenced, min_isr);
             ApplyOutcome::PartitionAltered {
                 partition_epoch: state.partition_epoch,
+            }
+        }
+        MetadataCommand::AlterPartitionReassignments { reassignments } => {
+            ApplyOutcome::ReassignmentsAltered {
+                results: reassignments
+                    .iter()
+                    .map(|(topic, partition, target)| {
+                        let result = reassign(image, topic, *partition, target.as_deref()).err();
+                        (topic.clone(), *partition, result)
+                    })
+                    .collect(),
             }
         }
         MetadataCommand::UnfenceBroker { node_id, .. } => {
@@ -998,6 +1084,8 @@ fn new_partition(replicas: Vec<NodeId>) -> PartitionState {
         leader: replicas[0],
         isr: replicas.clone(),
         elr: Vec::new(),
+        adding: Vec::new(),
+        removing: Vec::new(),
         replicas,
         leader_epoch: 0,
         partition_epoch: 0,
@@ -1046,6 +1134,131 @@ fn change_partition(
     partition.isr = isr;
     partition.partition_epoch += 1;
     leader_changed
+}
+
+/// Starts (or, with no target, cancels) a partition's reassignment.
+fn reassign(
+    image: &mut MetadataImage,
+    topic: &str,
+    index: PartitionIndex,
+    target: Option<&[NodeId]>,
+) -> Result<(), MetadataError> {
+    let unknown = || MetadataError::UnknownTopicOrPartition(format!("{topic}-{index}"));
+    let topic_id = *image.topic_ids.get(topic).ok_or_else(unknown)?;
+    if let Some(target) = target {
+        let distinct: BTreeSet<NodeId> = target.iter().copied().collect();
+        if target.is_empty() || distinct.len() != target.len() {
+            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                "{topic}-{index}: replicas {target:?} must be distinct and at least one"
+            )));
+        }
+        if let Some(missing) = target.iter().find(|r| !image.brokers.contains_key(r)) {
+            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                "{topic}-{index}: broker {missing} is not registered"
+            )));
+        }
+    }
+    let unfenced: BTreeSet<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
+    let state = image
+        .topics
+        .get_mut(&topic_id)
+        .expect("ids and topics agree");
+    let min_isr = min_isr(state);
+    let partition = usize::try_from(index)
+        .ok()
+        .and_then(|i| state.partitions.get_mut(i))
+        .ok_or_else(unknown)?;
+    let original = partition.original_replicas();
+    let Some(target) = target else {
+        if !partition.is_reassigning() {
+            return Err(MetadataError::NoReassignmentInProgress(format!(
+                "{topic}-{index} is not being reassigned"
+            )));
+        }
+        finish_reassignment(partition, original, &unfenced, min_isr);
+        return Ok(());
+    };
+    if !partition.is_reassigning() && partition.replicas == target {
+        return Ok(());
+    }
+    let adding: Vec<NodeId> = target
+        .iter()
+        .copied()
+        .filter(|r| !original.contains(r))
+        .collect();
+    let mut removing: Vec<NodeId> = original
+        .iter()
+        .copied()
+        .filter(|r| !target.contains(r))
+        .collect();
+    // A leader that an earlier reassignment was adding stays a replica
+    // until this one completes.
+    let leader = partition.leader;
+    if leader >= 0 && !target.contains(&leader) && !removing.contains(&leader) {
+        removing.push(leader);
+    }
+    let mut replicas = target.to_vec();
+    replicas.extend(&removing);
+    // Replicas being added by an earlier, now replaced, reassignment and
+    // not in the new target leave the ISR with it.
+    partition.isr.retain(|r| replicas.contains(r));
+    if partition.isr.is_empty() {
+        partition.isr = vec![replicas[0]];
+    }
+    partition.elr.retain(|r| replicas.contains(r));
+    partition.replicas = replicas;
+    partition.adding = adding;
+    partition.removing = removing;
+    partition.partition_epoch += 1;
+    maybe_complete_reassignment(partition, &unfenced, min_isr);
+    Ok(())
+}
+
+/// Completes a reassignment once every target replica is in the ISR.
+fn maybe_complete_reassignment(
+    partition: &mut PartitionState,
+    unfenced: &BTreeSet<NodeId>,
+    min_isr: usize,
+) {
+    if !partition.is_reassigning() {
+        return;
+    }
+    let target = partition.target_replicas();
+    if target.iter().all(|r| partition.isr.contains(r)) {
+        finish_reassignment(partition, target, unfenced, min_isr);
+    }
+}
+
+/// Makes `replicas` the partition's replicas (the target on completion,
+/// the original on cancellation): the others leave the ISR and the ELR,
+/// and leadership moves to an in-sync one if the leader is not among them.
+fn finish_reassignment(
+    partition: &mut PartitionState,
+    replicas: Vec<NodeId>,
+    unfenced: &BTreeSet<NodeId>,
+    min_isr: usize,
+) {
+    let mut isr: Vec<NodeId> = partition
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| replicas.contains(r))
+        .collect();
+    if isr.is_empty() {
+        // No replica kept is in sync (a cancellation whose old replicas
+        // had all left the ISR): the first keeps the place.
+        isr = vec![replicas[0]];
+    }
+    let mut leader = partition.leader;
+    if !replicas.contains(&leader) || !isr.contains(&leader) {
+        leader = elect(&replicas, &isr, unfenced);
+    }
+    partition.replicas = replicas;
+    partition.adding.clear();
+    partition.removing.clear();
+    partition.partition_epoch += 1;
+    change_partition(partition, leader, isr, min_isr);
+    partition.elr.retain(|r| partition.replicas.contains(r));
 }
 
 /// The topic's `min.insync.replicas` (1 when unset).

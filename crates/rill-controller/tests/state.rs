@@ -704,6 +704,15 @@ fn arb_command() -> impl Strategy<Value = MetadataCommand> {
                     }
                 }
             ),
+        prop::collection::vec(
+            (
+                name.clone(),
+                0i32..3,
+                prop::option::of(prop::collection::vec(0i32..5, 1..4))
+            ),
+            1..3
+        )
+        .prop_map(|reassignments| MetadataCommand::AlterPartitionReassignments { reassignments }),
         (topic_id, 0i32..8, assignments).prop_map(|(topic_id, new_total, assignments)| {
             MetadataCommand::CreatePartitions {
                 topic_id,
@@ -1053,4 +1062,129 @@ fn placement_is_rack_aware() {
             "rf {rf}: every broker leads some partition"
         );
     }
+}
+
+/// A reassignment adds the target replicas, completes once they are all in
+/// the ISR (removing the others and moving the leader off a removed
+/// replica), and a cancellation puts the original replicas back.
+#[test]
+fn reassignments_complete_when_the_targets_are_in_sync_and_cancel() {
+    let mut image = image_with_brokers(4);
+    let topic_id = Uuid::from_u128(9);
+    apply(
+        &mut image,
+        &MetadataCommand::CreateTopic {
+            name: "r".into(),
+            topic_id,
+            partitions: 2,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+            assignments: Some(vec![vec![1], vec![2]]),
+        },
+    )
+    .unwrap();
+    let partition =
+        |image: &MetadataImage, i: usize| image.topic("r").unwrap().partitions[i].clone();
+    let reassign = |image: &mut MetadataImage, list: Vec<(String, i32, Option<Vec<i32>>)>| {
+        let outcome = apply(
+            image,
+            &MetadataCommand::AlterPartitionReassignments {
+                reassignments: list,
+            },
+        )
+        .unwrap();
+        image.assert_consistent();
+        match outcome {
+            ApplyOutcome::ReassignmentsAltered { results } => results,
+            other => panic!("{other:?}"),
+        }
+    };
+    let alter = |image: &mut MetadataImage, index: i32, isr: Vec<i32>| {
+        let p = image.topic("r").unwrap().partitions[index as usize].clone();
+        apply(
+            image,
+            &MetadataCommand::AlterPartition {
+                topic_id,
+                partition: index,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr,
+            },
+        )
+        .unwrap();
+        image.assert_consistent();
+    };
+
+    // RF 1 -> 3 on partition 0: the new replicas are added, not yet in sync.
+    let results = reassign(&mut image, vec![("r".into(), 0, Some(vec![1, 3, 4]))]);
+    assert_eq!(results, vec![("r".into(), 0, None)]);
+    let p = partition(&image, 0);
+    assert_eq!(
+        (p.replicas.clone(), p.adding.clone(), p.removing.clone()),
+        (vec![1, 3, 4], vec![3, 4], vec![])
+    );
+    assert_eq!(p.isr, vec![1]);
+    // One catches up: still going. Both: done.
+    alter(&mut image, 0, vec![1, 3]);
+    assert!(partition(&image, 0).is_reassigning());
+    alter(&mut image, 0, vec![1, 3, 4]);
+    let p = partition(&image, 0);
+    assert!(!p.is_reassigning());
+    assert_eq!(
+        (p.replicas.clone(), p.isr.clone(), p.leader),
+        (vec![1, 3, 4], vec![1, 3, 4], 1)
+    );
+
+    // Move partition 0 off its leader: once 2 is in sync, 1 goes and 3 leads.
+    reassign(&mut image, vec![("r".into(), 0, Some(vec![3, 4, 2]))]);
+    let p = partition(&image, 0);
+    assert_eq!((p.adding.clone(), p.removing.clone()), (vec![2], vec![1]));
+    let epoch = p.leader_epoch;
+    alter(&mut image, 0, vec![1, 2, 3, 4]);
+    let p = partition(&image, 0);
+    assert_eq!((p.replicas.clone(), p.leader), (vec![3, 4, 2], 3));
+    assert!(!p.isr.contains(&1) && p.leader_epoch > epoch);
+
+    // Cancel: partition 1's move to 4 goes back to [2]; nothing to cancel
+    // on partition 0; unknown partitions and bad targets are named.
+    reassign(&mut image, vec![("r".into(), 1, Some(vec![4]))]);
+    assert!(partition(&image, 1).is_reassigning());
+    let results = reassign(
+        &mut image,
+        vec![
+            ("r".into(), 1, None),
+            ("r".into(), 0, None),
+            ("r".into(), 7, Some(vec![1])),
+            ("r".into(), 0, Some(vec![1, 1])),
+            ("r".into(), 0, Some(vec![9])),
+        ],
+    );
+    assert!(results[0].2.is_none(), "{results:?}");
+    assert!(matches!(
+        results[1].2,
+        Some(MetadataError::NoReassignmentInProgress(_))
+    ));
+    assert!(matches!(
+        results[2].2,
+        Some(MetadataError::UnknownTopicOrPartition(_))
+    ));
+    assert!(matches!(
+        results[3].2,
+        Some(MetadataError::InvalidReplicaAssignment(_))
+    ));
+    assert!(matches!(
+        results[4].2,
+        Some(MetadataError::InvalidReplicaAssignment(_))
+    ));
+    let p = partition(&image, 1);
+    assert_eq!(
+        (
+            p.replicas.clone(),
+            p.isr.clone(),
+            p.leader,
+            p.is_reassigning()
+        ),
+        (vec![2], vec![2], 2, false)
+    );
 }
