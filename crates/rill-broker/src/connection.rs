@@ -501,6 +501,16 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
         RequestKind::ElectLeaders(body) => ready(ResponseKind::ElectLeaders(
             handlers::elect_leaders::handle(b, v, body).await,
         )),
+        RequestKind::AlterPartitionReassignments(body) => {
+            ready(ResponseKind::AlterPartitionReassignments(
+                handlers::alter_partition_reassignments::handle(b, v, body).await,
+            ))
+        }
+        RequestKind::ListPartitionReassignments(body) => {
+            ready(ResponseKind::ListPartitionReassignments(
+                handlers::alter_partition_reassignments::list(b, v, body),
+            ))
+        }
         RequestKind::DescribeQuorum(body) => ready(ResponseKind::DescribeQuorum(
             handlers::describe_quorum::handle(b, v, body).await,
         )),

@@ -73,6 +73,9 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     // v1 adds the election type (unclean) and a top-level error.
     SupportedApi::new(ApiKey::ElectLeaders, 0, 2),
     SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
+    // v1 adds `allow_replication_factor_change` (KIP-860).
+    SupportedApi::new(ApiKey::AlterPartitionReassignments, 0, 1),
+    SupportedApi::new(ApiKey::ListPartitionReassignments, 0, 0),
     SupportedApi::new(ApiKey::OffsetDelete, 0, 0),
     // KIP-595's view of the controller quorum; v2 adds the nodes' endpoints.
     SupportedApi::new(ApiKey::DescribeQuorum, 0, 2),

@@ -13,6 +13,7 @@
 //! response has room for one.
 
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod configs;
 pub mod create_partitions;
