@@ -198,7 +198,7 @@ pub enum ApplyOutcome {
 }
 
 /// Why a command was rejected. Each variant is named after the Kafka error
-/// the broker answers with; [`MetadataError::kafka_code`] gives its code.
+/// the broker answers with; the broker's `errors` module maps it to its code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum MetadataError {
     /// TOPIC_ALREADY_EXISTS (36).
@@ -246,26 +246,6 @@ pub enum MetadataError {
         given: i64,
         current: i64,
     },
-}
-
-impl MetadataError {
-    /// The Kafka error code this rejection maps to.
-    pub fn kafka_code(&self) -> i16 {
-        match self {
-            MetadataError::TopicAlreadyExists(_) => 36,
-            MetadataError::InvalidTopic(_) => 17,
-            MetadataError::InvalidPartitions(_) => 37,
-            MetadataError::InvalidReplicationFactor(_) => 38,
-            MetadataError::InvalidReplicaAssignment(_) => 39,
-            MetadataError::UnknownTopicOrPartition(_) => 3,
-            MetadataError::UnknownTopicId(_) => 100,
-            MetadataError::InvalidConfig(_) => 40,
-            MetadataError::InvalidRequest(_) => 42,
-            MetadataError::BrokerIdNotRegistered(_) => 102,
-            MetadataError::UnknownServerError(_) => -1,
-            MetadataError::StaleBrokerEpoch { .. } => 77,
-        }
-    }
 }
 
 /// A registered broker.

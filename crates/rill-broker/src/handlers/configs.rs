@@ -21,7 +21,7 @@ use rill_types::{NodeId, TopicName};
 
 use super::{sync_metadata, KafkaError};
 use crate::config::BrokerConfig;
-use crate::errors::controller_error;
+use crate::errors::{controller_error, metadata_error};
 use crate::replica::log_config_value;
 use crate::server::Broker;
 
@@ -400,9 +400,12 @@ pub async fn alter(
             match command_for(broker, resource) {
                 Ok(command) if validate_only => {
                     rill_controller::check(&broker.controller.image(), &command).map_err(
-                        |rejection| KafkaError {
-                            code: rejection.kafka_code(),
-                            message: Some(rejection.to_string()),
+                        |rejection| {
+                            let (code, message) = metadata_error(&rejection);
+                            KafkaError {
+                                code,
+                                message: Some(message),
+                            }
                         },
                     )
                 }
