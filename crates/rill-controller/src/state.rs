@@ -639,7 +639,7 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
                     }
                 }
                 ConfigResource::Broker(node_id) => {
-                    if *node_id < 0 {
+                    if *node_id < 0 && *node_id != crate::broker_config::CLUSTER_DEFAULT_NODE_ID {
                         return Err(MetadataError::InvalidRequest(format!(
                             "negative node id {node_id}"
                         )));
