@@ -899,3 +899,56 @@ async fn describe_groups_answers_authorized_operations() {
         );
     }
 }
+
+/// A static member that comes back with a new member id (its process
+/// restarted) to a stable group is answered without a rebalance, but only
+/// once the group's record with the new id is durable: the answer is not
+/// given before the `__consumer_offsets` partition is fsynced past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_members_replacement_is_durable_before_its_answer() {
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("static")),
+        )
+        .await;
+    let static_join = join_request("static", "", &["t"])
+        .with_group_instance_id(Some(str_bytes("instance-1")));
+    let joined = client.send(5, static_join.clone()).await;
+    assert_eq!(joined.error_code, NONE);
+    let synced = client
+        .send(5, sync_request("static", &joined, b"assigned"))
+        .await;
+    assert_eq!(synced.error_code, NONE);
+
+    let partition = rill_broker::group::partition_for("static", 5);
+    let log = broker
+        .broker()
+        .replicas
+        .get("__consumer_offsets", partition)
+        .expect("the group's partition")
+        .log
+        .clone();
+    for _ in 0..5 {
+        let end_before = log.log_end_offset();
+        let again = client.send(5, static_join.clone()).await;
+        assert_eq!(again.error_code, NONE);
+        assert_ne!(again.member_id, joined.member_id);
+        assert_eq!(again.generation_id, joined.generation_id, "no rebalance");
+        assert!(
+            log.log_end_offset() > end_before,
+            "the replacement is written"
+        );
+        assert!(
+            log.recovery_point() >= log.log_end_offset(),
+            "answered before the group's record was durable: recovery point {}, log end {}",
+            log.recovery_point(),
+            log.log_end_offset()
+        );
+    }
+    client.assert_serving().await;
+    broker.stop().await;
+}
