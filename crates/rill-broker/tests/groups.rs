@@ -31,6 +31,7 @@ use rill_broker::BrokerConfig;
 // Kafka's error codes, as the tests expect them.
 const NONE: i16 = 0;
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const INVALID_GROUP_ID: i16 = 24;
@@ -915,8 +916,8 @@ async fn a_static_members_replacement_is_durable_before_its_answer() {
             FindCoordinatorRequest::default().with_key(str_bytes("static")),
         )
         .await;
-    let static_join = join_request("static", "", &["t"])
-        .with_group_instance_id(Some(str_bytes("instance-1")));
+    let static_join =
+        join_request("static", "", &["t"]).with_group_instance_id(Some(str_bytes("instance-1")));
     let joined = client.send(5, static_join.clone()).await;
     assert_eq!(joined.error_code, NONE);
     let synced = client
@@ -949,6 +950,62 @@ async fn a_static_members_replacement_is_durable_before_its_answer() {
             log.log_end_offset()
         );
     }
+    client.assert_serving().await;
+    broker.stop().await;
+}
+
+/// The number of groups is bounded: past `groups_max`, a JoinGroup or an
+/// OffsetCommit with generation -1 that would create a group is answered
+/// COORDINATOR_NOT_AVAILABLE (retriable; Kafka has no such bound), while
+/// the groups there are keep working, and a deleted group makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_number_of_groups_is_bounded() {
+    let broker = TestBroker::start_with(|config| {
+        quick_groups(config);
+        config.groups.groups_max = 2;
+    })
+    .await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g1")),
+        )
+        .await;
+    for group in ["g1", "g2"] {
+        let commit = commit_request(group, -1, "", "t", &[(0, 1, "")]);
+        assert_eq!(
+            commit_codes(&client.send(8, commit).await),
+            [NONE],
+            "{group}"
+        );
+    }
+    let commit = commit_request("g3", -1, "", "t", &[(0, 1, "")]);
+    assert_eq!(
+        commit_codes(&client.send(8, commit).await),
+        [COORDINATOR_NOT_AVAILABLE]
+    );
+    let joined = client.send(5, join_request("g4", "", &["t"])).await;
+    assert_eq!(joined.error_code, COORDINATOR_NOT_AVAILABLE);
+    assert_eq!(listed_state(&mut client, "g3").await, None);
+    assert_eq!(listed_state(&mut client, "g4").await, None);
+
+    // The groups there keep working.
+    let commit = commit_request("g1", -1, "", "t", &[(0, 5, "")]);
+    assert_eq!(commit_codes(&client.send(8, commit).await), [NONE]);
+    assert_eq!(committed(&mut client, "g1", "t", &[0]).await, [5]);
+
+    // A deleted group makes room for a new one.
+    assert_eq!(delete_group(&mut client, "g2").await, NONE);
+    let first = client.send(5, join_request("g4", "", &["t"])).await;
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    let commit = commit_request("g3", -1, "", "t", &[(0, 1, "")]);
+    assert_eq!(
+        commit_codes(&client.send(8, commit).await),
+        [COORDINATOR_NOT_AVAILABLE],
+        "g4 took the room"
+    );
     client.assert_serving().await;
     broker.stop().await;
 }

@@ -85,6 +85,12 @@ pub struct GroupConfig {
     /// `group.max.size`: members (and members being given an id) per
     /// group. Kafka's default is unbounded; ours is a bound.
     pub max_size: usize,
+    /// The most groups this coordinator holds (Kafka has no bound): a
+    /// JoinGroup, or an OffsetCommit with generation -1, that would create
+    /// one more is answered COORDINATOR_NOT_AVAILABLE, which clients
+    /// retry, until groups are deleted or expire. Groups loaded from
+    /// `__consumer_offsets` are not refused, only new ones.
+    pub groups_max: usize,
     /// `offsets.topic.num.partitions`, used when the topic is created.
     pub offsets_topic_partitions: i32,
     /// `offsets.topic.replication.factor`; capped at the number of brokers
@@ -107,6 +113,7 @@ impl Default for GroupConfig {
             min_session_timeout_ms: 6_000,
             max_session_timeout_ms: 1_800_000,
             max_size: 1_000,
+            groups_max: 100_000,
             offsets_topic_partitions: 50,
             offsets_topic_replication_factor: 3,
             offsets_topic_segment_bytes: 100 * 1024 * 1024,
@@ -170,6 +177,9 @@ struct State {
     /// not exist.
     partition_count: i32,
     groups: HashMap<String, Group>,
+    /// When a group was last refused for `groups_max` with a warning in
+    /// the log: at most one a minute, however often clients retry.
+    groups_max_warned_ms: Option<i64>,
     /// Every topic's id in the last image: committed offsets of a topic
     /// that is gone (or was made again) are removed, as Kafka does.
     topic_ids: HashMap<String, TopicId>,
@@ -291,6 +301,27 @@ impl GroupCoordinator {
 
     pub(crate) fn creating_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.creating
+    }
+
+    /// Whether a new group may be created, within `groups_max`; warns
+    /// (at most once a minute) when not.
+    fn may_create_group(&self, state: &mut State, group_id: &str, now: i64) -> bool {
+        if state.groups.len() < self.config.groups_max {
+            return true;
+        }
+        if state
+            .groups_max_warned_ms
+            .is_none_or(|warned| now - warned >= 60_000)
+        {
+            state.groups_max_warned_ms = Some(now);
+            warn!(
+                group = %group_id,
+                groups = state.groups.len(),
+                groups_max = self.config.groups_max,
+                "too many groups: new ones are refused with COORDINATOR_NOT_AVAILABLE"
+            );
+        }
+        false
     }
 
     /// Checks that this node coordinates `group_id` and has loaded it.
@@ -728,6 +759,12 @@ impl GroupCoordinator {
             Err(kind) => return error(kind),
         };
         let now = self.now();
+        if !state.groups.contains_key(group_id)
+            && request.member_id.is_empty()
+            && !self.may_create_group(&mut state, group_id, now)
+        {
+            return error(ResponseError::CoordinatorNotAvailable);
+        }
         let group = match state.groups.get_mut(group_id) {
             Some(group) => group,
             None if request.member_id.is_empty() => state
@@ -962,6 +999,12 @@ impl GroupCoordinator {
         let now = self.now();
         let mut state = self.lock();
         let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+        if !state.groups.contains_key(group_id)
+            && generation < 0
+            && !self.may_create_group(&mut state, group_id, now)
+        {
+            return Err(ResponseError::CoordinatorNotAvailable.code());
+        }
         let group = match state.groups.get_mut(group_id) {
             Some(group) => group,
             None if generation < 0 => state
