@@ -21,6 +21,7 @@
 use rill_types::NodeId;
 
 use crate::config::{validate_value, ConfigType, Kind};
+use crate::state::MetadataError;
 
 /// The node id under which the controller stores the cluster-wide default
 /// broker configs (Kafka's broker resource with the empty name). No broker
@@ -623,7 +624,10 @@ pub fn lookup(name: &str) -> Result<DynamicBrokerConfig, String> {
 /// `log.*` topic default): the name must be one, the value of its type.
 pub fn validate(name: &str, value: &str) -> Result<(), String> {
     let (kind, _) = resolve(name)?;
-    validate_value(name, kind, value).map_err(|error| error.to_string())
+    validate_value(name, kind, value).map_err(|error| match error {
+        MetadataError::InvalidConfig(message) => message,
+        other => other.to_string(),
+    })
 }
 
 /// Kafka's dynamic broker configs other than the `log.*` topic defaults,
@@ -716,5 +720,12 @@ mod tests {
         ] {
             assert!(validate(name, value).is_err(), "{name}={value}");
         }
+        assert_eq!(
+            validate("log.cleaner.threads", "many"),
+            Err(
+                "invalid value \"many\" for configuration log.cleaner.threads: expected a 32-bit integer"
+                    .to_string()
+            )
+        );
     }
 }

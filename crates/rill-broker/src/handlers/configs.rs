@@ -662,7 +662,7 @@ fn check_dynamic_broker_configs(change: &Change, cluster_default: bool) -> Resul
         for (name, value) in configs {
             let value = value.as_deref().expect("null values checked before");
             config::validate_broker_config(name, value)
-                .map_err(|error| invalid_request(error.to_string()))?;
+                .map_err(|error| invalid_request(refusal_message(error)))?;
         }
     }
     if let Change::Incremental(ops) = change {
@@ -670,11 +670,20 @@ fn check_dynamic_broker_configs(change: &Change, cluster_default: bool) -> Resul
             if *op == OP_SET {
                 let value = value.as_deref().expect("null values checked before");
                 config::validate_broker_config(name, value)
-                    .map_err(|error| invalid_request(error.to_string()))?;
+                    .map_err(|error| invalid_request(refusal_message(error)))?;
             }
         }
     }
     Ok(())
+}
+
+/// A controller config refusal's own words, without the variant's
+/// "invalid config: " prefix (the answer's code says that already).
+fn refusal_message(error: rill_controller::MetadataError) -> String {
+    match error {
+        rill_controller::MetadataError::InvalidConfig(message) => message,
+        other => other.to_string(),
+    }
 }
 
 /// The names a change gives a value to (the ones a read-only config must
