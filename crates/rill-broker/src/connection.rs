@@ -55,7 +55,7 @@ use rill_protocol::{
 };
 use rill_storage::FileRegion;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
@@ -260,7 +260,18 @@ pub(crate) async fn serve(
                         // is written: its parsed body may point into them.
                         pending._request_bytes = request_bytes;
                         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-                        if pending_tx.send(pending).await.is_err() {
+                        // With the in-flight queue full (answers owed to a
+                        // pipelining client) nothing more is read, so the
+                        // end of the stream is watched for without reading.
+                        let sent = tokio::select! {
+                            sent = pending_tx.send(pending) => sent,
+                            () = closed_by_peer(&mut reader) => {
+                                debug!("closed by the client while its answers were queued");
+                                client_gone.cancel();
+                                break 'connection;
+                            }
+                        };
+                        if sent.is_err() {
                             reason = CloseReason::WriteFailed;
                             break 'connection;
                         }
@@ -398,6 +409,18 @@ pub(crate) async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// Returns when the client has closed its side of the connection (end of
+/// stream, or an error), found without consuming anything: only when the
+/// next thing to read is the end. While unread bytes come first it never
+/// returns (they must be read, in turn, before the end can be seen).
+async fn closed_by_peer(reader: &mut OwnedReadHalf) {
+    let mut byte = [0u8; 1];
+    match reader.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Parses one frame and runs the ordered part of its handler.

@@ -703,10 +703,11 @@ async fn http_port_answers_health_and_metrics_and_refuses_the_rest() {
     broker.stop().await;
 }
 
-/// A client that leaves while answers are owed to it (a long-polling
-/// Fetch, a JoinGroup waiting for its rebalance) frees its connection at
-/// once, and its fetch's wait slot, rather than minutes later when the
-/// answers would have come.
+/// A client that leaves while answers are owed to it (long-polling
+/// Fetches, enough to fill its in-flight queue, so that the broker reads
+/// nothing more from it; a JoinGroup waiting for its rebalance) frees its
+/// connection at once, and its fetches' wait slots, rather than minutes
+/// later when the answers would have come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_frees_its_connection_while_answers_are_owed() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -719,6 +720,7 @@ async fn a_client_that_leaves_frees_its_connection_while_answers_are_owed() {
         quick(config);
         // A new group's first rebalance waits this long for more members.
         config.groups.initial_rebalance_delay_ms = 120_000;
+        config.inflight_requests_per_connection_max = 2;
     })
     .await;
     let mut client = broker.client().await;
@@ -731,24 +733,28 @@ async fn a_client_that_leaves_frees_its_connection_while_answers_are_owed() {
         .await;
     let waiting_max = broker.broker().config.fetch_waiting_max;
 
-    // A fetch that waits up to a minute for data that never comes.
+    // Fetches that wait up to a minute for data that never comes: one
+    // awaited by the writer, two queued, and one the reader cannot queue.
+    const FETCHES: usize = 4;
     let mut fetcher = broker.client().await;
-    fetcher
-        .write(
-            12,
-            FetchRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(60_000)
-                .with_min_bytes(1)
-                .with_max_bytes(1 << 20)
-                .with_topics(vec![FetchTopic::default()
-                    .with_topic(topic_name("quiet"))
-                    .with_partitions(vec![FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(1 << 20)])]),
-        )
-        .await;
+    for _ in 0..FETCHES {
+        fetcher
+            .write(
+                12,
+                FetchRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_max_wait_ms(60_000)
+                    .with_min_bytes(1)
+                    .with_max_bytes(1 << 20)
+                    .with_topics(vec![FetchTopic::default()
+                        .with_topic(topic_name("quiet"))
+                        .with_partitions(vec![FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)])]),
+            )
+            .await;
+    }
     // A member whose join waits for the group's first rebalance.
     let mut joiner = broker.client().await;
     let join = |member_id: &str| {
@@ -768,14 +774,14 @@ async fn a_client_that_leaves_frees_its_connection_while_answers_are_owed() {
 
     let owing = scrape_until(&broker, |s| {
         s.value("rill_connections_open", &[]) == Some(3.0)
-            && broker.broker().fetch_waiting.available_permits() < waiting_max
+            && broker.broker().fetch_waiting.available_permits() == waiting_max - FETCHES
     })
     .await;
     assert_eq!(owing.value("rill_connections_open", &[]), Some(3.0));
     assert_eq!(
         broker.broker().fetch_waiting.available_permits(),
-        waiting_max - 1,
-        "the fetch waits"
+        waiting_max - FETCHES,
+        "the fetches wait"
     );
 
     // Both leave; their answers are still a minute and more away.
@@ -805,7 +811,7 @@ async fn a_client_that_leaves_frees_its_connection_while_answers_are_owed() {
     assert_eq!(
         broker.broker().fetch_waiting.available_permits(),
         waiting_max,
-        "the departed client's fetch still waits"
+        "the departed client's fetches still wait"
     );
     client.assert_serving().await;
     broker.stop().await;
