@@ -878,6 +878,20 @@ async fn kafkas_dynamic_broker_configs_are_stored_and_described() {
         );
     }
 
+    // A list operation's result is checked too.
+    let response = client
+        .send(
+            1,
+            incremental_request(
+                BROKER,
+                "1",
+                &[("log.cleanup.policy", APPEND, Some("forever"))],
+                false,
+            ),
+        )
+        .await;
+    assert_eq!(response.responses[0].error_code, INVALID_REQUEST);
+
     let described = describe(&mut client, BROKER, "1").await;
     assert_eq!(described.error_code, NONE);
     assert_eq!(

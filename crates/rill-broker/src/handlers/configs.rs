@@ -627,6 +627,9 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
             }
         }
     }
+    if let ConfigResource::Broker(_) = target {
+        check_dynamic_broker_values(&set)?;
+    }
     Ok(MetadataCommand::AlterConfigs {
         resource: target,
         set,
@@ -634,11 +637,12 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
     })
 }
 
-/// Checks the names and values a change sets on a broker resource as
-/// Kafka's `DynamicBrokerConfig.validateConfigs` does: each must be a
-/// dynamic broker config, settable at the level asked for, with a value of
-/// its type. Kafka answers every such refusal with INVALID_REQUEST, not
-/// INVALID_CONFIG (`ConfigAdminManager`, KAFKA-13609), and so does rill.
+/// Checks the names a change sets on a broker resource as Kafka's
+/// `DynamicBrokerConfig.validateConfigs` does: each must be a dynamic
+/// broker config, settable at the level asked for (the values are
+/// [`check_dynamic_broker_values`]). Kafka answers every such refusal with
+/// INVALID_REQUEST, not INVALID_CONFIG (`ConfigAdminManager`,
+/// KAFKA-13609), and so does rill.
 fn check_dynamic_broker_configs(change: &Change, cluster_default: bool) -> Result<(), KafkaError> {
     let invalid_request =
         |message: String| KafkaError::with_message(ResponseError::InvalidRequest, message);
@@ -658,21 +662,16 @@ fn check_dynamic_broker_configs(change: &Change, cluster_default: bool) -> Resul
             per_broker.join(", ")
         )));
     }
-    if let Change::Replace(configs) = change {
-        for (name, value) in configs {
-            let value = value.as_deref().expect("null values checked before");
-            config::validate_broker_config(name, value)
-                .map_err(|error| invalid_request(refusal_message(error)))?;
-        }
-    }
-    if let Change::Incremental(ops) = change {
-        for (name, op, value) in ops {
-            if *op == OP_SET {
-                let value = value.as_deref().expect("null values checked before");
-                config::validate_broker_config(name, value)
-                    .map_err(|error| invalid_request(refusal_message(error)))?;
-            }
-        }
+    Ok(())
+}
+
+/// Checks the values a change leaves set on a broker resource (after
+/// APPEND and SUBTRACT), INVALID_REQUEST as Kafka for a bad one.
+fn check_dynamic_broker_values(set: &BTreeMap<String, String>) -> Result<(), KafkaError> {
+    for (name, value) in set {
+        config::validate_broker_config(name, value).map_err(|error| {
+            KafkaError::with_message(ResponseError::InvalidRequest, refusal_message(error))
+        })?;
     }
     Ok(())
 }
