@@ -12,6 +12,15 @@
 //! order, awaits each and writes it. So a pipelining client's waits
 //! overlap, while its answers keep their order.
 //!
+//! A client that closes its side of the connection (the reader sees the
+//! end of the stream, or a reset) is gone, as Kafka's network layer
+//! treats it: the writer stops at once rather than wait for the answers
+//! still owed (a long-polling fetch, a JoinGroup until its rebalance
+//! ends), so the connection's slot is free again within moments. A
+//! waiting Fetch is aborted (it only reads); every other wait runs on to
+//! its end unanswered, because what follows it changes the broker's state
+//! (a commit applied once durable, a group's sync completed).
+//!
 //! Metrics are counted here, where requests arrive and answers are
 //! written: requests by API and version, latency from arrival to the
 //! answer written, error codes in answers, Fetch bytes out per topic once
@@ -46,11 +55,12 @@ use rill_protocol::{
 };
 use rill_storage::FileRegion;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::handlers;
@@ -107,8 +117,10 @@ pub(crate) enum Reply {
     Later(JoinHandle<ResponseKind>),
     /// Already encoded as a whole frame.
     Encoded(Bytes),
-    /// A Fetch answer, written with its records sent from the segment files.
-    Fetch(JoinHandle<FetchAnswer>),
+    /// A Fetch answer, written with its records sent from the segment
+    /// files. Dropped unanswered (its client gone), the fetch is aborted:
+    /// a long poll must not outlive the connection it answers.
+    Fetch(AbortOnDropHandle<FetchAnswer>),
 }
 
 /// An answer that waits: `wait` runs as its own task, after the reader has
@@ -176,12 +188,16 @@ pub(crate) async fn serve(
             in_flight: AtomicUsize::new(0),
             last_answer_ms: AtomicU64::new(0),
         });
+        // Cancelled when the client has closed its side: the writer then
+        // stops without waiting for the answers still owed.
+        let client_gone = CancellationToken::new();
         let writer_task = tokio::spawn(
             write_answers(
                 Arc::clone(&broker),
                 writer,
                 pending_rx,
                 Arc::clone(&activity),
+                client_gone.clone(),
             )
             .in_current_span(),
         );
@@ -244,7 +260,18 @@ pub(crate) async fn serve(
                         // is written: its parsed body may point into them.
                         pending._request_bytes = request_bytes;
                         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-                        if pending_tx.send(pending).await.is_err() {
+                        // With the in-flight queue full (answers owed to a
+                        // pipelining client) nothing more is read, so the
+                        // end of the stream is watched for without reading.
+                        let sent = tokio::select! {
+                            sent = pending_tx.send(pending) => sent,
+                            () = closed_by_peer(&mut reader) => {
+                                debug!("closed by the client while its answers were queued");
+                                client_gone.cancel();
+                                break 'connection;
+                            }
+                        };
+                        if sent.is_err() {
                             reason = CloseReason::WriteFailed;
                             break 'connection;
                         }
@@ -338,6 +365,7 @@ pub(crate) async fn serve(
                     if !buf.is_empty() {
                         debug!(bytes = buf.len(), "closed in the middle of a frame");
                     }
+                    client_gone.cancel();
                     break;
                 }
                 Ok(read) => {
@@ -367,11 +395,13 @@ pub(crate) async fn serve(
                 }
                 Err(error) => {
                     debug!(%error, "read failed");
+                    client_gone.cancel();
                     break;
                 }
             }
         }
-        // The writer answers everything already read, then stops.
+        // The writer answers everything already read, then stops; or, if
+        // the client is gone, stops now.
         drop(pending_tx);
         let _ = writer_task.await;
         broker.metrics.connection_closed(reason);
@@ -379,6 +409,18 @@ pub(crate) async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// Returns when the client has closed its side of the connection (end of
+/// stream, or an error), found without consuming anything: only when the
+/// next thing to read is the end. While unread bytes come first it never
+/// returns (they must be read, in turn, before the end can be seen).
+async fn closed_by_peer(reader: &mut OwnedReadHalf) {
+    let mut byte = [0u8; 1];
+    match reader.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Parses one frame and runs the ordered part of its handler.
@@ -467,9 +509,9 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
         },
         RequestKind::Fetch(body) => {
             let broker = Arc::clone(b);
-            answer(Reply::Fetch(tokio::spawn(
+            answer(Reply::Fetch(AbortOnDropHandle::new(tokio::spawn(
                 handlers::fetch::handle(broker, v, body).in_current_span(),
-            )))
+            ))))
         }
         RequestKind::ListOffsets(body) => ready(ResponseKind::ListOffsets(
             handlers::list_offsets::handle(b, v, body),
@@ -655,76 +697,105 @@ async fn write_answers(
     mut writer: OwnedWriteHalf,
     mut pending_rx: mpsc::Receiver<Pending>,
     activity: Arc<Activity>,
+    client_gone: CancellationToken,
 ) {
     let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    while let Some(pending) = pending_rx.recv().await {
-        let _answered = Answered(&activity);
-        let body = match pending.reply {
-            Reply::Ready(body) => *body,
-            Reply::Later(task) => match task.await {
-                Ok(body) => body,
-                Err(error) => {
-                    warn!(api_key = ?pending.api_key, %error, "request handler failed; closing the connection");
-                    return;
-                }
+    loop {
+        // Once the client is gone, nothing queued is worth waiting for:
+        // the answers owed are dropped with the queue (`Reply::Fetch`).
+        let pending = tokio::select! {
+            biased;
+            _ = client_gone.cancelled() => break,
+            pending = pending_rx.recv() => match pending {
+                Some(pending) => pending,
+                None => break,
             },
-            Reply::Encoded(frame) => {
-                if writer.write_all(&frame).await.is_err() {
-                    return;
-                }
-                broker
-                    .metrics
-                    .request_answered(pending.api_key, pending.received);
-                continue;
-            }
-            Reply::Fetch(task) => {
-                let answer = match task.await {
-                    Ok(answer) => answer,
-                    Err(error) => {
-                        warn!(%error, "fetch handler failed; closing the connection");
-                        return;
-                    }
-                };
-                let bytes_out = broker.metrics.fetch_answer(pending.api_version, &answer);
-                if let Err(error) = write_fetch(
-                    &mut writer,
-                    pending.api_version,
-                    pending.correlation_id,
-                    answer,
-                )
-                .await
-                {
-                    debug!(%error, "fetch response not written; closing the connection");
-                    return;
-                }
-                bytes_out.sent();
-                broker
-                    .metrics
-                    .request_answered(pending.api_key, pending.received);
-                continue;
-            }
         };
-        broker
-            .metrics
-            .response_errors(pending.api_key, pending.api_version, &body);
-        out.clear();
-        if let Err(error) = encode_response(
-            pending.api_key,
-            pending.api_version,
-            pending.correlation_id,
-            &body,
-            &mut out,
-        ) {
-            warn!(%error, "cannot encode a response; closing the connection");
+        let _answered = Answered(&activity);
+        let api_key = pending.api_key;
+        let written = tokio::select! {
+            biased;
+            _ = client_gone.cancelled() => {
+                debug!(?api_key, "client gone; the answers it was owed are dropped");
+                return;
+            }
+            written = write_answer(&broker, &mut writer, &mut out, pending) => written,
+        };
+        if written.is_err() {
             return;
         }
-        if let Err(error) = writer.write_all(&out).await {
-            debug!(%error, "write failed");
-            return;
-        }
-        broker
-            .metrics
-            .request_answered(pending.api_key, pending.received);
     }
-    let _ = writer.shutdown().await;
+    if !client_gone.is_cancelled() {
+        let _ = writer.shutdown().await;
+    }
+}
+
+/// Awaits one answer and writes it. `Err` closes the connection (the
+/// reason is logged here).
+async fn write_answer(
+    broker: &Broker,
+    writer: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    pending: Pending,
+) -> Result<(), ()> {
+    let body = match pending.reply {
+        Reply::Ready(body) => *body,
+        Reply::Later(task) => match task.await {
+            Ok(body) => body,
+            Err(error) => {
+                warn!(api_key = ?pending.api_key, %error, "request handler failed; closing the connection");
+                return Err(());
+            }
+        },
+        Reply::Encoded(frame) => {
+            writer.write_all(&frame).await.map_err(|_| ())?;
+            broker
+                .metrics
+                .request_answered(pending.api_key, pending.received);
+            return Ok(());
+        }
+        Reply::Fetch(task) => {
+            let answer = match task.await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    warn!(%error, "fetch handler failed; closing the connection");
+                    return Err(());
+                }
+            };
+            let bytes_out = broker.metrics.fetch_answer(pending.api_version, &answer);
+            if let Err(error) =
+                write_fetch(writer, pending.api_version, pending.correlation_id, answer).await
+            {
+                debug!(%error, "fetch response not written; closing the connection");
+                return Err(());
+            }
+            bytes_out.sent();
+            broker
+                .metrics
+                .request_answered(pending.api_key, pending.received);
+            return Ok(());
+        }
+    };
+    broker
+        .metrics
+        .response_errors(pending.api_key, pending.api_version, &body);
+    out.clear();
+    if let Err(error) = encode_response(
+        pending.api_key,
+        pending.api_version,
+        pending.correlation_id,
+        &body,
+        out,
+    ) {
+        warn!(%error, "cannot encode a response; closing the connection");
+        return Err(());
+    }
+    if let Err(error) = writer.write_all(out).await {
+        debug!(%error, "write failed");
+        return Err(());
+    }
+    broker
+        .metrics
+        .request_answered(pending.api_key, pending.received);
+    Ok(())
 }

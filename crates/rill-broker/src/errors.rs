@@ -64,6 +64,36 @@ pub fn producer_state_error_code(error: &ProducerStateError) -> i16 {
     kind.code()
 }
 
+/// The Kafka error code for a command the controller refused. Each
+/// `MetadataError` variant is named after the Kafka error it stands for.
+pub fn metadata_error_code(error: &MetadataError) -> i16 {
+    let kind = match error {
+        MetadataError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        MetadataError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+        MetadataError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        MetadataError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        MetadataError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+        MetadataError::UnknownTopicOrPartition(_) => ResponseError::UnknownTopicOrPartition,
+        MetadataError::UnknownTopicId(_) => ResponseError::UnknownTopicId,
+        MetadataError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        MetadataError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        MetadataError::BrokerIdNotRegistered(_) => ResponseError::BrokerIdNotRegistered,
+        MetadataError::UnknownServerError(_) => ResponseError::UnknownServerError,
+        MetadataError::StaleBrokerEpoch { .. } => ResponseError::StaleBrokerEpoch,
+        MetadataError::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+        MetadataError::InvalidUpdateVersion(_) => ResponseError::InvalidUpdateVersion,
+        MetadataError::IneligibleReplica(_) => ResponseError::IneligibleReplica,
+        MetadataError::NoReassignmentInProgress(_) => ResponseError::NoReassignmentInProgress,
+    };
+    kind.code()
+}
+
+/// The Kafka error code and message for a command the controller refused
+/// (or, for a validate-only request, would refuse).
+pub fn metadata_error(error: &MetadataError) -> (i16, String) {
+    (metadata_error_code(error), error.to_string())
+}
+
 /// The Kafka error code for an InitProducerId whose block of ids could not
 /// be had from the controller. Kafka answers COORDINATOR_LOAD_IN_PROGRESS
 /// while a broker waits for its next block, which clients retry; only an
@@ -71,7 +101,7 @@ pub fn producer_state_error_code(error: &ProducerStateError) -> i16 {
 pub fn producer_id_error_code(error: &ControllerError) -> i16 {
     match error {
         ControllerError::Rejected(rejection @ MetadataError::UnknownServerError(_)) => {
-            rejection.kafka_code()
+            metadata_error_code(rejection)
         }
         _ => ResponseError::CoordinatorLoadInProgress.code(),
     }
@@ -80,7 +110,7 @@ pub fn producer_id_error_code(error: &ControllerError) -> i16 {
 /// The Kafka error code and message for a failed controller proposal.
 pub fn controller_error(error: &ControllerError) -> (i16, String) {
     match error {
-        ControllerError::Rejected(rejection) => (rejection.kafka_code(), rejection.to_string()),
+        ControllerError::Rejected(rejection) => metadata_error(rejection),
         // A full disk, as a failed partition-log write is answered.
         no_space @ ControllerError::NoSpace { .. } => (
             ResponseError::KafkaStorageError.code(),
@@ -93,5 +123,44 @@ pub fn controller_error(error: &ControllerError) -> (i16, String) {
             (ResponseError::RequestTimedOut.code(), timeout.to_string())
         }
         other => (ResponseError::UnknownServerError.code(), other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are Kafka's (`Errors.java`), spelled out once more so that
+    /// a variant mapped to the wrong `ResponseError` shows.
+    #[test]
+    fn metadata_errors_map_to_kafkas_codes() {
+        let text = String::new;
+        for (error, code) in [
+            (MetadataError::TopicAlreadyExists(text()), 36),
+            (MetadataError::InvalidTopic(text()), 17),
+            (MetadataError::InvalidPartitions(text()), 37),
+            (MetadataError::InvalidReplicationFactor(text()), 38),
+            (MetadataError::InvalidReplicaAssignment(text()), 39),
+            (MetadataError::UnknownTopicOrPartition(text()), 3),
+            (MetadataError::UnknownTopicId(uuid::Uuid::nil()), 100),
+            (MetadataError::InvalidConfig(text()), 40),
+            (MetadataError::InvalidRequest(text()), 42),
+            (MetadataError::BrokerIdNotRegistered(1), 102),
+            (MetadataError::UnknownServerError(text()), -1),
+            (
+                MetadataError::StaleBrokerEpoch {
+                    node_id: 1,
+                    given: 1,
+                    current: 2,
+                },
+                77,
+            ),
+            (MetadataError::FencedLeaderEpoch(text()), 74),
+            (MetadataError::InvalidUpdateVersion(text()), 95),
+            (MetadataError::IneligibleReplica(text()), 107),
+            (MetadataError::NoReassignmentInProgress(text()), 85),
+        ] {
+            assert_eq!(metadata_error_code(&error), code, "{error:?}");
+        }
     }
 }

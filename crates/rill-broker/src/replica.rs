@@ -827,7 +827,9 @@ impl ReplicaManager {
         }
         // Dynamic broker configs (AlterConfigs on this broker) are the
         // defaults of every topic that does not set the config itself.
-        let dynamic = dynamic_topic_defaults(image.broker_configs(self.node_id));
+        let dynamic = dynamic_topic_defaults(Some(
+            &crate::handlers::configs::dynamic_broker_configs_in_force(image, self.node_id),
+        ));
         let defaults = log_config(&self.log_defaults, &dynamic);
         let mut wanted: HashMap<TopicPartition, Wanted> = HashMap::new();
         for topic in image.topics() {

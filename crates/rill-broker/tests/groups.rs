@@ -31,6 +31,7 @@ use rill_broker::BrokerConfig;
 // Kafka's error codes, as the tests expect them.
 const NONE: i16 = 0;
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const INVALID_GROUP_ID: i16 = 24;
@@ -898,4 +899,113 @@ async fn describe_groups_answers_authorized_operations() {
             "v{version}"
         );
     }
+}
+
+/// A static member that comes back with a new member id (its process
+/// restarted) to a stable group is answered without a rebalance, but only
+/// once the group's record with the new id is durable: the answer is not
+/// given before the `__consumer_offsets` partition is fsynced past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_members_replacement_is_durable_before_its_answer() {
+    let broker = TestBroker::start_with(quick_groups).await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("static")),
+        )
+        .await;
+    let static_join =
+        join_request("static", "", &["t"]).with_group_instance_id(Some(str_bytes("instance-1")));
+    let joined = client.send(5, static_join.clone()).await;
+    assert_eq!(joined.error_code, NONE);
+    let synced = client
+        .send(5, sync_request("static", &joined, b"assigned"))
+        .await;
+    assert_eq!(synced.error_code, NONE);
+
+    let partition = rill_broker::group::partition_for("static", 5);
+    let log = broker
+        .broker()
+        .replicas
+        .get("__consumer_offsets", partition)
+        .expect("the group's partition")
+        .log
+        .clone();
+    for _ in 0..5 {
+        let end_before = log.log_end_offset();
+        let again = client.send(5, static_join.clone()).await;
+        assert_eq!(again.error_code, NONE);
+        assert_ne!(again.member_id, joined.member_id);
+        assert_eq!(again.generation_id, joined.generation_id, "no rebalance");
+        assert!(
+            log.log_end_offset() > end_before,
+            "the replacement is written"
+        );
+        assert!(
+            log.recovery_point() >= log.log_end_offset(),
+            "answered before the group's record was durable: recovery point {}, log end {}",
+            log.recovery_point(),
+            log.log_end_offset()
+        );
+    }
+    client.assert_serving().await;
+    broker.stop().await;
+}
+
+/// The number of groups is bounded: past `groups_max`, a JoinGroup or an
+/// OffsetCommit with generation -1 that would create a group is answered
+/// COORDINATOR_NOT_AVAILABLE (retriable; Kafka has no such bound), while
+/// the groups there are keep working, and a deleted group makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_number_of_groups_is_bounded() {
+    let broker = TestBroker::start_with(|config| {
+        quick_groups(config);
+        config.groups.groups_max = 2;
+    })
+    .await;
+    let mut client = broker.client().await;
+    client.create_topic("t", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("g1")),
+        )
+        .await;
+    for group in ["g1", "g2"] {
+        let commit = commit_request(group, -1, "", "t", &[(0, 1, "")]);
+        assert_eq!(
+            commit_codes(&client.send(8, commit).await),
+            [NONE],
+            "{group}"
+        );
+    }
+    let commit = commit_request("g3", -1, "", "t", &[(0, 1, "")]);
+    assert_eq!(
+        commit_codes(&client.send(8, commit).await),
+        [COORDINATOR_NOT_AVAILABLE]
+    );
+    let joined = client.send(5, join_request("g4", "", &["t"])).await;
+    assert_eq!(joined.error_code, COORDINATOR_NOT_AVAILABLE);
+    assert_eq!(listed_state(&mut client, "g3").await, None);
+    assert_eq!(listed_state(&mut client, "g4").await, None);
+
+    // The groups there keep working.
+    let commit = commit_request("g1", -1, "", "t", &[(0, 5, "")]);
+    assert_eq!(commit_codes(&client.send(8, commit).await), [NONE]);
+    assert_eq!(committed(&mut client, "g1", "t", &[0]).await, [5]);
+
+    // A deleted group makes room for a new one.
+    assert_eq!(delete_group(&mut client, "g2").await, NONE);
+    let first = client.send(5, join_request("g4", "", &["t"])).await;
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    let commit = commit_request("g3", -1, "", "t", &[(0, 1, "")]);
+    assert_eq!(
+        commit_codes(&client.send(8, commit).await),
+        [COORDINATOR_NOT_AVAILABLE],
+        "g4 took the room"
+    );
+    client.assert_serving().await;
+    broker.stop().await;
 }

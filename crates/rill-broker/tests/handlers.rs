@@ -51,6 +51,7 @@ const BROKER_LOGGER: i8 = 8;
 const GROUP: i8 = 32;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_DYNAMIC_BROKER: i8 = 2;
+const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -434,7 +435,7 @@ async fn describe_configs_of_the_broker() {
         .clone();
     assert_eq!(log.config().retention_ms, 3_600_000);
 
-    // "" is the cluster-wide dynamic defaults: rill has none.
+    // "" is the cluster-wide dynamic defaults: none set yet.
     let result = describe(&mut client, BROKER, "").await;
     assert_eq!(result.error_code, NONE);
     assert!(result.configs.is_empty());
@@ -632,19 +633,22 @@ async fn alter_configs_replaces_a_topics_configs() {
             &[("num.partitions", Some("3"))],
             INVALID_REQUEST,
         ),
+        // Kafka answers INVALID_REQUEST to every broker config it will not
+        // change at run time, and to a bad value of one it will
+        // (ConfigAdminManager, KAFKA-13609).
         (
             "unknown broker config",
             BROKER,
             "1",
             &[("no.such.config", Some("1"))],
-            INVALID_CONFIG,
+            INVALID_REQUEST,
         ),
         (
             "bad broker value",
             BROKER,
             "1",
             &[("log.retention.ms", Some("-7"))],
-            INVALID_CONFIG,
+            INVALID_REQUEST,
         ),
         (
             "another broker",
@@ -654,10 +658,10 @@ async fn alter_configs_replaces_a_topics_configs() {
             INVALID_REQUEST,
         ),
         (
-            "cluster default",
+            "per-broker config as the cluster default",
             BROKER,
             "",
-            &[("log.retention.ms", Some("1"))],
+            &[("sasl.kerberos.min.time.before.relogin", Some("1"))],
             INVALID_REQUEST,
         ),
         (
@@ -791,6 +795,241 @@ async fn dynamic_broker_configs_set_topic_defaults() {
         value_of(&described, "retention.ms"),
         ("604800000".to_string(), SOURCE_DEFAULT)
     );
+    client.assert_serving().await;
+    broker.stop().await;
+}
+
+/// Kafka's dynamic broker configs that rill has no use for yet are
+/// accepted and stored per broker and as the cluster-wide default, listed
+/// by DescribeConfigs with their sources; the cluster-wide `log.*`
+/// defaults apply to the logs; what Kafka refuses stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafkas_dynamic_broker_configs_are_stored_and_described() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("defaults", 1, &[]).await;
+    let set = |name: &'static str, value: &'static str| (name, SET, Some(value));
+    for (name, ops) in [
+        (
+            "1",
+            vec![
+                set("sasl.kerberos.min.time.before.relogin", "60000"),
+                set("log.cleaner.threads", "2"),
+                set("listener.name.plaintext.ssl.keystore.password", "secret"),
+                set("max.connections", "500"),
+            ],
+        ),
+        (
+            "",
+            vec![
+                set("log.cleaner.threads", "3"),
+                set("num.io.threads", "16"),
+                set("log.retention.ms", "3600000"),
+            ],
+        ),
+    ] {
+        let response = client
+            .send(1, incremental_request(BROKER, name, &ops, false))
+            .await;
+        assert_eq!(
+            (
+                response.responses[0].error_code,
+                &response.responses[0].error_message
+            ),
+            (NONE, &None),
+            "broker {name:?}"
+        );
+    }
+
+    // What Kafka refuses, with Kafka's code.
+    for (name, config, value) in [
+        ("1", "broker.id", "2"),
+        ("1", "log.dirs", "/tmp"),
+        ("1", "log.roll.hours", "1"),
+        ("1", "ssl.keystore.location", "/k.jks"),
+        ("1", "log.cleaner.threads", "many"),
+        ("", "sasl.kerberos.min.time.before.relogin", "1"),
+        (
+            "",
+            "listener.name.plaintext.ssl.keystore.location",
+            "/k.jks",
+        ),
+    ] {
+        for version in [0, 1] {
+            let response = client
+                .send(
+                    version,
+                    incremental_request(BROKER, name, &[set(config, value)], false),
+                )
+                .await;
+            assert_eq!(
+                response.responses[0].error_code, INVALID_REQUEST,
+                "{config} on {name:?}"
+            );
+        }
+        let response = client
+            .send(
+                0,
+                alter_request(&[(BROKER, name, &[(config, Some(value))])], false),
+            )
+            .await;
+        assert_eq!(
+            response.responses[0].error_code, INVALID_REQUEST,
+            "{config} on {name:?}"
+        );
+    }
+
+    // A list operation's result is checked too.
+    let response = client
+        .send(
+            1,
+            incremental_request(
+                BROKER,
+                "1",
+                &[("log.cleanup.policy", APPEND, Some("forever"))],
+                false,
+            ),
+        )
+        .await;
+    assert_eq!(response.responses[0].error_code, INVALID_REQUEST);
+
+    let described = describe(&mut client, BROKER, "1").await;
+    assert_eq!(described.error_code, NONE);
+    assert_eq!(
+        value_of(&described, "sasl.kerberos.min.time.before.relogin"),
+        ("60000".to_string(), SOURCE_DYNAMIC_BROKER)
+    );
+    assert_eq!(
+        value_of(&described, "log.cleaner.threads"),
+        ("2".to_string(), SOURCE_DYNAMIC_BROKER)
+    );
+    assert_eq!(
+        value_of(&described, "num.io.threads"),
+        ("16".to_string(), SOURCE_DYNAMIC_DEFAULT_BROKER)
+    );
+    assert_eq!(
+        value_of(&described, "log.retention.ms"),
+        ("3600000".to_string(), SOURCE_DYNAMIC_DEFAULT_BROKER)
+    );
+    assert_eq!(
+        value_of(&described, "max.connections"),
+        ("500".to_string(), SOURCE_DYNAMIC_BROKER)
+    );
+    let entry = |result: &DescribeConfigsResult, name: &str| {
+        result
+            .configs
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} not described"))
+            .clone()
+    };
+    // The broker's own value first, then the cluster default, then Kafka's.
+    let synonyms: Vec<(String, Option<String>, i8)> = entry(&described, "log.cleaner.threads")
+        .synonyms
+        .iter()
+        .map(|s| {
+            (
+                s.name.to_string(),
+                s.value.as_ref().map(|v| v.to_string()),
+                s.source,
+            )
+        })
+        .collect();
+    assert_eq!(
+        synonyms,
+        [
+            (
+                "log.cleaner.threads".to_string(),
+                Some("2".to_string()),
+                SOURCE_DYNAMIC_BROKER
+            ),
+            (
+                "log.cleaner.threads".to_string(),
+                Some("3".to_string()),
+                SOURCE_DYNAMIC_DEFAULT_BROKER
+            ),
+            (
+                "log.cleaner.threads".to_string(),
+                Some("1".to_string()),
+                SOURCE_DEFAULT
+            ),
+        ]
+    );
+    // Listed before it is set, with Kafka's default.
+    assert_eq!(
+        value_of(&described, "num.replica.fetchers"),
+        ("1".to_string(), SOURCE_DEFAULT)
+    );
+    // A password is listed, without its value.
+    let password = entry(&described, "listener.name.plaintext.ssl.keystore.password");
+    assert!(password.is_sensitive);
+    assert_eq!(password.value, None);
+    assert_eq!(password.config_source, SOURCE_DYNAMIC_BROKER);
+    assert!(!entry(&described, "max.connections").read_only);
+    assert!(entry(&described, "broker.id").read_only);
+
+    // The cluster-wide defaults: only what is set at that level.
+    let defaults = values(&describe(&mut client, BROKER, "").await);
+    assert_eq!(
+        defaults,
+        BTreeMap::from([
+            (
+                "log.cleaner.threads".to_string(),
+                ("3".to_string(), SOURCE_DYNAMIC_DEFAULT_BROKER)
+            ),
+            (
+                "log.retention.ms".to_string(),
+                ("3600000".to_string(), SOURCE_DYNAMIC_DEFAULT_BROKER)
+            ),
+            (
+                "num.io.threads".to_string(),
+                ("16".to_string(), SOURCE_DYNAMIC_DEFAULT_BROKER)
+            ),
+        ])
+    );
+
+    // The cluster-wide log.* default applies to the topic's log.
+    let log = broker
+        .broker()
+        .replicas
+        .get("defaults", 0)
+        .unwrap()
+        .log
+        .clone();
+    assert_eq!(log.config().retention_ms, 3_600_000);
+    let topic = describe(&mut client, TOPIC, "defaults").await;
+    assert_eq!(
+        value_of(&topic, "retention.ms"),
+        ("3600000".to_string(), SOURCE_DYNAMIC_DEFAULT_BROKER)
+    );
+    // The broker's own value beats the cluster default.
+    let response = client
+        .send(
+            1,
+            incremental_request(BROKER, "1", &[set("log.retention.ms", "7200000")], false),
+        )
+        .await;
+    assert_eq!(response.responses[0].error_code, NONE);
+    assert_eq!(log.config().retention_ms, 7_200_000);
+
+    // Deleting the defaults takes them away again.
+    let response = client
+        .send(
+            1,
+            incremental_request(
+                BROKER,
+                "",
+                &[
+                    ("log.cleaner.threads", DELETE, None),
+                    ("num.io.threads", DELETE, None),
+                    ("log.retention.ms", DELETE, None),
+                ],
+                false,
+            ),
+        )
+        .await;
+    assert_eq!(response.responses[0].error_code, NONE);
+    assert!(describe(&mut client, BROKER, "").await.configs.is_empty());
     client.assert_serving().await;
     broker.stop().await;
 }
@@ -1019,7 +1258,7 @@ async fn incremental_alter_configs() {
             BROKER,
             "1",
             vec![("no.such", SET, Some("3"))],
-            INVALID_CONFIG,
+            INVALID_REQUEST,
         ),
         (
             "non-list",

@@ -702,3 +702,117 @@ async fn http_port_answers_health_and_metrics_and_refuses_the_rest() {
     );
     broker.stop().await;
 }
+
+/// A client that leaves while answers are owed to it (long-polling
+/// Fetches, enough to fill its in-flight queue, so that the broker reads
+/// nothing more from it; a JoinGroup waiting for its rebalance) frees its
+/// connection at once, and its fetches' wait slots, rather than minutes
+/// later when the answers would have come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_frees_its_connection_while_answers_are_owed() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::join_group_request::{
+        JoinGroupRequest, JoinGroupRequestProtocol,
+    };
+    use kafka_protocol::messages::{BrokerId, FetchRequest};
+
+    let broker = TestBroker::start_with(|config| {
+        quick(config);
+        // A new group's first rebalance waits this long for more members.
+        config.groups.initial_rebalance_delay_ms = 120_000;
+        config.inflight_requests_per_connection_max = 2;
+    })
+    .await;
+    let mut client = broker.client().await;
+    client.create_topic("quiet", 1, &[]).await;
+    client
+        .send(
+            3,
+            FindCoordinatorRequest::default().with_key(str_bytes("slow")),
+        )
+        .await;
+    let waiting_max = broker.broker().config.fetch_waiting_max;
+
+    // Fetches that wait up to a minute for data that never comes: one
+    // awaited by the writer, two queued, and one the reader cannot queue.
+    const FETCHES: usize = 4;
+    let mut fetcher = broker.client().await;
+    for _ in 0..FETCHES {
+        fetcher
+            .write(
+                12,
+                FetchRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_max_wait_ms(60_000)
+                    .with_min_bytes(1)
+                    .with_max_bytes(1 << 20)
+                    .with_topics(vec![FetchTopic::default()
+                        .with_topic(topic_name("quiet"))
+                        .with_partitions(vec![FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)])]),
+            )
+            .await;
+    }
+    // A member whose join waits for the group's first rebalance.
+    let mut joiner = broker.client().await;
+    let join = |member_id: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(str_bytes("slow")))
+            .with_session_timeout_ms(30_000)
+            .with_rebalance_timeout_ms(300_000)
+            .with_member_id(str_bytes(member_id))
+            .with_protocol_type(str_bytes("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(str_bytes("range"))
+                .with_metadata(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))])
+    };
+    let first = joiner.send(5, join("")).await;
+    assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+    joiner.write(5, join(first.member_id.as_str())).await;
+
+    let owing = scrape_until(&broker, |s| {
+        s.value("rill_connections_open", &[]) == Some(3.0)
+            && broker.broker().fetch_waiting.available_permits() == waiting_max - FETCHES
+    })
+    .await;
+    assert_eq!(owing.value("rill_connections_open", &[]), Some(3.0));
+    assert_eq!(
+        broker.broker().fetch_waiting.available_permits(),
+        waiting_max - FETCHES,
+        "the fetches wait"
+    );
+
+    // Both leave; their answers are still a minute and more away.
+    let left = Instant::now();
+    drop(fetcher);
+    drop(joiner);
+    let after = scrape_until(&broker, |s| {
+        s.value("rill_connections_open", &[]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(after.value("rill_connections_open", &[]), Some(1.0));
+    assert!(
+        left.elapsed() < Duration::from_secs(3),
+        "connections freed after {:?}",
+        left.elapsed()
+    );
+    assert_eq!(
+        after.counter("rill_connections_closed_total", &[("reason", "client")]),
+        2.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while broker.broker().fetch_waiting.available_permits() < waiting_max
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        broker.broker().fetch_waiting.available_permits(),
+        waiting_max,
+        "the departed client's fetches still wait"
+    );
+    client.assert_serving().await;
+    broker.stop().await;
+}

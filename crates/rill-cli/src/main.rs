@@ -130,6 +130,9 @@ struct ServeArgs {
     /// The most members in one consumer group [default: 1000].
     #[arg(long, env = "RILL_GROUP_MAX_SIZE")]
     group_max_size: Option<usize>,
+    /// The most consumer groups this node coordinates; a new group past it is refused with COORDINATOR_NOT_AVAILABLE [default: 100000].
+    #[arg(long, env = "RILL_GROUP_MAX_COUNT")]
+    group_max_count: Option<usize>,
     /// Partitions of __consumer_offsets when it is created [default: 50].
     #[arg(long, env = "RILL_OFFSETS_TOPIC_NUM_PARTITIONS")]
     offsets_topic_num_partitions: Option<i32>,
@@ -172,6 +175,7 @@ struct FileSettings {
     group_min_session_timeout_ms: Option<i32>,
     group_max_session_timeout_ms: Option<i32>,
     group_max_size: Option<usize>,
+    group_max_count: Option<usize>,
     offsets_topic_num_partitions: Option<i32>,
     offsets_retention_minutes: Option<u64>,
     offsets_retention_check_interval_ms: Option<u64>,
@@ -322,6 +326,7 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     setting!(group_min_session_timeout_ms => config.groups.min_session_timeout_ms);
     setting!(group_max_session_timeout_ms => config.groups.max_session_timeout_ms);
     setting!(group_max_size => config.groups.max_size);
+    setting!(group_max_count => config.groups.groups_max);
     setting!(offsets_topic_num_partitions => config.groups.offsets_topic_partitions);
     if let Some(minutes) = args
         .offsets_retention_minutes
@@ -451,6 +456,7 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
         "group-min-session-timeout-ms must be positive and at most group-max-session-timeout-ms"
     );
     anyhow::ensure!(groups.max_size >= 1, "group-max-size must be at least 1");
+    anyhow::ensure!(groups.groups_max >= 1, "group-max-count must be at least 1");
     anyhow::ensure!(
         groups.offsets_topic_partitions >= 1,
         "offsets-topic-num-partitions must be at least 1"

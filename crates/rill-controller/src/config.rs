@@ -7,20 +7,23 @@
 //! (as of 3.x) with the type, lower bound, default and broker-level synonym
 //! of each (Kafka's `LogConfig` and `ServerTopicConfigSynonyms`).
 //!
-//! Broker configs that may be changed at run time (AlterConfigs on a broker
-//! resource) are the broker synonyms of the topic configs rill's log honours:
-//! they change the defaults of every topic on that broker that does not set
-//! the config itself, as Kafka's dynamic `log.*` configs do.
+//! The broker synonyms of topic configs (`log.retention.ms`, …) may be
+//! changed at run time (AlterConfigs on a broker resource): they change the
+//! defaults of every topic that does not set the config itself, as Kafka's
+//! dynamic `log.*` configs do. The rest of Kafka's dynamic broker configs
+//! are in `broker_config`.
 
 use crate::state::MetadataError;
 
 /// The kind of value a config takes, with its bounds.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     /// A 64-bit integer, at least the bound.
     Long(i64),
     /// A 32-bit integer, at least the bound.
     Int(i32),
+    /// A 32-bit integer in `[low, high]`.
+    IntIn(i32, i32),
     /// A floating-point number in `[low, high]`.
     Double(f64, f64),
     Bool,
@@ -49,10 +52,10 @@ pub enum ConfigType {
 }
 
 impl Kind {
-    fn config_type(self) -> ConfigType {
+    pub(crate) fn config_type(self) -> ConfigType {
         match self {
             Kind::Long(_) => ConfigType::Long,
-            Kind::Int(_) => ConfigType::Int,
+            Kind::Int(_) | Kind::IntIn(..) => ConfigType::Int,
             Kind::Double(..) => ConfigType::Double,
             Kind::Bool => ConfigType::Boolean,
             Kind::OneOf(_) | Kind::Any => ConfigType::String,
@@ -269,24 +272,6 @@ const TOPIC_CONFIGS: &[TopicConfigEntry] = &[
     ),
 ];
 
-/// The topic configs whose broker synonyms may be set on a broker at run
-/// time: the ones rill's partition log (and, for `min.insync.replicas`, the
-/// replica) applies. The broker turns a dynamic broker config back into
-/// the topic config named here and uses it as that topic config's default.
-const DYNAMIC_TOPIC_DEFAULTS: &[&str] = &[
-    "cleanup.policy",
-    "delete.retention.ms",
-    "index.interval.bytes",
-    "max.message.bytes",
-    "message.timestamp.type",
-    "min.insync.replicas",
-    "retention.bytes",
-    "retention.ms",
-    "segment.bytes",
-    "segment.index.bytes",
-    "segment.ms",
-];
-
 /// What DescribeConfigs needs to know about one topic config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicConfigDef {
@@ -337,13 +322,15 @@ pub fn is_topic_config(name: &str) -> bool {
     find_topic_config(name).is_some()
 }
 
-/// The broker configs that may be changed at run time, each with the topic
-/// config whose default it sets.
+/// Every broker config that sets a topic config's default (Kafka's
+/// `ServerTopicConfigSynonyms`: `log.retention.ms` for `retention.ms`),
+/// each with that topic config. All of them may be changed at run time
+/// (Kafka's `DynamicLogConfig`); the broker applies those its log honours.
 pub fn dynamic_broker_configs() -> impl Iterator<Item = (&'static str, &'static str)> {
-    DYNAMIC_TOPIC_DEFAULTS.iter().map(|topic_name| {
-        let entry = find_topic_config(topic_name).expect("listed in TOPIC_CONFIGS");
-        let broker_name = entry.broker_synonym.expect("has a broker synonym");
-        (broker_name, entry.name)
+    TOPIC_CONFIGS.iter().filter_map(|entry| {
+        entry
+            .broker_synonym
+            .map(|broker_name| (broker_name, entry.name))
     })
 }
 
@@ -365,7 +352,7 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), MetadataErro
     validate_value(name, entry.kind, value)
 }
 
-fn validate_value(name: &str, kind: Kind, value: &str) -> Result<(), MetadataError> {
+pub(crate) fn validate_value(name: &str, kind: Kind, value: &str) -> Result<(), MetadataError> {
     let invalid = |why: &str| {
         Err(MetadataError::InvalidConfig(format!(
             "invalid value {value:?} for configuration {name}: {why}"
@@ -381,6 +368,11 @@ fn validate_value(name: &str, kind: Kind, value: &str) -> Result<(), MetadataErr
         Kind::Int(low) => match value_trimmed.parse::<i32>() {
             Ok(v) if v >= low => Ok(()),
             Ok(_) => invalid(&format!("value must be at least {low}")),
+            Err(_) => invalid("expected a 32-bit integer"),
+        },
+        Kind::IntIn(low, high) => match value_trimmed.parse::<i32>() {
+            Ok(v) if (low..=high).contains(&v) => Ok(()),
+            Ok(_) => invalid(&format!("value must be between {low} and {high}")),
             Err(_) => invalid("expected a 32-bit integer"),
         },
         Kind::Double(low, high) => match value_trimmed.parse::<f64>() {
@@ -419,18 +411,18 @@ fn validate_value(name: &str, kind: Kind, value: &str) -> Result<(), MetadataErr
     }
 }
 
-/// Checks one broker config entry set at run time: it must be one of the
-/// [`dynamic_broker_configs`], with a value its topic synonym accepts.
-/// Other broker configs (`num.partitions`, `log.dirs`, …) are read at
-/// start-up only, so accepting them here would change nothing.
+/// Checks one broker config entry set at run time: it must be one of
+/// Kafka's dynamic broker configs (`crate::broker_config`), or a broker
+/// synonym of a topic config, with a value of its type. Other broker
+/// configs (`num.partitions`, `log.dirs`, …) are read at start-up only.
+/// Whether the name may be set at the level asked for (one broker or the
+/// cluster-wide default) is the broker's check, made before it proposes.
 pub fn validate_broker_config(name: &str, value: &str) -> Result<(), MetadataError> {
-    let Some(topic_name) = dynamic_broker_config_topic_synonym(name) else {
-        return Err(MetadataError::InvalidConfig(format!(
-            "{name:?} is not a broker config that can be changed at run time"
-        )));
-    };
-    let entry = find_topic_config(topic_name).expect("listed in TOPIC_CONFIGS");
-    validate_value(name, entry.kind, value)
+    if let Some(topic_name) = dynamic_broker_config_topic_synonym(name) {
+        let entry = find_topic_config(topic_name).expect("listed in TOPIC_CONFIGS");
+        return validate_value(name, entry.kind, value);
+    }
+    crate::broker_config::validate(name, value).map_err(MetadataError::InvalidConfig)
 }
 
 #[cfg(test)]
@@ -461,7 +453,10 @@ mod tests {
     fn dynamic_broker_configs_are_validated_as_their_topic_synonyms() {
         assert_eq!(
             dynamic_broker_configs().count(),
-            DYNAMIC_TOPIC_DEFAULTS.len()
+            TOPIC_CONFIGS
+                .iter()
+                .filter(|entry| entry.broker_synonym.is_some())
+                .count()
         );
         assert_eq!(validate_broker_config("log.retention.ms", "100"), Ok(()));
         assert_eq!(

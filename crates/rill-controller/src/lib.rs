@@ -11,6 +11,9 @@
 //! - [`config`]: which topic configs exist, what values they take
 //!   (INVALID_CONFIG otherwise) and their defaults; which broker configs
 //!   may change at run time.
+//! - [`broker_config`]: the rest of Kafka's dynamic broker configs (listener
+//!   SSL and SASL settings, thread pools, the log cleaner, …): their types
+//!   and whether they may be set as the cluster-wide default.
 //! - [`raft`]: the state machine run by openraft with this node as the only
 //!   voter: the log store (one file per entry), the snapshot file, a network
 //!   that has no peers, and [`Controller`], the handle the broker uses.
@@ -32,6 +35,7 @@
 //! protocol. Rejections are [`MetadataError`] variants named after the Kafka
 //! errors the broker maps them to.
 
+pub mod broker_config;
 pub mod config;
 pub mod raft;
 pub mod state;

@@ -227,7 +227,7 @@ pub enum ApplyOutcome {
 }
 
 /// Why a command was rejected. Each variant is named after the Kafka error
-/// the broker answers with; [`MetadataError::kafka_code`] gives its code.
+/// the broker answers with; the broker's `errors` module maps it to its code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum MetadataError {
     /// TOPIC_ALREADY_EXISTS (36).
@@ -291,30 +291,6 @@ pub enum MetadataError {
     /// cancel.
     #[error("{0}")]
     NoReassignmentInProgress(String),
-}
-
-impl MetadataError {
-    /// The Kafka error code this rejection maps to.
-    pub fn kafka_code(&self) -> i16 {
-        match self {
-            MetadataError::TopicAlreadyExists(_) => 36,
-            MetadataError::InvalidTopic(_) => 17,
-            MetadataError::InvalidPartitions(_) => 37,
-            MetadataError::InvalidReplicationFactor(_) => 38,
-            MetadataError::InvalidReplicaAssignment(_) => 39,
-            MetadataError::UnknownTopicOrPartition(_) => 3,
-            MetadataError::UnknownTopicId(_) => 100,
-            MetadataError::InvalidConfig(_) => 40,
-            MetadataError::InvalidRequest(_) => 42,
-            MetadataError::BrokerIdNotRegistered(_) => 102,
-            MetadataError::UnknownServerError(_) => -1,
-            MetadataError::StaleBrokerEpoch { .. } => 77,
-            MetadataError::FencedLeaderEpoch(_) => 74,
-            MetadataError::InvalidUpdateVersion(_) => 95,
-            MetadataError::IneligibleReplica(_) => 107,
-            MetadataError::NoReassignmentInProgress(_) => 85,
-        }
-    }
 }
 
 /// A registered broker.
@@ -837,7 +813,7 @@ pub fn check(image: &MetadataImage, command: &MetadataCommand) -> Result<(), Met
                     }
                 }
                 ConfigResource::Broker(node_id) => {
-                    if *node_id < 0 {
+                    if *node_id < 0 && *node_id != crate::broker_config::CLUSTER_DEFAULT_NODE_ID {
                         return Err(MetadataError::InvalidRequest(format!(
                             "negative node id {node_id}"
                         )));

@@ -230,7 +230,6 @@ fn create_topic_rejections() {
             matches!(error, MetadataError::InvalidTopic(_)),
             "{name:?}: {error}"
         );
-        assert_eq!(error.kafka_code(), 17);
     }
     // The longest valid name is fine.
     apply(&mut image, &create(&"x".repeat(249), id(4), 1, 1)).unwrap();
@@ -250,7 +249,6 @@ fn create_topic_rejections() {
             matches!(error, MetadataError::InvalidPartitions(_)),
             "{partitions}"
         );
-        assert_eq!(error.kafka_code(), 37);
     }
     for replication_factor in [0, -1, 2, REPLICATION_FACTOR_MAX + 1, i16::MAX] {
         let error = reject(&mut image, create("fresh", id(5), 1, replication_factor));
@@ -258,7 +256,6 @@ fn create_topic_rejections() {
             matches!(error, MetadataError::InvalidReplicationFactor(_)),
             "{replication_factor}"
         );
-        assert_eq!(error.kafka_code(), 38);
     }
     // No brokers at all: even replication factor 1 is too many.
     let mut empty = MetadataImage::default();
@@ -277,7 +274,6 @@ fn create_topic_rejections() {
     };
     let error = reject(&mut image, bad_configs);
     assert!(matches!(error, MetadataError::InvalidConfig(_)));
-    assert_eq!(error.kafka_code(), 40);
     let unknown_config = MetadataCommand::CreateTopic {
         name: "fresh".into(),
         topic_id: id(5),
@@ -315,7 +311,6 @@ fn create_topic_assignment_rejections() {
             matches!(error, MetadataError::InvalidReplicaAssignment(_)),
             "{error}"
         );
-        assert_eq!(error.kafka_code(), 39);
     }
 }
 
@@ -349,7 +344,6 @@ fn delete_unknown_topic_is_rejected() {
     let mut image = image_with_brokers(1);
     let error = reject(&mut image, MetadataCommand::DeleteTopic { topic_id: id(9) });
     assert_eq!(error, MetadataError::UnknownTopicId(id(9)));
-    assert_eq!(error.kafka_code(), 100);
 }
 
 #[test]
@@ -587,10 +581,6 @@ fn producer_id_allocation_rejections() {
         reject(&mut image, allocate(7, PRODUCER_ID_BLOCK_SIZE)),
         MetadataError::BrokerIdNotRegistered(7)
     );
-    assert_eq!(
-        reject(&mut image, allocate(7, PRODUCER_ID_BLOCK_SIZE)).kafka_code(),
-        102
-    );
     for count in [0, -1, PRODUCER_ID_BLOCK_SIZE_MAX + 1] {
         assert!(matches!(
             reject(&mut image, allocate(1, count)),
@@ -610,7 +600,6 @@ fn producer_id_allocation_rejections() {
     );
     let error = reject(&mut image, allocate(1, 1));
     assert!(matches!(error, MetadataError::UnknownServerError(_)));
-    assert_eq!(error.kafka_code(), -1);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use rill_broker::group::state::{
 };
 use rill_broker::group::GroupConfig;
 use tokio::sync::oneshot::{self, error::TryRecvError};
+use uuid::Uuid;
 
 const PROTOCOLS: [&str; 3] = ["range", "roundrobin", "sticky"];
 const TOPICS: [&str; 2] = ["a", "b"];
@@ -108,6 +109,9 @@ struct Driver {
     stored: Option<GroupValue>,
     /// The records of leaders' assignments being written, with `writes`.
     persisting: Vec<GroupValue>,
+    /// Member ids given so far: the next one's unique part is this plus
+    /// one, as the coordinator's member-id source would draw it.
+    ids_drawn: u128,
 }
 
 /// Runs the operations against one group, as the coordinator would (it
@@ -153,6 +157,7 @@ pub fn group_coordinator(data: &[u8]) {
         generation: 0,
         stored: None,
         persisting: Vec::new(),
+        ids_drawn: 0,
     };
     for op in input.ops.into_iter().take(64) {
         driver.step(op);
@@ -195,8 +200,8 @@ impl Driver {
                 protocols,
                 require_known_member_id,
             } => {
-                // Distinct client ids keep member ids (client id, then a
-                // random UUID) in the same order from run to run.
+                // Distinct client ids keep member ids (client id, then the
+                // UUID drawn) in the same order from run to run.
                 self.next_client += 1;
                 let request = JoinRequest {
                     member_id: self.member(member),
@@ -221,9 +226,16 @@ impl Driver {
                         .collect(),
                     require_known_member_id,
                 };
-                match self.group.join(&self.config, request, now) {
+                self.ids_drawn += 1;
+                let new_id = Uuid::from_u128(self.ids_drawn);
+                match self.group.join(&self.config, request, now, new_id) {
                     Joined::Now(answer) => self.joined(answer),
                     Joined::Wait(rx) => self.joins.push(rx),
+                    // The coordinator writes the group before it answers.
+                    Joined::Persist(answer) => {
+                        self.stored = Some(self.group.value());
+                        self.joined(answer);
+                    }
                 }
             }
             Op::Sync {

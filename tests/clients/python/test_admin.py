@@ -129,6 +129,75 @@ def test_broker_configs_confluent(broker):
     assert configs["auto.create.topics.enable"].value == "true"
 
 
+def test_dynamic_broker_configs_confluent(broker):
+    """Kafka's dynamic broker configs that rill has no use for yet are accepted, stored and described with
+    their source; a static one is refused as Kafka refuses it. (The cluster-wide defaults, the broker
+    resource with the empty name, are covered by the raw-protocol tests: both Python clients refuse an
+    empty broker name before sending.)"""
+    admin = ck_admin(broker.bootstrap)
+
+    def describe():
+        return _result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")], request_timeout=WAIT_S))
+
+    def incremental(configs):
+        entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()]
+        return _result(admin.incremental_alter_configs(
+            [ConfigResource(ResourceType.BROKER, "1", incremental_configs=entries)], request_timeout=WAIT_S))
+
+    configs = describe()
+    # Listed before they are set, with Kafka's defaults.
+    for name, value in (("sasl.kerberos.min.time.before.relogin", "60000"), ("log.cleaner.threads", "1"),
+                        ("num.io.threads", "8")):
+        entry = configs[name]
+        assert (entry.value, src(entry), entry.is_read_only) == (value, ConfigSource.DEFAULT_CONFIG, False), name
+
+    assert incremental({"sasl.kerberos.min.time.before.relogin": "30000", "log.cleaner.threads": "2"}) is None
+    configs = describe()
+    for name, value in (("sasl.kerberos.min.time.before.relogin", "30000"), ("log.cleaner.threads", "2")):
+        entry = configs[name]
+        assert (entry.value, src(entry), entry.is_default) == (value, ConfigSource.DYNAMIC_BROKER_CONFIG, False), name
+
+    # Legacy AlterConfigs replaces the broker's whole dynamic set.
+    resource = ConfigResource(ResourceType.BROKER, "1", set_config={"log.cleaner.threads": "4"})
+    assert _result(admin.alter_configs([resource], request_timeout=WAIT_S)) is None
+    configs = describe()
+    assert (configs["log.cleaner.threads"].value, src(configs["log.cleaner.threads"])) == (
+        "4", ConfigSource.DYNAMIC_BROKER_CONFIG)
+    relogin = configs["sasl.kerberos.min.time.before.relogin"]
+    assert (relogin.value, src(relogin)) == ("60000", ConfigSource.DEFAULT_CONFIG)
+
+    # What Kafka refuses, with Kafka's code: a static config, and an SSL store without a listener prefix.
+    for name in ("broker.id", "ssl.keystore.location"):
+        with pytest.raises(KafkaException) as e:
+            incremental({name: "2"})
+        assert kafka_error_code(e.value) == KafkaError.INVALID_REQUEST, name
+
+
+def test_dynamic_broker_configs_kafka_python(broker):
+    admin = kp_admin(broker.bootstrap)
+    try:
+        # kafka-python checks each name against DescribeConfigs of the broker before it sends anything
+        # (a name not listed, or listed read-only, is refused): this is what the issue saw refused.
+        for incremental, configs in ((True, {"sasl.kerberos.min.time.before.relogin": "30000"}),
+                                     (False, {"log.cleaner.threads": "3", "num.io.threads": "16"})):
+            result = admin.alter_configs([KpConfigResource("BROKER", "1", configs=configs)], incremental=incremental)
+            assert result == {"broker": {"1": "OK"}}, incremental
+            described = admin.describe_configs([KpConfigResource("BROKER", "1")], config_filter="all")["broker"]["1"]
+            for name, value in configs.items():
+                assert (described[name]["value"], described[name]["config_source"]) == (
+                    value, "DYNAMIC_BROKER_CONFIG"), name
+        # The legacy AlterConfigs (incremental=False) kept the earlier incremental change: kafka-python
+        # sends every modified config along, as DescribeConfigs lists them.
+        assert described["sasl.kerberos.min.time.before.relogin"]["value"] == "30000"
+        with pytest.raises(ValueError):
+            admin.alter_configs([KpConfigResource("BROKER", "1", configs={"broker.id": "2"})])
+        result = admin.alter_configs([KpConfigResource("BROKER", "1", configs={"broker.id": "2"})],
+                                     raise_on_unknown=False)
+        assert result["broker"]["1"].startswith("[Error 42] InvalidRequestError"), result
+    finally:
+        admin.close()
+
+
 def test_configs_kafka_python(broker, topic_name):
     kp_create_topic(broker.bootstrap, topic_name, 1)
     admin = kp_admin(broker.bootstrap)

@@ -17,9 +17,10 @@
 //! - [`records`]: the `__consumer_offsets` key and value formats.
 //!
 //! **Architecture Invariant:** the coordinator's state is a function of
-//! the `__consumer_offsets` records it wrote and the clock: a restart (or,
-//! later, another node) that loads the partitions has the same groups,
-//! generations, assignments and offsets.
+//! the `__consumer_offsets` records it wrote, the clock and the member-id
+//! source (both given to it: [`GroupCoordinator::with_member_ids`]): a
+//! restart (or, later, another node) that loads the partitions has the
+//! same groups, generations, assignments and offsets.
 
 pub mod records;
 pub mod state;
@@ -39,6 +40,7 @@ use rill_storage::{batch, records as storage_records};
 use rill_types::{Clock, NodeId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use uuid::Uuid;
 
 use crate::errors::append_error_code;
 use crate::replica::{AppendError, LeaderAppend, Partition, ReplicaManager, ReplicationError};
@@ -57,6 +59,23 @@ const LOAD_CHUNK_BYTES: u64 = 1024 * 1024;
 /// (Kafka's `offsets.commit.timeout.ms`).
 const OFFSETS_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the unique part of a new member id comes from (Kafka draws a
+/// random UUID). Given to the coordinator as its clock is, so that a test
+/// or a simulation can make ids that are the same on every run.
+pub trait MemberIdSource: Send + Sync + std::fmt::Debug {
+    fn next_id(&self) -> Uuid;
+}
+
+/// Random version-4 UUIDs, as Kafka's member ids have.
+#[derive(Debug, Default)]
+pub struct RandomMemberIds;
+
+impl MemberIdSource for RandomMemberIds {
+    fn next_id(&self) -> Uuid {
+        Uuid::new_v4()
+    }
+}
+
 /// The group coordinator's settings, with Kafka's names and defaults.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -69,6 +88,12 @@ pub struct GroupConfig {
     /// `group.max.size`: members (and members being given an id) per
     /// group. Kafka's default is unbounded; ours is a bound.
     pub max_size: usize,
+    /// The most groups this coordinator holds (Kafka has no bound): a
+    /// JoinGroup, or an OffsetCommit with generation -1, that would create
+    /// one more is answered COORDINATOR_NOT_AVAILABLE, which clients
+    /// retry, until groups are deleted or expire. Groups loaded from
+    /// `__consumer_offsets` are not refused, only new ones.
+    pub groups_max: usize,
     /// `offsets.topic.num.partitions`, used when the topic is created.
     pub offsets_topic_partitions: i32,
     /// `offsets.topic.replication.factor`; capped at the number of brokers
@@ -91,6 +116,7 @@ impl Default for GroupConfig {
             min_session_timeout_ms: 6_000,
             max_session_timeout_ms: 1_800_000,
             max_size: 1_000,
+            groups_max: 100_000,
             offsets_topic_partitions: 50,
             offsets_topic_replication_factor: 3,
             offsets_topic_segment_bytes: 100 * 1024 * 1024,
@@ -154,6 +180,9 @@ struct State {
     /// not exist.
     partition_count: i32,
     groups: HashMap<String, Group>,
+    /// When a group was last refused for `groups_max` with a warning in
+    /// the log: at most one a minute, however often clients retry.
+    groups_max_warned_ms: Option<i64>,
     /// Every topic's id in the last image: committed offsets of a topic
     /// that is gone (or was made again) are removed, as Kafka does.
     topic_ids: HashMap<String, TopicId>,
@@ -221,6 +250,7 @@ pub struct GroupCoordinator {
     pub config: GroupConfig,
     node_id: NodeId,
     clock: Arc<dyn Clock>,
+    member_ids: Arc<dyn MemberIdSource>,
     /// A `std` mutex: every section under it is short and in memory,
     /// except the append of a change's records to `__consumer_offsets`
     /// (a page-cache write, no fsync), which is made under it so that
@@ -242,15 +272,24 @@ pub struct GroupCoordinator {
 
 impl GroupCoordinator {
     /// Must be called within the tokio runtime that will run its loads.
+    /// Member ids are random ([`RandomMemberIds`]) unless
+    /// [`GroupCoordinator::with_member_ids`] says otherwise.
     pub fn new(config: GroupConfig, node_id: NodeId, clock: Arc<dyn Clock>) -> Self {
         Self {
             config,
             node_id,
             clock,
+            member_ids: Arc::new(RandomMemberIds),
             state: Mutex::new(State::default()),
             creating: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// The same coordinator, drawing new member ids from `member_ids`.
+    pub fn with_member_ids(mut self, member_ids: Arc<dyn MemberIdSource>) -> Self {
+        self.member_ids = member_ids;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -265,6 +304,27 @@ impl GroupCoordinator {
 
     pub(crate) fn creating_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.creating
+    }
+
+    /// Whether a new group may be created, within `groups_max`; warns
+    /// (at most once a minute) when not.
+    fn may_create_group(&self, state: &mut State, group_id: &str, now: i64) -> bool {
+        if state.groups.len() < self.config.groups_max {
+            return true;
+        }
+        if state
+            .groups_max_warned_ms
+            .is_none_or(|warned| now - warned >= 60_000)
+        {
+            state.groups_max_warned_ms = Some(now);
+            warn!(
+                group = %group_id,
+                groups = state.groups.len(),
+                groups_max = self.config.groups_max,
+                "too many groups: new ones are refused with COORDINATOR_NOT_AVAILABLE"
+            );
+        }
+        false
     }
 
     /// Checks that this node coordinates `group_id` and has loaded it.
@@ -613,8 +673,8 @@ impl GroupCoordinator {
     }
 
     /// Writes a group's metadata in the background, after a change that
-    /// no request waits on (the group became empty; a static member was
-    /// replaced). A failure is logged; the next change writes it again.
+    /// no request waits on (the group became empty). A failure is logged;
+    /// the next change writes it again.
     fn persist_in_background(&self, replicas: &ReplicaManager, partition: i32, group: &Group) {
         let writes = vec![(
             records::encode_key(&RecordKey::Group {
@@ -647,8 +707,10 @@ impl GroupCoordinator {
     // ------------------------------------------------------------------
     // The group APIs
 
-    /// JoinGroup. The group decides now (see [`GroupCoordinator::state`]);
-    /// the future is the wait for the join phase's end.
+    /// JoinGroup. The group decides now (see [`GroupCoordinator::state`]),
+    /// and a decision that must be written first (a static member
+    /// replaced in a stable group) is appended now; the future is the
+    /// wait for the join phase's end, or for that write to be durable.
     pub fn join(
         &self,
         replicas: &ReplicaManager,
@@ -656,33 +718,53 @@ impl GroupCoordinator {
         request: JoinRequest,
     ) -> impl Future<Output = JoinAnswer> + Send + 'static {
         let member_id = request.member_id.clone();
-        let joined = self.decide_join(replicas, group_id, request);
+        let (joined, appended) = self.decide_join(replicas, group_id, request);
         async move {
+            let error = |code: i16| JoinAnswer {
+                error: code,
+                generation: -1,
+                member_id,
+                ..JoinAnswer::default()
+            };
             match joined {
                 Joined::Now(answer) => answer,
-                Joined::Wait(rx) => rx.await.unwrap_or_else(|_| JoinAnswer {
-                    error: ResponseError::NotCoordinator.code(),
-                    generation: -1,
-                    member_id,
-                    ..JoinAnswer::default()
-                }),
+                Joined::Wait(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| error(ResponseError::NotCoordinator.code())),
+                // Kafka answers a group record too large for the log with
+                // UNKNOWN_SERVER_ERROR, as for SyncGroup. The replacement
+                // stays in memory (Kafka reverts it): the member's retry
+                // replaces it again, and the next write of the group
+                // records whichever id is current.
+                Joined::Persist(answer) => {
+                    match Self::durable(appended.expect("appended with the decision")).await {
+                        Ok(_) => answer,
+                        Err(code) if code == ResponseError::InvalidCommitOffsetSize.code() => {
+                            error(ResponseError::UnknownServerError.code())
+                        }
+                        Err(code) => error(code),
+                    }
+                }
             }
         }
     }
 
+    /// The group's decision on a JoinGroup and, for [`Joined::Persist`],
+    /// the append of the group's metadata made under the same lock.
     fn decide_join(
         &self,
         replicas: &ReplicaManager,
         group_id: &str,
         request: JoinRequest,
-    ) -> Joined {
+    ) -> (Joined, Option<Appended>) {
         let error = |kind: ResponseError| {
-            Joined::Now(JoinAnswer {
+            let answer = JoinAnswer {
                 error: kind.code(),
                 generation: -1,
                 member_id: request.member_id.clone(),
                 ..JoinAnswer::default()
-            })
+            };
+            (Joined::Now(answer), None)
         };
         if group_id.is_empty() {
             return error(ResponseError::InvalidGroupId);
@@ -698,6 +780,12 @@ impl GroupCoordinator {
             Err(kind) => return error(kind),
         };
         let now = self.now();
+        if !state.groups.contains_key(group_id)
+            && request.member_id.is_empty()
+            && !self.may_create_group(&mut state, group_id, now)
+        {
+            return error(ResponseError::CoordinatorNotAvailable);
+        }
         let group = match state.groups.get_mut(group_id) {
             Some(group) => group,
             None if request.member_id.is_empty() => state
@@ -706,9 +794,21 @@ impl GroupCoordinator {
                 .or_insert_with(|| Group::new(group_id.to_string(), &self.config, now)),
             None => return error(ResponseError::UnknownMemberId),
         };
-        let joined = group.join(&self.config, request, now);
+        let joined = group.join(&self.config, request, now, self.member_ids.next_id());
         self.after_change(replicas, partition, group);
-        joined
+        let appended = match &joined {
+            Joined::Persist(_) => {
+                let writes = vec![(
+                    records::encode_key(&RecordKey::Group {
+                        group: group_id.to_string(),
+                    }),
+                    Some(records::encode_group(&group.value())),
+                )];
+                Some(self.append(replicas, partition, &writes))
+            }
+            Joined::Now(_) | Joined::Wait(_) => None,
+        };
+        (joined, appended)
     }
 
     /// SyncGroup. The group decides now and, for the leader's assignment,
@@ -920,6 +1020,12 @@ impl GroupCoordinator {
         let now = self.now();
         let mut state = self.lock();
         let partition = self.locate(&state, group_id).map_err(|k| k.code())?;
+        if !state.groups.contains_key(group_id)
+            && generation < 0
+            && !self.may_create_group(&mut state, group_id, now)
+        {
+            return Err(ResponseError::CoordinatorNotAvailable.code());
+        }
         let group = match state.groups.get_mut(group_id) {
             Some(group) => group,
             None if generation < 0 => state

@@ -4,13 +4,15 @@
 //! `GroupCoordinator`).
 //!
 //! Everything here is in memory and synchronous: time comes in as `now`
-//! (milliseconds from the coordinator's [`rill_types::Clock`]), and a
+//! (milliseconds from the coordinator's [`rill_types::Clock`]), the unique
+//! part of a new member id as a `Uuid` the coordinator draws from its
+//! member-id source (so the same calls give the same ids), and a
 //! request that must wait — a JoinGroup until the rebalance completes, a
 //! SyncGroup until the leader's assignment is durable — gets a channel its
 //! answer will come through. Writing to `__consumer_offsets` is the
 //! coordinator's job (`super`): the group only says what to write
-//! ([`Group::value`], [`Group::take_persist`]) and is told the outcome
-//! ([`Group::complete_sync`]).
+//! ([`Group::value`], [`Group::take_persist`], [`Joined::Persist`]) and is
+//! told the outcome ([`Group::complete_sync`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,6 +20,7 @@ use bytes::Bytes;
 use rill_protocol::kafka_protocol::error::ResponseError;
 use tokio::sync::oneshot;
 use tracing::{debug, info};
+use uuid::Uuid;
 
 use super::records::{GroupValue, MemberValue, OffsetValue};
 use super::GroupConfig;
@@ -128,6 +131,13 @@ pub struct JoinRequest {
 pub enum Joined {
     Now(JoinAnswer),
     Wait(oneshot::Receiver<JoinAnswer>),
+    /// The answer, to be given once the group's metadata ([`Group::value`])
+    /// is durable: a static member was replaced in a stable group, which
+    /// answers without a rebalance, and the member must not be told its
+    /// new id before a restart would remember it (Kafka's
+    /// `updateStaticMemberThenRebalanceOrCompleteJoin` stores the group
+    /// first too).
+    Persist(JoinAnswer),
 }
 
 /// How a SyncGroup goes on.
@@ -227,8 +237,8 @@ pub struct Group {
     pending: HashMap<String, i64>,
     join_timer: Option<JoinTimer>,
     pub offsets: HashMap<(String, i32), Committed>,
-    /// The group's metadata changed in a way that must be written (it
-    /// became empty, a static member was replaced).
+    /// The group's metadata changed in a way that must be written though
+    /// no request waits on it (it became empty).
     persist: bool,
     /// `group.initial.rebalance.delay.ms`.
     initial_delay_ms: i64,
@@ -428,7 +438,16 @@ impl Group {
     // ------------------------------------------------------------------
     // JoinGroup
 
-    pub fn join(&mut self, config: &GroupConfig, request: JoinRequest, now: i64) -> Joined {
+    /// A JoinGroup. `new_id` is the unique part of the member id to give
+    /// if this join makes a new one (`<client id>-<new_id>`, or
+    /// `<group.instance.id>-<new_id>` for a static member, as Kafka).
+    pub fn join(
+        &mut self,
+        config: &GroupConfig,
+        request: JoinRequest,
+        now: i64,
+        new_id: Uuid,
+    ) -> Joined {
         self.catch_up(now);
         if self.state == GroupState::Dead {
             return Joined::Now(JoinAnswer::error(
@@ -443,16 +462,22 @@ impl Group {
             ));
         }
         if request.member_id.is_empty() {
-            self.join_new_member(config, request, now)
+            self.join_new_member(config, request, now, new_id)
         } else {
             self.join_known_member(request, now)
         }
     }
 
-    fn join_new_member(&mut self, config: &GroupConfig, request: JoinRequest, now: i64) -> Joined {
+    fn join_new_member(
+        &mut self,
+        config: &GroupConfig,
+        request: JoinRequest,
+        now: i64,
+        new_id: Uuid,
+    ) -> Joined {
         if let Some(instance) = request.group_instance_id.clone() {
             if let Some(old_id) = self.instances.get(&instance).cloned() {
-                return self.replace_static_member(request, &old_id, now);
+                return self.replace_static_member(request, &old_id, now, new_id);
             }
         }
         if self.members.len() + self.pending.len() >= config.max_size {
@@ -462,7 +487,7 @@ impl Group {
             .group_instance_id
             .as_deref()
             .unwrap_or(&request.client_id);
-        let member_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
+        let member_id = format!("{prefix}-{new_id}");
         if request.group_instance_id.is_none() && request.require_known_member_id {
             self.pending.insert(
                 member_id.clone(),
@@ -626,13 +651,20 @@ impl Group {
     /// A static member came back with a new member id (its client
     /// restarted): the new id takes the old one's place, and whoever still
     /// uses the old id is fenced. A stable group keeps its assignment and
-    /// does not rebalance (KIP-345).
-    fn replace_static_member(&mut self, request: JoinRequest, old_id: &str, now: i64) -> Joined {
+    /// does not rebalance (KIP-345): its answer waits until the group's
+    /// metadata with the new id is durable ([`Joined::Persist`]).
+    fn replace_static_member(
+        &mut self,
+        request: JoinRequest,
+        old_id: &str,
+        now: i64,
+        new_id: Uuid,
+    ) -> Joined {
         let Some(mut member) = self.members.remove(old_id) else {
             return Joined::Now(JoinAnswer::error(ResponseError::UnknownMemberId, ""));
         };
         let prefix = request.group_instance_id.as_deref().unwrap_or_default();
-        let new_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
+        let new_id = format!("{prefix}-{new_id}");
         if let Some(old) = member.awaiting_join.take() {
             let _ = old.send(JoinAnswer::error(ResponseError::FencedInstanceId, old_id));
         }
@@ -658,13 +690,12 @@ impl Group {
         // A stable group stays as it is unless the returning member's
         // protocols would change the group's choice (Kafka's rule).
         if self.state == GroupState::Stable && self.select_protocol() == self.protocol {
-            self.persist = true;
             // The old leader id, so that a returning leader does not
             // compute an assignment a stable group would not send out.
             let mut answer = self.join_answer(&new_id);
             answer.leader = old_leader.unwrap_or_default();
             answer.members.clear();
-            return Joined::Now(answer);
+            return Joined::Persist(answer);
         }
         let (tx, rx) = oneshot::channel();
         self.members
@@ -1229,17 +1260,43 @@ mod tests {
         }
     }
 
+    thread_local! {
+        static IDS_DRAWN: std::cell::Cell<u128> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The tests' member-id source: 1, 2, 3, … on each test's thread, so
+    /// that ids are the same on every run.
+    fn next_id() -> Uuid {
+        IDS_DRAWN.with(|drawn| {
+            drawn.set(drawn.get() + 1);
+            Uuid::from_u128(drawn.get())
+        })
+    }
+
+    /// Starts [`next_id`] again from 1 (a test that checks ids calls it
+    /// first: the harness may run several tests on one thread).
+    fn reset_ids() {
+        IDS_DRAWN.with(|drawn| drawn.set(0));
+    }
+
     fn now(joined: Joined) -> JoinAnswer {
         match joined {
             Joined::Now(answer) => answer,
-            Joined::Wait(_) => panic!("expected an answer at once"),
+            other => panic!("expected an answer at once, got {other:?}"),
         }
     }
 
     fn waiting(joined: Joined) -> oneshot::Receiver<JoinAnswer> {
         match joined {
             Joined::Wait(rx) => rx,
-            Joined::Now(answer) => panic!("expected to wait, got {answer:?}"),
+            other => panic!("expected to wait, got {other:?}"),
+        }
+    }
+
+    fn persisted(joined: Joined) -> JoinAnswer {
+        match joined {
+            Joined::Persist(answer) => answer,
+            other => panic!("expected an answer once the group is written, got {other:?}"),
         }
     }
 
@@ -1250,10 +1307,10 @@ mod tests {
         protocols: &[&str],
         at: i64,
     ) -> (String, oneshot::Receiver<JoinAnswer>) {
-        let first = now(group.join(config, request("", protocols), at));
+        let first = now(group.join(config, request("", protocols), at, next_id()));
         assert_eq!(first.error, ResponseError::MemberIdRequired.code());
         assert!(first.member_id.starts_with("client-"));
-        let rx = waiting(group.join(config, request(&first.member_id, protocols), at));
+        let rx = waiting(group.join(config, request(&first.member_id, protocols), at, next_id()));
         (first.member_id, rx)
     }
 
@@ -1348,7 +1405,12 @@ mod tests {
             Ok(()),
             "commits still count"
         );
-        let mut rx = waiting(group.join(&config, request(&a, &["range", "roundrobin"]), 320));
+        let mut rx = waiting(group.join(
+            &config,
+            request(&a, &["range", "roundrobin"]),
+            320,
+            next_id(),
+        ));
         let answer = answered(&mut rx);
         assert_eq!(answer.generation, 2);
         assert_eq!(answer.members.len(), 1);
@@ -1375,7 +1437,12 @@ mod tests {
         assert!(!group.members.contains_key(&a), "a's session ended");
         assert_eq!(group.state, GroupState::PreparingRebalance);
         assert_eq!(group.leader.as_deref(), Some(b.as_str()));
-        let mut rx = waiting(group.join(&config, request(&b, &["roundrobin", "range"]), 10_300));
+        let mut rx = waiting(group.join(
+            &config,
+            request(&b, &["roundrobin", "range"]),
+            10_300,
+            next_id(),
+        ));
         let answer = answered(&mut rx);
         assert_eq!((answer.generation, answer.leader.as_str()), (2, b.as_str()));
         assert_eq!(answer.protocol.as_deref(), Some("roundrobin"));
@@ -1472,11 +1539,21 @@ mod tests {
         let config = config(100);
         let mut group = Group::new("g".into(), &config, 0);
         let (a, b) = stable_pair(&mut group, &config);
-        let answer = now(group.join(&config, request(&b, &["roundrobin", "range"]), 500));
+        let answer = now(group.join(
+            &config,
+            request(&b, &["roundrobin", "range"]),
+            500,
+            next_id(),
+        ));
         assert_eq!((answer.error, answer.generation), (0, 1));
         assert_eq!(group.state, GroupState::Stable);
         // A follower with new protocols, or the leader, starts a rebalance.
-        let _rx = waiting(group.join(&config, request(&a, &["range", "roundrobin"]), 600));
+        let _rx = waiting(group.join(
+            &config,
+            request(&a, &["range", "roundrobin"]),
+            600,
+            next_id(),
+        ));
         assert_eq!(group.state, GroupState::PreparingRebalance);
         assert_eq!(
             group
@@ -1494,45 +1571,47 @@ mod tests {
         let mut other_type = request("", &["range"]);
         other_type.protocol_type = "connect".into();
         assert_eq!(
-            now(group.join(&config, other_type, 1)).error,
+            now(group.join(&config, other_type, 1, next_id())).error,
             ResponseError::InconsistentGroupProtocol.code()
         );
         assert_eq!(
-            now(group.join(&config, request("", &["sticky"]), 1)).error,
+            now(group.join(&config, request("", &["sticky"]), 1, next_id())).error,
             ResponseError::InconsistentGroupProtocol.code(),
             "no protocol in common"
         );
         assert_eq!(
-            now(group.join(&config, request("made-up", &["range"]), 1)).error,
+            now(group.join(&config, request("made-up", &["range"]), 1, next_id())).error,
             ResponseError::UnknownMemberId.code()
         );
         // max_size 3: one member and two pending fill the group.
-        now(group.join(&config, request("", &["range"]), 1));
-        now(group.join(&config, request("", &["range"]), 1));
+        now(group.join(&config, request("", &["range"]), 1, next_id()));
+        now(group.join(&config, request("", &["range"]), 1, next_id()));
         assert_eq!(
-            now(group.join(&config, request("", &["range"]), 1)).error,
+            now(group.join(&config, request("", &["range"]), 1, next_id())).error,
             ResponseError::GroupMaxSizeReached.code()
         );
         // Pending members that never come back are forgotten.
         group.tick(1 + i64::from(SESSION));
         assert_eq!(
-            now(group.join(&config, request("", &["range"]), 20_000)).error,
+            now(group.join(&config, request("", &["range"]), 20_000, next_id())).error,
             ResponseError::MemberIdRequired.code()
         );
     }
 
     #[test]
     fn a_static_member_returning_to_a_stable_group_keeps_its_assignment() {
+        reset_ids();
         let config = config(0);
         let mut group = Group::new("g".into(), &config, 0);
         let mut static_request = request("", &["range"]);
         static_request.group_instance_id = Some("instance-1".into());
-        let mut rx = waiting(group.join(&config, static_request.clone(), 0));
+        let mut rx = waiting(group.join(&config, static_request.clone(), 0, next_id()));
         let first = answered(&mut rx);
         let old_id = first.member_id.clone();
-        assert!(
-            old_id.starts_with("instance-1-"),
-            "static members need no second join"
+        assert_eq!(
+            old_id,
+            format!("instance-1-{}", Uuid::from_u128(1)),
+            "static members need no second join; ids come from the source given"
         );
         let Synced::Persist {
             generation,
@@ -1553,15 +1632,21 @@ mod tests {
         group.complete_sync(generation, assignments, Ok(()), 1);
 
         // The process restarts: same instance id, no member id.
-        let answer = now(group.join(&config, static_request, 500));
+        let answer = persisted(group.join(&config, static_request, 500, next_id()));
         assert_eq!(answer.error, 0);
         assert_eq!(answer.generation, 1, "no rebalance");
-        assert_ne!(answer.member_id, old_id);
+        assert_eq!(
+            answer.member_id,
+            format!("instance-1-{}", Uuid::from_u128(2))
+        );
         assert_eq!(
             answer.leader, old_id,
             "the old leader id, so no assignment is computed"
         );
-        assert!(group.take_persist());
+        // Written by the coordinator before it answers, not afterwards.
+        assert!(!group.take_persist());
+        assert_eq!(group.value().members.len(), 1);
+        assert_eq!(group.value().members[0].member_id, answer.member_id);
         assert_eq!(group.state, GroupState::Stable);
         let Synced::Now(sync) = group.sync(
             &answer.member_id,

@@ -5,14 +5,24 @@
 //! A topic config's value comes from, in this order (Kafka's
 //! `ConfigHelper.createTopicConfigEntry`): the topic itself
 //! (TOPIC_CONFIG), a dynamic config of this broker (DYNAMIC_BROKER_CONFIG,
-//! set by AlterConfigs on the broker), the broker's start-up settings
+//! set by AlterConfigs on the broker), the cluster-wide dynamic default
+//! (DYNAMIC_DEFAULT_BROKER_CONFIG, set by AlterConfigs on the broker
+//! resource with the empty name), the broker's start-up settings
 //! (STATIC_BROKER_CONFIG, when they differ from rill's defaults), or
 //! Kafka's default (DEFAULT_CONFIG). The values are the ones the partition
-//! log uses: `replica::log_config` applies the same layers.
+//! log uses: `replica::log_config` applies the same layers, from
+//! [`dynamic_broker_configs_in_force`].
+//!
+//! Every other dynamic broker config Kafka has
+//! (`rill_controller::broker_config`: listener SSL and SASL settings,
+//! thread pools, `log.cleaner.*`, …) is stored the same way and listed
+//! with the same sources once set; rill applies none of them yet (the
+//! README lists what it applies).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use rill_controller::broker_config::{self, Scope, CLUSTER_DEFAULT_NODE_ID};
 use rill_controller::config::{self, ConfigType};
 use rill_controller::{ConfigResource, MetadataCommand, MetadataImage};
 use rill_protocol::kafka_protocol::error::ResponseError;
@@ -21,7 +31,7 @@ use rill_types::{NodeId, TopicName};
 
 use super::{sync_metadata, KafkaError};
 use crate::config::BrokerConfig;
-use crate::errors::controller_error;
+use crate::errors::{controller_error, metadata_error};
 use crate::replica::log_config_value;
 use crate::server::Broker;
 
@@ -35,6 +45,7 @@ pub const RESOURCE_GROUP: i8 = 32;
 /// Kafka's `DescribeConfigsResponse.ConfigSource` ids.
 pub const SOURCE_TOPIC_CONFIG: i8 = 1;
 pub const SOURCE_DYNAMIC_BROKER_CONFIG: i8 = 2;
+pub const SOURCE_DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
 pub const SOURCE_STATIC_BROKER_CONFIG: i8 = 4;
 pub const SOURCE_DEFAULT_CONFIG: i8 = 5;
 
@@ -60,7 +71,8 @@ pub fn config_type_id(config_type: ConfigType) -> i8 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Synonym {
     pub name: String,
-    pub value: String,
+    /// `None`: null, Kafka's value of a config that has none.
+    pub value: Option<String>,
     pub source: i8,
 }
 
@@ -68,9 +80,13 @@ pub struct Synonym {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigEntry {
     pub name: String,
-    pub value: String,
+    /// `None`: null, Kafka's value of a config that has none.
+    pub value: Option<String>,
     pub source: i8,
     pub read_only: bool,
+    /// A password: DescribeConfigs shows no value (Kafka's
+    /// `is_sensitive`).
+    pub sensitive: bool,
     pub config_type: ConfigType,
     /// Every place the value could come from, the one in force first.
     pub synonyms: Vec<Synonym>,
@@ -90,10 +106,45 @@ impl ConfigEntry {
             value: synonyms[0].value.clone(),
             source: synonyms[0].source,
             read_only,
+            sensitive: false,
             config_type,
             synonyms,
         }
     }
+}
+
+/// The dynamic broker configs in force on broker `node_id`: the
+/// cluster-wide defaults, overridden by the broker's own.
+pub fn dynamic_broker_configs_in_force(
+    image: &MetadataImage,
+    node_id: NodeId,
+) -> BTreeMap<String, String> {
+    let mut configs = image
+        .broker_configs(CLUSTER_DEFAULT_NODE_ID)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(own) = image.broker_configs(node_id) {
+        configs.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    configs
+}
+
+/// The dynamic layers of broker config `name` on broker `node_id`, the one
+/// in force first: the broker's own value, then the cluster-wide default.
+fn dynamic_synonyms(image: &MetadataImage, node_id: NodeId, name: &str) -> Vec<Synonym> {
+    [
+        (node_id, SOURCE_DYNAMIC_BROKER_CONFIG),
+        (
+            CLUSTER_DEFAULT_NODE_ID,
+            SOURCE_DYNAMIC_DEFAULT_BROKER_CONFIG,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(id, source)| {
+        let value = image.broker_configs(id)?.get(name)?;
+        Some(synonym(name, value.clone(), source))
+    })
+    .collect()
 }
 
 /// Every topic config Kafka has, for a topic whose own configs are
@@ -103,7 +154,7 @@ pub fn topic_entries(
     image: &MetadataImage,
     topic_configs: &BTreeMap<String, String>,
 ) -> Vec<ConfigEntry> {
-    let dynamic = image.broker_configs(broker.config.node_id);
+    let node_id = broker.config.node_id;
     config::topic_configs()
         .map(|def| {
             let mut synonyms = Vec::new();
@@ -111,18 +162,7 @@ pub fn topic_entries(
                 synonyms.push(synonym(def.name, value.clone(), SOURCE_TOPIC_CONFIG));
             }
             if let Some(broker_name) = def.broker_synonym {
-                let is_dynamic =
-                    config::dynamic_broker_config_topic_synonym(broker_name) == Some(def.name);
-                if let Some(value) = dynamic
-                    .and_then(|configs| configs.get(broker_name))
-                    .filter(|_| is_dynamic)
-                {
-                    synonyms.push(synonym(
-                        broker_name,
-                        value.clone(),
-                        SOURCE_DYNAMIC_BROKER_CONFIG,
-                    ));
-                }
+                synonyms.extend(dynamic_synonyms(image, node_id, broker_name));
                 if let Some(value) = static_topic_default(&broker.config, def.name) {
                     synonyms.push(synonym(broker_name, value, SOURCE_STATIC_BROKER_CONFIG));
                 }
@@ -137,9 +177,10 @@ pub fn topic_entries(
                 // topic: Kafka lists no synonym and says DEFAULT_CONFIG.
                 return ConfigEntry {
                     name: def.name.to_string(),
-                    value: def.default.to_string(),
+                    value: Some(def.default.to_string()),
                     source: SOURCE_DEFAULT_CONFIG,
                     read_only: false,
+                    sensitive: false,
                     config_type: def.config_type,
                     synonyms,
                 };
@@ -159,7 +200,7 @@ fn static_topic_default(config: &BrokerConfig, name: &str) -> Option<String> {
 fn synonym(name: &str, value: String, source: i8) -> Synonym {
     Synonym {
         name: name.to_string(),
-        value,
+        value: Some(value),
         source,
     }
 }
@@ -239,40 +280,32 @@ const STATIC_SETTINGS: &[StaticSetting] = &[
     },
 ];
 
-/// Whether `name` is a broker setting rill reads at start-up only.
-pub fn is_static_broker_config(name: &str) -> bool {
-    STATIC_SETTINGS.iter().any(|setting| setting.name == name)
-}
-
-/// This broker's settings: the static ones (read-only) and the dynamic
-/// ones (the broker synonyms of topic configs), sorted by name.
+/// This broker's settings, sorted by name: the ones it reads at start-up,
+/// the broker synonyms of topic configs (`log.retention.ms`, …), and every
+/// other dynamic broker config set on it or as the cluster-wide default.
+/// A start-up setting Kafka may change at run time (`max.connections`)
+/// lists its dynamic values first.
 pub fn broker_entries(broker: &Broker, image: &MetadataImage) -> Vec<ConfigEntry> {
     let config = &broker.config;
+    let node_id = config.node_id;
     let defaults = BrokerConfig::default();
     let mut entries: Vec<ConfigEntry> = STATIC_SETTINGS
         .iter()
         .map(|setting| {
             let value = (setting.value)(config);
             let default = (setting.value)(&defaults);
-            let mut synonyms = Vec::new();
+            let mut synonyms = dynamic_synonyms(image, node_id, setting.name);
             if value != default {
                 synonyms.push(synonym(setting.name, value, SOURCE_STATIC_BROKER_CONFIG));
             }
             synonyms.push(synonym(setting.name, default, SOURCE_DEFAULT_CONFIG));
-            ConfigEntry::from_synonyms(setting.name, setting.config_type, true, synonyms)
+            let read_only = broker_config::lookup(setting.name).is_err();
+            ConfigEntry::from_synonyms(setting.name, setting.config_type, read_only, synonyms)
         })
         .collect();
-    let dynamic = image.broker_configs(config.node_id);
     for (broker_name, topic_name) in config::dynamic_broker_configs() {
         let def = config::topic_config(topic_name).expect("dynamic configs are topic configs");
-        let mut synonyms = Vec::new();
-        if let Some(value) = dynamic.and_then(|configs| configs.get(broker_name)) {
-            synonyms.push(synonym(
-                broker_name,
-                value.clone(),
-                SOURCE_DYNAMIC_BROKER_CONFIG,
-            ));
-        }
+        let mut synonyms = dynamic_synonyms(image, node_id, broker_name);
         if let Some(value) = static_topic_default(config, topic_name) {
             synonyms.push(synonym(broker_name, value, SOURCE_STATIC_BROKER_CONFIG));
         }
@@ -288,8 +321,73 @@ pub fn broker_entries(broker: &Broker, image: &MetadataImage) -> Vec<ConfigEntry
             synonyms,
         ));
     }
+    // Kafka's other dynamic configs, with Kafka's defaults: rill has no
+    // start-up value of its own for them. Clients check a name against
+    // this list before they ask to change it (kafka-python).
+    let mut listed: BTreeSet<String> = entries.iter().map(|entry| entry.name.clone()).collect();
+    for (name, def) in broker_config::broker_wide() {
+        if listed.contains(name) {
+            continue;
+        }
+        let mut synonyms = dynamic_synonyms(image, node_id, name);
+        synonyms.push(Synonym {
+            name: name.to_string(),
+            value: def.default.map(str::to_string),
+            source: SOURCE_DEFAULT_CONFIG,
+        });
+        let mut entry = ConfigEntry::from_synonyms(name, def.config_type, false, synonyms);
+        entry.sensitive = def.sensitive;
+        entries.push(entry);
+        listed.insert(name.to_string());
+    }
+    // Listener settings (`listener.name.plaintext.ssl.keystore.location`):
+    // listed once set.
+    let set_names: BTreeSet<&String> = [node_id, CLUSTER_DEFAULT_NODE_ID]
+        .into_iter()
+        .filter_map(|id| image.broker_configs(id))
+        .flat_map(|configs| configs.keys())
+        .filter(|name| !listed.contains(*name))
+        .collect();
+    for name in set_names {
+        let Ok(def) = broker_config::lookup(name) else {
+            continue;
+        };
+        let synonyms = dynamic_synonyms(image, node_id, name);
+        let mut entry = ConfigEntry::from_synonyms(name, def.config_type, false, synonyms);
+        entry.sensitive = def.sensitive;
+        entries.push(entry);
+    }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     entries
+}
+
+/// The cluster-wide dynamic defaults (the broker resource with the empty
+/// name), as Kafka lists them: only the configs set at that level, each
+/// with that one source.
+pub fn cluster_default_entries(image: &MetadataImage) -> Vec<ConfigEntry> {
+    let Some(configs) = image.broker_configs(CLUSTER_DEFAULT_NODE_ID) else {
+        return Vec::new();
+    };
+    configs
+        .iter()
+        .filter_map(|(name, value)| {
+            let (config_type, sensitive) = match config::dynamic_broker_config_topic_synonym(name) {
+                Some(topic_name) => (config::topic_config(topic_name)?.config_type, false),
+                None => {
+                    let def = broker_config::lookup(name).ok()?;
+                    (def.config_type, def.sensitive)
+                }
+            };
+            let synonyms = vec![synonym(
+                name,
+                value.clone(),
+                SOURCE_DYNAMIC_DEFAULT_BROKER_CONFIG,
+            )];
+            let mut entry = ConfigEntry::from_synonyms(name, config_type, false, synonyms);
+            entry.sensitive = sensitive;
+            Some(entry)
+        })
+        .collect()
 }
 
 /// Checks a topic resource's name: empty is INVALID_REQUEST (Kafka has no
@@ -400,9 +498,12 @@ pub async fn alter(
             match command_for(broker, resource) {
                 Ok(command) if validate_only => {
                     rill_controller::check(&broker.controller.image(), &command).map_err(
-                        |rejection| KafkaError {
-                            code: rejection.kafka_code(),
-                            message: Some(rejection.to_string()),
+                        |rejection| {
+                            let (code, message) = metadata_error(&rejection);
+                            KafkaError {
+                                code,
+                                message: Some(message),
+                            }
                         },
                     )
                 }
@@ -480,25 +581,14 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
             )
         }
         RESOURCE_BROKER => {
-            if resource.name.is_empty() {
-                // Kafka's cluster-wide dynamic defaults (the broker
-                // resource ""); rill keeps dynamic configs per broker only.
-                return Err(invalid_request(
-                    "cluster-wide broker config defaults (an empty broker name) are not supported; name the broker id".to_string(),
-                ));
-            }
-            let node_id = check_broker_name(broker, &resource.name)?;
-            let read_only: Vec<&str> = set_names(&resource.change)
-                .into_iter()
-                .filter(|name| is_static_broker_config(name))
-                .collect();
-            if !read_only.is_empty() {
-                // Kafka answers INVALID_REQUEST here too (KAFKA-13609).
-                return Err(invalid_request(format!(
-                    "Cannot update these configs dynamically: {}",
-                    read_only.join(", ")
-                )));
-            }
+            // The empty name is the cluster-wide default; any other name
+            // must be this node's id.
+            let node_id = if resource.name.is_empty() {
+                CLUSTER_DEFAULT_NODE_ID
+            } else {
+                check_broker_name(broker, &resource.name)?
+            };
+            check_dynamic_broker_configs(&resource.change, node_id == CLUSTER_DEFAULT_NODE_ID)?;
             (
                 ConfigResource::Broker(node_id),
                 image.broker_configs(node_id).cloned().unwrap_or_default(),
@@ -537,11 +627,62 @@ fn command_for(broker: &Broker, resource: &AlterResource) -> Result<MetadataComm
             }
         }
     }
+    if let ConfigResource::Broker(_) = target {
+        check_dynamic_broker_values(&set)?;
+    }
     Ok(MetadataCommand::AlterConfigs {
         resource: target,
         set,
         delete,
     })
+}
+
+/// Checks the names a change sets on a broker resource as Kafka's
+/// `DynamicBrokerConfig.validateConfigs` does: each must be a dynamic
+/// broker config, settable at the level asked for (the values are
+/// [`check_dynamic_broker_values`]). Kafka answers every such refusal with
+/// INVALID_REQUEST, not INVALID_CONFIG (`ConfigAdminManager`,
+/// KAFKA-13609), and so does rill.
+fn check_dynamic_broker_configs(change: &Change, cluster_default: bool) -> Result<(), KafkaError> {
+    let invalid_request =
+        |message: String| KafkaError::with_message(ResponseError::InvalidRequest, message);
+    let mut per_broker = Vec::new();
+    for name in set_names(change) {
+        if config::dynamic_broker_config_topic_synonym(name).is_some() {
+            continue;
+        }
+        let def = broker_config::lookup(name).map_err(invalid_request)?;
+        if def.scope == Scope::PerBroker {
+            per_broker.push(name);
+        }
+    }
+    if cluster_default && !per_broker.is_empty() {
+        return Err(invalid_request(format!(
+            "Cannot update these configs at default cluster level, broker id must be specified: {}",
+            per_broker.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the values a change leaves set on a broker resource (after
+/// APPEND and SUBTRACT), INVALID_REQUEST as Kafka for a bad one.
+fn check_dynamic_broker_values(set: &BTreeMap<String, String>) -> Result<(), KafkaError> {
+    for (name, value) in set {
+        config::validate_broker_config(name, value).map_err(|error| {
+            KafkaError::with_message(ResponseError::InvalidRequest, refusal_message(error))
+        })?;
+    }
+    Ok(())
+}
+
+/// A controller config refusal's own words, without the variant's
+/// "invalid config: " prefix (the answer's code says that already).
+fn refusal_message(error: rill_controller::MetadataError) -> String {
+    match error {
+        rill_controller::MetadataError::InvalidConfig(message) => message,
+        other => other.to_string(),
+    }
 }
 
 /// The names a change gives a value to (the ones a read-only config must
@@ -590,12 +731,17 @@ fn list_op(
                     .unwrap_or_else(|| def.default.to_string());
                 (def.config_type, default)
             }
-            None => {
-                return Err(KafkaError::with_message(
-                    ResponseError::InvalidConfig,
-                    format!("{name:?} is not a broker config that can be changed at run time"),
-                ))
-            }
+            // rill has no value of its own for the other dynamic configs:
+            // a list starts empty.
+            None => match broker_config::lookup(name) {
+                Ok(def) => (def.config_type, String::new()),
+                Err(message) => {
+                    return Err(KafkaError::with_message(
+                        ResponseError::InvalidRequest,
+                        message,
+                    ))
+                }
+            },
         },
     };
     if config_type != ConfigType::List {
@@ -656,19 +802,37 @@ mod tests {
         assert_eq!(log_config(&defaults, &all), defaults);
     }
 
-    /// Every dynamic broker config changes the log (or, for
-    /// min.insync.replicas, the replica).
+    /// The dynamic `log.*` broker configs rill applies: those whose topic
+    /// config the log (or, for min.insync.replicas, the replica) honours.
+    /// The README lists the same set.
     #[test]
-    fn dynamic_broker_configs_are_honoured() {
-        for (broker_name, topic_name) in config::dynamic_broker_configs() {
-            if topic_name == "min.insync.replicas" {
-                continue;
-            }
-            assert!(
-                log_config_value(&LogConfig::default(), topic_name).is_some(),
-                "{broker_name} sets {topic_name}, which the log ignores"
-            );
-        }
+    fn dynamic_broker_configs_applied() {
+        let applied: Vec<&str> = config::dynamic_broker_configs()
+            .filter(|(_, topic_name)| {
+                *topic_name == "min.insync.replicas"
+                    || log_config_value(&LogConfig::default(), topic_name).is_some()
+            })
+            .map(|(broker_name, _)| broker_name)
+            .collect();
+        assert_eq!(
+            applied,
+            [
+                "log.cleanup.policy",
+                "log.cleaner.delete.retention.ms",
+                "log.index.interval.bytes",
+                "log.cleaner.max.compaction.lag.ms",
+                "message.max.bytes",
+                "log.message.timestamp.type",
+                "log.cleaner.min.cleanable.ratio",
+                "log.cleaner.min.compaction.lag.ms",
+                "min.insync.replicas",
+                "log.retention.bytes",
+                "log.retention.ms",
+                "log.segment.bytes",
+                "log.index.size.max.bytes",
+                "log.roll.ms",
+            ]
+        );
     }
 
     #[test]

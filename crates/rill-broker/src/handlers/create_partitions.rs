@@ -119,7 +119,7 @@ async fn grow(
     };
     if validate_only {
         return rill_controller::check(&image, &command).map_err(|rejection| KafkaError {
-            code: rejection.kafka_code(),
+            code: crate::errors::metadata_error_code(&rejection),
             message: Some(rejection.to_string()),
         });
     }

@@ -6,8 +6,10 @@
 //! As Kafka (`ConfigHelper.describeConfigs`): a topic resource lists every
 //! topic config Kafka has; an unknown topic is UNKNOWN_TOPIC_OR_PARTITION,
 //! an invalid name INVALID_TOPIC_EXCEPTION. A broker resource must name
-//! this node; the empty name means the cluster-wide dynamic defaults, of
-//! which rill has none. Other resource types are INVALID_REQUEST.
+//! this node, or be empty: the cluster-wide dynamic defaults, of which
+//! Kafka lists only those set. Other resource types are INVALID_REQUEST.
+//! Passwords (`ssl.keystore.password`, …) are listed without a value and
+//! marked sensitive, as Kafka lists them.
 //! Documentation (v3+) is null: Kafka allows it, and rill has no text that
 //! would not be a copy of Kafka's.
 
@@ -23,8 +25,8 @@ use rill_protocol::kafka_protocol::messages::{DescribeConfigsRequest, DescribeCo
 use rill_types::TopicName;
 
 use super::configs::{
-    broker_entries, check_broker_name, config_type_id, topic_entries, unsupported_resource_type,
-    ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC,
+    broker_entries, check_broker_name, cluster_default_entries, config_type_id, topic_entries,
+    unsupported_resource_type, ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC,
 };
 use super::{str_bytes, KafkaError};
 use crate::server::Broker;
@@ -83,8 +85,7 @@ fn describe(
                 None => Err(KafkaError::new(ResponseError::UnknownTopicOrPartition)),
             }
         }
-        // The cluster-wide dynamic defaults: rill has none.
-        RESOURCE_BROKER if name.is_empty() => Ok(Vec::new()),
+        RESOURCE_BROKER if name.is_empty() => Ok(cluster_default_entries(&image)),
         RESOURCE_BROKER => {
             check_broker_name(broker, name)?;
             Ok(broker_entries(broker, &image))
@@ -94,6 +95,8 @@ fn describe(
 }
 
 fn wire_entry(entry: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResourceResult {
+    let sensitive = entry.sensitive;
+    let value = |value: Option<String>| value.filter(|_| !sensitive).map(str_bytes);
     let synonyms = if include_synonyms {
         entry
             .synonyms
@@ -101,7 +104,7 @@ fn wire_entry(entry: ConfigEntry, include_synonyms: bool) -> DescribeConfigsReso
             .map(|synonym| {
                 DescribeConfigsSynonym::default()
                     .with_name(str_bytes(synonym.name))
-                    .with_value(Some(str_bytes(synonym.value)))
+                    .with_value(value(synonym.value))
                     .with_source(synonym.source)
             })
             .collect()
@@ -110,10 +113,10 @@ fn wire_entry(entry: ConfigEntry, include_synonyms: bool) -> DescribeConfigsReso
     };
     DescribeConfigsResourceResult::default()
         .with_name(str_bytes(entry.name))
-        .with_value(Some(str_bytes(entry.value)))
+        .with_value(value(entry.value))
         .with_read_only(entry.read_only)
         .with_config_source(entry.source)
-        .with_is_sensitive(false)
+        .with_is_sensitive(sensitive)
         .with_synonyms(synonyms)
         .with_config_type(config_type_id(entry.config_type))
         .with_documentation(None)
@@ -142,7 +145,7 @@ pub fn topic_configs_as_created(
         .map(|entry| {
             CreatableTopicConfigs::default()
                 .with_name(str_bytes(entry.name))
-                .with_value(Some(str_bytes(entry.value)))
+                .with_value(entry.value.map(str_bytes))
                 .with_read_only(entry.read_only)
                 .with_config_source(entry.source)
                 .with_is_sensitive(false)

@@ -161,7 +161,7 @@ pub async fn create_topic(
             return rill_controller::check(&broker.controller.image(), &command)
                 .map(|()| created)
                 .map_err(|rejection| KafkaError {
-                    code: rejection.kafka_code(),
+                    code: crate::errors::metadata_error_code(&rejection),
                     message: Some(rejection.to_string()),
                 });
         }
