@@ -775,3 +775,28 @@ fn refusals_and_garbage() {
     let producer = producer(&cluster.bootstrap(), &[]);
     produce_all(&producer, "still-serving", 0, &["ok".to_string()]);
 }
+
+/// A paused (SIGSTOPped) active controller is replaced, and a metadata
+/// change sent meanwhile through another node reaches the new one: the
+/// forwarding node gives up on the silent leader once it learns of the
+/// next, rather than waiting out the request's timeout on it.
+#[test]
+fn a_paused_controller_is_replaced_for_requests_in_flight() {
+    let _serial = serial();
+    let mut cluster = Cluster::combined(3, FAST);
+    let old = active_controller(&cluster, 1);
+    let other = (1..=3).find(|id| *id != old).unwrap();
+    cluster.pause(old);
+    let started = Instant::now();
+    assert_eq!(
+        create_topic(&cluster, other, "while-paused", 1, 1, 20_000),
+        0
+    );
+    eprintln!("created {:?} after the pause", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    cluster.resume(old);
+}

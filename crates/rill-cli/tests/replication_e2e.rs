@@ -875,3 +875,196 @@ fn an_eligible_replica_leads_when_the_isr_is_gone() {
     }
     assert_eq!(read, values, "every acknowledged record");
 }
+
+fn rill_topic(cluster: &Cluster, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(common::rill_binary())
+        .arg("topic")
+        .args(args)
+        .args(["--bootstrap", &cluster.bootstrap(), "--timeout", "60s"])
+        .output()
+        .expect("run rill topic");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The partitions of `topic` being reassigned, through node `id`:
+/// (partition, replicas, adding, removing).
+fn reassignments(cluster: &Cluster, id: i32) -> Vec<(i32, Vec<i32>, Vec<i32>, Vec<i32>)> {
+    use kafka_protocol::messages::ListPartitionReassignmentsRequest;
+    let mut raw = RawClient::connect(cluster.node(id).kafka_addr(), CLIENT_TIMEOUT).unwrap();
+    let response = raw.send(
+        0,
+        ListPartitionReassignmentsRequest::default().with_timeout_ms(10_000),
+    );
+    assert_eq!(response.error_code, 0);
+    let ids = |v: &[kafka_protocol::messages::BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    response
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    p.partition_index,
+                    ids(&p.replicas),
+                    ids(&p.adding_replicas),
+                    ids(&p.removing_replicas),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Reassignment while an idempotent producer writes: RF 1 -> 3 with
+/// `rill topic reassign --replicas`, then off the leader to two others
+/// with the plan generator; ListPartitionReassignments shows a move in
+/// progress (its new replica stopped) until it is cancelled. Every
+/// acknowledged record is read back once, in order.
+#[test]
+fn reassignment_moves_a_partition_while_it_is_written() {
+    let _serial = serial();
+    let mut cluster = Cluster::combined(3, FAST);
+    let mut raw = RawClient::connect(cluster.node(1).kafka_addr(), CLIENT_TIMEOUT).unwrap();
+    let created = raw.send(
+        7,
+        CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("moving")))
+                .with_num_partitions(1)
+                .with_replication_factor(1)])
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(created.topics[0].error_code, 0);
+    let (first, _) = wait_partition(&cluster, 1, "moving", "a leader", |l, _| l > 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let bootstrap = cluster.bootstrap();
+        thread::spawn(move || {
+            let producer = producer(
+                &bootstrap,
+                &[
+                    ("enable.idempotence", "true"),
+                    ("message.timeout.ms", "60000"),
+                ],
+            );
+            let mut sent = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let value = format!("m{sent}");
+                if producer
+                    .send(
+                        BaseRecord::<(), _>::to("moving")
+                            .partition(0)
+                            .payload(&value),
+                    )
+                    .is_ok()
+                {
+                    sent += 1;
+                }
+                producer.poll(Duration::from_millis(5));
+            }
+            let _ = producer.flush(Duration::from_secs(60));
+            let reports = producer.context().0.lock().unwrap().clone();
+            reports
+        })
+    };
+    thread::sleep(Duration::from_secs(1));
+
+    // RF 1 -> 3: every broker gets a replica, all in sync at the end.
+    let everyone = {
+        let mut v = vec![first];
+        v.extend((1..=3).filter(|id| *id != first));
+        v
+    };
+    let list = everyone
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (ok, text) = rill_topic(
+        &cluster,
+        &["reassign", "moving", "--replicas", &list, "--wait"],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("moving-0: {first} -> {list}")),
+        "{text}"
+    );
+    wait_partition(&cluster, 1, "moving", "three in sync", |_, isr| {
+        isr.len() == 3
+    });
+    assert!(reassignments(&cluster, 1).is_empty());
+
+    // Off the first broker: the plan generator with RF 2 (partition 0
+    // starts at the lowest broker id), so the leader moves if it is 1.
+    let (ok, text) = rill_topic(
+        &cluster,
+        &[
+            "reassign",
+            "moving",
+            "--spread",
+            "--replication-factor",
+            "2",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{text}");
+    let (leader, isr) = wait_partition(&cluster, 1, "moving", "two replicas in sync", |l, isr| {
+        isr == [1, 2] && (l == 1 || l == 2)
+    });
+    eprintln!("after --spread: leader {leader}, ISR {isr:?}");
+
+    // A move to a stopped broker stays in progress, and is cancelled.
+    cluster.pause(3);
+    let (ok, text) = rill_topic(&cluster, &["reassign", "moving", "--replicas", "1,2,3"]);
+    assert!(ok, "{text}");
+    let moving = reassignments(&cluster, 1);
+    assert_eq!(moving, vec![(0, vec![1, 2, 3], vec![3], vec![])]);
+    let (ok, text) = rill_topic(&cluster, &["reassign", "moving", "--cancel"]);
+    assert!(ok, "{text}");
+    assert!(reassignments(&cluster, 1).is_empty());
+    let (ok, text) = rill_topic(&cluster, &["reassign", "moving", "--cancel"]);
+    assert!(
+        !ok && text.contains("NO_REASSIGNMENT_IN_PROGRESS")
+            || text.contains("not being reassigned"),
+        "{text}"
+    );
+    cluster.resume(3);
+
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let reports = writer.join().expect("writer");
+    let failed: Vec<_> = reports.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let acked: Vec<String> = reports.into_iter().map(|(v, _)| v).collect();
+    assert!(acked.len() > 50, "only {} acknowledged", acked.len());
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "moving-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("moving", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while read.len() < acked.len() && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
+        }
+    }
+    assert_eq!(read, acked, "every acknowledged record, once, in order");
+}

@@ -1,4 +1,4 @@
-//! `rill topic create|list|describe|alter|delete`.
+//! `rill topic create|list|describe|alter|reassign|delete`.
 //!
 //! Create, delete, add partitions and describe configs through librdkafka's
 //! admin API; config changes through IncrementalAlterConfigs
@@ -38,6 +38,10 @@ pub enum TopicCommand {
     Describe(DescribeArgs),
     /// Add partitions to a topic, or set or remove its configs.
     Alter(AlterArgs),
+    /// Move a topic's partitions to other brokers (or change their
+    /// replication factor): new replicas copy the data, join the ISR, and
+    /// then the replicas no longer wanted are removed.
+    Reassign(ReassignArgs),
     /// Delete topics and every record in them.
     Delete(DeleteArgs),
 }
@@ -94,6 +98,35 @@ pub struct AlterArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReassignArgs {
+    /// The topic.
+    pub topic: String,
+    /// The new replicas of each partition moved, as broker ids (the first
+    /// is the preferred leader): --replicas 1,2,3.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["spread", "cancel"])]
+    pub replicas: Vec<i32>,
+    /// Generate the plan: spread every partition over all brokers, round
+    /// robin, with --replication-factor replicas (default: as now).
+    #[arg(long, conflicts_with = "cancel")]
+    pub spread: bool,
+    /// With --spread: the replication factor to move to.
+    #[arg(long, requires = "spread", value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: Option<i32>,
+    /// Cancel the partitions' reassignments under way: their original
+    /// replicas come back.
+    #[arg(long)]
+    pub cancel: bool,
+    /// Only these partitions (repeatable) [default: every partition].
+    #[arg(long = "partition")]
+    pub partitions: Vec<i32>,
+    /// Wait until the moves are done (bounded by --timeout).
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// The topics to delete.
     #[arg(required = true)]
@@ -112,6 +145,7 @@ impl TopicCommand {
             TopicCommand::List(args) => &args.connect,
             TopicCommand::Describe(args) => &args.connect,
             TopicCommand::Alter(args) => &args.connect,
+            TopicCommand::Reassign(args) => &args.connect,
             TopicCommand::Delete(args) => &args.connect,
         }
     }
@@ -123,6 +157,7 @@ pub fn run(command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::List(args) => list(&args),
         TopicCommand::Describe(args) => describe(&args),
         TopicCommand::Alter(args) => alter(&args),
+        TopicCommand::Reassign(args) => reassign(&args),
         TopicCommand::Delete(args) => delete(&args),
     }
 }
@@ -333,6 +368,171 @@ fn alter(args: &AlterArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// AlterPartitionReassignments for the partitions asked for, printing each
+/// partition's plan and result; with `--wait`, then polls
+/// ListPartitionReassignments until none of them is moving.
+fn reassign(args: &ReassignArgs) -> anyhow::Result<()> {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    use kafka_protocol::messages::{AlterPartitionReassignmentsRequest, BrokerId, TopicName};
+    let connect = &args.connect;
+    if args.replicas.is_empty() && !args.spread && !args.cancel {
+        bail!("nothing to do: give --replicas, --spread or --cancel");
+    }
+    let admin = admin_client(connect)?;
+    let diagnostics = &admin.inner().context().diagnostics;
+    let info = describe_topic(admin.inner(), connect, diagnostics, &args.topic)?;
+    let partitions: Vec<i32> = if args.partitions.is_empty() {
+        info.partitions.iter().map(|p| p.id).collect()
+    } else {
+        args.partitions.clone()
+    };
+    let brokers: Vec<i32> = {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, connect.timeout)
+            .map_err(|error| connect.failure("cannot list brokers", &error, diagnostics))?;
+        let mut ids: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut plan: Vec<(i32, Option<Vec<i32>>)> = Vec::new();
+    for &id in &partitions {
+        let Some(current) = info.partitions.iter().find(|p| p.id == id) else {
+            bail!("topic '{}' has no partition {id}", args.topic);
+        };
+        let target = if args.cancel {
+            None
+        } else if args.spread {
+            let factor = args
+                .replication_factor
+                .map_or(current.replicas.len(), |f| f as usize);
+            if factor > brokers.len() {
+                bail!(
+                    "replication factor {factor} is more than the {} brokers",
+                    brokers.len()
+                );
+            }
+            let start = usize::try_from(id).unwrap_or(0);
+            Some(
+                (0..factor)
+                    .map(|i| brokers[(start + i) % brokers.len()])
+                    .collect(),
+            )
+        } else {
+            Some(args.replicas.clone())
+        };
+        plan.push((id, target));
+    }
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(i32::try_from(connect.timeout.as_millis()).unwrap_or(i32::MAX))
+        .with_allow_replication_factor_change(true)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
+            .with_partitions(
+                plan.iter()
+                    .map(|(id, target)| {
+                        ReassignablePartition::default()
+                            .with_partition_index(*id)
+                            .with_replicas(
+                                target
+                                    .as_ref()
+                                    .map(|t| t.iter().copied().map(BrokerId).collect()),
+                            )
+                    })
+                    .collect(),
+            )]);
+    let mut connection = Connection::bootstrap(&connect.bootstrap, connect.timeout)?;
+    let (_, response) = connection.send(request, 0..=1)?;
+    if response.error_code != 0 {
+        let error = ResponseError::try_from_code(response.error_code);
+        bail!(
+            "cannot reassign topic '{}': {}",
+            args.topic,
+            error.map_or_else(
+                || format!("error {}", response.error_code),
+                |e| with_message(e, response.error_message.as_deref())
+            )
+        );
+    }
+    let mut failed = 0;
+    for topic in &response.responses {
+        for p in &topic.partitions {
+            let before = info
+                .partitions
+                .iter()
+                .find(|x| x.id == p.partition_index)
+                .map(|x| node_list(&x.replicas))
+                .unwrap_or_default();
+            let after = plan
+                .iter()
+                .find(|(id, _)| *id == p.partition_index)
+                .and_then(|(_, t)| t.as_ref())
+                .map_or_else(|| "cancelled".to_string(), |t| node_list(t));
+            if p.error_code == 0 {
+                println!("{}-{}: {before} -> {after}", args.topic, p.partition_index);
+            } else {
+                failed += 1;
+                let error = ResponseError::try_from_code(p.error_code);
+                eprintln!(
+                    "{}-{}: {}",
+                    args.topic,
+                    p.partition_index,
+                    error.map_or_else(
+                        || format!("error {}", p.error_code),
+                        |e| with_message(e, p.error_message.as_deref())
+                    )
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} partition(s) not reassigned");
+    }
+    if args.wait && !args.cancel {
+        let deadline = std::time::Instant::now() + connect.timeout;
+        loop {
+            let moving = moving_partitions(&mut connection, &args.topic)?;
+            if !moving.iter().any(|p| partitions.contains(p)) {
+                println!("done");
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "partitions {moving:?} of topic '{}' still moving after {:?}",
+                    args.topic,
+                    connect.timeout
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// The partitions of `topic` being reassigned (ListPartitionReassignments).
+fn moving_partitions(connection: &mut Connection, topic: &str) -> anyhow::Result<Vec<i32>> {
+    use kafka_protocol::messages::list_partition_reassignments_request::ListPartitionReassignmentsTopics;
+    use kafka_protocol::messages::ListPartitionReassignmentsRequest;
+    let request = ListPartitionReassignmentsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(None::<Vec<ListPartitionReassignmentsTopics>>);
+    let (_, response) = connection.send(request, 0..=0)?;
+    if response.error_code != 0 {
+        bail!(
+            "ListPartitionReassignments failed with error {}",
+            response.error_code
+        );
+    }
+    Ok(response
+        .topics
+        .iter()
+        .filter(|t| t.name.0.as_str() == topic)
+        .flat_map(|t| t.partitions.iter().map(|p| p.partition_index))
+        .collect())
 }
 
 /// IncrementalAlterConfigs on one topic: set and remove only the named

@@ -752,7 +752,7 @@ impl Controller {
                     }
                 }
                 Some(leader) if leader != self.raft_id() => {
-                    match self.forward(leader, &request, left).await {
+                    match self.forward_while_leading(leader, &request, left).await {
                         Ok(answer) => answer,
                         Err(problem) => {
                             tracing::debug!(%problem, "the active controller did not answer");
@@ -774,6 +774,35 @@ impl Controller {
                 ControllerResponse::Failed(why) => return Err(ControllerError::Remote(why)),
                 answer => return Ok(answer),
             }
+        }
+    }
+
+    /// [`Controller::forward`], given up when this node learns of another
+    /// leader meanwhile: a leader that stopped answering (paused, cut off)
+    /// is replaced by an election, and the request goes to the new one. A
+    /// deposed leader cannot commit what it was sent, so the request is
+    /// not applied twice.
+    async fn forward_while_leading(
+        &self,
+        leader: RaftNodeId,
+        request: &ControllerRequest,
+        timeout: Duration,
+    ) -> Result<ControllerResponse, String> {
+        let mut metrics = self.raft.metrics();
+        let replaced = async {
+            loop {
+                let now = metrics.borrow_and_update().current_leader;
+                if now.is_some_and(|l| l != leader) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            answer = self.forward(leader, request, timeout) => answer,
+            () = replaced => Err(format!("node {leader} is no longer the leader")),
         }
     }
 
