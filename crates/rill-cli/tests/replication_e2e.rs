@@ -891,9 +891,11 @@ fn rill_topic(cluster: &Cluster, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The partitions of `topic` being reassigned, through node `id`:
-/// (partition, replicas, adding, removing).
-fn reassignments(cluster: &Cluster, id: i32) -> Vec<(i32, Vec<i32>, Vec<i32>, Vec<i32>)> {
+/// A partition being reassigned: (partition, replicas, adding, removing).
+type Moving = (i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
+/// The partitions being reassigned, through node `id`.
+fn reassignments(cluster: &Cluster, id: i32) -> Vec<Moving> {
     use kafka_protocol::messages::ListPartitionReassignmentsRequest;
     let mut raw = RawClient::connect(cluster.node(id).kafka_addr(), CLIENT_TIMEOUT).unwrap();
     let response = raw.send(
