@@ -19,7 +19,7 @@
 //! truncation, snapshotted by housekeeping and at shutdown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use rill_controller::{MetadataImage, TopicId};
@@ -31,7 +31,7 @@ use rill_storage::{
     AppendInfo, CleanupPolicy, Log, LogConfig, LogManager, StorageError, TimestampType,
 };
 use rill_types::{Clock, NodeId, PartitionIndex, TopicPartition};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 /// One partition this node holds a replica of.
@@ -61,6 +61,10 @@ pub struct Partition {
     /// Bumped when the high watermark moves or the leadership changes:
     /// what acks=all waits on, for this partition alone.
     changes: watch::Sender<u64>,
+    /// Fetches waiting for this partition to grow (Kafka's delayed fetch
+    /// purgatory, keyed by partition): woken, and forgotten, by an append
+    /// or a high-watermark move of this partition only.
+    fetch_waiters: Mutex<Vec<Weak<Notify>>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -272,6 +276,7 @@ impl Partition {
         let Some((header, batch)) = producer_batch(records)? else {
             let info = self.log.append(records, leader_epoch)?;
             self.maybe_advance_high_watermark(&state);
+            self.wake_fetches();
             return Ok(appended(info));
         };
         if header.is_control() {
@@ -336,6 +341,7 @@ impl Partition {
                 producers.record(&recorded, self.clock.now_ms());
                 drop(producers);
                 self.maybe_advance_high_watermark(&state);
+                self.wake_fetches();
                 Ok(appended(info))
             }
         }
@@ -376,7 +382,12 @@ impl Partition {
     /// As follower: takes the leader's high watermark, up to this log's
     /// end. Returns whether it moved.
     pub fn follow_high_watermark(&self, leader_high_watermark: i64) -> bool {
-        self.log.advance_high_watermark(leader_high_watermark)
+        let moved = self.log.advance_high_watermark(leader_high_watermark);
+        if moved {
+            // Consumers reading from this follower (KIP-392) may read on.
+            self.wake_fetches();
+        }
+        moved
     }
 
     /// As leader: records that follower `replica` fetched from
@@ -444,12 +455,35 @@ impl Partition {
         let moved = self.log.advance_high_watermark(committed);
         if moved {
             self.notify_change();
+            self.wake_fetches();
         }
         moved
     }
 
     fn notify_change(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Makes `waiter` notified at this partition's next append or
+    /// high-watermark move (once: a fetch that goes on waiting watches
+    /// again). Dead registrations of fetches that ended are pruned as the
+    /// list grows.
+    pub fn watch_fetch(&self, waiter: &Arc<Notify>) {
+        let mut waiters = self.fetch_waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if waiters.len() >= FETCH_WAITERS_PRUNE_AT && waiters.len().is_power_of_two() {
+            waiters.retain(|w| w.strong_count() > 0);
+        }
+        waiters.push(Arc::downgrade(waiter));
+    }
+
+    /// Wakes the fetches watching this partition.
+    fn wake_fetches(&self) {
+        let waiters = std::mem::take(
+            &mut *self.fetch_waiters.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        for waiter in waiters.iter().filter_map(Weak::upgrade) {
+            waiter.notify_one();
+        }
     }
 
     /// acks=all: waits until everything below `end_offset`, appended in
@@ -623,6 +657,8 @@ impl Partition {
         // the high watermark), the high watermark moves at once.
         self.maybe_advance_high_watermark(&self.read_state());
         self.notify_change();
+        // Waiting fetches look again: they may now be refused.
+        self.wake_fetches();
     }
 
     fn lock_producers(&self) -> MutexGuard<'_, ProducerStateManager> {
@@ -688,6 +724,10 @@ impl Partition {
     }
 }
 
+/// How many fetch registrations a partition keeps before it drops those
+/// of fetches that have ended.
+const FETCH_WAITERS_PRUNE_AT: usize = 64;
+
 /// The producer fields of a request's batches, if they carry a producer id.
 /// Kafka takes exactly one batch per partition in a produce request (its
 /// `LogValidator` refuses more), so an idempotent batch must come alone:
@@ -726,8 +766,6 @@ pub struct ReplicaManager {
     /// Serialises [`ReplicaManager::apply_image`]; holds the version of the
     /// last image applied.
     applied: Mutex<Option<u64>>,
-    /// Bumped after every append, so that waiting fetches re-check.
-    appended: watch::Sender<u64>,
     /// The version of the last image applied, for the replica fetchers to
     /// follow leadership changes once the partitions have them.
     applied_images: watch::Sender<u64>,
@@ -749,7 +787,6 @@ impl ReplicaManager {
             clock,
             partitions: RwLock::new(HashMap::new()),
             applied: Mutex::new(None),
-            appended: watch::Sender::new(0),
             applied_images: watch::Sender::new(0),
         }
     }
@@ -803,16 +840,6 @@ impl ReplicaManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or(0)
-    }
-
-    /// Tells fetches waiting for data that some partition grew.
-    pub fn notify_appended(&self) {
-        self.appended.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// A receiver that changes after each append, for long-polling fetches.
-    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
     }
 
     /// Brings the replicas in line with `image`: opens (creating if needed)
@@ -920,6 +947,7 @@ impl ReplicaManager {
                         followers: Mutex::new(Followers::default()),
                         producers: Mutex::new(producers),
                         changes: watch::Sender::new(0),
+                        fetch_waiters: Mutex::new(Vec::new()),
                         clock: Arc::clone(&self.clock),
                     };
                     partition.set_state(wanted.state);

@@ -447,10 +447,7 @@ fn apply_fetched(
     {
         warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start");
     }
-    if partition.follow_high_watermark(data.high_watermark) {
-        // Consumers reading from this follower (KIP-392) may read further.
-        broker.replicas.notify_appended();
-    }
+    partition.follow_high_watermark(data.high_watermark);
     None
 }
 

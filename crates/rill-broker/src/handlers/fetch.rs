@@ -2,9 +2,9 @@
 //! the fetch offset up to the high watermark, within the per-partition and
 //! per-response byte limits. When fewer than `min_bytes` are available the
 //! request waits (long-poll) until enough arrive or `max_wait_ms` passes;
-//! every append wakes waiting fetches to count what was appended since
-//! their last look (the whole response is read again only once there may
-//! be enough).
+//! an append to (or a high-watermark move of) one of its partitions wakes
+//! it to count what was appended since its last look (the whole response
+//! is read again only once there may be enough).
 //!
 //! The response is a [`FetchResponseOut`] whose records are file regions:
 //! the connection writes them with `sendfile`, so record bytes never pass
@@ -34,6 +34,7 @@ use rill_protocol::kafka_protocol::messages::fetch_request::FetchPartition;
 use rill_protocol::kafka_protocol::messages::FetchRequest;
 use rill_protocol::{FetchPartitionOut, FetchResponseOut, FetchTopicOut, RecordSource};
 use rill_storage::{FileRegion, StorageError};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{check_leader_epoch, KafkaError};
@@ -67,18 +68,23 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
         Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(FETCH_WAIT_MAX);
     let deadline = Instant::now() + wait;
 
-    let mut appends = broker.replicas.subscribe_appends();
+    let wake = Arc::new(Notify::new());
     let mut _permit = None;
     let mut waiting: Option<Waiting> = None;
     loop {
-        appends.borrow_and_update();
-        // A wake reads only what was appended since the last look, and
-        // the whole response only once there may be enough: every append
-        // wakes every waiting fetch, and thousands of them reading all
-        // their records again each time slowed appends to a crawl.
-        let look = waiting
-            .as_mut()
-            .is_none_or(|waiting| waiting.enough(&broker, &request, bytes_min));
+        // A waiting fetch watches each of its partitions before it looks,
+        // so an append between the look and the wait still wakes it; only
+        // its own partitions' appends and high-watermark moves do (Kafka's
+        // delayed-fetch purgatory). A wake reads only what was appended
+        // since the last look, and the whole response only once there may
+        // be enough.
+        let look = match waiting.as_mut() {
+            None => true,
+            Some(waiting) => {
+                watch(&broker, &request, &wake);
+                waiting.enough(&broker, &request, bytes_min)
+            }
+        };
         if look {
             let (response, bytes, any_error) = read(&broker, version, &request, bytes_max);
             // As Kafka: `min_bytes` of 0 (or less) answers at once, data or not.
@@ -92,17 +98,30 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
                     Err(_) => return response,
                 }
             }
-            waiting.get_or_insert_with(|| Waiting::new(&request));
+            if waiting.is_none() {
+                // Watch, then count what arrived since this look.
+                waiting = Some(Waiting::new(&request));
+                continue;
+            }
         }
         tokio::select! {
             _ = broker.shutdown.cancelled() => return read(&broker, version, &request, bytes_max).0,
-            changed = appends.changed() => {
-                if changed.is_err() {
-                    return read(&broker, version, &request, bytes_max).0;
-                }
-            }
+            () = wake.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 return read(&broker, version, &request, bytes_max).0;
+            }
+        }
+    }
+}
+
+/// Has `wake` notified at the next append or high-watermark move of any
+/// partition `request` reads.
+fn watch(broker: &Broker, request: &FetchRequest, wake: &Arc<Notify>) {
+    for topic in &request.topics {
+        let name = topic.topic.0.as_str();
+        for p in &topic.partitions {
+            if let Some(partition) = broker.replicas.get(name, p.partition) {
+                partition.watch_fetch(wake);
             }
         }
     }
@@ -306,11 +325,12 @@ fn read_partition(
         }
     }
     if replica_id >= 0 {
-        match partition.fetched_by_follower(replica_id, fetch.fetch_offset) {
-            // The ISR now holds more: consumers may read further.
-            Some(true) => broker.replicas.notify_appended(),
-            Some(false) => {}
-            None => return Err(fail(KafkaError::new(ResponseError::NotLeaderOrFollower))),
+        // A move of the high watermark wakes the consumers waiting.
+        if partition
+            .fetched_by_follower(replica_id, fetch.fetch_offset)
+            .is_none()
+        {
+            return Err(fail(KafkaError::new(ResponseError::NotLeaderOrFollower)));
         }
     }
     let high_watermark = partition.high_watermark();

@@ -76,7 +76,6 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
     let valid_acks = matches!(acks, -1..=1);
     let mut durable = Vec::new();
     let mut any_error = false;
-    let mut any_appended = false;
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for (topic_at, topic) in request.topic_data.into_iter().enumerate() {
         let name = topic.name.0.as_str().to_string();
@@ -105,7 +104,6 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                         leader_epoch,
                     },
                 )) => {
-                    any_appended |= !duplicate;
                     if !duplicate {
                         bytes_in += batch_bytes;
                         records_in +=
@@ -149,9 +147,6 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 .with_name(topic.name)
                 .with_partition_responses(partition_responses),
         );
-    }
-    if any_appended {
-        broker.replicas.notify_appended();
     }
     let response = ProduceResponse::default().with_responses(responses);
     match acks {
