@@ -90,6 +90,11 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms`: a follower that has not caught up with
     /// its leader's log end for this long leaves the ISR.
     pub replica_lag_time_max: Duration,
+    /// Kafka's `auto.leader.rebalance.enable` and
+    /// `leader.imbalance.check.interval.seconds`: how often the active
+    /// controller moves partitions back to their preferred leaders (`None`:
+    /// never).
+    pub leader_imbalance_check_interval: Option<Duration>,
     /// How long a SIGTERM waits for the controller to move this broker's
     /// leaderships away (controlled shutdown) before it stops anyway.
     pub controlled_shutdown_timeout: Duration,
@@ -209,6 +214,7 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval: Duration::from_secs(2),
             broker_session_timeout: Duration::from_secs(9),
             replica_lag_time_max: Duration::from_secs(30),
+            leader_imbalance_check_interval: Some(Duration::from_secs(300)),
             controlled_shutdown_timeout: Duration::from_secs(15),
             http_addr: local(9644),
             auto_create_topics_enable: true,

@@ -408,6 +408,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         data_dir_cluster_id: identity.cluster_id.clone(),
         directory_id,
         broker_session_timeout: Some(config.broker_session_timeout),
+        leader_imbalance_check_interval: config.leader_imbalance_check_interval,
         open_timeout: QUORUM_WAIT_TIMEOUT,
         clock: Arc::clone(&clock),
         ..ControllerOptions::default()

@@ -88,6 +88,12 @@ struct ServeArgs {
     /// How long a follower may go without catching up with its leader before it leaves the ISR, in milliseconds [default: 30000].
     #[arg(long, env = "RILL_REPLICA_LAG_TIME_MAX_MS")]
     replica_lag_time_max_ms: Option<u64>,
+    /// Move partitions back to their preferred leaders when a broker leads too few of its own [default: true].
+    #[arg(long, env = "RILL_AUTO_LEADER_REBALANCE_ENABLE")]
+    auto_leader_rebalance_enable: Option<bool>,
+    /// How often the active controller looks for leader imbalance, in milliseconds [default: 300000].
+    #[arg(long, env = "RILL_LEADER_IMBALANCE_CHECK_INTERVAL_MS")]
+    leader_imbalance_check_interval_ms: Option<u64>,
     /// Create unknown topics when a client asks for their metadata [default: true].
     #[arg(long, env = "RILL_AUTO_CREATE_TOPICS_ENABLE")]
     auto_create_topics_enable: Option<bool>,
@@ -161,6 +167,8 @@ struct FileSettings {
     broker_heartbeat_interval_ms: Option<u64>,
     broker_session_timeout_ms: Option<u64>,
     replica_lag_time_max_ms: Option<u64>,
+    auto_leader_rebalance_enable: Option<bool>,
+    leader_imbalance_check_interval_ms: Option<u64>,
     auto_create_topics_enable: Option<bool>,
     num_partitions: Option<i32>,
     socket_request_max_bytes: Option<usize>,
@@ -371,6 +379,20 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     {
         anyhow::ensure!(ms > 0, "broker-heartbeat-interval-ms must be positive");
         config.broker_heartbeat_interval = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args
+        .leader_imbalance_check_interval_ms
+        .or(file.leader_imbalance_check_interval_ms)
+    {
+        anyhow::ensure!(ms > 0, "leader-imbalance-check-interval-ms must be positive");
+        config.leader_imbalance_check_interval = Some(std::time::Duration::from_millis(ms));
+    }
+    if !args
+        .auto_leader_rebalance_enable
+        .or(file.auto_leader_rebalance_enable)
+        .unwrap_or(true)
+    {
+        config.leader_imbalance_check_interval = None;
     }
     if let Some(ms) = args
         .replica_lag_time_max_ms

@@ -1070,3 +1070,29 @@ fn reassignment_moves_a_partition_while_it_is_written() {
     }
     assert_eq!(read, acked, "every acknowledged record, once, in order");
 }
+
+/// Automatic preferred-leader election (`auto.leader.rebalance.enable`):
+/// a broker that was killed and has caught up again gets its preferred
+/// leadership back by itself, within the check interval.
+#[test]
+fn a_returning_preferred_leader_gets_its_partition_back() {
+    let _serial = serial();
+    let mut args = FAST.to_vec();
+    args.extend(["--leader-imbalance-check-interval-ms", "1000"]);
+    let mut cluster = Cluster::combined(3, &args);
+    create_topic(&cluster, 1, "balanced", 2);
+    let (preferred, _) = wait_partition(&cluster, 1, "balanced", "three in sync", |l, isr| {
+        l > 0 && isr.len() == 3
+    });
+    let survivor = (1..=3).find(|id| *id != preferred).unwrap();
+    cluster.kill(preferred);
+    wait_partition(&cluster, survivor, "balanced", "another leader", |l, _| {
+        l > 0 && l != preferred
+    });
+    cluster.restart(preferred);
+    let back = Instant::now();
+    wait_partition(&cluster, survivor, "balanced", "the preferred leader back", |l, isr| {
+        l == preferred && isr.len() == 3
+    });
+    eprintln!("preferred leader {preferred} leads again {:?} after its restart", back.elapsed());
+}

@@ -1112,6 +1112,48 @@ fn change_partition(
     leader_changed
 }
 
+/// The partitions to move back to their preferred leader (Kafka's
+/// auto leader rebalance): for each unfenced broker whose share of its
+/// preferred partitions led by others is above `percent`, those of them it
+/// could lead now (it is in their ISR).
+pub fn imbalanced_partitions(
+    image: &MetadataImage,
+    percent: u32,
+) -> Vec<(String, PartitionIndex)> {
+    let unfenced: BTreeSet<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
+    let mut preferred: BTreeMap<NodeId, (usize, Vec<(String, PartitionIndex)>)> = BTreeMap::new();
+    for topic in image.topics.values() {
+        for (index, partition) in topic.partitions.iter().enumerate() {
+            let Some(&first) = partition.replicas.first() else {
+                continue;
+            };
+            let entry = preferred.entry(first).or_default();
+            entry.0 += 1;
+            if partition.leader != first {
+                entry
+                    .1
+                    .push((topic.name.to_string(), index as PartitionIndex));
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for (broker, (total, not_led)) in preferred {
+        if !unfenced.contains(&broker) || not_led.len() * 100 <= total * percent as usize {
+            continue;
+        }
+        for (topic, index) in not_led {
+            let in_sync = image
+                .topic(&topic)
+                .and_then(|t| t.partition(index))
+                .is_some_and(|p| p.isr.contains(&broker));
+            if in_sync {
+                moves.push((topic, index));
+            }
+        }
+    }
+    moves
+}
+
 /// Starts (or, with no target, cancels) a partition's reassignment.
 fn reassign(
     image: &mut MetadataImage,

@@ -1177,3 +1177,49 @@ fn reassignments_complete_when_the_targets_are_in_sync_and_cancel() {
         (vec![2], vec![2], 2, false)
     );
 }
+
+/// Automatic preferred-leader election picks, for each unfenced broker
+/// leading more than 10 % too few of the partitions it is preferred for,
+/// those it is in sync for.
+#[test]
+fn imbalanced_partitions_go_back_to_in_sync_preferred_leaders() {
+    let mut image = image_with_brokers(3);
+    apply(
+        &mut image,
+        &MetadataCommand::CreateTopic {
+            name: "b".into(),
+            topic_id: Uuid::from_u128(11),
+            partitions: 3,
+            replication_factor: 3,
+            configs: BTreeMap::new(),
+            assignments: Some(vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]),
+        },
+    )
+    .unwrap();
+    assert!(rill_controller::state::imbalanced_partitions(&image, 10).is_empty());
+    // Broker 1 goes: its partition moves to 2; back, it is not yet in sync.
+    apply(&mut image, &MetadataCommand::FenceBroker { node_id: 1, broker_epoch: 1 }).unwrap();
+    apply(&mut image, &MetadataCommand::UnfenceBroker { node_id: 1, broker_epoch: 1 }).unwrap();
+    let p = image.topic("b").unwrap().partitions[0].clone();
+    assert_eq!(p.leader, 2);
+    assert!(rill_controller::state::imbalanced_partitions(&image, 10).is_empty(), "not in sync");
+    // In sync again: it is owed its partition.
+    apply(
+        &mut image,
+        &MetadataCommand::AlterPartition {
+            topic_id: Uuid::from_u128(11),
+            partition: 0,
+            leader: 2,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![1, 2, 3],
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        rill_controller::state::imbalanced_partitions(&image, 10),
+        vec![("b".to_string(), 0)]
+    );
+    // One of its ten partitions elsewhere is within 10 %: nothing to move.
+    assert!(rill_controller::state::imbalanced_partitions(&image, 100).is_empty());
+}

@@ -39,6 +39,8 @@ pub(super) struct Liveness {
     /// that arrived meanwhile were not heard, so no broker is judged on
     /// that gap.
     last_round_ms: Option<i64>,
+    /// When the active controller last looked for leader imbalance.
+    last_rebalance_ms: Option<i64>,
 }
 
 /// A gap between rounds past which sessions restart instead of being
@@ -280,6 +282,7 @@ impl Controller {
                 .propose(MetadataCommand::SetClusterId { cluster_id })
                 .await;
         }
+        self.maybe_rebalance_leaders(&image, now).await;
         for (node_id, broker_epoch) in expired {
             tracing::warn!(
                 node_id,
@@ -295,6 +298,47 @@ impl Controller {
         }
     }
 }
+
+impl Controller {
+    /// Kafka's automatic preferred-leader election: every
+    /// `leader.imbalance.check.interval`, the partitions of each broker
+    /// that leads too few of those it is the preferred leader of go back
+    /// to it (ElectLeaders, preferred), where it is in sync and unfenced.
+    async fn maybe_rebalance_leaders(&self, image: &MetadataImage, now: i64) {
+        let Some(interval) = self.shared.options.leader_imbalance_check_interval else {
+            return;
+        };
+        {
+            let mut liveness = self
+                .shared
+                .liveness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let last = *liveness.last_rebalance_ms.get_or_insert(now);
+            if now.saturating_sub(last) < interval.as_millis() as i64 {
+                return;
+            }
+            liveness.last_rebalance_ms = Some(now);
+        }
+        let partitions = crate::state::imbalanced_partitions(image, LEADER_IMBALANCE_PERCENT);
+        if partitions.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partitions = partitions.len(),
+            "moving partitions back to their preferred leaders"
+        );
+        let _ = self
+            .propose(MetadataCommand::ElectLeaders {
+                election: crate::state::ElectionType::Preferred,
+                partitions: Some(partitions),
+            })
+            .await;
+    }
+}
+
+/// Kafka's `leader.imbalance.per.broker.percentage`.
+const LEADER_IMBALANCE_PERCENT: u32 = 10;
 
 /// Runs the active controller's duties whenever this node is active, until
 /// shutdown.

@@ -226,6 +226,11 @@ pub struct ControllerOptions {
     /// How long a request to the active controller may wait for one to
     /// answer, when the caller gives no timeout of its own.
     pub request_timeout: Duration,
+    /// Kafka's `auto.leader.rebalance.enable` with
+    /// `leader.imbalance.check.interval.seconds`: how often the active
+    /// controller moves partitions back to their preferred leaders where a
+    /// broker leads too few of its preferred partitions. `None`: never.
+    pub leader_imbalance_check_interval: Option<Duration>,
     /// Time for broker liveness (the active controller's judgement only;
     /// the state machine never reads a clock).
     pub clock: Arc<dyn Clock>,
@@ -244,6 +249,7 @@ impl Default for ControllerOptions {
             directory_id: uuid::Uuid::nil(),
             broker_session_timeout: None,
             request_timeout: Duration::from_secs(30),
+            leader_imbalance_check_interval: None,
             clock: Arc::new(SystemClock),
         }
     }
