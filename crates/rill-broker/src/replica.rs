@@ -478,9 +478,8 @@ impl Partition {
 
     /// Wakes the fetches watching this partition.
     fn wake_fetches(&self) {
-        let waiters = std::mem::take(
-            &mut *self.fetch_waiters.lock().unwrap_or_else(|p| p.into_inner()),
-        );
+        let waiters =
+            std::mem::take(&mut *self.fetch_waiters.lock().unwrap_or_else(|p| p.into_inner()));
         for waiter in waiters.iter().filter_map(Weak::upgrade) {
             waiter.notify_one();
         }

@@ -272,6 +272,8 @@ async fn every_advertised_api_and_version_answers() {
         CreatePartitionsRequest,
         IncrementalAlterConfigsRequest,
         ElectLeadersRequest,
+        AlterPartitionReassignmentsRequest,
+        ListPartitionReassignmentsRequest,
         DescribeClusterRequest,
         DescribeQuorumRequest,
         OffsetCommitRequest,

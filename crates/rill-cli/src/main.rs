@@ -384,7 +384,10 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
         .leader_imbalance_check_interval_ms
         .or(file.leader_imbalance_check_interval_ms)
     {
-        anyhow::ensure!(ms > 0, "leader-imbalance-check-interval-ms must be positive");
+        anyhow::ensure!(
+            ms > 0,
+            "leader-imbalance-check-interval-ms must be positive"
+        );
         config.leader_imbalance_check_interval = Some(std::time::Duration::from_millis(ms));
     }
     if !args

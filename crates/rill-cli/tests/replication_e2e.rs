@@ -1091,8 +1091,15 @@ fn a_returning_preferred_leader_gets_its_partition_back() {
     });
     cluster.restart(preferred);
     let back = Instant::now();
-    wait_partition(&cluster, survivor, "balanced", "the preferred leader back", |l, isr| {
-        l == preferred && isr.len() == 3
-    });
-    eprintln!("preferred leader {preferred} leads again {:?} after its restart", back.elapsed());
+    wait_partition(
+        &cluster,
+        survivor,
+        "balanced",
+        "the preferred leader back",
+        |l, isr| l == preferred && isr.len() == 3,
+    );
+    eprintln!(
+        "preferred leader {preferred} leads again {:?} after its restart",
+        back.elapsed()
+    );
 }

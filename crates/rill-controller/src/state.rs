@@ -1116,10 +1116,7 @@ fn change_partition(
 /// auto leader rebalance): for each unfenced broker whose share of its
 /// preferred partitions led by others is above `percent`, those of them it
 /// could lead now (it is in their ISR).
-pub fn imbalanced_partitions(
-    image: &MetadataImage,
-    percent: u32,
-) -> Vec<(String, PartitionIndex)> {
+pub fn imbalanced_partitions(image: &MetadataImage, percent: u32) -> Vec<(String, PartitionIndex)> {
     let unfenced: BTreeSet<NodeId> = image.unfenced_brokers().map(|b| b.node_id).collect();
     let mut preferred: BTreeMap<NodeId, (usize, Vec<(String, PartitionIndex)>)> = BTreeMap::new();
     for topic in image.topics.values() {

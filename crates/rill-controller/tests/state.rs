@@ -1198,11 +1198,28 @@ fn imbalanced_partitions_go_back_to_in_sync_preferred_leaders() {
     .unwrap();
     assert!(rill_controller::state::imbalanced_partitions(&image, 10).is_empty());
     // Broker 1 goes: its partition moves to 2; back, it is not yet in sync.
-    apply(&mut image, &MetadataCommand::FenceBroker { node_id: 1, broker_epoch: 1 }).unwrap();
-    apply(&mut image, &MetadataCommand::UnfenceBroker { node_id: 1, broker_epoch: 1 }).unwrap();
+    apply(
+        &mut image,
+        &MetadataCommand::FenceBroker {
+            node_id: 1,
+            broker_epoch: 1,
+        },
+    )
+    .unwrap();
+    apply(
+        &mut image,
+        &MetadataCommand::UnfenceBroker {
+            node_id: 1,
+            broker_epoch: 1,
+        },
+    )
+    .unwrap();
     let p = image.topic("b").unwrap().partitions[0].clone();
     assert_eq!(p.leader, 2);
-    assert!(rill_controller::state::imbalanced_partitions(&image, 10).is_empty(), "not in sync");
+    assert!(
+        rill_controller::state::imbalanced_partitions(&image, 10).is_empty(),
+        "not in sync"
+    );
     // In sync again: it is owed its partition.
     apply(
         &mut image,

@@ -627,8 +627,7 @@ impl GroupCoordinator {
         // Leadership and the ISR size are checked by the append, under the
         // partition's state lock, as for Produce.
         match replica.append_as_leader(&mut bytes, true) {
-            Ok(appended) => Ok((replica, appended))
-            }
+            Ok(appended) => Ok((replica, appended)),
             Err(AppendError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
             Err(AppendError::NotEnoughReplicas { .. }) => {
                 Err(ResponseError::CoordinatorNotAvailable.code())

@@ -304,7 +304,7 @@ impl Controller {
     /// `leader.imbalance.check.interval`, the partitions of each broker
     /// that leads too few of those it is the preferred leader of go back
     /// to it (ElectLeaders, preferred), where it is in sync and unfenced.
-    async fn maybe_rebalance_leaders(&self, image: &MetadataImage, now: i64) {
+    async fn maybe_rebalance_leaders(&self, image: &crate::MetadataImage, now: i64) {
         let Some(interval) = self.shared.options.leader_imbalance_check_interval else {
             return;
         };
