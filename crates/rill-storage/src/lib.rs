@@ -45,7 +45,7 @@ pub mod records;
 mod segment;
 
 pub use batch::{BatchHeader, Compression, ProducerFields, TimestampType};
-pub use checkpoint::write_atomically;
+pub use checkpoint::{write_atomically, write_atomically_with};
 pub use cleaner::{CleanerStats, Dirtiness, DEDUPE_BUFFER_BYTES_DEFAULT};
 pub use config::{CleanupPolicy, LogConfig};
 pub use epoch::{EpochEndOffset, EpochEntry};

@@ -485,7 +485,10 @@ impl Log {
         }
         let end = state.log_end_offset();
         state.epochs.assign(epoch, end);
-        state.epochs.persist()
+        // Written (fsynced) by the next flush, with the log it describes,
+        // as an append's new epoch is: one fsync per partition here made
+        // creating 30,000 partitions take minutes.
+        Ok(())
     }
 
     /// Everything below this offset is known to be durable.
