@@ -44,8 +44,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::replica::{AppendError, IsrChange, Partition};
-use crate::server::Broker;
+use crate::replica::{AppendError, IsrChange, Partition, ReplicaManager};
+
+/// What replication uses of a node — its id, its replicas, the committed
+/// metadata and the controller to propose ISR changes to, and a counter of
+/// those changes — and nothing else of it, so that the fetchers and the
+/// ISR task can run (and be tested) without a whole broker.
+#[derive(Clone)]
+pub struct ReplicationContext {
+    pub node_id: NodeId,
+    pub replicas: Arc<ReplicaManager>,
+    pub controller: rill_controller::Controller,
+    /// `replica.lag.time.max.ms`.
+    pub lag_max: Duration,
+    /// Told of each committed ISR change: (shrunk, expanded).
+    pub isr_changed: Arc<dyn Fn(bool, bool) + Send + Sync>,
+}
 
 /// Fetch v12: the newest this broker serves, with `replica_id` and the
 /// current leader epoch per partition.
@@ -95,12 +109,12 @@ struct Fetcher {
 /// Follows the applied images: starts, updates and stops one fetcher per
 /// leader broker so that every partition this node follows is fetched
 /// from its current leader.
-pub async fn run_fetchers(broker: Arc<Broker>, shutdown: CancellationToken) {
-    let mut images = broker.replicas.subscribe_images();
+pub async fn run_fetchers(cx: ReplicationContext, shutdown: CancellationToken) {
+    let mut images = cx.replicas.subscribe_images();
     let mut fetchers: HashMap<NodeId, Fetcher> = HashMap::new();
     loop {
-        let image = broker.controller.image();
-        reconcile(&broker, &image, &mut fetchers, &shutdown);
+        let image = cx.controller.image();
+        reconcile(&cx, &image, &mut fetchers, &shutdown);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = images.changed() => {
@@ -120,14 +134,14 @@ pub async fn run_fetchers(broker: Arc<Broker>, shutdown: CancellationToken) {
 }
 
 fn reconcile(
-    broker: &Arc<Broker>,
+    cx: &ReplicationContext,
     image: &MetadataImage,
     fetchers: &mut HashMap<NodeId, Fetcher>,
     shutdown: &CancellationToken,
 ) {
-    let node_id = broker.config.node_id;
+    let node_id = cx.node_id;
     let mut wanted: HashMap<NodeId, Vec<(Arc<Partition>, i32)>> = HashMap::new();
-    for partition in broker.replicas.all() {
+    for partition in cx.replicas.all() {
         let state = partition.state();
         if state.leader < 0 || state.leader == node_id || !state.replicas.contains(&node_id) {
             continue;
@@ -155,7 +169,7 @@ fn reconcile(
             let stop = shutdown.child_token();
             info!(leader, %addr, "starting a replica fetcher");
             let task = tokio::spawn(fetch_loop(
-                Arc::clone(broker),
+                cx.clone(),
                 leader,
                 addr.clone(),
                 Arc::clone(&shared),
@@ -204,7 +218,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One fetcher: rounds of truncation and fetch against one leader.
 async fn fetch_loop(
-    broker: Arc<Broker>,
+    cx: ReplicationContext,
     leader: NodeId,
     addr: String,
     partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
@@ -232,7 +246,7 @@ async fn fetch_loop(
             None => {
                 let connected = tokio::select! {
                     _ = stop.cancelled() => return,
-                    connected = LeaderConnection::connect(&addr, broker.config.node_id) => connected,
+                    connected = LeaderConnection::connect(&addr, cx.node_id) => connected,
                 };
                 match connected {
                     Ok(conn) => connection.insert(conn),
@@ -248,7 +262,7 @@ async fn fetch_loop(
         };
         let round = tokio::select! {
             _ = stop.cancelled() => return,
-            round = fetch_round(&broker, conn, &due) => round,
+            round = fetch_round(&cx, conn, &due) => round,
         };
         match round {
             Ok(outcomes) => {
@@ -291,7 +305,7 @@ enum Outcome {
 }
 
 async fn fetch_round(
-    broker: &Arc<Broker>,
+    cx: &ReplicationContext,
     conn: &mut LeaderConnection,
     due: &[Followed],
 ) -> Result<Vec<(TopicPartition, Outcome)>, String> {
@@ -299,12 +313,12 @@ async fn fetch_round(
     let (untruncated, ready): (Vec<&Followed>, Vec<&Followed>) =
         due.iter().partition(|f| !f.truncated);
     if !untruncated.is_empty() {
-        outcomes.extend(truncate(broker, conn, &untruncated).await?);
+        outcomes.extend(truncate(cx, conn, &untruncated).await?);
     }
     if ready.is_empty() {
         return Ok(outcomes);
     }
-    let request = fetch_request(broker.config.node_id, &ready);
+    let request = fetch_request(cx.node_id, &ready);
     let response: FetchResponse = conn
         .send(request, FETCH_VERSION, FETCH_WAIT + ANSWER_TIMEOUT)
         .await?;
@@ -329,7 +343,7 @@ async fn fetch_round(
             }
         }
     }
-    let worker = Arc::clone(broker);
+    let worker = cx.clone();
     let applied = tokio::task::spawn_blocking(move || {
         answers
             .into_iter()
@@ -383,7 +397,7 @@ fn fetch_request(node_id: NodeId, ready: &[&Followed]) -> FetchRequest {
 /// Appends (and fsyncs) one partition's fetched records, or handles the
 /// leader's refusal. Blocking. `None`: nothing to change in the fetcher.
 fn apply_fetched(
-    broker: &Broker,
+    cx: &ReplicationContext,
     followed: &Followed,
     data: kafka_protocol::messages::fetch_response::PartitionData,
 ) -> Option<Outcome> {
@@ -395,7 +409,7 @@ fn apply_fetched(
         if end < data.log_start_offset {
             // The leader deleted what this log would need next.
             info!(topic = %tp.topic, partition = tp.partition, end, leader_log_start = data.log_start_offset, "behind the leader's log start; restarting the log there");
-            if let Err(error) = broker
+            if let Err(error) = cx
                 .replicas
                 .restart_log_at(partition, data.log_start_offset)
             {
@@ -408,7 +422,7 @@ fn apply_fetched(
         // which the leader surely holds, and fetch from there.
         let to = data.high_watermark.max(partition.log.log_start_offset());
         info!(topic = %tp.topic, partition = tp.partition, end, to, "past the leader's log end; truncating to its high watermark");
-        if let Err(error) = broker.replicas.truncate(partition, to) {
+        if let Err(error) = cx.replicas.truncate(partition, to) {
             warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot truncate");
         }
         return Some(Outcome::Park);
@@ -441,7 +455,7 @@ fn apply_fetched(
             }
         }
     }
-    if let Err(error) = broker
+    if let Err(error) = cx
         .replicas
         .follow_log_start(partition, data.log_start_offset)
     {
@@ -466,7 +480,7 @@ fn whole_batches(records: &[u8]) -> &[u8] {
 
 /// Cuts each partition's log where it diverges from the leader's.
 async fn truncate(
-    broker: &Arc<Broker>,
+    cx: &ReplicationContext,
     conn: &mut LeaderConnection,
     untruncated: &[&Followed],
 ) -> Result<Vec<(TopicPartition, Outcome)>, String> {
@@ -498,7 +512,7 @@ async fn truncate(
             );
     }
     let request = OffsetForLeaderEpochRequest::default()
-        .with_replica_id(BrokerId(broker.config.node_id))
+        .with_replica_id(BrokerId(cx.node_id))
         .with_topics(
             topics
                 .into_iter()
@@ -524,7 +538,7 @@ async fn truncate(
             }
         }
     }
-    let worker = Arc::clone(broker);
+    let worker = cx.clone();
     let cut = tokio::task::spawn_blocking(move || {
         answers
             .into_iter()
@@ -544,7 +558,7 @@ async fn truncate(
 /// KIP-279's rule for one partition, given the leader's answer for this
 /// log's latest epoch. Blocking.
 fn cut_where_diverging(
-    broker: &Broker,
+    cx: &ReplicationContext,
     followed: &Followed,
     answer: &kafka_protocol::messages::offset_for_leader_epoch_response::EpochEndOffset,
 ) -> Outcome {
@@ -582,7 +596,7 @@ fn cut_where_diverging(
             to,
             "truncating to where the log diverges from the leader's"
         );
-        if let Err(error) = broker.replicas.truncate(partition, to) {
+        if let Err(error) = cx.replicas.truncate(partition, to) {
             warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot truncate");
             return Outcome::Park;
         }
@@ -671,24 +685,24 @@ impl LeaderConnection {
 /// its partitions call for (AlterPartition), one in flight per partition.
 /// A refused proposal (a stale partition epoch, a fenced replica) is
 /// dropped; the next check proposes again on fresh metadata.
-pub async fn run_isr_changes(broker: Arc<Broker>, shutdown: CancellationToken) {
-    let lag_max = broker.config.replica_lag_time_max;
+pub async fn run_isr_changes(cx: ReplicationContext, shutdown: CancellationToken) {
+    let lag_max = cx.lag_max;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(ISR_CHECK_INTERVAL) => {}
         }
-        for partition in broker.replicas.all() {
+        for partition in cx.replicas.all() {
             let Some(change) = partition.isr_change(lag_max) else {
                 continue;
             };
-            let broker = Arc::clone(&broker);
-            tokio::spawn(async move { propose(&broker, &partition, change).await });
+            let cx = cx.clone();
+            tokio::spawn(async move { propose(&cx, &partition, change).await });
         }
     }
 }
 
-async fn propose(broker: &Broker, partition: &Partition, change: IsrChange) {
+async fn propose(cx: &ReplicationContext, partition: &Partition, change: IsrChange) {
     let before = partition.state().isr;
     let IsrChange {
         tp,
@@ -699,17 +713,17 @@ async fn propose(broker: &Broker, partition: &Partition, change: IsrChange) {
     let command = MetadataCommand::AlterPartition {
         topic_id: partition.topic_id,
         partition: tp.partition,
-        leader: broker.config.node_id,
+        leader: cx.node_id,
         leader_epoch,
         partition_epoch,
         isr: isr.clone(),
     };
-    match broker.controller.submit(command).await {
+    match cx.controller.submit(command).await {
         Ok(_) => {
             let shrunk = before.iter().any(|r| !isr.contains(r));
             let expanded = isr.iter().any(|r| !before.contains(r));
             info!(topic = %tp.topic, partition = tp.partition, ?before, after = ?isr, "ISR changed");
-            broker.metrics.isr_changed(shrunk, expanded);
+            (cx.isr_changed)(shrunk, expanded);
             // The image with the new ISR, applied by the metadata follower,
             // clears the pending change.
         }

@@ -85,7 +85,7 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub cluster_id: String,
     pub controller: Controller,
-    pub replicas: ReplicaManager,
+    pub replicas: Arc<ReplicaManager>,
     /// Permits for fetches waiting for data ([`BrokerConfig::fetch_waiting_max`]).
     pub fetch_waiting: Semaphore,
     /// The request-bytes pool, one permit per byte
@@ -488,13 +488,13 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let shutdown = CancellationToken::new();
     let broker = Arc::new(Broker {
         shutdown: shutdown.clone(),
-        replicas: ReplicaManager::new(
+        replicas: Arc::new(ReplicaManager::new(
             config.node_id,
             logs,
             config.log_defaults.clone(),
             config.producer_state,
             Arc::clone(&clock),
-        ),
+        )),
         fetch_waiting: Semaphore::new(config.fetch_waiting_max),
         request_bytes: Arc::new(Semaphore::new(
             config
@@ -564,12 +564,19 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(log_cleaner(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
+        let replication = crate::replication::ReplicationContext {
+            node_id: broker.config.node_id,
+            replicas: Arc::clone(&broker.replicas),
+            controller: broker.controller.clone(),
+            lag_max: broker.config.replica_lag_time_max,
+            isr_changed: broker.metrics.isr_change_counter(),
+        };
         tasks.spawn(crate::replication::run_fetchers(
-            Arc::clone(&broker),
+            replication.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(crate::replication::run_isr_changes(
-            Arc::clone(&broker),
+            replication,
             shutdown.clone(),
         ));
         tasks.spawn(accept_kafka(

@@ -417,14 +417,18 @@ impl Metrics {
         *last = Some(Arc::clone(image));
     }
 
-    /// An ISR change this node proposed was committed.
-    pub fn isr_changed(&self, shrunk: bool, expanded: bool) {
-        if shrunk {
-            self.isr_shrinks.inc();
-        }
-        if expanded {
-            self.isr_expands.inc();
-        }
+    /// What counts the ISR changes this node proposed and had committed:
+    /// called with (shrunk, expanded).
+    pub fn isr_change_counter(&self) -> Arc<dyn Fn(bool, bool) + Send + Sync> {
+        let (shrinks, expands) = (self.isr_shrinks.clone(), self.isr_expands.clone());
+        Arc::new(move |shrunk, expanded| {
+            if shrunk {
+                shrinks.inc();
+            }
+            if expanded {
+                expands.inc();
+            }
+        })
     }
 
     fn api(&self, api_key: ApiKey) -> Option<&ApiMetrics> {
