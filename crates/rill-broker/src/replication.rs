@@ -409,10 +409,7 @@ fn apply_fetched(
         if end < data.log_start_offset {
             // The leader deleted what this log would need next.
             info!(topic = %tp.topic, partition = tp.partition, end, leader_log_start = data.log_start_offset, "behind the leader's log start; restarting the log there");
-            if let Err(error) = cx
-                .replicas
-                .restart_log_at(partition, data.log_start_offset)
-            {
+            if let Err(error) = cx.replicas.restart_log_at(partition, data.log_start_offset) {
                 warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot restart the log");
                 return Some(Outcome::Park);
             }
