@@ -289,6 +289,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     // The final heal: the workload must make progress after it
     // (`checker::PROGRESS_AFTER_HEAL_MAX`), so it goes on that long.
     recorder.record(Op::new("nemesis", Type::Ok, F::Heal, 0));
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted; every node stopped");
+    }
     println!(
         "rill-chaos: every fault healed; the workload goes on for {:?}",
         checker::PROGRESS_AFTER_HEAL_MAX

@@ -371,10 +371,55 @@ mod tests {
         assert!(script.starts_with("table inet rill_chaos {"));
     }
 
-    /// The namespace, its NAT and a fault in a real kernel: as root with
-    /// `ip` and `nft` only (skipped with a reason otherwise).
+    /// Set for the child side of [`a_cut_drops_node_packets_and_a_heal_restores_them`]:
+    /// the address [`connect_helper`] connects to.
+    const CONNECT_TO: &str = "RILL_CHAOS_TEST_CONNECT_TO";
+
+    /// Not a test of its own: run by the test below as a child process (of
+    /// a node's uid, in the namespace), it exits 10 when a connection to
+    /// `CONNECT_TO` is made within a second, 11 when not. Without the
+    /// variable it does nothing. (Codes the test harness does not use: a
+    /// filter that matched no test would exit 0.)
     #[test]
-    fn a_namespace_is_made_cut_healed_and_removed() {
+    fn connect_helper() {
+        let Ok(address) = std::env::var(CONNECT_TO) else {
+            return;
+        };
+        let address: std::net::SocketAddr = address.parse().unwrap();
+        let connected = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1));
+        std::process::exit(if connected.is_ok() { 10 } else { 11 });
+    }
+
+    /// Whether a process of node `node`'s user (`None`: a client, root)
+    /// can connect to `to`, from the calling thread's namespace.
+    fn connects(node: Option<i32>, to: std::net::SocketAddr) -> bool {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["netns::tests::connect_helper", "--exact", "--quiet"])
+            .env(CONNECT_TO, to.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(node) = node {
+            command.uid(node_uid(node)).gid(node_uid(node));
+        }
+        let mut child = command.spawn().unwrap();
+        // The helper gives up after a second; this bounds the harness too.
+        let status = wait_timeout(&mut child).unwrap().expect("the helper ends");
+        match status.code() {
+            Some(10) => true,
+            Some(11) => false,
+            other => panic!("connect helper: {other:?}"),
+        }
+    }
+
+    /// The namespace, its NAT and faults in a real kernel: as root with
+    /// `ip` and `nft` only (skipped with a reason otherwise). Node 2 is a
+    /// listener on its address in this process; node 1 is a child
+    /// process of node 1's user.
+    #[test]
+    fn a_cut_drops_node_packets_and_a_heal_restores_them() {
         if let Some(why) = unavailable() {
             eprintln!("skipped: {why}");
             return;
@@ -383,11 +428,35 @@ mod tests {
         let path = netns.path();
         assert!(path.exists());
         assert!(!netns.is_current().unwrap());
+        // Only this test's thread (and what it spawns) goes in.
+        netns.enter_current_thread().unwrap();
+        assert!(netns.is_current().unwrap());
+        // Connections are made by the kernel into the backlog: no accept
+        // is needed.
+        let listener = std::net::TcpListener::bind((node_address(2), 0)).unwrap();
+        let to = listener.local_addr().unwrap();
+        assert!(connects(Some(1), to), "no cut: node 1 reaches node 2");
+
         netns.partition(&[(1, 2)]).unwrap();
-        // The heal works with and without a fault on.
+        assert!(!connects(Some(1), to), "1 -> 2 dropped: the SYN is lost");
+        assert!(connects(None, to), "a client is never cut off");
         netns.heal().unwrap();
+        assert!(connects(Some(1), to), "healed");
+
+        netns.partition(&[(2, 1)]).unwrap();
+        assert!(
+            !connects(Some(1), to),
+            "2 -> 1 dropped: node 2's SYN-ACK to node 1's address is lost"
+        );
         netns.heal().unwrap();
+        // The heal works with no fault on, too.
+        netns.heal().unwrap();
+        assert!(connects(Some(1), to), "healed");
+
+        drop(listener);
         drop(netns);
         assert!(!path.exists());
+        // The thread stays in the removed namespace until it ends; it opens
+        // nothing more.
     }
 }
