@@ -216,9 +216,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             None
         }
     };
-    let placement = match netns {
-        Some(_) => Placement::Namespace,
-        None => Placement::Loopback,
+    let (placement, network) = match &netns {
+        Some(netns) => (Placement::Namespace, format!("namespace {}", netns.name())),
+        None => (Placement::Loopback, "loopback".to_string()),
     };
 
     let history_path = args.out.join("history.jsonl");
@@ -338,10 +338,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             })
             .collect(),
         faults_unavailable,
-        network: match placement {
-            Placement::Namespace => format!("namespace rill-chaos-{}", std::process::id()),
-            Placement::Loopback => "loopback".to_string(),
-        },
+        network,
         nodes: args.nodes,
         partitions: args.partitions,
         replication_factor: args.replication_factor,
@@ -400,14 +397,13 @@ fn inject(
             fault.kind, fault.node, fault.hold
         ),
     }
-    let partitions = || {
-        netns.context("a partition without a network namespace (a bug: it is not scheduled then)")
-    };
+    // A bug if not: partitions are scheduled only with a namespace.
+    let netns = || netns.expect("a partition without a network namespace");
     record(begin, Type::Invoke, None);
     match fault.kind {
         Kind::Kill => cluster.kill(fault.node)?,
         Kind::Pause => cluster.pause(fault.node)?,
-        Kind::Partition => partitions()?.partition(&fault.drops)?,
+        Kind::Partition => netns().partition(&fault.drops)?,
     }
     record(begin, Type::Ok, None);
     sleep_until(Instant::now() + fault.hold, interrupted);
@@ -415,7 +411,7 @@ fn inject(
     let healed = match fault.kind {
         Kind::Kill => cluster.restart(fault.node),
         Kind::Pause => cluster.resume(fault.node),
-        Kind::Partition => partitions().and_then(Netns::heal),
+        Kind::Partition => netns().heal(),
     };
     match healed {
         Ok(()) => {
