@@ -260,8 +260,9 @@ impl Cluster {
         let mut command = Command::new(&self.rill);
         if self.placement == Placement::Namespace {
             // Its own user, so that the namespace's NAT gives its
-            // connections its own address (see `netns`). Root drops its
-            // supplementary groups with it (std calls setgroups).
+            // connections its own address (see `netns`). std drops root's
+            // supplementary groups with it (a node's `Groups:` in
+            // /proc/PID/status is empty).
             let uid = netns::node_uid(node.id);
             command.uid(uid).gid(uid);
         }

@@ -141,7 +141,11 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             args.workload
         );
     }
-    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    anyhow::ensure!(
+        (1..=netns::NODES_MAX).contains(&args.nodes),
+        "--nodes must be 1 to {}",
+        netns::NODES_MAX
+    );
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
     anyhow::ensure!(
         (1..=args.nodes as i32).contains(&args.replication_factor),

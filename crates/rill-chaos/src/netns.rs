@@ -32,8 +32,8 @@
 //!
 //! Removal: [`Netns`]'s `Drop` (a failed or finished run, a panic of the
 //! main thread), [`remove_current`] (an interrupt whose run did not stop in
-//! time), and [`Netns::create`]'s sweep of namespaces whose `rill-chaos`
-//! process is gone (one killed by SIGKILL).
+//! time), and [`Netns::create`]'s sweep of `rill-chaos-<pid>` namespaces
+//! whose process is gone (a `rill-chaos` killed by SIGKILL).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -66,15 +66,18 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// interrupt path, which exits without running `Drop`.
 static CURRENT: Mutex<Option<String>> = Mutex::new(None);
 
+/// The most nodes a namespace holds: their addresses end at 127.0.0.210.
+pub const NODES_MAX: usize = 200;
+
 /// Node `id`'s address on the namespace's loopback.
 pub fn node_address(id: i32) -> Ipv4Addr {
-    assert!((1..=200).contains(&id), "node id {id}");
+    assert!((1..=NODES_MAX as i32).contains(&id), "node id {id}");
     Ipv4Addr::new(127, 0, 0, 10 + id as u8)
 }
 
 /// The uid (and gid) node `id` runs as inside the namespace.
 pub fn node_uid(id: i32) -> u32 {
-    assert!((1..=200).contains(&id), "node id {id}");
+    assert!((1..=NODES_MAX as i32).contains(&id), "node id {id}");
     NODE_UID_BASE + id as u32
 }
 
