@@ -21,6 +21,20 @@ if ! command -v kcat >/dev/null 2>&1; then
   fi
 fi
 
+# nftables and iproute2 give rill-chaos its network namespace and its
+# partitions (crates/rill-chaos/tests/bounded_run.rs runs a partition case
+# as root; without them it is skipped, saying why).
+for tool in nft:nftables ip:iproute2; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+    echo "== installing ${tool#*:}"
+    if [ "$(id -u)" -eq 0 ]; then
+      apt-get update -qq && apt-get install -y -qq "${tool#*:}" >/dev/null
+    else
+      sudo apt-get update -qq && sudo apt-get install -y -qq "${tool#*:}" >/dev/null
+    fi
+  fi
+done
+
 echo "== format"
 cargo fmt --all -- --check
 

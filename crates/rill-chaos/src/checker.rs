@@ -6,6 +6,7 @@
 //! a recorded history can be checked again offline (`rill-chaos check`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
@@ -14,6 +15,13 @@ use crate::history::{Op, Type, F};
 
 /// How many examples of one anomaly the report keeps.
 const EXAMPLES_MAX: usize = 10;
+/// How soon after the final heal (the history's last nemesis operation)
+/// every producer must have a send acknowledged and every consumer must
+/// poll records. Long enough for a restarted node's broker to register,
+/// for librdkafka's reconnect backoff (at most 10 s by default) and a
+/// group's rebalance; `run` keeps the workload going this long after the
+/// final heal.
+pub const PROGRESS_AFTER_HEAL_MAX: Duration = Duration::from_secs(15);
 
 /// What the checker found.
 #[derive(Debug, Default, Serialize)]
@@ -171,6 +179,7 @@ pub fn check(ops: &[Op]) -> Analysis {
     check_send_order(ops, &mut analysis);
     check_poll_order(ops, &at_offset, &mut analysis);
     check_commits(ops, &ends, &mut analysis);
+    check_progress_after_heal(ops, &mut analysis);
 
     analysis.valid = analysis.anomalies.is_empty();
     analysis
@@ -298,6 +307,70 @@ fn check_commits(ops: &[Op], ends: &BTreeMap<i32, Option<i64>>, analysis: &mut A
     }
 }
 
+/// Liveness: once every fault is healed, the workload goes on. Within
+/// [`PROGRESS_AFTER_HEAL_MAX`] of the final heal (the last nemesis
+/// operation), every producer (a process that sent) has a send
+/// acknowledged and every consumer (a process that polled, committed or
+/// was assigned; not the final reader) polls records. A history without
+/// nemesis operations has no heal and is not checked. (Progress that came
+/// later than the bound still counts against it: the bound is the
+/// claim.)
+fn check_progress_after_heal(ops: &[Op], analysis: &mut Analysis) {
+    let Some(healed) = ops
+        .iter()
+        .rev()
+        .find(|op| op.process == "nemesis")
+        .map(|op| op.time)
+    else {
+        return;
+    };
+    let bound = u64::try_from(PROGRESS_AFTER_HEAL_MAX.as_nanos()).unwrap_or(u64::MAX);
+    let deadline = healed.saturating_add(bound);
+    // Process → (what it must do, when it last did it, whether it did it
+    // within the bound after the heal).
+    let mut processes: BTreeMap<&str, (F, Option<u64>, bool)> = BTreeMap::new();
+    for op in ops {
+        let f = match op.f {
+            F::Send => F::Send,
+            F::Poll | F::Commit | F::Committed | F::Assign => F::Poll,
+            _ => continue,
+        };
+        if op.process == "final" || op.process == "nemesis" {
+            continue;
+        }
+        let entry = processes
+            .entry(op.process.as_str())
+            .or_insert((f, None, false));
+        let progress = match f {
+            F::Send => op.f == F::Send && op.kind == Type::Ok,
+            _ => {
+                op.f == F::Poll
+                    && op.kind == Type::Ok
+                    && op.records.as_ref().is_some_and(|r| !r.is_empty())
+            }
+        };
+        if !progress {
+            continue;
+        }
+        if op.time > healed && op.time <= deadline {
+            entry.2 = true;
+        }
+        entry.1 = Some(op.time);
+    }
+    for (process, (f, last, progressed)) in processes {
+        if !progressed {
+            analysis.found(
+                "no-progress-after-heal",
+                json!({"process": process,
+                       "f": if f == F::Send { "send ok" } else { "poll ok" },
+                       "healed_ns": healed,
+                       "bound_s": PROGRESS_AFTER_HEAL_MAX.as_secs(),
+                       "last_ns": last}),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,14 +380,32 @@ mod tests {
     #[derive(Default)]
     struct H {
         ops: Vec<Op>,
+        /// The next operation's time: a nanosecond after the last, unless
+        /// time passed (`wait`).
+        clock: u64,
     }
 
     impl H {
         fn push(&mut self, op: Op) -> &mut Self {
             let mut op = op;
-            op.time = self.ops.len() as u64;
+            op.time = self.clock;
+            self.clock += 1;
             self.ops.push(op);
             self
+        }
+
+        /// Time passes: the next operation comes `d` later.
+        fn wait(&mut self, d: Duration) -> &mut Self {
+            self.clock += u64::try_from(d.as_nanos()).unwrap();
+            self
+        }
+
+        fn nemesis(&mut self, f: F, node: Option<i32>) -> &mut Self {
+            let mut op = Op::new("nemesis", Type::Invoke, f, 0);
+            op.node = node;
+            self.push(op.clone());
+            op.kind = Type::Ok;
+            self.push(op)
         }
 
         fn send(
@@ -595,6 +686,83 @@ mod tests {
         let analysis = h.check();
         assert!(analysis.valid, "{analysis:?}");
         assert_eq!(analysis.allowed["commit-backwards-late"].count, 1);
+    }
+
+    /// A kill and its restart, then the final heal; both producers and the
+    /// consumer go on within the bound after it.
+    fn healed() -> H {
+        let mut h = H::default();
+        h.send("idem", true, 1, Some((0, 0)))
+            .send("plain", false, 2, Some((1, 0)))
+            .poll("assign", &[(0, 0, 1), (1, 0, 2)])
+            .nemesis(F::Kill, Some(2))
+            .wait(Duration::from_secs(3))
+            .nemesis(F::Restart, Some(2))
+            .nemesis(F::Heal, None)
+            .wait(Duration::from_secs(4))
+            .send("idem", true, 3, Some((0, 1)))
+            .send("plain", false, 4, Some((1, 1)))
+            .poll("assign", &[(0, 1, 3), (1, 1, 4)]);
+        h
+    }
+
+    fn finish(h: &mut H) -> &mut H {
+        h.read(&[(0, 0, 1), (0, 1, 3)])
+            .end(0, Some(2))
+            .read(&[(1, 0, 2), (1, 1, 4)])
+            .end(1, Some(2))
+    }
+
+    #[test]
+    fn progress_after_the_final_heal_passes() {
+        let mut h = healed();
+        let analysis = finish(&mut h).check();
+        assert!(analysis.valid, "{analysis:?}");
+        assert_eq!(analysis.acked, 4);
+    }
+
+    #[test]
+    fn no_progress_after_the_final_heal() {
+        // The plain producer's sends after the heal all time out (finding
+        // 5's stall), and the consumer reads nothing more.
+        let mut h = H::default();
+        h.send("idem", true, 1, Some((0, 0)))
+            .send("plain", false, 2, Some((1, 0)))
+            .poll("assign", &[(0, 0, 1), (1, 0, 2)])
+            .nemesis(F::Pause, Some(1))
+            .nemesis(F::Resume, Some(1))
+            .nemesis(F::Heal, None)
+            .send("idem", true, 3, Some((0, 1)))
+            .send("plain", false, 4, None)
+            .wait(Duration::from_secs(30));
+        finish(&mut h);
+        let analysis = h.check();
+        assert_eq!(names(&analysis), ["no-progress-after-heal"]);
+        let finding = &analysis.anomalies["no-progress-after-heal"];
+        assert_eq!(finding.count, 2);
+        let who: Vec<&str> = finding
+            .examples
+            .iter()
+            .map(|e| e["process"].as_str().unwrap())
+            .collect();
+        assert_eq!(who, ["assign", "plain"]);
+    }
+
+    #[test]
+    fn progress_later_than_the_bound_is_no_progress() {
+        let mut h = H::default();
+        h.send("idem", true, 1, Some((0, 0)))
+            .nemesis(F::Heal, None)
+            .wait(PROGRESS_AFTER_HEAL_MAX + Duration::from_secs(1))
+            .send("idem", true, 2, Some((0, 1)))
+            .read(&[(0, 0, 1), (0, 1, 2)])
+            .end(0, Some(2));
+        let analysis = h.check();
+        assert_eq!(names(&analysis), ["no-progress-after-heal"]);
+        assert_eq!(
+            analysis.anomalies["no-progress-after-heal"].examples[0]["process"],
+            "idem"
+        );
     }
 
     #[test]

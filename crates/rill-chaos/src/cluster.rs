@@ -1,13 +1,20 @@
-//! The cluster under test: `rill serve` processes on free 127.0.0.1
-//! ports, each with a data dir in a temporary directory, which the nemesis
-//! kills (SIGKILL), restarts on the same data dir, pauses (SIGSTOP) and
-//! resumes (SIGCONT). Dropping the cluster kills every node (paused ones
-//! included) and removes the data dirs, also when the run failed; a node
-//! also dies with `rill-chaos` itself. Every wait is bounded.
+//! The cluster under test: `rill serve` processes, each with a data dir in
+//! a temporary directory, which the nemesis kills (SIGKILL), restarts on
+//! the same data dir, pauses (SIGSTOP) and resumes (SIGCONT). Dropping the
+//! cluster kills every node (paused ones included) and removes the data
+//! dirs, also when the run failed; a node also dies with `rill-chaos`
+//! itself. Every wait is bounded.
+//!
+//! Where the nodes listen ([`Placement`]): on free 127.0.0.1 ports of the
+//! host, or in the run's network namespace, node `i` on `127.0.0.(10+i)`
+//! as its own user (see `netns`).
 
+use std::fs::Permissions;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -17,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rustix::process::{kill_process, Pid, Signal};
 use tempfile::TempDir;
+
+use crate::netns;
 
 /// How long a node may take to print its ready line: a start waits for
 /// the controller quorum.
@@ -45,10 +54,26 @@ struct Node {
     paused: bool,
 }
 
+/// Where the nodes listen and as whom they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Free ports on the host's 127.0.0.1, as the user of `rill-chaos`.
+    Loopback,
+    /// Node `i` on `netns::node_address(i)` (fixed ports: the namespace
+    /// is the run's alone), as uid and gid `netns::node_uid(i)`. The
+    /// thread that starts the cluster must be in the namespace already:
+    /// the nodes inherit it.
+    Namespace,
+}
+
+/// The ports a node in the namespace listens on, at its own address.
+const NAMESPACE_PORTS: (u16, u16, u16) = (9092, 9093, 9644);
+
 /// Several `rill serve` processes forming one cluster.
 #[derive(Debug)]
 pub struct Cluster {
     rill: PathBuf,
+    placement: Placement,
     quorum: String,
     nodes: Vec<Node>,
     extra_args: Vec<String>,
@@ -63,6 +88,7 @@ impl Cluster {
     pub fn start(
         rill: &Path,
         n: usize,
+        placement: Placement,
         log_dir: &Path,
         extra_args: &[&str],
     ) -> anyhow::Result<Cluster> {
@@ -70,7 +96,15 @@ impl Cluster {
             .prefix("rill-chaos-")
             .tempdir()
             .context("create a temporary dir for the data dirs")?;
-        let ports = pick_ports(n)?;
+        let ports = match placement {
+            Placement::Loopback => pick_ports(n)?,
+            Placement::Namespace => {
+                // The nodes' users must reach their data dirs.
+                std::fs::set_permissions(dir.path(), Permissions::from_mode(0o755))
+                    .context("open the data root to the nodes' users")?;
+                (1..=n as i32).map(namespace_ports).collect()
+            }
+        };
         let nodes: Vec<Node> = ports
             .into_iter()
             .enumerate()
@@ -91,8 +125,18 @@ impl Cluster {
             .map(|n| format!("{}@{}", n.id, n.ports.controller))
             .collect::<Vec<_>>()
             .join(",");
+        if placement == Placement::Namespace {
+            for node in &nodes {
+                let uid = netns::node_uid(node.id);
+                std::fs::create_dir(&node.data_dir)
+                    .with_context(|| format!("create {}", node.data_dir.display()))?;
+                std::os::unix::fs::chown(&node.data_dir, Some(uid), Some(uid))
+                    .with_context(|| format!("chown {} to {uid}", node.data_dir.display()))?;
+            }
+        }
         let mut cluster = Cluster {
             rill: rill.to_path_buf(),
+            placement,
             quorum,
             nodes,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
@@ -214,6 +258,14 @@ impl Cluster {
             .with_context(|| format!("open {}", node.log.display()))?;
         let stderr = log.try_clone().context("clone the log file")?;
         let mut command = Command::new(&self.rill);
+        if self.placement == Placement::Namespace {
+            // Its own user, so that the namespace's NAT gives its
+            // connections its own address (see `netns`). std drops root's
+            // supplementary groups with it (a node's `Groups:` in
+            // /proc/PID/status is empty).
+            let uid = netns::node_uid(node.id);
+            command.uid(uid).gid(uid);
+        }
         die_with_parent(&mut command);
         let mut child = command
             .arg("serve")
@@ -292,7 +344,6 @@ impl Drop for Cluster {
 /// and the heal run there), which lives as long as the process.
 #[allow(unsafe_code)]
 fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe calls are allowed: it makes one prctl(2)
     // system call and allocates nothing.
@@ -314,6 +365,16 @@ fn copy_watching(stdout: impl Read, mut log: File, ready: mpsc::Sender<()>) {
         }
         let _ = log.write_all(line.as_bytes());
         line.clear();
+    }
+}
+
+fn namespace_ports(id: i32) -> Ports {
+    let address = IpAddr::V4(netns::node_address(id));
+    let (kafka, controller, http) = NAMESPACE_PORTS;
+    Ports {
+        kafka: SocketAddr::new(address, kafka),
+        controller: SocketAddr::new(address, controller),
+        http: SocketAddr::new(address, http),
     }
 }
 

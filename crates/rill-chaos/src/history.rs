@@ -56,6 +56,13 @@ pub enum F {
     Restart,
     Pause,
     Resume,
+    /// The nemesis drops the packets between the node pairs in `drops`
+    /// (a `cut` drawn around `node`).
+    Partition,
+    /// The nemesis lets every packet through again. The last `heal` of a
+    /// run (without `drops`) comes once every fault is healed: the
+    /// workload must make progress after it.
+    Heal,
 }
 
 /// One record a consumer or the final reader got.
@@ -92,6 +99,13 @@ pub struct Op {
     /// Nemesis only: the node acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<i32>,
+    /// Partitions only: the shape (`isolate`, `split`, `one-way`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
+    /// Partitions only: the `[source, target]` node pairs whose packets
+    /// are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drops: Option<Vec<(i32, i32)>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -112,6 +126,8 @@ impl Op {
             records: None,
             idempotent: None,
             node: None,
+            cut: None,
+            drops: None,
             error: None,
         }
     }

@@ -6,6 +6,8 @@
 //! - `history`: the recorded operations (`history.jsonl`) and their format.
 //! - `checker`: what a history must satisfy; knows nothing of the cluster.
 //! - `cluster`: the `rill serve` processes, killed, paused and restarted.
+//! - `netns`: the network namespace the cluster runs in as root, and the
+//!   nftables rules that partition it.
 //! - `nemesis`: the seeded schedule of faults.
 //! - `workload`: the queue workload's producers, consumers and final reads.
 //! - `report`: `report.json` and `report.svg`.
@@ -17,10 +19,10 @@ mod checker;
 mod cluster;
 mod history;
 mod nemesis;
+mod netns;
 mod report;
 mod workload;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,9 +33,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Placement};
 use crate::history::{Op, Recorder, Type, F};
 use crate::nemesis::{Fault, Kind};
+use crate::netns::Netns;
 
 /// Every node's flags on top of its identity and listeners: a broker is
 /// fenced after 3 s of silence (9 s by default), so that the longer
@@ -83,7 +86,8 @@ struct RunArgs {
     /// Seconds of workload under faults (the final reads come after).
     #[arg(long, default_value_t = 60)]
     duration: u64,
-    /// Fault kinds: kill, pause (partition is not done yet).
+    /// Fault kinds: kill, pause, partition (partition needs root, `ip`
+    /// and `nft`; without them it is left out and the report says why).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
     faults: Vec<String>,
     /// queue (txn needs transactions, which rill does not serve yet).
@@ -94,6 +98,12 @@ struct RunArgs {
     seed: Option<u64>,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// The topic's replication factor (at most --nodes).
+    #[arg(long, default_value_t = 3)]
+    replication_factor: i32,
+    /// The topic's min.insync.replicas.
+    #[arg(long, default_value_t = 2)]
+    min_insync_replicas: i32,
     /// Where history.jsonl, report.json, report.svg and the node logs go.
     #[arg(long)]
     out: PathBuf,
@@ -131,29 +141,47 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             args.workload
         );
     }
-    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    anyhow::ensure!(
+        (1..=netns::NODES_MAX).contains(&args.nodes),
+        "--nodes must be 1 to {}",
+        netns::NODES_MAX
+    );
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
+    anyhow::ensure!(
+        (1..=args.nodes as i32).contains(&args.replication_factor),
+        "--replication-factor {} needs 1 to --nodes ({}) nodes",
+        args.replication_factor,
+        args.nodes
+    );
+    anyhow::ensure!(
+        args.min_insync_replicas >= 1,
+        "--min-insync-replicas must be at least 1"
+    );
+    // Without root, `ip` or `nft` the cluster runs on the host's loopback
+    // and cannot be partitioned.
+    let namespace_unavailable = netns::unavailable();
     let mut kinds = Vec::new();
-    let mut not_run = BTreeMap::new();
+    let mut faults_unavailable = Vec::new();
     for fault in &args.faults {
         match fault.as_str() {
             "kill" => kinds.push(Kind::Kill),
             "pause" => kinds.push(Kind::Pause),
-            "partition" => {
-                not_run.insert(
-                    fault.clone(),
-                    "not implemented yet (needs a network namespace and nftables; docs/chaos.md)"
-                        .to_string(),
-                );
-            }
+            "partition" => match &namespace_unavailable {
+                None => {
+                    anyhow::ensure!(args.nodes >= 2, "partition needs at least 2 nodes");
+                    kinds.push(Kind::Partition);
+                }
+                Some(why) => faults_unavailable.push(format!("partition: {why}")),
+            },
             other => bail!("unknown fault {other:?} (kill, pause, partition)"),
         }
     }
     // Sorted, so that the same kinds in any order give the same schedule.
     kinds.sort();
     kinds.dedup();
-    for (fault, why) in &not_run {
-        eprintln!("rill-chaos: fault {fault} does not run: {why}");
+    faults_unavailable.dedup();
+    for why in &faults_unavailable {
+        eprintln!("rill-chaos: fault {why}: not run");
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -174,9 +202,32 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     watch_signals(Arc::clone(&interrupted))?;
 
+    // Declared before the cluster, so dropped after it: the nodes are
+    // gone before their namespace is removed.
+    let netns = match &namespace_unavailable {
+        None => {
+            let netns = Netns::create(&node_ids)?;
+            // The main thread enters the namespace, so that everything
+            // it starts from here on is inside it too: the nodes, the
+            // client threads and librdkafka's own threads. Only the
+            // signal thread, started before, stays outside.
+            netns.enter_current_thread()?;
+            println!("rill-chaos: network namespace {}", netns.name());
+            Some(netns)
+        }
+        Some(why) => {
+            println!("rill-chaos: no network namespace ({why}): nodes on the host's 127.0.0.1");
+            None
+        }
+    };
+    let (placement, network) = match &netns {
+        Some(netns) => (Placement::Namespace, format!("namespace {}", netns.name())),
+        None => (Placement::Loopback, "loopback".to_string()),
+    };
+
     let history_path = args.out.join("history.jsonl");
     let recorder = Arc::new(Recorder::create(&history_path)?);
-    let mut cluster = Cluster::start(&args.rill, args.nodes, &args.out, NODE_ARGS)?;
+    let mut cluster = Cluster::start(&args.rill, args.nodes, placement, &args.out, NODE_ARGS)?;
     println!(
         "rill-chaos: {} nodes ready (data in {}), bootstrap {}",
         args.nodes,
@@ -184,7 +235,12 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         cluster.bootstrap()
     );
     let bootstrap = cluster.bootstrap();
-    workload::create_topic(&bootstrap, args.partitions)?;
+    workload::create_topic(
+        &bootstrap,
+        args.partitions,
+        args.replication_factor,
+        args.min_insync_replicas,
+    )?;
 
     let stop_producers = Arc::new(AtomicBool::new(false));
     let stop_consumers = Arc::new(AtomicBool::new(false));
@@ -223,13 +279,31 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         if !sleep_until(start + fault.at, &interrupted) {
             break;
         }
-        inject(&mut cluster, fault, &recorder, &interrupted)?;
+        inject(&mut cluster, netns.as_ref(), fault, &recorder, &interrupted)?;
         faults += 1;
     }
     sleep_until(start + duration, &interrupted);
+    recorder.record(Op::new("nemesis", Type::Invoke, F::Heal, 0));
+    if let Some(netns) = &netns {
+        netns.heal()?;
+    }
     for (node, action) in cluster.heal()? {
         println!("rill-chaos: healed node {node} ({action})");
     }
+    // The final heal: the workload must make progress after it
+    // (`checker::PROGRESS_AFTER_HEAL_MAX`), so it goes on that long.
+    recorder.record(Op::new("nemesis", Type::Ok, F::Heal, 0));
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted; every node stopped");
+    }
+    println!(
+        "rill-chaos: every fault healed; the workload goes on for {:?}",
+        checker::PROGRESS_AFTER_HEAL_MAX
+    );
+    sleep_until(
+        Instant::now() + checker::PROGRESS_AFTER_HEAL_MAX,
+        &interrupted,
+    );
     if interrupted.load(Ordering::Relaxed) {
         bail!("interrupted; every node stopped");
     }
@@ -248,6 +322,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     workload::final_read(&bootstrap, args.partitions, &recorder)?;
     recorder.finish()?;
     drop(cluster);
+    drop(netns);
 
     let ops = history::read(&history_path)?;
     let analysis = checker::check(&ops);
@@ -266,9 +341,12 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
                 (kind.to_string(), done)
             })
             .collect(),
-        faults_not_run: not_run,
+        faults_unavailable,
+        network,
         nodes: args.nodes,
         partitions: args.partitions,
+        replication_factor: args.replication_factor,
+        min_insync_replicas: args.min_insync_replicas,
         duration_s: args.duration,
     };
     report::write_json(&report, &args.out.join("report.json"))?;
@@ -293,6 +371,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
 /// Injects one fault, holds it, heals it; each step is in the history.
 fn inject(
     cluster: &mut Cluster,
+    netns: Option<&Netns>,
     fault: &Fault,
     recorder: &Recorder,
     interrupted: &AtomicBool,
@@ -300,21 +379,35 @@ fn inject(
     let (begin, heal) = match fault.kind {
         Kind::Kill => (F::Kill, F::Restart),
         Kind::Pause => (F::Pause, F::Resume),
+        Kind::Partition => (F::Partition, F::Heal),
     };
     let record = |f: F, kind: Type, error: Option<String>| {
         let mut op = Op::new("nemesis", kind, f, 0);
         op.node = Some(fault.node);
+        if let Some(cut) = fault.cut {
+            op.cut = Some(cut.to_string());
+            op.drops = Some(fault.drops.clone());
+        }
         op.error = error;
         recorder.record(op);
     };
-    println!(
-        "rill-chaos: {} node {} for {:?}",
-        fault.kind, fault.node, fault.hold
-    );
+    match fault.cut {
+        Some(cut) => println!(
+            "rill-chaos: partition ({cut} around node {}, dropping {:?}) for {:?}",
+            fault.node, fault.drops, fault.hold
+        ),
+        None => println!(
+            "rill-chaos: {} node {} for {:?}",
+            fault.kind, fault.node, fault.hold
+        ),
+    }
+    // A bug if not: partitions are scheduled only with a namespace.
+    let netns = || netns.expect("a partition without a network namespace");
     record(begin, Type::Invoke, None);
     match fault.kind {
         Kind::Kill => cluster.kill(fault.node)?,
         Kind::Pause => cluster.pause(fault.node)?,
+        Kind::Partition => netns().partition(&fault.drops)?,
     }
     record(begin, Type::Ok, None);
     sleep_until(Instant::now() + fault.hold, interrupted);
@@ -322,6 +415,7 @@ fn inject(
     let healed = match fault.kind {
         Kind::Kill => cluster.restart(fault.node),
         Kind::Pause => cluster.resume(fault.node),
+        Kind::Partition => netns().heal(),
     };
     match healed {
         Ok(()) => {
@@ -385,6 +479,8 @@ fn watch_signals(interrupted: Arc<AtomicBool>) -> anyhow::Result<()> {
         // (see `cluster`); only their data dirs stay.
         thread::sleep(INTERRUPT_GRACE);
         eprintln!("rill-chaos: not stopped within {INTERRUPT_GRACE:?}; exiting");
+        // `exit` runs no `Drop`: the namespace is removed here.
+        netns::remove_current();
         std::process::exit(2);
     });
     Ok(())

@@ -24,10 +24,15 @@ pub struct Report<'a> {
     /// The fault kinds that ran.
     pub fault_kinds: Vec<String>,
     pub faults_by_kind: BTreeMap<String, usize>,
-    /// Fault kinds asked for that this version cannot inject, and why.
-    pub faults_not_run: BTreeMap<String, String>,
+    /// Fault kinds asked for that cannot run here, each with why
+    /// (`"partition: not root"`).
+    pub faults_unavailable: Vec<String>,
+    /// Where the cluster ran: `namespace rill-chaos-<pid>` or `loopback`.
+    pub network: String,
     pub nodes: usize,
     pub partitions: i32,
+    pub replication_factor: i32,
+    pub min_insync_replicas: i32,
     pub duration_s: u64,
 }
 
@@ -36,12 +41,13 @@ pub fn write_json(report: &Report<'_>, path: &Path) -> anyhow::Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))
 }
 
-/// A time when a node was down or paused, in seconds from the start.
+/// A time when a node was down or paused, or the network cut, in
+/// seconds from the start.
 #[derive(Debug, Clone, Copy)]
 struct Window {
     start: f64,
     end: f64,
-    pause: bool,
+    f: F,
 }
 
 fn seconds(ns: u64) -> f64 {
@@ -49,24 +55,25 @@ fn seconds(ns: u64) -> f64 {
 }
 
 /// Fault windows from the nemesis's operations: from a kill to the
-/// restart's end, from a pause to the resume.
+/// restart's end, from a pause to the resume, from a partition to its
+/// heal.
 fn windows(ops: &[Op], end: f64) -> Vec<Window> {
     let mut open: HashMap<i32, Window> = HashMap::new();
     let mut windows = Vec::new();
     for op in ops {
         let Some(node) = op.node else { continue };
         match (op.f, op.kind) {
-            (F::Kill | F::Pause, Type::Ok) => {
+            (F::Kill | F::Pause | F::Partition, Type::Ok) => {
                 open.insert(
                     node,
                     Window {
                         start: seconds(op.time),
                         end,
-                        pause: op.f == F::Pause,
+                        f: op.f,
                     },
                 );
             }
-            (F::Restart | F::Resume, Type::Ok | Type::Fail) => {
+            (F::Restart | F::Resume | F::Heal, Type::Ok | Type::Fail) => {
                 if let Some(mut window) = open.remove(&node) {
                     window.end = seconds(op.time);
                     windows.push(window);
@@ -132,7 +139,7 @@ pub fn write_svg(ops: &[Op], path: &Path) -> anyhow::Result<()> {
             * 1.1;
         let mut chart = ChartBuilder::on(&top)
             .caption(
-                "sends per second (shaded: red killed, blue paused)",
+                "sends per second (shaded: red killed, blue paused, orange partitioned)",
                 ("sans-serif", 20),
             )
             .margin(10)
@@ -213,10 +220,10 @@ fn shade(
     top: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     chart.draw_series(windows.iter().map(|w| {
-        let color = if w.pause {
-            BLUE.mix(0.15)
-        } else {
-            RED.mix(0.15)
+        let color = match w.f {
+            F::Pause => BLUE.mix(0.15),
+            F::Partition => RGBColor(255, 140, 0).mix(0.2),
+            _ => RED.mix(0.15),
         };
         Rectangle::new([(w.start, 0.0), (w.end, top)], color.filled())
     }))?;

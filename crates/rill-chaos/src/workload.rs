@@ -55,9 +55,15 @@ const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long topic creation may take (a controller election included).
 const CREATE_TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Creates the topic (replication factor 1: partition data is not
-/// replicated yet, so more replicas would add nothing to check).
-pub fn create_topic(bootstrap: &str, partitions: i32) -> anyhow::Result<()> {
+/// Creates the topic with `replication_factor` replicas a partition and
+/// `min.insync.replicas`. (Until rill replicates partition data, a
+/// partition's ISR is its leader alone, whatever the replication factor.)
+pub fn create_topic(
+    bootstrap: &str,
+    partitions: i32,
+    replication_factor: i32,
+    min_insync_replicas: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -68,8 +74,14 @@ pub fn create_topic(bootstrap: &str, partitions: i32) -> anyhow::Result<()> {
         .build()
         .context("start a runtime for the admin client")?;
     let deadline = Instant::now() + CREATE_TOPIC_TIMEOUT;
+    let min_insync_replicas = min_insync_replicas.to_string();
     loop {
-        let topic = NewTopic::new(TOPIC, partitions, TopicReplication::Fixed(1));
+        let topic = NewTopic::new(
+            TOPIC,
+            partitions,
+            TopicReplication::Fixed(replication_factor),
+        )
+        .set("min.insync.replicas", &min_insync_replicas);
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let result = runtime.block_on(admin.create_topics([&topic], &options));
         let error = match result {
