@@ -194,8 +194,6 @@ fn a_bounded_run_under_kill_and_pause_is_valid() {
         "queue",
         "--seed",
         &SEED.to_string(),
-        "--min-insync-replicas",
-        "1",
     ]);
     let report = run.finish(SEED);
     assert_valid(&report, SEED);
@@ -228,8 +226,6 @@ fn a_bounded_run_under_partitions_is_valid() {
         "partition",
         "--seed",
         &PARTITION_SEED.to_string(),
-        "--min-insync-replicas",
-        "1",
     ]);
     let namespace = run.namespace();
     let report = run.finish(PARTITION_SEED);
