@@ -251,6 +251,33 @@ fn stop_and_read(
         .collect()
 }
 
+/// Reads partition 0 of `topic` from the start with librdkafka (with
+/// `client.rack` when given) until `count` values or [`WAIT`].
+fn read_values(cluster: &Cluster, topic: &str, rack: Option<&str>, count: usize) -> Vec<String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false");
+    if let Some(rack) = rack {
+        config.set("client.rack", rack);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while read.len() < count && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
+        }
+    }
+    read
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -763,25 +790,7 @@ fn consumers_read_from_the_follower_in_their_rack() {
     assert_eq!(fetch(&cluster, follower, 10, "near", "").error_code, 6);
 
     let before = bytes_out(&cluster, follower, "near");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "near-reader")
-        .set("client.rack", &rack)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset("near", 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
-    let mut read = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while read.len() < values.len() && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
-        }
-    }
+    let read = read_values(&cluster, "near", Some(&rack), values.len());
     assert_eq!(read, values);
     assert!(
         bytes_out(&cluster, follower, "near") > before,
@@ -855,24 +864,7 @@ fn an_eligible_replica_leads_when_the_isr_is_gone() {
     wait_partition(&cluster, eligible, "elr", "two in sync", |_, isr| {
         isr.len() >= 2
     });
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "elr-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset("elr", 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
-    let mut read = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while read.len() < values.len() && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
-        }
-    }
+    let read = read_values(&cluster, "elr", None, values.len());
     assert_eq!(read, values, "every acknowledged record");
 }
 
@@ -1050,24 +1042,7 @@ fn reassignment_moves_a_partition_while_it_is_written() {
     let acked: Vec<String> = reports.into_iter().map(|(v, _)| v).collect();
     assert!(acked.len() > 50, "only {} acknowledged", acked.len());
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "moving-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset("moving", 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
-    let mut read = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while read.len() < acked.len() && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            read.push(String::from_utf8_lossy(message.payload().unwrap()).into_owned());
-        }
-    }
+    let read = read_values(&cluster, "moving", None, acked.len());
     assert_eq!(read, acked, "every acknowledged record, once, in order");
 }
 
