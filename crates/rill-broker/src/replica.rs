@@ -889,21 +889,32 @@ impl ReplicaManager {
             }
         }
 
-        let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        // The map's lock is held only to look up and to swap entries, never
+        // across file operations: deleting or creating a topic of many
+        // partitions must not stall every produce and fetch. `applied`
+        // serialises this function, so nothing else changes the map.
+        let map = || self.partitions.read().unwrap_or_else(|p| p.into_inner());
         // Partitions (and logs found on disk at start-up) that the image
         // no longer has, or has under another topic id.
-        let stale: Vec<TopicPartition> = self
-            .logs
-            .partitions()
-            .into_iter()
-            .filter(|tp| match (wanted.get(tp), partitions.get(tp)) {
-                (None, _) => true,
-                (Some(wanted), Some(partition)) => partition.topic_id != wanted.topic_id,
-                (Some(_), None) => false,
-            })
-            .collect();
+        let stale: Vec<TopicPartition> = {
+            let partitions = map();
+            self.logs
+                .partitions()
+                .into_iter()
+                .filter(|tp| match (wanted.get(tp), partitions.get(tp)) {
+                    (None, _) => true,
+                    (Some(wanted), Some(partition)) => partition.topic_id != wanted.topic_id,
+                    (Some(_), None) => false,
+                })
+                .collect()
+        };
+        if !stale.is_empty() {
+            let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+            for tp in &stale {
+                partitions.remove(tp);
+            }
+        }
         for tp in stale {
-            partitions.remove(&tp);
             match self.logs.delete(&tp) {
                 Ok(_) => {
                     info!(topic = %tp.topic, partition = tp.partition, "deleted partition log")
@@ -913,8 +924,10 @@ impl ReplicaManager {
                 }
             }
         }
+        let mut opened: Vec<(TopicPartition, Arc<Partition>)> = Vec::new();
         for (tp, wanted) in wanted {
-            if let Some(partition) = partitions.get(&tp) {
+            let existing = map().get(&tp).cloned();
+            if let Some(partition) = existing {
                 partition.set_state(wanted.state);
                 if *partition.log.config() != wanted.config {
                     if let Err(error) = partition.log.set_config(wanted.config) {
@@ -950,12 +963,16 @@ impl ReplicaManager {
                         clock: Arc::clone(&self.clock),
                     };
                     partition.set_state(wanted.state);
-                    partitions.insert(tp, Arc::new(partition));
+                    opened.push((tp, Arc::new(partition)));
                 }
                 Err(error) => {
                     warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot open partition log")
                 }
             }
+        }
+        if !opened.is_empty() {
+            let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+            partitions.extend(opened);
         }
         *applied = Some(image.version);
         self.applied_images.send_replace(image.version);
