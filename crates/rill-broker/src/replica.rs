@@ -227,14 +227,6 @@ impl Partition {
         self.read_state().leader_epoch
     }
 
-    pub fn isr_size(&self) -> i32 {
-        self.read_state().isr.len() as i32
-    }
-
-    pub fn min_insync_replicas(&self) -> i32 {
-        self.read_state().min_insync_replicas
-    }
-
     /// The offset below which records are committed: visible to consumers.
     pub fn high_watermark(&self) -> i64 {
         self.log.high_watermark()

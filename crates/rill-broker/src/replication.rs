@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
@@ -673,7 +673,6 @@ impl LeaderConnection {
         }
         let decoded = R::Response::decode(&mut answer, version)
             .map_err(|e| format!("cannot decode {key:?} v{version}: {e}"))?;
-        let _ = answer.remaining();
         Ok(decoded)
     }
 }

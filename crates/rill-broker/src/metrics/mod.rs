@@ -696,13 +696,10 @@ fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
                 .with_label_values(&[topic, index.as_str(), follower.as_str()])
                 .set(lag);
         }
-        let replicas = image
-            .topic(topic)
-            .and_then(|t| t.partition(partition.tp.partition))
-            .map_or(0, |p| p.replicas.len());
-        if partition.leader() == node_id
-            && usize::try_from(partition.isr_size()).unwrap_or(0) < replicas
-        {
+        // One read of the partition's state: leader, ISR and replicas
+        // together, as the last image applied had them.
+        let state = partition.state();
+        if state.leader == node_id && state.isr.len() < state.replicas.len() {
             under += 1;
         }
     }
