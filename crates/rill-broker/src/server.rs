@@ -161,6 +161,13 @@ impl RunningBroker {
         &self.broker
     }
 
+    /// Waits until this node's controller has stopped on a fatal error and
+    /// says why (see [`Controller::failed`]). The node must then stop: its
+    /// view of the cluster can no longer change.
+    pub async fn failed(&self) -> String {
+        self.broker.controller.failed().await
+    }
+
     /// Asks the active controller to move this broker's leaderships away
     /// (controlled shutdown), stops accepting connections, lets in-flight
     /// requests finish (up to a bound), flushes every log, writes the

@@ -228,6 +228,25 @@ impl Cluster {
             .with_context(|| format!("send {signal:?} to node {id}"))
     }
 
+    /// The nodes that exited without being killed (a crash: a panic, or a
+    /// node stopping itself on a fatal error), each with its exit status.
+    /// They count as not running from now on; [`Cluster::restart`] starts
+    /// them again.
+    pub fn reap_crashed(&mut self) -> anyhow::Result<Vec<(i32, String)>> {
+        let mut crashed = Vec::new();
+        for node in &mut self.nodes {
+            let Some(child) = node.child.as_mut() else {
+                continue;
+            };
+            if let Some(status) = child.try_wait().context("try_wait")? {
+                node.child = None;
+                node.paused = false;
+                crashed.push((node.id, status.to_string()));
+            }
+        }
+        Ok(crashed)
+    }
+
     /// Resumes every paused node and restarts every killed one.
     pub fn heal(&mut self) -> anyhow::Result<Vec<(i32, &'static str)>> {
         let mut healed = Vec::new();

@@ -59,6 +59,11 @@ pub enum F {
     /// The nemesis drops the packets between the node pairs in `drops`
     /// (a `cut` drawn around `node`).
     Partition,
+    /// A node exited without being killed (`error`: its exit status), a
+    /// crash, and was started again on its data dir as a supervisor
+    /// would (`ok`, or `fail` with why). Not a fault the nemesis chose:
+    /// the report counts these as `crashes`.
+    Crash,
     /// The nemesis lets every packet through again. The last `heal` of a
     /// run (without `drops`) comes once every fault is healed: the
     /// workload must make progress after it.

@@ -275,10 +275,12 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
 
     let start = Instant::now();
     let mut faults = 0;
+    let mut crashes = Vec::new();
     for fault in &schedule {
         if !sleep_until(start + fault.at, &interrupted) {
             break;
         }
+        restart_crashed(&mut cluster, &recorder, &mut crashes)?;
         inject(&mut cluster, netns.as_ref(), fault, &recorder, &interrupted)?;
         faults += 1;
     }
@@ -287,6 +289,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     if let Some(netns) = &netns {
         netns.heal()?;
     }
+    restart_crashed(&mut cluster, &recorder, &mut crashes)?;
     for (node, action) in cluster.heal()? {
         println!("rill-chaos: healed node {node} ({action})");
     }
@@ -318,8 +321,11 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     for consumer in consumers {
         join(consumer)?;
     }
+    restart_crashed(&mut cluster, &recorder, &mut crashes)?;
     println!("rill-chaos: reading every partition from the start");
     workload::final_read(&bootstrap, args.partitions, &recorder)?;
+    // A node that stopped during the final read stopped serving it.
+    restart_crashed(&mut cluster, &recorder, &mut crashes)?;
     recorder.finish()?;
     drop(cluster);
     drop(netns);
@@ -342,6 +348,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             })
             .collect(),
         faults_unavailable,
+        crashes: crashes.clone(),
         network,
         nodes: args.nodes,
         partitions: args.partitions,
@@ -365,7 +372,50 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         if analysis.valid { "valid".to_string() } else { format!("INVALID ({})", found.join(", ")) },
         args.out.join("report.json").display()
     );
+    if !crashes.is_empty() {
+        println!(
+            "rill-chaos: {} node crash(es), each restarted: {}",
+            crashes.len(),
+            crashes.join("; ")
+        );
+    }
     Ok(analysis.valid)
+}
+
+/// Starts again every node that exited by itself, as a supervisor
+/// (systemd's `Restart=on-failure`) would, and records each crash in the
+/// history and in `crashes`. A crash is not a fault the nemesis chose: it
+/// is a bug of its own, which the report names even when the history is
+/// valid.
+fn restart_crashed(
+    cluster: &mut Cluster,
+    recorder: &Recorder,
+    crashes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    for (node, status) in cluster.reap_crashed()? {
+        println!("rill-chaos: node {node} exited by itself ({status}); restarting it");
+        crashes.push(format!("node {node}: {status}"));
+        let mut op = Op::new("supervisor", Type::Invoke, F::Crash, 0);
+        op.node = Some(node);
+        op.error = Some(status);
+        recorder.record(op);
+        let restarted = cluster.restart(node);
+        let mut op = Op::new(
+            "supervisor",
+            if restarted.is_ok() {
+                Type::Ok
+            } else {
+                Type::Fail
+            },
+            F::Crash,
+            0,
+        );
+        op.node = Some(node);
+        op.error = restarted.as_ref().err().map(|e| format!("{e:#}"));
+        recorder.record(op);
+        restarted?;
+    }
+    Ok(())
 }
 
 /// Injects one fault, holds it, heals it; each step is in the history.

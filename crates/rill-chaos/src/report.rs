@@ -27,6 +27,10 @@ pub struct Report<'a> {
     /// Fault kinds asked for that cannot run here, each with why
     /// (`"partition: not root"`).
     pub faults_unavailable: Vec<String>,
+    /// Nodes that exited without being killed, each with its exit status
+    /// (`"node 3: exit status: 1"`); each was restarted. Empty in a good
+    /// run: a crash is a bug even when the history is valid.
+    pub crashes: Vec<String>,
     /// Where the cluster ran: `namespace rill-chaos-<pid>` or `loopback`.
     pub network: String,
     pub nodes: usize,
@@ -63,7 +67,7 @@ fn windows(ops: &[Op], end: f64) -> Vec<Window> {
     for op in ops {
         let Some(node) = op.node else { continue };
         match (op.f, op.kind) {
-            (F::Kill | F::Pause | F::Partition, Type::Ok) => {
+            (F::Kill | F::Pause | F::Partition, Type::Ok) | (F::Crash, Type::Invoke) => {
                 open.insert(
                     node,
                     Window {
@@ -73,7 +77,7 @@ fn windows(ops: &[Op], end: f64) -> Vec<Window> {
                     },
                 );
             }
-            (F::Restart | F::Resume | F::Heal, Type::Ok | Type::Fail) => {
+            (F::Restart | F::Resume | F::Heal | F::Crash, Type::Ok | Type::Fail) => {
                 if let Some(mut window) = open.remove(&node) {
                     window.end = seconds(op.time);
                     windows.push(window);

@@ -219,7 +219,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("rill: {}", one_line(&error));
-                ExitCode::from(2)
+                if error.is::<Fatal>() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::from(2)
+                }
             }
         },
     }
@@ -536,11 +540,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 running.broker().config.data_dir.display()
             );
         }
-        wait_for_signal().await?;
-        running.shutdown().await?;
-        Ok(())
+        tokio::select! {
+            signal = wait_for_signal() => {
+                signal?;
+                running.shutdown().await?;
+                Ok(())
+            }
+            why = running.failed() => {
+                // As after a crash: what was acknowledged is on disk, and
+                // a restart recovers the rest from the data dir.
+                tracing::error!(error = %why, "the controller stopped on a fatal error; exiting");
+                Err(Fatal(why).into())
+            }
+        }
     })
 }
+
+/// The node stopped on an error it cannot recover from while running (its
+/// controller's raft core died); a supervisor should restart it. Exit code
+/// 1, unlike a refused start (2).
+#[derive(Debug)]
+struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the controller stopped on a fatal error ({}); restart the node on its data dir",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Fatal {}
 
 /// Raises this process's soft limit on open files to its hard limit: each
 /// connection is a descriptor, and the usual soft limit of 1024 would refuse

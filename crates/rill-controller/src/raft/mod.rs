@@ -200,8 +200,13 @@ impl QuorumConfig {
 pub struct ControllerOptions {
     /// A snapshot is written after this many log entries since the last.
     pub snapshot_logs_since_last: u64,
-    /// How many entries before a snapshot's point stay in the log (useful to
-    /// followers that are a little behind).
+    /// How many entries before a snapshot's point stay in the log: a
+    /// follower at most this far behind catches up from the log instead of
+    /// being sent a snapshot. Generous on purpose (entries are small): a
+    /// voter back from a partition should not need a snapshot, and
+    /// openraft 0.9's leader can stop on a fatal error when it decides to
+    /// send one just as that follower's stream ends (see
+    /// [`Controller::failed`]).
     pub snapshot_logs_to_keep: u64,
     /// How long `open` waits for the quorum to have a leader (and, on a
     /// single voter, for this node to elect itself and catch up).
@@ -240,7 +245,7 @@ impl Default for ControllerOptions {
     fn default() -> Self {
         Self {
             snapshot_logs_since_last: 1000,
-            snapshot_logs_to_keep: 100,
+            snapshot_logs_to_keep: 10_000,
             open_timeout: Duration::from_secs(30),
             quorum: None,
             advertised_addr: None,
@@ -984,6 +989,31 @@ impl Controller {
         Ok(())
     }
 
+    /// Waits until openraft's core has stopped on its own, on a fatal
+    /// error (a storage failure, or one of its invariants; openraft 0.9.25
+    /// also stops when it tries to send a snapshot to a follower whose
+    /// replication stream has just ended on seeing a higher vote), and
+    /// returns why. This node then neither votes nor learns metadata: its
+    /// image is frozen and, as a broker, it would go on serving a view of
+    /// the cluster that is no longer true. Kafka halts the process on such
+    /// a fault; the caller should too, and restart from the data dir.
+    /// Never returns once [`Controller::shutdown`] has begun.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        let why = loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                break fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                break "the controller's raft core stopped".to_string();
+            }
+        };
+        if self.shared.shutdown.is_cancelled() {
+            std::future::pending::<()>().await;
+        }
+        why
+    }
+
     /// Stops serving the controller port and openraft's tasks. Everything
     /// acknowledged is already durable.
     pub async fn shutdown(&self) -> Result<(), ControllerError> {
@@ -1011,4 +1041,29 @@ fn not_controller_or_failed(
 
 fn unexpected_answer(answer: &ControllerResponse) -> ControllerError {
     ControllerError::Raft(format!("unexpected answer from the controller: {answer:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_names_a_core_that_stopped_by_itself_but_not_a_shutdown() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let controller = Controller::open(dir.path(), 1).await.expect("open");
+        let quiet = tokio::time::timeout(Duration::from_millis(200), controller.failed()).await;
+        assert!(quiet.is_err(), "a running controller has not failed");
+        // Stopped behind the controller's back, as a fatal error stops it.
+        controller.raft.shutdown().await.expect("stop the core");
+        let why = tokio::time::timeout(Duration::from_secs(5), controller.failed())
+            .await
+            .expect("failed() returns once the core has stopped");
+        assert!(!why.is_empty());
+
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let controller = Controller::open(dir.path(), 1).await.expect("open");
+        controller.shutdown().await.expect("shutdown");
+        let after = tokio::time::timeout(Duration::from_millis(200), controller.failed()).await;
+        assert!(after.is_err(), "a shutdown is not a failure");
+    }
 }
