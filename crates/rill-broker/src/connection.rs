@@ -559,6 +559,12 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
         RequestKind::DescribeCluster(body) => ready(ResponseKind::DescribeCluster(
             handlers::describe_cluster::handle(b, v, body),
         )),
+        RequestKind::DescribeLogDirs(body) => ready(ResponseKind::DescribeLogDirs(
+            handlers::describe_log_dirs::handle(b, v, body),
+        )),
+        RequestKind::DescribeTopicPartitions(body) => ready(ResponseKind::DescribeTopicPartitions(
+            handlers::describe_topic_partitions::handle(b, v, body),
+        )),
         RequestKind::InitProducerId(body) => ready(ResponseKind::InitProducerId(
             handlers::init_producer_id::handle(b, v, body).await,
         )),

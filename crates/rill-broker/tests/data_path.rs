@@ -91,10 +91,20 @@ async fn every_produce_and_fetch_version_round_trips_the_batch() {
         expected_offset += 5;
     }
 
+    // From v13 a fetch names the topic by its id.
+    let topic_id = client.metadata(&["versions"]).await.topics[0].topic_id;
+    assert!(!topic_id.is_nil());
     for version in supported(ApiKey::Fetch).unwrap() {
-        let response = client.send(version, fetch_request("versions", 5, 0)).await;
+        let mut request = fetch_request("versions", 5, 0);
+        request.topics[0].topic_id = topic_id;
+        let response = client.send(version, request).await;
         let (error, records) = fetched(&response);
         assert_eq!(error, 0, "fetch v{version}");
+        if version >= 13 {
+            assert_eq!(response.responses[0].topic_id, topic_id, "fetch v{version}");
+        } else {
+            assert_eq!(response.responses[0].topic.0.as_str(), "versions");
+        }
         // Every batch from offset 5 on, each identical to what was sent.
         let batches = records.len() / batch.len();
         assert_eq!(records.len() % batch.len(), 0, "fetch v{version}");
@@ -109,6 +119,23 @@ async fn every_produce_and_fetch_version_round_trips_the_batch() {
             partition.high_watermark, expected_offset,
             "fetch v{version}"
         );
+    }
+    client.assert_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_by_an_unknown_topic_id_is_answered_unknown_topic_id() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("known", 1, &[]).await;
+    for version in 13..=*supported(ApiKey::Fetch).unwrap().end() {
+        let mut request = fetch_request("known", 0, 0);
+        // The name is not sent from v13; an id no topic has.
+        request.topics[0].topic_id = uuid::Uuid::from_u128(0xdead_beef);
+        let response = client.send(version, request).await;
+        let topic = &response.responses[0];
+        assert_eq!(topic.topic_id, uuid::Uuid::from_u128(0xdead_beef));
+        assert_eq!(topic.partitions[0].error_code, 100, "v{version}"); // UNKNOWN_TOPIC_ID
     }
     client.assert_serving().await;
 }
@@ -139,6 +166,26 @@ async fn every_list_offsets_version_answers() {
             assert_eq!(partition.error_code, 0, "v{version} timestamp {timestamp}");
             assert_eq!(partition.offset, offset, "v{version} timestamp {timestamp}");
         }
+    }
+    // KIP-405 and KIP-1005 on a broker without tiered storage: the earliest
+    // local offset is the earliest, and nothing is tiered.
+    for (timestamp, offset) in [(-4, 0), (-5, -1)] {
+        let response = client
+            .send(
+                *supported(ApiKey::ListOffsets).unwrap().end(),
+                ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![ListOffsetsTopic::default()
+                        .with_name(topic_name("offsets"))
+                        .with_partitions(vec![ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_current_leader_epoch(-1)
+                            .with_timestamp(timestamp)])]),
+            )
+            .await;
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(partition.error_code, 0, "timestamp {timestamp}");
+        assert_eq!(partition.offset, offset, "timestamp {timestamp}");
     }
     client.assert_serving().await;
 }
@@ -275,7 +322,9 @@ async fn every_advertised_api_and_version_answers() {
         AlterPartitionReassignmentsRequest,
         ListPartitionReassignmentsRequest,
         DescribeClusterRequest,
+        DescribeLogDirsRequest,
         DescribeQuorumRequest,
+        DescribeTopicPartitionsRequest,
         OffsetCommitRequest,
         OffsetFetchRequest,
         FindCoordinatorRequest,
@@ -427,4 +476,179 @@ async fn keyless_records_on_a_compacted_topic_are_named_in_record_errors() {
     }
     // Nothing of the refused batches was written.
     assert_eq!(client.list_offset("compacted", 0, -1).await, (0, 0));
+}
+
+/// DescribeTopicPartitions (KIP-966) pages through the topics in name
+/// order, `response_partition_limit` partitions at a time, each page's
+/// cursor starting the next; an unknown topic is named with its error, and
+/// a cursor outside the request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_topic_partitions_pages_with_a_cursor() {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    use kafka_protocol::messages::DescribeTopicPartitionsRequest;
+
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("b-three", 3, &[]).await;
+    client.create_topic("a-two", 2, &[]).await;
+    let topics = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| TopicRequest::default().with_name(topic_name(n)))
+            .collect::<Vec<_>>()
+    };
+    let request = |cursor: Option<(&str, i32)>| {
+        DescribeTopicPartitionsRequest::default()
+            .with_topics(topics(&["b-three", "a-two", "missing"]))
+            .with_response_partition_limit(2)
+            .with_cursor(cursor.map(|(t, p)| {
+                Cursor::default()
+                    .with_topic_name(topic_name(t))
+                    .with_partition_index(p)
+            }))
+    };
+    // Page by page: (topic, partitions) and the next cursor.
+    let mut pages = Vec::new();
+    let mut cursor: Option<(String, i32)> = None;
+    for _ in 0..10 {
+        let response = client
+            .send(0, request(cursor.as_ref().map(|(t, p)| (t.as_str(), *p))))
+            .await;
+        let page: Vec<(String, i16, Vec<i32>)> = response
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_ref().unwrap().0.to_string(),
+                    t.error_code,
+                    t.partitions.iter().map(|p| p.partition_index).collect(),
+                )
+            })
+            .collect();
+        for t in &response.topics {
+            for p in &t.partitions {
+                assert_eq!(p.leader_id.0, 1);
+                assert_eq!(p.isr_nodes.len(), 1);
+                assert_eq!(p.eligible_leader_replicas.as_deref(), Some(&[][..]));
+            }
+        }
+        pages.push(page);
+        cursor = response
+            .next_cursor
+            .map(|c| (c.topic_name.0.to_string(), c.partition_index));
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let page = |entries: &[(&str, i16, &[i32])]| {
+        entries
+            .iter()
+            .map(|(n, e, p)| (n.to_string(), *e, p.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        pages,
+        vec![
+            page(&[("a-two", 0, &[0, 1])]),
+            page(&[("b-three", 0, &[0, 1])]),
+            page(&[("b-three", 0, &[2]), ("missing", 3, &[])]),
+        ]
+    );
+    // Every topic when none is named, in name order.
+    let response = client
+        .send(
+            0,
+            DescribeTopicPartitionsRequest::default().with_response_partition_limit(100),
+        )
+        .await;
+    let names: Vec<String> = response
+        .topics
+        .iter()
+        .map(|t| t.name.as_ref().unwrap().0.to_string())
+        .collect();
+    assert_eq!(names, ["a-two", "b-three"]);
+    assert!(response.next_cursor.is_none());
+    // A cursor on a topic the request does not name.
+    let response = client
+        .send(
+            0,
+            DescribeTopicPartitionsRequest::default()
+                .with_topics(topics(&["a-two"]))
+                .with_cursor(Some(
+                    Cursor::default()
+                        .with_topic_name(topic_name("b-three"))
+                        .with_partition_index(0),
+                )),
+        )
+        .await;
+    assert_eq!(response.topics[0].error_code, 42); // INVALID_REQUEST
+}
+
+/// DescribeLogDirs: the data dir, each replica's size, and (v4) the file
+/// system's sizes; named partitions this broker lacks are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_log_dirs_lists_the_replicas_and_their_sizes() {
+    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+    use kafka_protocol::messages::DescribeLogDirsRequest;
+
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    client.create_topic("sized", 2, &[]).await;
+    assert_eq!(client.produce("sized", 0, 10).await, (0, 0));
+    for version in supported(ApiKey::DescribeLogDirs).unwrap() {
+        let response = client
+            .send(version, DescribeLogDirsRequest::default().with_topics(None))
+            .await;
+        assert_eq!(response.error_code, 0);
+        assert_eq!(response.results.len(), 1);
+        let dir = &response.results[0];
+        assert_eq!(dir.error_code, 0);
+        assert!(
+            std::path::Path::new(dir.log_dir.as_str()).is_dir(),
+            "{:?}",
+            dir.log_dir
+        );
+        let sized = dir
+            .topics
+            .iter()
+            .find(|t| t.name.0.as_str() == "sized")
+            .expect("the topic");
+        let sizes: Vec<(i32, bool)> = sized
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.partition_size > 0))
+            .collect();
+        assert_eq!(sizes, [(0, true), (1, false)], "v{version}");
+        assert!(sized.partitions.iter().all(|p| p.offset_lag == 0));
+        if version >= 4 {
+            assert!(dir.total_bytes > 0 && dir.usable_bytes > 0);
+            assert!(dir.usable_bytes <= dir.total_bytes);
+        } else {
+            assert_eq!((dir.total_bytes, dir.usable_bytes), (-1, -1));
+        }
+    }
+    let response = client
+        .send(
+            4,
+            DescribeLogDirsRequest::default().with_topics(Some(vec![
+                DescribableLogDirTopic::default()
+                    .with_topic(topic_name("sized"))
+                    .with_partitions(vec![1, 7]),
+                DescribableLogDirTopic::default()
+                    .with_topic(topic_name("nowhere"))
+                    .with_partitions(vec![0]),
+            ])),
+        )
+        .await;
+    let topics: Vec<(String, Vec<i32>)> = response.results[0]
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.0.to_string(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(topics, [("sized".to_string(), vec![1])]);
 }

@@ -789,6 +789,43 @@ fn consumers_read_from_the_follower_in_their_rack() {
     assert!(served.records.is_some_and(|r| !r.is_empty()));
     assert_eq!(fetch(&cluster, follower, 10, "near", "").error_code, 6);
 
+    // KIP-951: a produce (v10+) sent to the follower is refused with the
+    // current leader and its endpoint, so the client need not ask for
+    // metadata first.
+    let leader_epoch = metadata(&cluster, follower)
+        .and_then(|m| {
+            m.topics
+                .iter()
+                .find(|t| t.name.as_ref().map(|n| n.as_str()) == Some("near"))
+                .map(|t| t.partitions[0].leader_epoch)
+        })
+        .expect("metadata");
+    let mut raw = RawClient::connect(cluster.node(follower).kafka_addr(), CLIENT_TIMEOUT).unwrap();
+    let mut builder = BatchBuilder::new();
+    builder.push(None, Some(b"misdirected"), 0);
+    let response = raw.send(
+        11,
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("near")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(builder.build().into()))])]),
+    );
+    let answer = &response.responses[0].partition_responses[0];
+    assert_eq!(answer.error_code, 6, "{answer:?}"); // NOT_LEADER_OR_FOLLOWER
+    assert_eq!(answer.current_leader.leader_id.0, leader, "{answer:?}");
+    assert_eq!(answer.current_leader.leader_epoch, leader_epoch);
+    let endpoints: Vec<(i32, i32)> = response
+        .node_endpoints
+        .iter()
+        .map(|n| (n.node_id.0, n.port))
+        .collect();
+    let leader_port = i32::from(cluster.node(leader).kafka_addr().port());
+    assert_eq!(endpoints, [(leader, leader_port)], "{response:?}");
+
     let before = bytes_out(&cluster, follower, "near");
     let read = read_values(&cluster, "near", Some(&rack), values.len());
     assert_eq!(read, values);

@@ -8,11 +8,13 @@
 //! encoded bytes, and the caller's record sources in between, in wire order.
 //! The frame's size prefix counts both.
 //!
-//! Versions 4 to 12 are written (rill's Fetch range; v13+ name topics by
-//! id). Fields rill never sets are written as their defaults: no aborted
-//! transactions (null), no diverging epoch, current leader or snapshot id
-//! (tagged fields, omitted), no node endpoints. The tests compare every
-//! version byte for byte with kafka-protocol's own encoder.
+//! Versions 4 to 17 are written: from v13 a topic is named by its id, from
+//! v12 a partition may carry the current leader (KIP-951's hint, which the
+//! broker sets from v16) and from v16 the response the endpoints of the
+//! leaders it names. Fields rill never sets are written as their defaults:
+//! no aborted transactions (null), no diverging epoch or snapshot id
+//! (tagged fields, omitted). The tests compare every version byte for byte
+//! with kafka-protocol's own encoder.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
@@ -21,9 +23,13 @@ use crate::frame::SIZE_PREFIX_LEN;
 use crate::response::EncodeError;
 
 /// The Fetch versions this writer encodes.
-pub const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=12;
+pub const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=17;
 /// Fetch is flexible (compact arrays and strings, tagged fields) from v12.
 const FIRST_FLEXIBLE_VERSION: i16 = 12;
+/// From v13 topics are named by id (KIP-516).
+const FIRST_TOPIC_ID_VERSION: i16 = 13;
+/// From v16 the response lists the endpoints of the leaders it names.
+const FIRST_NODE_ENDPOINTS_VERSION: i16 = 16;
 
 /// Something that will be sent as record bytes: its length is all the
 /// writer needs.
@@ -46,16 +52,30 @@ pub struct FetchPartitionOut<R> {
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub preferred_read_replica: i32,
+    /// The partition's leader and leader epoch, for a client that asked
+    /// the wrong broker (KIP-951); written from v12 when set.
+    pub current_leader: Option<(i32, i32)>,
     /// The record batches, in order; sent back to back as the partition's
     /// `records` field (an empty list is an empty, non-null field).
     pub records: Vec<R>,
 }
 
-/// One topic of a Fetch response.
+/// One topic of a Fetch response: named by `topic` up to v12, by
+/// `topic_id` from v13.
 #[derive(Debug, Clone)]
 pub struct FetchTopicOut<R> {
     pub topic: String,
+    pub topic_id: uuid::Uuid,
     pub partitions: Vec<FetchPartitionOut<R>>,
+}
+
+/// Where a broker named as a current leader listens (v16+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEndpointOut {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
 }
 
 /// A Fetch response whose records are left to the caller to send.
@@ -65,6 +85,8 @@ pub struct FetchResponseOut<R> {
     pub error_code: i16,
     pub session_id: i32,
     pub topics: Vec<FetchTopicOut<R>>,
+    /// Written from v16, when not empty.
+    pub node_endpoints: Vec<NodeEndpointOut>,
 }
 
 /// A piece of an encoded frame.
@@ -122,7 +144,11 @@ pub fn encode_fetch_response<R: RecordSource>(
     }
     put_array_len(&mut out, flexible, response.topics.len())?;
     for topic in response.topics {
-        put_string(&mut out, flexible, &topic.topic).map_err(unsupported)?;
+        if version >= FIRST_TOPIC_ID_VERSION {
+            out.put_slice(topic.topic_id.as_bytes());
+        } else {
+            put_string(&mut out, flexible, &topic.topic).map_err(unsupported)?;
+        }
         put_array_len(&mut out, flexible, topic.partitions.len())?;
         for partition in topic.partitions {
             out.put_i32(partition.partition_index);
@@ -158,7 +184,18 @@ pub fn encode_fetch_response<R: RecordSource>(
                 parts.extend(partition.records.into_iter().map(FramePart::Records));
             }
             if flexible {
-                put_unsigned_varint(&mut out, 0); // partition tagged fields
+                match partition.current_leader {
+                    // Tag 1: LeaderIdAndEpoch, two INT32s and no tags.
+                    Some((leader_id, leader_epoch)) => {
+                        put_unsigned_varint(&mut out, 1);
+                        put_unsigned_varint(&mut out, 1);
+                        put_unsigned_varint(&mut out, 9);
+                        out.put_i32(leader_id);
+                        out.put_i32(leader_epoch);
+                        put_unsigned_varint(&mut out, 0);
+                    }
+                    None => put_unsigned_varint(&mut out, 0),
+                }
             }
         }
         if flexible {
@@ -166,7 +203,29 @@ pub fn encode_fetch_response<R: RecordSource>(
         }
     }
     if flexible {
-        put_unsigned_varint(&mut out, 0); // response tagged fields
+        if version >= FIRST_NODE_ENDPOINTS_VERSION && !response.node_endpoints.is_empty() {
+            // Tag 0: the endpoints, a compact array of NodeEndpoint.
+            let mut field = BytesMut::new();
+            put_array_len(&mut field, true, response.node_endpoints.len())?;
+            for node in &response.node_endpoints {
+                field.put_i32(node.node_id);
+                put_string(&mut field, true, &node.host).map_err(unsupported)?;
+                field.put_i32(node.port);
+                match &node.rack {
+                    Some(rack) => put_string(&mut field, true, rack).map_err(unsupported)?,
+                    None => put_unsigned_varint(&mut field, 0),
+                }
+                put_unsigned_varint(&mut field, 0);
+            }
+            put_unsigned_varint(&mut out, 1);
+            put_unsigned_varint(&mut out, 0);
+            let len = u32::try_from(field.len())
+                .map_err(|_| unsupported(format!("{} bytes of endpoints", field.len())))?;
+            put_unsigned_varint(&mut out, len);
+            out.put_slice(&field);
+        } else {
+            put_unsigned_varint(&mut out, 0); // response tagged fields
+        }
     }
     parts.push(FramePart::Bytes(out.freeze()));
 
@@ -225,7 +284,9 @@ fn put_string(out: &mut BytesMut, flexible: bool, value: &str) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::fetch_response::{
+        FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+    };
     use kafka_protocol::messages::{BrokerId, FetchResponse, ResponseKind, TopicName};
     use kafka_protocol::protocol::StrBytes;
 
@@ -237,6 +298,7 @@ mod tests {
             last_stable_offset: 900,
             log_start_offset: 7,
             preferred_read_replica: -1,
+            current_leader: (index == 2).then_some((3, 17)),
             records: records.into_iter().map(Bytes::from_static).collect(),
         };
         FetchResponseOut {
@@ -246,6 +308,7 @@ mod tests {
             topics: vec![
                 FetchTopicOut {
                     topic: "orders".into(),
+                    topic_id: uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
                     partitions: vec![
                         partition(0, vec![b"first batch", b"second"]),
                         partition(1, vec![]),
@@ -254,11 +317,27 @@ mod tests {
                 },
                 FetchTopicOut {
                     topic: "a".repeat(200),
+                    topic_id: uuid::Uuid::from_u128(2),
                     partitions: vec![partition(5, vec![&[7u8; 300]])],
                 },
                 FetchTopicOut {
                     topic: "empty".into(),
+                    topic_id: uuid::Uuid::from_u128(3),
                     partitions: vec![],
+                },
+            ],
+            node_endpoints: vec![
+                NodeEndpointOut {
+                    node_id: 3,
+                    host: "broker-3.example".into(),
+                    port: 9092,
+                    rack: Some("rack-b".into()),
+                },
+                NodeEndpointOut {
+                    node_id: 4,
+                    host: "127.0.0.4".into(),
+                    port: 19092,
+                    rack: None,
                 },
             ],
         }
@@ -283,19 +362,42 @@ mod tests {
                             .with_log_start_offset(p.log_start_offset)
                             .with_preferred_read_replica(BrokerId(p.preferred_read_replica))
                             .with_aborted_transactions(None)
+                            .with_current_leader(match p.current_leader {
+                                Some((id, epoch)) => LeaderIdAndEpoch::default()
+                                    .with_leader_id(BrokerId(id))
+                                    .with_leader_epoch(epoch),
+                                None => LeaderIdAndEpoch::default(),
+                            })
                             .with_records(Some(Bytes::from(records)))
                     })
                     .collect();
-                FetchableTopicResponse::default()
-                    .with_topic(TopicName(StrBytes::from_string(t.topic.clone())))
-                    .with_partitions(partitions)
+                let topic = FetchableTopicResponse::default().with_partitions(partitions);
+                // Each version names a topic one way; the other field
+                // must keep its default.
+                if version >= 13 {
+                    topic.with_topic_id(t.topic_id)
+                } else {
+                    topic.with_topic(TopicName(StrBytes::from_string(t.topic.clone())))
+                }
+            })
+            .collect();
+        let endpoints = out
+            .node_endpoints
+            .iter()
+            .map(|n| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(n.node_id))
+                    .with_host(StrBytes::from_string(n.host.clone()))
+                    .with_port(n.port)
+                    .with_rack(n.rack.clone().map(StrBytes::from_string))
             })
             .collect();
         let body = FetchResponse::default()
             .with_throttle_time_ms(out.throttle_time_ms)
             .with_error_code(out.error_code)
             .with_session_id(out.session_id)
-            .with_responses(topics);
+            .with_responses(topics)
+            .with_node_endpoints(if version >= 16 { endpoints } else { Vec::new() });
         let mut dst = BytesMut::new();
         crate::encode_response(
             ApiKey::Fetch,
@@ -343,6 +445,6 @@ mod tests {
     #[test]
     fn rejects_versions_outside_the_range() {
         assert!(encode_fetch_response(3, 1, sample()).is_err());
-        assert!(encode_fetch_response(13, 1, sample()).is_err());
+        assert!(encode_fetch_response(18, 1, sample()).is_err());
     }
 }

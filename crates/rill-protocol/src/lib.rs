@@ -74,7 +74,7 @@ pub mod versions;
 
 pub use fetch::{
     encode_fetch_response, FetchPartitionOut, FetchResponseOut, FetchTopicOut, FramePart,
-    RecordSource, FETCH_VERSIONS,
+    NodeEndpointOut, RecordSource, FETCH_VERSIONS,
 };
 pub use frame::{
     decode_frame, encode_frame, finish_frame, start_frame, FrameError, FrameStart,

@@ -36,13 +36,22 @@ impl SupportedApi {
 pub const SUPPORTED_APIS: &[SupportedApi] = &[
     // v3 is the first version that carries record batches of magic 2, the
     // only format rill stores (Kafka 4 also starts at v3).
-    SupportedApi::new(ApiKey::Produce, 3, 9),
-    // v4 is the first with the isolation level and last stable offset; v13+
-    // address topics by id.
-    SupportedApi::new(ApiKey::Fetch, 4, 12),
+    // v10 adds KIP-951's leader hints; v11 may answer TRANSACTION_ABORTABLE
+    // (never, without transactions). v12 means transaction version 2
+    // (KIP-890), v13 names topics by id: not served.
+    SupportedApi::new(ApiKey::Produce, 3, 11),
+    // v4 is the first with the isolation level and last stable offset; v13
+    // names topics by id, v15 moves the follower's id into a replica
+    // state, v16 adds KIP-951's leader hints, v17 a follower's directory
+    // id (unused). v18 (KIP-1166's high watermark for KRaft followers) is
+    // not served.
+    SupportedApi::new(ApiKey::Fetch, 4, 17),
     // v0 has the pre-0.10.1 "offsets before" form.
-    SupportedApi::new(ApiKey::ListOffsets, 1, 7),
-    SupportedApi::new(ApiKey::Metadata, 0, 12),
+    // v8 and v9 add the tiered-storage timestamps -4 and -5, v10 a
+    // timeout; rill keeps every segment local.
+    SupportedApi::new(ApiKey::ListOffsets, 1, 10),
+    // v13 adds a top-level error code.
+    SupportedApi::new(ApiKey::Metadata, 0, 13),
     // v0 and v1 are gone from kafka-protocol 0.18 (and from Kafka 4).
     SupportedApi::new(ApiKey::OffsetCommit, 2, 9),
     // v0 is gone from kafka-protocol 0.18; v10 addresses topics by id.
@@ -68,6 +77,8 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     // v0 is gone from kafka-protocol 0.18 (and from Kafka 4).
     SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
     SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
+    // v0 is gone from Kafka 4; v4 adds the file system's sizes.
+    SupportedApi::new(ApiKey::DescribeLogDirs, 1, 4),
     SupportedApi::new(ApiKey::CreatePartitions, 0, 3),
     SupportedApi::new(ApiKey::DeleteGroups, 0, 2),
     // v1 adds the election type (unclean) and a top-level error.
@@ -80,6 +91,8 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     // KIP-595's view of the controller quorum; v2 adds the nodes' endpoints.
     SupportedApi::new(ApiKey::DescribeQuorum, 0, 2),
     SupportedApi::new(ApiKey::DescribeCluster, 0, 2),
+    // KIP-966's paged topic metadata, with eligible leader replicas.
+    SupportedApi::new(ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 /// The versions of `api_key` rill handles, or `None` if it does not handle the

@@ -221,19 +221,20 @@ fn unknown_api_keys_are_reported() {
 #[test]
 fn unsupported_versions_carry_the_correlation_id() {
     // ApiVersions newer than the table (v4 is known to kafka-protocol, v127 to
-    // nobody), and versions newer than the table's for other APIs (Fetch v13
-    // names topics by id; ListOffsets v8 adds tiered-storage lookups).
+    // nobody), and versions newer than the table's for other APIs (Fetch v18
+    // carries KIP-1166's follower high watermark; Produce v12 means
+    // transaction version 2).
     let cases = [
         (ApiKey::ApiVersions, 4, api_versions_request(4)),
         (
             ApiKey::Fetch,
-            13,
+            18,
             RequestKind::Fetch(kafka_protocol::messages::FetchRequest::default()),
         ),
         (
-            ApiKey::ListOffsets,
-            8,
-            RequestKind::ListOffsets(kafka_protocol::messages::ListOffsetsRequest::default()),
+            ApiKey::Produce,
+            12,
+            RequestKind::Produce(kafka_protocol::messages::ProduceRequest::default()),
         ),
     ];
     for (api_key, api_version, body) in cases {

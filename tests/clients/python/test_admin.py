@@ -61,6 +61,30 @@ def test_metadata_and_describe_cluster(broker, topic_name):
         admin.close()
 
 
+def test_log_dirs_and_topic_partitions_kafka_python(broker, topic_name):
+    """DescribeLogDirs and KIP-966's DescribeTopicPartitions, as kafka-python 3 calls them."""
+    kp_create_topic(broker.bootstrap, topic_name, partitions=3)
+    kp_produce(broker.bootstrap, topic_name, [Record(b"k", b"v" * 100)] * 5, partition=1)
+    admin = kp_admin(broker.bootstrap)
+    try:
+        dirs = admin.describe_log_dirs()
+        assert len(dirs) == 1, dirs
+        text = repr(dirs)
+        assert os.path.realpath(broker.data_dir) in text, text
+        assert topic_name in text, text
+
+        pages, cursor = [], None
+        for _ in range(5):
+            answer = admin.describe_topic_partitions([topic_name], response_partition_limit=2, cursor=cursor)
+            pages.append([(t["name"], [p["partition_index"] for p in t["partitions"]]) for t in answer["topics"]])
+            cursor = answer["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == [[(topic_name, [0, 1])], [(topic_name, [2])]], pages
+    finally:
+        admin.close()
+
+
 # ---------------------------------------------------------------- configs
 
 

@@ -32,7 +32,9 @@ use std::time::Duration;
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::fetch_request::FetchPartition;
 use rill_protocol::kafka_protocol::messages::FetchRequest;
-use rill_protocol::{FetchPartitionOut, FetchResponseOut, FetchTopicOut, RecordSource};
+use rill_protocol::{
+    FetchPartitionOut, FetchResponseOut, FetchTopicOut, NodeEndpointOut, RecordSource,
+};
 use rill_storage::{FileRegion, StorageError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -56,7 +58,8 @@ impl RecordSource for Region {
 
 pub type FetchAnswer = FetchResponseOut<Region>;
 
-pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) -> FetchAnswer {
+pub async fn handle(broker: Arc<Broker>, version: i16, mut request: FetchRequest) -> FetchAnswer {
+    normalize(&broker, version, &mut request);
     let bytes_max = if version >= 3 {
         usize::try_from(request.max_bytes).unwrap_or(0)
     } else {
@@ -110,6 +113,25 @@ pub async fn handle(broker: Arc<Broker>, version: i16, request: FetchRequest) ->
             _ = tokio::time::sleep_until(deadline) => {
                 return read(&broker, version, &request, bytes_max).0;
             }
+        }
+    }
+}
+
+/// Brings a request of any version to the fields the rest of this module
+/// reads: from v13 each topic's name is looked up from its id (an unknown
+/// id leaves the name empty, answered UNKNOWN_TOPIC_ID), and from v15 the
+/// follower's id is in `replica_state`.
+fn normalize(broker: &Broker, version: i16, request: &mut FetchRequest) {
+    if version >= 15 {
+        request.replica_id = request.replica_state.replica_id;
+    }
+    if version >= 13 {
+        let image = broker.controller.image();
+        for topic in &mut request.topics {
+            topic.topic = image.topic_by_id(&topic.topic_id).map_or_else(
+                || super::wire_topic(""),
+                |t| super::wire_topic(t.name.as_str()),
+            );
         }
     }
 }
@@ -198,11 +220,17 @@ fn read(
     let mut total = 0usize;
     let mut any_error = false;
     let mut topics = Vec::with_capacity(request.topics.len());
+    let mut leaders = std::collections::BTreeSet::new();
     for topic in &request.topics {
         let name = topic.topic.0.as_str();
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for fetch in &topic.partitions {
-            let data = match read_partition(broker, &asker, name, fetch, bytes_max, total) {
+            let read = if version >= 13 && name.is_empty() {
+                Err((KafkaError::new(ResponseError::UnknownTopicId), -1, -1))
+            } else {
+                read_partition(broker, &asker, name, fetch, bytes_max, total)
+            };
+            let data = match read {
                 Ok(data) => {
                     total += data
                         .records
@@ -213,6 +241,15 @@ fn read(
                 }
                 Err((error, log_start_offset, high_watermark)) => {
                     any_error = true;
+                    // KIP-951, from v16: where the leader is now.
+                    let current_leader = (version >= 16 && super::is_leadership_error(error.code))
+                        .then(|| {
+                            super::current_leader(&broker.controller.image(), name, fetch.partition)
+                        })
+                        .flatten();
+                    if let Some((leader, _)) = current_leader {
+                        leaders.insert(leader);
+                    }
                     FetchPartitionOut {
                         partition_index: fetch.partition,
                         error_code: error.code,
@@ -220,6 +257,7 @@ fn read(
                         last_stable_offset: high_watermark,
                         log_start_offset,
                         preferred_read_replica: -1,
+                        current_leader,
                         records: Vec::new(),
                     }
                 }
@@ -228,14 +266,31 @@ fn read(
         }
         topics.push(FetchTopicOut {
             topic: name.to_string(),
+            topic_id: topic.topic_id,
             partitions,
         });
     }
+    let node_endpoints = if leaders.is_empty() {
+        Vec::new()
+    } else {
+        let image = broker.controller.image();
+        leaders
+            .into_iter()
+            .filter_map(|id| image.broker(id))
+            .map(|b| NodeEndpointOut {
+                node_id: b.node_id,
+                host: b.host.clone(),
+                port: i32::from(b.port),
+                rack: b.rack.clone(),
+            })
+            .collect()
+    };
     let response = FetchResponseOut {
         throttle_time_ms: 0,
         error_code: 0,
         session_id: 0,
         topics,
+        node_endpoints,
     };
     (response, total, any_error)
 }
@@ -296,13 +351,8 @@ fn read_partition(
     bytes_max: usize,
     bytes_so_far: usize,
 ) -> Result<FetchPartitionOut<Region>, PartitionError> {
-    let Some(partition) = broker.replicas.get(topic, fetch.partition) else {
-        return Err((
-            KafkaError::new(ResponseError::UnknownTopicOrPartition),
-            -1,
-            -1,
-        ));
-    };
+    let partition =
+        super::hosted_partition(broker, topic, fetch.partition).map_err(|error| (error, -1, -1))?;
     let log = &partition.log;
     let fail = |error: KafkaError| (error, log.log_start_offset(), partition.high_watermark());
     let replica_id = asker.replica_id;
@@ -320,6 +370,7 @@ fn read_partition(
                 last_stable_offset: partition.high_watermark(),
                 log_start_offset: log.log_start_offset(),
                 preferred_read_replica: preferred,
+                current_leader: None,
                 records: Vec::new(),
             });
         }
@@ -378,6 +429,7 @@ fn read_partition(
         last_stable_offset: high_watermark,
         log_start_offset,
         preferred_read_replica: -1,
+        current_leader: None,
         records,
     })
 }

@@ -1,6 +1,8 @@
 //! ListOffsets (key 2): the earliest offset, the latest (the high
 //! watermark), the first offset at or after a timestamp, or the offset of
-//! the record with the largest timestamp.
+//! the record with the largest timestamp; and the tiered-storage answers of
+//! a broker whose segments are all local (earliest local = earliest, latest
+//! tiered = none).
 
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::list_offsets_response::{
@@ -17,6 +19,10 @@ use crate::server::Broker;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+/// KIP-405: the first offset still on local disk: every offset, here.
+const EARLIEST_LOCAL: i64 = -4;
+/// KIP-1005: the last offset copied to tiered storage: none, here.
+const LATEST_TIERED: i64 = -5;
 
 pub fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
     let topics = request
@@ -83,10 +89,12 @@ fn lookup(
             let offset = partition.high_watermark();
             Ok((-1, offset, epoch_at(&partition, offset)))
         }
-        EARLIEST => {
+        EARLIEST | EARLIEST_LOCAL => {
             let offset = log.log_start_offset();
             Ok((-1, offset, epoch_at(&partition, offset)))
         }
+        // As Kafka answers when remote storage is off.
+        LATEST_TIERED => Ok((-1, -1, -1)),
         MAX_TIMESTAMP => match log.max_timestamp_offset().map_err(storage)? {
             Some(found) if found.offset < partition.high_watermark() => Ok((
                 found.timestamp,
@@ -106,7 +114,7 @@ fn lookup(
                 _ => Ok((-1, -1, -1)),
             }
         }
-        // -4 and -5 (tiered storage) and anything else below zero.
+        // Anything else below zero.
         _ => Err(KafkaError::new(ResponseError::InvalidRequest)),
     }
 }

@@ -19,7 +19,7 @@ use super::{create_topic, str_bytes, wire_topic, KafkaError};
 use crate::server::Broker;
 
 /// Kafka's internal topics.
-const INTERNAL_TOPICS: [&str; 2] = ["__consumer_offsets", "__transaction_state"];
+pub(super) const INTERNAL_TOPICS: [&str; 2] = ["__consumer_offsets", "__transaction_state"];
 
 /// Kafka's "authorized operations were not asked for" value.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -28,7 +28,7 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 /// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS,
 /// ALTER_CONFIGS) as a bit field of `AclOperation` codes (KIP-430). rill has
 /// no authoriser yet, so all are allowed.
-const TOPIC_OPERATIONS_ALL: i32 =
+pub(super) const TOPIC_OPERATIONS_ALL: i32 =
     (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 
 pub async fn handle(

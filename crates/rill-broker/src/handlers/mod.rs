@@ -24,7 +24,9 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod describe_quorum;
+pub mod describe_topic_partitions;
 pub mod elect_leaders;
 pub mod fetch;
 pub mod find_coordinator;
@@ -217,6 +219,29 @@ pub fn check_leader_epoch(requested: i32, current: i32) -> Result<(), KafkaError
     } else {
         Err(KafkaError::new(ResponseError::UnknownLeaderEpoch))
     }
+}
+
+/// KIP-951's hint for a request refused because this broker does not lead
+/// the partition (NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH): the leader
+/// and leader epoch the image names, if that leader is offered to clients,
+/// so the client can go there before its next metadata answer (Produce
+/// v10+, Fetch v16+).
+pub fn current_leader(
+    image: &rill_controller::MetadataImage,
+    topic: &str,
+    index: i32,
+) -> Option<(NodeId, i32)> {
+    let state = image.topic(topic)?.partition(index)?;
+    image
+        .broker(state.leader)
+        .is_some_and(|b| !b.fenced)
+        .then_some((state.leader, state.leader_epoch))
+}
+
+/// Whether `code` is one that [`current_leader`] hints for.
+pub fn is_leadership_error(code: i16) -> bool {
+    code == ResponseError::NotLeaderOrFollower.code()
+        || code == ResponseError::FencedLeaderEpoch.code()
 }
 
 /// This node's replica of a partition, for a request that needs its log:

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
-use rill_protocol::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use rill_protocol::kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use rill_storage::{InvalidRecord, StorageError};
 use tracing::{debug, warn};
 
@@ -148,16 +149,65 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 .with_partition_responses(partition_responses),
         );
     }
-    let response = ProduceResponse::default().with_responses(responses);
+    let mut response = ProduceResponse::default().with_responses(responses);
     match acks {
         0 if any_error => Produced::Close,
         0 => Produced::NoAnswer,
         -1 if !durable.is_empty() => {
             let deadline = tokio::time::Instant::now() + timeout;
-            Produced::Later(Box::pin(wait_durable(response, durable, deadline)))
+            let broker = Arc::clone(broker);
+            Produced::Later(Box::pin(async move {
+                let mut response = wait_durable(response, durable, deadline).await;
+                add_leader_hints(&broker, &mut response);
+                response
+            }))
         }
-        _ => Produced::Ready(response),
+        _ => {
+            add_leader_hints(broker, &mut response);
+            Produced::Ready(response)
+        }
     }
+}
+
+/// KIP-951 (v10+; older versions do not encode these fields): each
+/// partition refused because this broker does not lead it names its
+/// current leader, and the response lists those leaders' endpoints, so the
+/// client retries there without waiting for fresh metadata.
+fn add_leader_hints(broker: &Broker, response: &mut ProduceResponse) {
+    if !response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .any(|p| super::is_leadership_error(p.error_code))
+    {
+        return;
+    }
+    let image = broker.controller.image();
+    let mut leaders = std::collections::BTreeSet::new();
+    for topic in &mut response.responses {
+        for p in &mut topic.partition_responses {
+            if !super::is_leadership_error(p.error_code) {
+                continue;
+            }
+            if let Some((leader, epoch)) = super::current_leader(&image, &topic.name, p.index) {
+                p.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(leader))
+                    .with_leader_epoch(epoch);
+                leaders.insert(leader);
+            }
+        }
+    }
+    response.node_endpoints = leaders
+        .into_iter()
+        .filter_map(|id| image.broker(id))
+        .map(|b| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(super::str_bytes(b.host.clone()))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.clone().map(super::str_bytes))
+        })
+        .collect();
 }
 
 /// Validates and appends one partition's batches as leader.
