@@ -107,13 +107,16 @@ impl LeaderEpochCache {
     }
 
     /// Records that `epoch` began at `start_offset`, if it is newer than the
-    /// latest known epoch. Older or equal epochs are ignored, as in Kafka.
+    /// latest known epoch, or the latest epoch itself starting earlier than
+    /// recorded (Kafka's `LeaderEpochFileCache.isUpdateNeeded`: a rebuild
+    /// from the batches after a crash can find the latest epoch's first
+    /// batch below a checkpointed start). Older epochs are ignored.
     pub fn assign(&mut self, epoch: i32, start_offset: i64) {
         if epoch < 0 {
             return;
         }
         if let Some(last) = self.entries.last() {
-            if epoch <= last.epoch {
+            if epoch < last.epoch || (epoch == last.epoch && start_offset >= last.start_offset) {
                 return;
             }
             // An epoch starting before the previous one's start means the
@@ -246,6 +249,20 @@ mod tests {
         assert_eq!(pairs(&c), vec![(1, 0), (4, 10)]);
         c.assign(-1, 20);
         assert_eq!(pairs(&c), vec![(1, 0), (4, 10)]);
+    }
+
+    #[test]
+    fn the_latest_epoch_moves_to_an_earlier_start() {
+        let mut c = cache(&[(2, 0), (3, 10)]);
+        c.assign(3, 12);
+        assert_eq!(pairs(&c), vec![(2, 0), (3, 10)]);
+        c.assign(3, 5);
+        assert_eq!(pairs(&c), vec![(2, 0), (3, 5)]);
+        // Starting at or before an older epoch's start replaces that too.
+        c.assign(3, 0);
+        assert_eq!(pairs(&c), vec![(3, 0)]);
+        c.assign(2, 0);
+        assert_eq!(pairs(&c), vec![(3, 0)]);
     }
 
     #[test]

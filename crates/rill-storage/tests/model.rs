@@ -155,8 +155,10 @@ impl Epochs {
         if epoch < 0 {
             return;
         }
-        if let Some(&(last_epoch, _)) = self.0.last() {
-            if epoch <= last_epoch {
+        if let Some(&(last_epoch, last_start)) = self.0.last() {
+            // Kafka's rule: a newer epoch, or the latest one starting
+            // earlier than recorded.
+            if epoch < last_epoch || (epoch == last_epoch && start >= last_start) {
                 return;
             }
             while self.0.last().is_some_and(|&(_, s)| s >= start) {
