@@ -34,6 +34,7 @@ mod errors;
 pub mod group;
 mod handlers;
 mod http;
+pub mod metadata;
 mod metrics;
 mod producer_ids;
 pub mod replica;

@@ -54,7 +54,7 @@ use crate::replica::{AppendError, IsrChange, Partition, ReplicaManager};
 pub struct ReplicationContext {
     pub node_id: NodeId,
     pub replicas: Arc<ReplicaManager>,
-    pub controller: rill_controller::Controller,
+    pub controller: Arc<dyn crate::metadata::MetadataClient>,
     /// `replica.lag.time.max.ms`.
     pub lag_max: Duration,
     /// Told of each committed ISR change: (shrunk, expanded).

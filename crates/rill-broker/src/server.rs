@@ -10,6 +10,8 @@ use std::time::Duration;
 use rill_controller::raft::rpc::{BrokerHeartbeat, BrokerRegistrationRequest};
 use rill_controller::raft::QuorumConfig;
 use rill_controller::{Controller, ControllerError, ControllerOptions, MetadataImage};
+
+use crate::metadata::MetadataClient;
 use rill_storage::{LogManager, LogManagerConfig, StorageError};
 use rill_types::{Clock, SystemClock};
 use tokio::net::TcpListener;
@@ -84,7 +86,8 @@ async fn blocking<T: Send + 'static>(
 pub struct Broker {
     pub config: BrokerConfig,
     pub cluster_id: String,
-    pub controller: Controller,
+    /// The controller quorum, as this broker sees it (see `metadata`).
+    pub controller: Arc<dyn MetadataClient>,
     pub replicas: Arc<ReplicaManager>,
     /// Permits for fetches waiting for data ([`BrokerConfig::fetch_waiting_max`]).
     pub fetch_waiting: Semaphore,
@@ -135,6 +138,9 @@ impl Broker {
 #[derive(Debug)]
 pub struct RunningBroker {
     broker: Arc<Broker>,
+    /// The node's own controller, which only starting and stopping the
+    /// node needs as such; everything else sees `broker.controller`.
+    controller: Controller,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     kafka_addr: SocketAddr,
@@ -165,7 +171,7 @@ impl RunningBroker {
     /// says why (see [`Controller::failed`]). The node must then stop: its
     /// view of the cluster can no longer change.
     pub async fn failed(&self) -> String {
-        self.broker.controller.failed().await
+        self.controller.failed().await
     }
 
     /// Asks the active controller to move this broker's leaderships away
@@ -200,7 +206,7 @@ impl RunningBroker {
             path: self.broker.config.data_dir.clone(),
             source: io::Error::other(e.to_string()),
         })??;
-        self.broker.controller.shutdown().await?;
+        self.controller.shutdown().await?;
         info!("stopped");
         Ok(())
     }
@@ -521,7 +527,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             Arc::clone(&clock),
         )),
         cluster_id,
-        controller,
+        controller: Arc::new(controller.clone()),
         config,
         metrics,
     });
@@ -540,6 +546,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     }
     let running = RunningBroker {
         broker: Arc::clone(&broker),
+        controller,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         kafka_addr,
@@ -553,7 +560,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         // clients take for a broken answer. Connections wait in the
         // listener's backlog meanwhile.
         let node_id = broker.config.node_id;
-        let unfenced = wait_for_image(&broker.controller, "this broker to be unfenced", |image| {
+        let unfenced = wait_for_image(&*broker.controller, "this broker to be unfenced", |image| {
             image.broker(node_id).is_some_and(|b| !b.fenced)
         })
         .await;
@@ -615,7 +622,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
 /// Waits (bounded by [`QUORUM_WAIT_TIMEOUT`]) until the committed image
 /// satisfies `done`.
 async fn wait_for_image(
-    controller: &Controller,
+    controller: &dyn MetadataClient,
     what: &str,
     done: impl Fn(&MetadataImage) -> bool,
 ) -> Result<Arc<MetadataImage>, StartError> {

@@ -63,7 +63,7 @@ pub async fn handle(
     if (producer_id == NO_PRODUCER_ID) != (request.producer_epoch == NO_PRODUCER_EPOCH) {
         return error(ResponseError::InvalidRequest);
     }
-    match broker.producer_ids.next_id(&broker.controller).await {
+    match broker.producer_ids.next_id(&*broker.controller).await {
         Ok(id) => {
             debug!(
                 producer_id = id,
