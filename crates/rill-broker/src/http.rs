@@ -125,7 +125,15 @@ async fn answer(
         "/metrics" => {
             // Reading the state takes the logs' and the group
             // coordinator's locks: off the async threads.
-            match tokio::task::spawn_blocking(move || broker.metrics.render(&broker)).await {
+            let render = move || {
+                broker.metrics.render(&metrics::Sources {
+                    node_id: broker.config.node_id,
+                    metadata: &*broker.controller,
+                    replicas: &broker.replicas,
+                    groups: &broker.groups,
+                })
+            };
+            match tokio::task::spawn_blocking(render).await {
                 Ok(body) => response(StatusCode::OK, metrics::CONTENT_TYPE, Bytes::from(body)),
                 Err(error) => {
                     warn!(%error, "rendering metrics failed");

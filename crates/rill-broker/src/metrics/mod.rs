@@ -38,8 +38,10 @@ use rill_protocol::kafka_protocol::messages::{ApiKey, ResponseKind};
 use rill_protocol::SUPPORTED_APIS;
 use rill_storage::FlushObserver;
 
+use crate::group::GroupCoordinator;
 use crate::handlers::fetch::FetchAnswer;
-use crate::server::Broker;
+use crate::metadata::MetadataClient;
+use crate::replica::ReplicaManager;
 
 /// The content type of the text exposition format, version 0.0.4.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -572,11 +574,11 @@ impl Metrics {
     /// The text exposition of every metric: the counters kept so far and
     /// the broker's state read now. Blocking (it takes the logs' and the
     /// group coordinator's locks briefly).
-    pub(crate) fn render(&self, broker: &Broker) -> Vec<u8> {
-        let image = broker.controller.image();
+    pub(crate) fn render(&self, sources: &Sources<'_>) -> Vec<u8> {
+        let image = sources.metadata.image();
         self.forget_deleted_topics(&image);
         let mut families = self.registry.gather();
-        families.extend(state_families(broker, &image));
+        families.extend(state_families(sources, &image));
         families.retain(|family| !family.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
@@ -640,10 +642,18 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge")
 }
 
+/// What the gauges read at scrape time: the parts of a node they need.
+pub(crate) struct Sources<'a> {
+    pub node_id: rill_types::NodeId,
+    pub metadata: &'a dyn MetadataClient,
+    pub replicas: &'a ReplicaManager,
+    pub groups: &'a GroupCoordinator,
+}
+
 /// The gauges read from the broker's state at scrape time.
-fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
-    let node_id = broker.config.node_id;
-    let partitions = broker.replicas.all();
+fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFamily> {
+    let node_id = sources.node_id;
+    let partitions = sources.replicas.all();
 
     let partition_count = IntGauge::new(
         "rill_partitions",
@@ -716,13 +726,13 @@ fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
          (the log end with one replica) minus the committed offset.",
         &["group", "topic", "partition"],
     );
-    for (group, topic, index, offset) in broker.groups.committed_offsets() {
+    for (group, topic, index, offset) in sources.groups.committed_offsets() {
         let index_label = index.to_string();
         let labels = [group.as_str(), topic.as_str(), index_label.as_str()];
         committed.with_label_values(&labels).set(offset);
         // Lag needs the partition's end, which only its leader knows; a
         // negative committed offset (-1: none) has no lag to speak of.
-        if let Some(partition) = broker.replicas.get(&topic, index) {
+        if let Some(partition) = sources.replicas.get(&topic, index) {
             if offset >= 0 {
                 let end = partition.high_watermark();
                 lag.with_label_values(&labels).set((end - offset).max(0));
@@ -735,7 +745,7 @@ fn state_families(broker: &Broker, image: &MetadataImage) -> Vec<MetricFamily> {
         "1 if this node is the active controller (the quorum's leader), else 0.",
     )
     .expect("valid gauge");
-    controller_active.set(i64::from(broker.controller.is_active()));
+    controller_active.set(i64::from(sources.metadata.is_active()));
     let fenced = IntGauge::new(
         "rill_fenced_brokers",
         "Registered brokers that are fenced: they lead nothing and are not offered to clients.",
