@@ -48,7 +48,7 @@ use uuid::Uuid;
 
 use crate::replica::ReplicaManager;
 use crate::server::Broker;
-use persist::{Appended, AppendedCommit, Writes};
+use persist::{group_write_error_code, Appended, AppendedCommit, Writes};
 use records::{OffsetValue, RecordKey};
 use state::{Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced};
 
@@ -361,10 +361,7 @@ impl GroupCoordinator {
                 Joined::Persist(answer) => {
                     match Self::durable(appended.expect("appended with the decision")).await {
                         Ok(_) => answer,
-                        Err(code) if code == ResponseError::InvalidCommitOffsetSize.code() => {
-                            error(ResponseError::UnknownServerError.code())
-                        }
-                        Err(code) => error(code),
+                        Err(code) => error(group_write_error_code(code)),
                     }
                 }
             }
@@ -508,23 +505,14 @@ impl GroupCoordinator {
                     // Kafka answers a group record too large for the log
                     // with UNKNOWN_SERVER_ERROR (INVALID_COMMIT_OFFSET_SIZE
                     // is for commits).
-                    let written = Self::durable(appended.expect("appended above"))
-                        .await
-                        .map(|_| ())
-                        .map_err(|code| {
-                            if code == ResponseError::InvalidCommitOffsetSize.code() {
-                                ResponseError::UnknownServerError.code()
-                            } else {
-                                code
-                            }
-                        });
-                    {
-                        let mut state = coordinator.lock();
-                        let now = coordinator.now();
-                        if let Some(group) = state.groups.get_mut(&group_id) {
-                            group.complete_sync(generation, assignments, written, now);
-                        }
-                    }
+                    let appended = appended.expect("appended above");
+                    let complete = |group: &mut Group, written: Result<i64, i16>, now| {
+                        let written = written.map(|_| ()).map_err(group_write_error_code);
+                        group.complete_sync(generation, assignments, written, now);
+                    };
+                    let _ = coordinator
+                        .apply_when_durable(group_id, appended, complete)
+                        .await;
                     wait.await
                         .unwrap_or_else(|_| error(ResponseError::NotCoordinator))
                 }
@@ -604,9 +592,8 @@ impl GroupCoordinator {
             let Some((appended, values)) = appended? else {
                 return Ok(());
             };
-            let base_offset = Self::durable(appended).await?;
-            let mut state = coordinator.lock();
-            if let Some(group) = state.groups.get_mut(&group_id) {
+            let apply = |group: &mut Group, written: Result<i64, i16>, _now| {
+                let Ok(base_offset) = written else { return };
                 for (i, (topic, partition, value)) in values.into_iter().enumerate() {
                     group.apply_commit(
                         topic,
@@ -617,8 +604,11 @@ impl GroupCoordinator {
                         },
                     );
                 }
-            }
-            Ok(())
+            };
+            coordinator
+                .apply_when_durable(group_id, appended, apply)
+                .await
+                .map(|_| ())
         }
     }
 

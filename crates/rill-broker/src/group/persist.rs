@@ -95,6 +95,29 @@ impl GroupCoordinator {
         }
     }
 
+    /// The end of a change that shows only once its records are durable
+    /// (a commit's offsets, the leader's assignment). The caller decided
+    /// the change and appended its records under the state lock (see
+    /// [`GroupCoordinator::state`]); this waits until they are durable
+    /// ([`GroupCoordinator::durable`]) and then, under the lock again,
+    /// hands the outcome (their base offset, or the error code) to `apply`
+    /// with the group, if it still exists, and the time. Returns the
+    /// outcome.
+    pub(super) async fn apply_when_durable(
+        self: Arc<Self>,
+        group_id: String,
+        appended: Appended,
+        apply: impl FnOnce(&mut Group, Result<i64, i16>, i64) + Send,
+    ) -> Result<i64, i16> {
+        let written = Self::durable(appended).await;
+        let mut state = self.lock();
+        let now = self.now();
+        if let Some(group) = state.groups.get_mut(&group_id) {
+            apply(group, written, now);
+        }
+        written
+    }
+
     /// Writes a group's metadata in the background, after a change that
     /// no request waits on (the group became empty). A failure is logged;
     /// the next change writes it again.
@@ -160,5 +183,17 @@ pub(super) fn write_error_code(code: i16) -> i16 {
         ResponseError::CoordinatorNotAvailable.code()
     } else {
         ResponseError::UnknownServerError.code()
+    }
+}
+
+/// What a client is told when a write of a group's metadata (not of
+/// offsets) fails: as [`write_error_code`], except that Kafka answers a
+/// group record too large for the log with UNKNOWN_SERVER_ERROR, keeping
+/// INVALID_COMMIT_OFFSET_SIZE for commits.
+pub(super) fn group_write_error_code(code: i16) -> i16 {
+    if code == ResponseError::InvalidCommitOffsetSize.code() {
+        ResponseError::UnknownServerError.code()
+    } else {
+        code
     }
 }
