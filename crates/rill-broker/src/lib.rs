@@ -23,6 +23,8 @@
 //! - `metrics`: the Prometheus metrics `/metrics` serves: counted as
 //!   requests are answered, or read from the broker's state when scraped.
 //! - [`config`]: [`BrokerConfig`], every setting with its default.
+//! - [`topic_config`]: topic configs → the storage `LogConfig` each
+//!   partition's log uses, and back.
 //!
 //! **Architecture Invariant:** handlers read metadata only from the image
 //! the controller committed, and change it only by proposing commands to
@@ -40,6 +42,7 @@ mod producer_ids;
 pub mod replica;
 mod replication;
 pub mod server;
+pub mod topic_config;
 
 pub use config::BrokerConfig;
 pub use server::{start, Broker, RunningBroker, StartError};

@@ -15,6 +15,10 @@
 //!
 //! - [`state`]: one group's state machine, in memory, time passed in.
 //! - [`records`]: the `__consumer_offsets` key and value formats.
+//! - `load`: following the metadata image, and reading a partition back
+//!   into groups.
+//! - `persist`: appending changes to `__consumer_offsets` and waiting
+//!   until they are durable.
 //!
 //! **Architecture Invariant:** the coordinator's state is a function of
 //! the `__consumer_offsets` records it wrote, the clock and the member-id
@@ -22,6 +26,8 @@
 //! restart (or, later, another node) that loads the partitions has the
 //! same groups, generations, assignments and offsets.
 
+mod load;
+mod persist;
 pub mod records;
 pub mod state;
 
@@ -31,21 +37,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rill_controller::{MetadataImage, TopicId};
+use rill_controller::TopicId;
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::ConsumerProtocolSubscription;
 use rill_protocol::kafka_protocol::protocol::Decodable;
-use rill_storage::records::BatchBuilder;
-use rill_storage::{batch, records as storage_records};
 use rill_types::{Clock, NodeId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::errors::append_error_code;
-use crate::replica::{AppendError, LeaderAppend, Partition, ReplicaManager, ReplicationError};
+use crate::replica::ReplicaManager;
 use crate::server::Broker;
-use records::{GroupValue, OffsetValue, RecordKey};
+use persist::{group_write_error_code, Appended, AppendedCommit, Writes};
+use records::{OffsetValue, RecordKey};
 use state::{Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced};
 
 /// The internal topic that holds groups and their offsets.
@@ -53,12 +57,6 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// How often sessions and join phases are checked. Session timeouts are
 /// at least a second in practice; this is well below.
 const TICK: Duration = Duration::from_millis(50);
-/// The most bytes read from `__consumer_offsets` at a time while loading.
-const LOAD_CHUNK_BYTES: u64 = 1024 * 1024;
-/// How long a coordinator's write may wait to be committed to the ISR
-/// (Kafka's `offsets.commit.timeout.ms`).
-const OFFSETS_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Where the unique part of a new member id comes from (Kafka draws a
 /// random UUID). Given to the coordinator as its clock is, so that a test
 /// or a simulation can make ids that are the same on every run.
@@ -233,18 +231,6 @@ pub struct OffsetCommit {
     pub metadata: String,
 }
 
-/// What to write to one `__consumer_offsets` partition: keys and values
-/// (None: a tombstone).
-type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-/// Records appended to `__consumer_offsets` (or why not), not yet known
-/// to be durable: [`GroupCoordinator::durable`] waits for that.
-type Appended = Result<(Arc<Partition>, LeaderAppend), i16>;
-
-/// An OffsetCommit's append, and its offsets (topic, partition, value) in
-/// record order, to apply once it is durable.
-type AppendedCommit = (Appended, Vec<(String, i32, OffsetValue)>);
-
 #[derive(Debug)]
 pub struct GroupCoordinator {
     pub config: GroupConfig,
@@ -341,367 +327,6 @@ impl GroupCoordinator {
     }
 
     // ------------------------------------------------------------------
-    // Ownership and loading
-
-    /// Follows the metadata: starts loading the `__consumer_offsets`
-    /// partitions this node now leads, and forgets the groups of those it
-    /// no longer does (their waiting members are answered NOT_COORDINATOR).
-    pub fn on_image(self: &Arc<Self>, image: &MetadataImage, replicas: &ReplicaManager) {
-        let topic = image.topic(OFFSETS_TOPIC);
-        let count = topic.map_or(0, |t| t.partitions.len() as i32);
-        let led: HashSet<i32> = topic
-            .map(|t| {
-                t.partitions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.leader == self.node_id)
-                    .map(|(i, _)| i as i32)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut to_load = Vec::new();
-        let topic_ids: HashMap<String, TopicId> = image
-            .topic_names()
-            .map(|(name, id)| (name.to_string(), *id))
-            .collect();
-        {
-            let mut state = self.lock();
-            state.partition_count = count;
-            if state.topic_ids != topic_ids {
-                let gone: HashSet<String> = state
-                    .topic_ids
-                    .iter()
-                    .filter(|(name, id)| topic_ids.get(*name) != Some(*id))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                state.topic_ids = topic_ids;
-                if !gone.is_empty() {
-                    self.forget_topics(&mut state, replicas, &gone);
-                }
-            }
-            let lost: Vec<i32> = state
-                .owned
-                .keys()
-                .copied()
-                .filter(|p| !led.contains(p))
-                .collect();
-            for partition in lost {
-                state.owned.remove(&partition);
-                state
-                    .groups
-                    .retain(|id, _| count > 0 && partition_for(id, count) != partition);
-                info!(
-                    partition,
-                    "no longer coordinating the groups of __consumer_offsets partition"
-                );
-            }
-            if count == 0 {
-                state.groups.clear();
-            }
-            for &partition in &led {
-                if state.owned.contains_key(&partition) {
-                    continue;
-                }
-                let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
-                    continue;
-                };
-                if replica.log.log_end_offset() == 0 {
-                    // Nothing to read (the topic was just made): loaded
-                    // here, under the lock, so that whichever caller of
-                    // `on_image` gets here first — the FindCoordinator that
-                    // made the topic, or the metadata follower — nobody
-                    // sees it loading, and that FindCoordinator sends its
-                    // client to a coordinator that is ready. (Loading it
-                    // outside the lock let the other caller answer while
-                    // the load was still under way: a JoinGroup right
-                    // after got COORDINATOR_LOAD_IN_PROGRESS.)
-                    state.owned.insert(partition, Load::Loaded);
-                    debug!(partition, "loaded empty __consumer_offsets partition");
-                    continue;
-                }
-                state.owned.insert(partition, Load::Loading);
-                to_load.push((partition, replica));
-            }
-        }
-        for (partition, replica) in to_load {
-            let coordinator = Arc::clone(self);
-            self.runtime
-                .spawn_blocking(move || coordinator.load(partition, &replica));
-        }
-    }
-
-    /// Removes every group's committed offsets of deleted topics, with
-    /// tombstones written in the background.
-    fn forget_topics(&self, state: &mut State, replicas: &ReplicaManager, gone: &HashSet<String>) {
-        let count = state.partition_count;
-        if count <= 0 {
-            return;
-        }
-        let mut by_partition: HashMap<i32, Writes> = HashMap::new();
-        for group in state.groups.values_mut() {
-            let removed: Vec<(String, i32)> = group
-                .offsets
-                .keys()
-                .filter(|(topic, _)| gone.contains(topic))
-                .cloned()
-                .collect();
-            for (topic, index) in removed {
-                group.offsets.remove(&(topic.clone(), index));
-                by_partition
-                    .entry(partition_for(&group.id, count))
-                    .or_default()
-                    .push((
-                        records::encode_key(&RecordKey::Offset {
-                            group: group.id.clone(),
-                            topic,
-                            partition: index,
-                        }),
-                        None,
-                    ));
-            }
-        }
-        for (partition, writes) in by_partition {
-            info!(
-                partition,
-                offsets = writes.len(),
-                "removing committed offsets of deleted topics"
-            );
-            let appended = self.append(replicas, partition, &writes);
-            self.runtime.spawn(async move {
-                if let Err(code) = Self::durable(appended).await {
-                    warn!(code, "writing tombstones for deleted topics failed");
-                }
-            });
-        }
-    }
-
-    /// Reads a `__consumer_offsets` partition back into groups. Blocking.
-    fn load(&self, partition: i32, replica: &Partition) {
-        let started = std::time::Instant::now();
-        let mut values: HashMap<String, Option<GroupValue>> = HashMap::new();
-        let mut offsets: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
-        let mut records = 0u64;
-        // To the log end, not the high watermark: as the new leader, its
-        // log is the partition's, and what lies above the high watermark
-        // is committed once the followers fetch it (Kafka loads to the log
-        // end too).
-        let end = replica.log.log_end_offset();
-        let mut next = replica.log.log_start_offset();
-        let mut buf = Vec::new();
-        while next < end {
-            buf.clear();
-            let info = match replica.log.read_into(next, LOAD_CHUNK_BYTES, end, &mut buf) {
-                Ok(info) => info,
-                Err(error) => {
-                    warn!(partition, %error, "reading __consumer_offsets failed; loading what was read");
-                    break;
-                }
-            };
-            if info.next_offset <= next {
-                break;
-            }
-            next = info.next_offset;
-            for batch in batch::split(&buf) {
-                let Ok(batch) = batch else { break };
-                let Ok(header) = batch::BatchHeader::parse(batch) else {
-                    break;
-                };
-                if header.is_control() {
-                    continue;
-                }
-                let decoded = match storage_records::decode_records(batch) {
-                    Ok(decoded) => decoded,
-                    Err(error) => {
-                        warn!(partition, offset = header.base_offset, %error, "unreadable batch in __consumer_offsets; skipped");
-                        continue;
-                    }
-                };
-                for record in decoded {
-                    records += 1;
-                    let record_offset = header.base_offset + i64::from(record.offset_delta);
-                    let Some(key) = record.key.as_deref() else {
-                        continue;
-                    };
-                    let key = match records::decode_key(key) {
-                        Ok(key) => key,
-                        Err(error) => {
-                            warn!(partition, offset = record_offset, %error, "skipped");
-                            continue;
-                        }
-                    };
-                    match key {
-                        RecordKey::Offset {
-                            group,
-                            topic,
-                            partition: index,
-                        } => {
-                            let group_offsets = offsets.entry(group).or_default();
-                            match record.value.as_deref().map(records::decode_offset) {
-                                None => {
-                                    group_offsets.remove(&(topic, index));
-                                }
-                                Some(Ok(value)) => {
-                                    group_offsets.insert(
-                                        (topic, index),
-                                        Committed {
-                                            value,
-                                            record_offset,
-                                        },
-                                    );
-                                }
-                                Some(Err(error)) => {
-                                    warn!(partition, offset = record_offset, %error, "skipped")
-                                }
-                            }
-                        }
-                        RecordKey::Group { group } => {
-                            match record.value.as_deref().map(records::decode_group) {
-                                None => {
-                                    values.insert(group, None);
-                                }
-                                Some(Ok(value)) => {
-                                    values.insert(group, Some(value));
-                                }
-                                Some(Err(error)) => {
-                                    warn!(partition, offset = record_offset, %error, "skipped")
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let now = self.now();
-        let mut loaded: HashMap<String, Group> = HashMap::new();
-        for (id, value) in values {
-            if let Some(value) = value {
-                loaded.insert(id.clone(), Group::restore(id, value, &self.config, now));
-            }
-        }
-        for (id, group_offsets) in offsets {
-            if group_offsets.is_empty() {
-                continue;
-            }
-            let group = loaded
-                .entry(id.clone())
-                .or_insert_with(|| Group::new(id, &self.config, now));
-            group.offsets = group_offsets;
-        }
-        let mut state = self.lock();
-        if state.owned.get(&partition) != Some(&Load::Loading) {
-            return;
-        }
-        let groups = loaded.len();
-        state.groups.extend(loaded);
-        state.owned.insert(partition, Load::Loaded);
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        if records > 0 {
-            info!(
-                partition,
-                groups, records, elapsed_ms, "loaded __consumer_offsets partition"
-            );
-        } else {
-            debug!(
-                partition,
-                elapsed_ms, "loaded empty __consumer_offsets partition"
-            );
-        }
-    }
-
-    // ------------------------------------------------------------------
-    // Writing
-
-    /// Appends records to a `__consumer_offsets` partition as its leader;
-    /// called under the state lock (see [`GroupCoordinator::state`]).
-    fn append(&self, replicas: &ReplicaManager, partition: i32, writes: &Writes) -> Appended {
-        assert!(!writes.is_empty());
-        let Some(replica) = replicas.get(OFFSETS_TOPIC, partition) else {
-            return Err(ResponseError::NotCoordinator.code());
-        };
-        let now = self.now();
-        let mut builder = BatchBuilder::new();
-        for (key, value) in writes {
-            builder.push(Some(key), value.as_deref(), now);
-        }
-        let mut bytes = builder.build();
-        // Leadership and the ISR size are checked by the append, under the
-        // partition's state lock, as for Produce.
-        match replica.append_as_leader(&mut bytes, true) {
-            Ok(appended) => Ok((replica, appended)),
-            Err(AppendError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
-            Err(AppendError::NotEnoughReplicas { .. }) => {
-                Err(ResponseError::CoordinatorNotAvailable.code())
-            }
-            Err(error) => {
-                warn!(partition, %error, "writing to __consumer_offsets failed");
-                Err(write_error_code(append_error_code(&error)))
-            }
-        }
-    }
-
-    /// Waits until an append is committed as acks=all is: flushed here and
-    /// replicated to the ISR, within Kafka's `offsets.commit.timeout.ms`.
-    /// A lost leadership is NOT_COORDINATOR; a timeout or a shrunken ISR
-    /// COORDINATOR_NOT_AVAILABLE, as Kafka maps them for its coordinators.
-    async fn durable(appended: Appended) -> Result<i64, i16> {
-        let (replica, appended) = appended?;
-        let end = appended.info.last_offset + 1;
-        let flush_replica = Arc::clone(&replica);
-        match tokio::task::spawn_blocking(move || flush_replica.log.flush_until(end)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                warn!(partition = replica.tp.partition, %error, "flushing __consumer_offsets failed");
-                return Err(ResponseError::CoordinatorNotAvailable.code());
-            }
-            Err(_) => return Err(ResponseError::CoordinatorNotAvailable.code()),
-        }
-        let deadline = tokio::time::Instant::now() + OFFSETS_COMMIT_TIMEOUT;
-        match replica
-            .wait_replicated(end, appended.leader_epoch, deadline)
-            .await
-        {
-            Ok(()) => Ok(appended.info.base_offset),
-            Err(ReplicationError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
-            Err(error) => {
-                debug!(partition = replica.tp.partition, %error, "__consumer_offsets write not committed");
-                Err(ResponseError::CoordinatorNotAvailable.code())
-            }
-        }
-    }
-
-    /// Writes a group's metadata in the background, after a change that
-    /// no request waits on (the group became empty). A failure is logged;
-    /// the next change writes it again.
-    fn persist_in_background(&self, replicas: &ReplicaManager, partition: i32, group: &Group) {
-        let writes = vec![(
-            records::encode_key(&RecordKey::Group {
-                group: group.id.clone(),
-            }),
-            Some(records::encode_group(&group.value())),
-        )];
-        let appended = self.append(replicas, partition, &writes);
-        let group_id = group.id.clone();
-        tokio::spawn(async move {
-            if let Err(code) = Self::durable(appended).await {
-                warn!(group = %group_id, code, "writing group metadata failed");
-            }
-        });
-    }
-
-    fn after_change(&self, replicas: &ReplicaManager, partition: i32, group: &mut Group) {
-        if group.take_persist() {
-            self.persist_in_background(replicas, partition, group);
-        }
-    }
-
-    /// [`Group::catch_up`] before a decision that looks at the group's
-    /// members, and the write that may call for.
-    fn catch_up(&self, replicas: &ReplicaManager, partition: i32, group: &mut Group) {
-        group.catch_up(self.now());
-        self.after_change(replicas, partition, group);
-    }
-
-    // ------------------------------------------------------------------
     // The group APIs
 
     /// JoinGroup. The group decides now (see [`GroupCoordinator::state`]),
@@ -736,10 +361,7 @@ impl GroupCoordinator {
                 Joined::Persist(answer) => {
                     match Self::durable(appended.expect("appended with the decision")).await {
                         Ok(_) => answer,
-                        Err(code) if code == ResponseError::InvalidCommitOffsetSize.code() => {
-                            error(ResponseError::UnknownServerError.code())
-                        }
-                        Err(code) => error(code),
+                        Err(code) => error(group_write_error_code(code)),
                     }
                 }
             }
@@ -883,23 +505,14 @@ impl GroupCoordinator {
                     // Kafka answers a group record too large for the log
                     // with UNKNOWN_SERVER_ERROR (INVALID_COMMIT_OFFSET_SIZE
                     // is for commits).
-                    let written = Self::durable(appended.expect("appended above"))
-                        .await
-                        .map(|_| ())
-                        .map_err(|code| {
-                            if code == ResponseError::InvalidCommitOffsetSize.code() {
-                                ResponseError::UnknownServerError.code()
-                            } else {
-                                code
-                            }
-                        });
-                    {
-                        let mut state = coordinator.lock();
-                        let now = coordinator.now();
-                        if let Some(group) = state.groups.get_mut(&group_id) {
-                            group.complete_sync(generation, assignments, written, now);
-                        }
-                    }
+                    let appended = appended.expect("appended above");
+                    let complete = |group: &mut Group, written: Result<i64, i16>, now| {
+                        let written = written.map(|_| ()).map_err(group_write_error_code);
+                        group.complete_sync(generation, assignments, written, now);
+                    };
+                    let _ = coordinator
+                        .apply_when_durable(group_id, appended, complete)
+                        .await;
                     wait.await
                         .unwrap_or_else(|_| error(ResponseError::NotCoordinator))
                 }
@@ -979,9 +592,8 @@ impl GroupCoordinator {
             let Some((appended, values)) = appended? else {
                 return Ok(());
             };
-            let base_offset = Self::durable(appended).await?;
-            let mut state = coordinator.lock();
-            if let Some(group) = state.groups.get_mut(&group_id) {
+            let apply = |group: &mut Group, written: Result<i64, i16>, _now| {
+                let Ok(base_offset) = written else { return };
                 for (i, (topic, partition, value)) in values.into_iter().enumerate() {
                     group.apply_commit(
                         topic,
@@ -992,8 +604,11 @@ impl GroupCoordinator {
                         },
                     );
                 }
-            }
-            Ok(())
+            };
+            coordinator
+                .apply_when_durable(group_id, appended, apply)
+                .await
+                .map(|_| ())
         }
     }
 
@@ -1426,31 +1041,6 @@ impl GroupCoordinator {
                 warn!(code, "writing offset expiry tombstones failed");
             }
         }
-    }
-}
-
-/// What a client is told when a coordinator write fails (Kafka's
-/// mapping in `GroupMetadataManager`): retriable trouble with the
-/// partition sends it to find the coordinator again; a record too large
-/// is INVALID_COMMIT_OFFSET_SIZE.
-fn write_error_code(code: i16) -> i16 {
-    let is = |kind: ResponseError| code == kind.code();
-    if is(ResponseError::NotLeaderOrFollower) {
-        ResponseError::NotCoordinator.code()
-    } else if is(ResponseError::MessageTooLarge)
-        || is(ResponseError::RecordListTooLarge)
-        || is(ResponseError::InvalidFetchSize)
-    {
-        ResponseError::InvalidCommitOffsetSize.code()
-    } else if is(ResponseError::UnknownTopicOrPartition)
-        || is(ResponseError::NotEnoughReplicas)
-        || is(ResponseError::NotEnoughReplicasAfterAppend)
-        || is(ResponseError::RequestTimedOut)
-        || is(ResponseError::KafkaStorageError)
-    {
-        ResponseError::CoordinatorNotAvailable.code()
-    } else {
-        ResponseError::UnknownServerError.code()
     }
 }
 

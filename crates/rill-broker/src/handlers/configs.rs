@@ -10,7 +10,7 @@
 //! resource with the empty name), the broker's start-up settings
 //! (STATIC_BROKER_CONFIG, when they differ from rill's defaults), or
 //! Kafka's default (DEFAULT_CONFIG). The values are the ones the partition
-//! log uses: `replica::log_config` applies the same layers, from
+//! log uses: `topic_config::log_config` applies the same layers, from
 //! [`dynamic_broker_configs_in_force`].
 //!
 //! Every other dynamic broker config Kafka has
@@ -32,8 +32,8 @@ use rill_types::{NodeId, TopicName};
 use super::{sync_metadata, KafkaError};
 use crate::config::BrokerConfig;
 use crate::errors::{controller_error, metadata_error};
-use crate::replica::log_config_value;
 use crate::server::Broker;
+use crate::topic_config::log_config_value;
 
 /// Kafka's `ConfigResource.Type` ids.
 pub const RESOURCE_TOPIC: i8 = 2;
@@ -781,7 +781,7 @@ mod tests {
     use rill_storage::LogConfig;
 
     use crate::config::BrokerConfig;
-    use crate::replica::{log_config, log_config_value};
+    use crate::topic_config::{log_config, log_config_value};
 
     /// The defaults DescribeConfigs reports are the ones the log uses.
     #[test]
