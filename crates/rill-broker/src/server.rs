@@ -577,7 +577,11 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     if let Some(kafka_listener) = kafka_listener {
         tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(log_cleaner(Arc::clone(&broker), shutdown.clone()));
-        tasks.spawn(GroupCoordinator::run(Arc::clone(&broker), shutdown.clone()));
+        tasks.spawn(GroupCoordinator::run(
+            Arc::clone(&broker.groups),
+            Arc::clone(&broker.replicas),
+            shutdown.clone(),
+        ));
         let replication = crate::replication::ReplicationContext {
             node_id: broker.config.node_id,
             replicas: Arc::clone(&broker.replicas),

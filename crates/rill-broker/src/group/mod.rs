@@ -47,7 +47,6 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::replica::ReplicaManager;
-use crate::server::Broker;
 use persist::{group_write_error_code, Appended, AppendedCommit, Writes};
 use records::{OffsetValue, RecordKey};
 use state::{Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced};
@@ -929,9 +928,14 @@ impl GroupCoordinator {
     // ------------------------------------------------------------------
     // Time
 
-    /// Sessions, join phases and offset expiry, until shutdown.
-    pub async fn run(broker: Arc<Broker>, shutdown: CancellationToken) {
-        let coordinator = Arc::clone(&broker.groups);
+    /// Sessions, join phases and offset expiry, until shutdown. The
+    /// coordinator's records go to `replicas`' `__consumer_offsets`
+    /// partitions.
+    pub async fn run(
+        coordinator: Arc<Self>,
+        replicas: Arc<ReplicaManager>,
+        shutdown: CancellationToken,
+    ) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut expiries =
@@ -943,8 +947,8 @@ impl GroupCoordinator {
                     coordinator.resign();
                     return;
                 }
-                _ = ticks.tick() => coordinator.tick(&broker),
-                _ = expiries.tick() => coordinator.expire_offsets(&broker).await,
+                _ = ticks.tick() => coordinator.tick(&replicas),
+                _ = expiries.tick() => coordinator.expire_offsets(&replicas).await,
             }
         }
     }
@@ -958,7 +962,7 @@ impl GroupCoordinator {
         state.groups.clear();
     }
 
-    fn tick(&self, broker: &Arc<Broker>) {
+    fn tick(&self, replicas: &ReplicaManager) {
         let mut state = self.lock();
         let now = self.now();
         let count = state.partition_count;
@@ -968,14 +972,14 @@ impl GroupCoordinator {
         for group in state.groups.values_mut() {
             if group.needs_ticks() {
                 group.tick(now);
-                self.after_change(&broker.replicas, partition_for(&group.id, count), group);
+                self.after_change(replicas, partition_for(&group.id, count), group);
             }
         }
     }
 
     /// Removes offsets past `offsets.retention.minutes`, and the empty
     /// groups left with none.
-    pub(crate) async fn expire_offsets(&self, broker: &Arc<Broker>) {
+    pub(crate) async fn expire_offsets(&self, replicas: &ReplicaManager) {
         let mut pending = Vec::new();
         {
             let mut state = self.lock();
@@ -1032,7 +1036,7 @@ impl GroupCoordinator {
                         records = writes.len(),
                         "expiring offsets and groups"
                     );
-                    pending.push(self.append(&broker.replicas, partition, &writes));
+                    pending.push(self.append(replicas, partition, &writes));
                 }
             }
         }
