@@ -56,6 +56,18 @@ fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
                 .with_partition_max_bytes(1 << 20)])])
 }
 
+/// A consumer's ListOffsets for partition 0 of `topic` at `timestamp`.
+fn list_offsets_request(topic: &str, timestamp: i64) -> ListOffsetsRequest {
+    ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_current_leader_epoch(-1)
+                .with_timestamp(timestamp)])])
+}
+
 /// The records of the only partition in a fetch response.
 fn fetched(response: &FetchResponse) -> (i16, Bytes) {
     let partition = &response.responses[0].partitions[0];
@@ -150,17 +162,7 @@ async fn every_list_offsets_version_answers() {
         // The batch's records carry timestamps 1_700_000_000_000 + i.
         for (timestamp, offset) in [(-1, 10), (-2, 0), (1_700_000_000_003, 3), (i64::MAX, -1)] {
             let response = client
-                .send(
-                    version,
-                    ListOffsetsRequest::default()
-                        .with_replica_id(BrokerId(-1))
-                        .with_topics(vec![ListOffsetsTopic::default()
-                            .with_name(topic_name("offsets"))
-                            .with_partitions(vec![ListOffsetsPartition::default()
-                                .with_partition_index(0)
-                                .with_current_leader_epoch(-1)
-                                .with_timestamp(timestamp)])]),
-                )
+                .send(version, list_offsets_request("offsets", timestamp))
                 .await;
             let partition = &response.topics[0].partitions[0];
             assert_eq!(partition.error_code, 0, "v{version} timestamp {timestamp}");
@@ -170,18 +172,9 @@ async fn every_list_offsets_version_answers() {
     // KIP-405 and KIP-1005 on a broker without tiered storage: the earliest
     // local offset is the earliest, and nothing is tiered.
     for (timestamp, offset) in [(-4, 0), (-5, -1)] {
+        let newest = *supported(ApiKey::ListOffsets).unwrap().end();
         let response = client
-            .send(
-                *supported(ApiKey::ListOffsets).unwrap().end(),
-                ListOffsetsRequest::default()
-                    .with_replica_id(BrokerId(-1))
-                    .with_topics(vec![ListOffsetsTopic::default()
-                        .with_name(topic_name("offsets"))
-                        .with_partitions(vec![ListOffsetsPartition::default()
-                            .with_partition_index(0)
-                            .with_current_leader_epoch(-1)
-                            .with_timestamp(timestamp)])]),
-            )
+            .send(newest, list_offsets_request("offsets", timestamp))
             .await;
         let partition = &response.topics[0].partitions[0];
         assert_eq!(partition.error_code, 0, "timestamp {timestamp}");

@@ -193,6 +193,31 @@ fn produce(producer: &BaseProducer<Deliveries>, topic: &str, values: &[&str]) ->
     reports
 }
 
+/// One record sent with acks=all to partition 0 of `topic` on node `id`
+/// at Produce `version`, over a raw connection: the answer as it came.
+fn produce_raw(
+    cluster: &Cluster,
+    id: i32,
+    version: i16,
+    topic: &str,
+    value: &[u8],
+) -> kafka_protocol::messages::ProduceResponse {
+    let mut raw = RawClient::connect(cluster.node(id).kafka_addr(), CLIENT_TIMEOUT).unwrap();
+    let mut builder = BatchBuilder::new();
+    builder.push(None, Some(value), 0);
+    raw.send(
+        version,
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(builder.build().into()))])]),
+    )
+}
+
 fn assert_delivered(reports: &[Report]) {
     for (value, result) in reports {
         assert!(result.is_ok(), "{value}: {result:?}");
@@ -490,20 +515,7 @@ fn lagging_followers_leave_the_isr_and_min_insync_replicas_holds() {
         "the ISR down to the leader",
         |_, isr| isr == [leader],
     );
-    let mut raw = RawClient::connect(cluster.node(leader).kafka_addr(), CLIENT_TIMEOUT).unwrap();
-    let mut builder = BatchBuilder::new();
-    builder.push(None, Some(b"refused"), 0);
-    let response = raw.send(
-        9,
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("lag")))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(builder.build().into()))])]),
-    );
+    let response = produce_raw(&cluster, leader, 9, "lag", b"refused");
     let answer = &response.responses[0].partition_responses[0];
     assert_eq!(answer.error_code, NOT_ENOUGH_REPLICAS, "{answer:?}");
 
@@ -800,20 +812,7 @@ fn consumers_read_from_the_follower_in_their_rack() {
                 .map(|t| t.partitions[0].leader_epoch)
         })
         .expect("metadata");
-    let mut raw = RawClient::connect(cluster.node(follower).kafka_addr(), CLIENT_TIMEOUT).unwrap();
-    let mut builder = BatchBuilder::new();
-    builder.push(None, Some(b"misdirected"), 0);
-    let response = raw.send(
-        11,
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("near")))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(builder.build().into()))])]),
-    );
+    let response = produce_raw(&cluster, follower, 11, "near", b"misdirected");
     let answer = &response.responses[0].partition_responses[0];
     assert_eq!(answer.error_code, 6, "{answer:?}"); // NOT_LEADER_OR_FOLLOWER
     assert_eq!(answer.current_leader.leader_id.0, leader, "{answer:?}");

@@ -14,7 +14,9 @@ use rill_protocol::kafka_protocol::messages::{
     BrokerId, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
 };
 
-use super::metadata::{INTERNAL_TOPICS, TOPIC_OPERATIONS_ALL};
+use super::metadata::{
+    broker_ids, offline_replicas, partition_error, INTERNAL_TOPICS, TOPIC_OPERATIONS_ALL,
+};
 use super::wire_topic;
 use crate::server::Broker;
 
@@ -115,34 +117,22 @@ fn describe(
     topic: &TopicState,
     range: std::ops::Range<usize>,
 ) -> DescribeTopicPartitionsResponseTopic {
-    let brokers = |ids: &[i32]| ids.iter().copied().map(BrokerId).collect::<Vec<_>>();
     let partitions = topic.partitions[range.clone()]
         .iter()
         .zip(range)
         .map(|(p, index)| {
-            let offline: Vec<i32> = p
-                .replicas
-                .iter()
-                .copied()
-                .filter(|id| image.broker(*id).is_none_or(|b| b.fenced))
-                .collect();
-            let error = if p.leader < 0 {
-                ResponseError::LeaderNotAvailable.code()
-            } else {
-                0
-            };
             DescribeTopicPartitionsResponsePartition::default()
-                .with_error_code(error)
+                .with_error_code(partition_error(p))
                 .with_partition_index(i32::try_from(index).unwrap_or(i32::MAX))
                 .with_leader_id(BrokerId(p.leader))
                 .with_leader_epoch(p.leader_epoch)
-                .with_replica_nodes(brokers(&p.replicas))
-                .with_isr_nodes(brokers(&p.isr))
-                .with_eligible_leader_replicas(Some(brokers(&p.elr)))
+                .with_replica_nodes(broker_ids(&p.replicas))
+                .with_isr_nodes(broker_ids(&p.isr))
+                .with_eligible_leader_replicas(Some(broker_ids(&p.elr)))
                 // rill keeps no last known ELR (KIP-966's record of the ELR
                 // when it emptied): reported as none.
                 .with_last_known_elr(Some(Vec::new()))
-                .with_offline_replicas(brokers(&offline))
+                .with_offline_replicas(offline_replicas(image, p))
         })
         .collect();
     DescribeTopicPartitionsResponseTopic::default()

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rill_controller::{MetadataImage, TopicState};
+use rill_controller::{MetadataImage, PartitionState, TopicState};
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_protocol::kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -177,27 +177,14 @@ fn describe(image: &MetadataImage, topic: &TopicState) -> MetadataResponseTopic 
         .iter()
         .enumerate()
         .map(|(index, p)| {
-            let brokers = |ids: &[i32]| ids.iter().copied().map(BrokerId).collect::<Vec<_>>();
-            let offline: Vec<BrokerId> = p
-                .replicas
-                .iter()
-                .copied()
-                .filter(|id| image.broker(*id).is_none_or(|b| b.fenced))
-                .map(BrokerId)
-                .collect();
-            let error = if p.leader < 0 {
-                ResponseError::LeaderNotAvailable.code()
-            } else {
-                0
-            };
             MetadataResponsePartition::default()
-                .with_error_code(error)
+                .with_error_code(partition_error(p))
                 .with_partition_index(index as i32)
                 .with_leader_id(BrokerId(p.leader))
                 .with_leader_epoch(p.leader_epoch)
-                .with_replica_nodes(brokers(&p.replicas))
-                .with_isr_nodes(brokers(&p.isr))
-                .with_offline_replicas(offline)
+                .with_replica_nodes(broker_ids(&p.replicas))
+                .with_isr_nodes(broker_ids(&p.isr))
+                .with_offline_replicas(offline_replicas(image, p))
         })
         .collect();
     MetadataResponseTopic::default()
@@ -206,4 +193,28 @@ fn describe(image: &MetadataImage, topic: &TopicState) -> MetadataResponseTopic 
         .with_is_internal(INTERNAL_TOPICS.contains(&topic.name.as_str()))
         .with_partitions(partitions)
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+pub(super) fn broker_ids(ids: &[i32]) -> Vec<BrokerId> {
+    ids.iter().copied().map(BrokerId).collect()
+}
+
+/// A partition's replicas on brokers that are fenced or gone.
+pub(super) fn offline_replicas(image: &MetadataImage, p: &PartitionState) -> Vec<BrokerId> {
+    let offline: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|id| image.broker(*id).is_none_or(|b| b.fenced))
+        .collect();
+    broker_ids(&offline)
+}
+
+/// LEADER_NOT_AVAILABLE for a partition without a leader, else none.
+pub(super) fn partition_error(p: &PartitionState) -> i16 {
+    if p.leader < 0 {
+        ResponseError::LeaderNotAvailable.code()
+    } else {
+        0
+    }
 }
