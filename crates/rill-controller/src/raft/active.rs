@@ -220,7 +220,11 @@ impl Controller {
     /// node is not active.
     async fn active_round(&self) {
         let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(metrics.id) {
+        // A leader cut off from the quorum decides nothing: it could not
+        // commit it, and its view of who is alive is its own isolation.
+        // When it hears from a majority again, the gap in its rounds
+        // restarts every broker's session (below).
+        if !super::leads_with_quorum(&metrics) {
             return;
         }
         let image = self.image();

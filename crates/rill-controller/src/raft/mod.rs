@@ -537,9 +537,10 @@ impl Controller {
         RaftNodeId::try_from(self.node_id).expect("checked at open")
     }
 
-    /// Whether this node is the active controller (the quorum's leader).
+    /// Whether this node is the active controller: the quorum's leader,
+    /// in contact with a majority of the voters (see [`leads_with_quorum`]).
     pub fn is_active(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        leads_with_quorum(&self.raft.metrics().borrow())
     }
 
     /// The active controller's node id, if this node knows one.
@@ -1024,6 +1025,30 @@ impl Controller {
     }
 }
 
+/// How long a leader may go without a majority of the voters
+/// acknowledging it before it stops acting as the active controller:
+/// Kafka's check-quorum (a KRaft leader resigns after 1.5 ×
+/// `controller.quorum.fetch.timeout.ms`, 3 s, without fetches from a
+/// majority). openraft 0.9 has no such step-down: a leader cut off from the
+/// quorum keeps its role until it hears of a higher term, and would go on
+/// fencing brokers it cannot hear (docs/chaos.md, finding 6) — decisions
+/// it could never commit.
+const QUORUM_CONTACT_MAX: Duration = Duration::from_secs(3);
+
+/// Whether these metrics are a leader's that a majority of the voters has
+/// acknowledged within [`QUORUM_CONTACT_MAX`] (a single voter is its own
+/// majority).
+fn leads_with_quorum(metrics: &openraft::RaftMetrics<RaftNodeId, BasicNode>) -> bool {
+    if metrics.state != ServerState::Leader {
+        return false;
+    }
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    voters <= 1
+        || metrics
+            .millis_since_quorum_ack
+            .is_some_and(|ms| u128::from(ms) <= QUORUM_CONTACT_MAX.as_millis())
+}
+
 /// openraft's refusal of a write or membership change: not the leader
 /// (tell the caller where to go), or something worse.
 fn not_controller_or_failed(
@@ -1046,6 +1071,30 @@ fn unexpected_answer(answer: &ControllerResponse) -> ControllerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leader_of(voters: &[RaftNodeId], millis_since_quorum_ack: Option<u64>) -> bool {
+        let mut metrics = openraft::RaftMetrics::new_initial(1);
+        metrics.state = ServerState::Leader;
+        let nodes: BTreeMap<RaftNodeId, BasicNode> = voters
+            .iter()
+            .map(|id| (*id, BasicNode::new(format!("127.0.0.1:{id}"))))
+            .collect();
+        metrics.membership_config = Arc::new(openraft::StoredMembership::new(None, nodes.into()));
+        metrics.millis_since_quorum_ack = millis_since_quorum_ack;
+        leads_with_quorum(&metrics)
+    }
+
+    #[test]
+    fn a_leader_out_of_touch_with_the_quorum_is_not_active() {
+        assert!(leader_of(&[1, 2, 3], Some(150)));
+        assert!(!leader_of(&[1, 2, 3], Some(3_500)));
+        assert!(!leader_of(&[1, 2, 3], None));
+        // A single voter is its own majority.
+        assert!(leader_of(&[1], None));
+        let mut follower = openraft::RaftMetrics::<RaftNodeId, BasicNode>::new_initial(1);
+        follower.millis_since_quorum_ack = Some(0);
+        assert!(!leads_with_quorum(&follower));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_names_a_core_that_stopped_by_itself_but_not_a_shutdown() {
