@@ -980,7 +980,9 @@ fn cluster_describe_shows_nodes_controller_and_versions() {
     assert_eq!(api("ApiVersions")["KEY"], "18");
     assert_eq!(api("ApiVersions")["MIN"], "0");
     assert_eq!(api("Produce")["KEY"], "0");
-    assert_eq!(api("Fetch")["MAX"], "12");
+    // As crates/rill-protocol/src/versions.rs advertises it.
+    assert_eq!(api("Fetch")["MAX"], "17");
+    assert_eq!(api("DescribeTopicPartitions")["KEY"], "75");
     // The cluster id is the one in meta.properties.
     let meta = std::fs::read_to_string(broker.data_dir().join("meta.properties"))
         .expect("meta.properties");
