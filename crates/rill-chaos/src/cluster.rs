@@ -420,7 +420,8 @@ fn pick_ports(n: usize) -> anyhow::Result<Vec<Ports>> {
         .collect())
 }
 
-fn wait_timeout(
+/// Waits up to `timeout` for `child` to exit; `None` if it has not.
+pub(crate) fn wait_timeout(
     child: &mut Child,
     timeout: Duration,
 ) -> anyhow::Result<Option<std::process::ExitStatus>> {

@@ -41,10 +41,11 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::cluster::wait_timeout;
 
 use anyhow::{bail, Context};
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
@@ -60,7 +61,6 @@ const NODE_UID_BASE: u32 = 40_000;
 const FAULT_TABLE: &str = "rill_chaos";
 /// How long one `ip` or `nft` command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The namespace made by this process and not yet removed, for the
 /// interrupt path, which exits without running `Drop`.
@@ -308,7 +308,7 @@ fn run(command: &mut Command, stdin: Option<&str>) -> anyhow::Result<()> {
         // Dropping the pipe closes it: nft reads to its end.
         pipe.write_all(text.as_bytes()).context("write stdin")?;
     }
-    let status = match wait_timeout(&mut child)? {
+    let status = match wait_timeout(&mut child, COMMAND_TIMEOUT)? {
         Some(status) => status,
         None => {
             let _ = child.kill();
@@ -324,19 +324,6 @@ fn run(command: &mut Command, stdin: Option<&str>) -> anyhow::Result<()> {
         bail!("{command:?} exited with {status}: {}", stderr.trim());
     }
     Ok(())
-}
-
-fn wait_timeout(child: &mut Child) -> anyhow::Result<Option<std::process::ExitStatus>> {
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().context("try_wait")? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
 }
 
 #[cfg(test)]
@@ -409,7 +396,9 @@ mod tests {
         }
         let mut child = command.spawn().unwrap();
         // The helper gives up after a second; this bounds the harness too.
-        let status = wait_timeout(&mut child).unwrap().expect("the helper ends");
+        let status = wait_timeout(&mut child, COMMAND_TIMEOUT)
+            .unwrap()
+            .expect("the helper ends");
         match status.code() {
             Some(10) => true,
             Some(11) => false,
