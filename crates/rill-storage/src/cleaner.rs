@@ -23,9 +23,11 @@
 //! until `delete.retention.ms` past their batch's timestamp, so that a
 //! consumer reading more slowly than that still sees the deletion.
 //!
-//! Control batches and transactional batches are kept as they are: cleaning
-//! them needs the transaction state (aborted transactions, markers) that
-//! arrives with the transactions work.
+//! Control batches and transactional batches are kept as they are (Kafka
+//! drops aborted records and, later, markers; keeping them is always
+//! safe, since read_committed consumers skip aborted records by the
+//! index). A cleaned segment keeps its base offset and every marker, so its
+//! `.txnindex` stays as it was.
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -21,9 +21,12 @@
 //! - `cleaner`: compaction: a log's [`Dirtiness`], one cleaning pass
 //!   ([`Log::clean`]) with its bounded key map, and [`Log::compact`].
 //! - [`epoch`]: the leader-epoch cache.
-//! - [`producer_state`]: idempotent producers' epochs and last batches per
-//!   partition, the sequence rules, and its snapshots (the caller holds a
-//!   lock across check, append and record).
+//! - [`producer_state`]: producers' epochs, last batches and ongoing
+//!   transactions per partition, the sequence and transaction rules, and
+//!   its snapshots (the caller holds a lock across check, append and
+//!   record).
+//! - [`txn`]: transaction markers (control batches) and the entries of the
+//!   aborted-transaction index (`.txnindex`, kept per segment by [`Log`]).
 //! - [`manager`]: [`LogManager`], all logs of a data directory and their
 //!   checkpoints.
 //! - [`files`]: the bounded cache of open segment files.
@@ -43,6 +46,7 @@ pub mod manager;
 pub mod producer_state;
 pub mod records;
 mod segment;
+pub mod txn;
 
 pub use batch::{BatchHeader, Compression, ProducerFields, TimestampType};
 pub use checkpoint::{write_atomically, write_atomically_with};
@@ -55,3 +59,4 @@ pub use log::{
     AppendInfo, FileRegion, FlushObserver, Log, LogOpenOptions, ReadInfo, TimestampOffset,
 };
 pub use manager::{CleanerRound, LogManager, LogManagerConfig};
+pub use txn::{AbortedTxn, ControlType, EndTxnMarker};

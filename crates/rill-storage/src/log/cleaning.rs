@@ -161,6 +161,10 @@ impl Log {
             segment::remove_if_exists(cleaned)?;
             return Ok(false);
         }
+        // The cleaner keeps every marker (and every transactional batch)
+        // in place, so the segment's `.txnindex` stays as it is, on disk
+        // and in memory.
+        replacement.aborted_txns = current.map_or_else(Vec::new, |s| s.aborted_txns.clone());
         let log_path = replacement.log_path.clone();
         segment::remove_if_exists(&replacement.index_path())?;
         segment::remove_if_exists(&replacement.time_index_path())?;

@@ -11,6 +11,7 @@
 //! - `flush`: group commit of fsyncs.
 //! - `retention`: truncation, DeleteRecords and the retention limits.
 //! - `cleaning`: what the log cleaner reads and swaps.
+//! - `txn`: the aborted-transaction index (`.txnindex` per segment).
 //!
 //! # Concurrency
 //! A `Log` is shared (`&self` everywhere). Three locks, always taken in this
@@ -18,7 +19,8 @@
 //! - `flush`: whether a flush is running; group commit waits on its condvar.
 //! - `structure`: held by operations that remove or rewrite segment files
 //!   (flush's fsync phase, truncation, deletion, retention, the cleaner's
-//!   swap), so that none of them sees another's half-done work.
+//!   swap, the fsynced append of an aborted transaction to a `.txnindex`),
+//!   so that none of them sees another's half-done work.
 //! - `state`: the segment map and offsets. Held briefly; appends hold it for
 //!   offset assignment and the page-cache write, reads only to plan which
 //!   file ranges to scan. No fsync happens under it on the append path.
@@ -32,6 +34,7 @@ mod retention;
 mod search;
 #[cfg(test)]
 mod tests;
+mod txn;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -50,7 +53,7 @@ use crate::segment::Segment;
 pub use append::AppendInfo;
 pub(crate) use cleaning::{ClosedSegment, SegmentSummary};
 pub use flush::FlushObserver;
-pub use read::{FileRegion, ReadInfo};
+pub use read::{FileRegion, ReadInfo, ReplayBatch};
 pub use search::TimestampOffset;
 
 /// What the log knows from outside itself when it opens.

@@ -15,7 +15,7 @@ use crate::config::LogConfig;
 use crate::epoch::LeaderEpochCache;
 use crate::error::{Result, StorageError};
 use crate::files::FileCache;
-use crate::segment::{self, Segment, CLEANED_SUFFIX, LOG_SUFFIX};
+use crate::segment::{self, Segment, CLEANED_SUFFIX, LOG_SUFFIX, TXN_INDEX_SUFFIX};
 
 use super::{lock, Log, LogOpenOptions, LogState};
 
@@ -37,6 +37,7 @@ impl Log {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut bases = Vec::new();
+        let mut txn_index_bases = Vec::new();
         for entry in fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
             let entry = entry.map_err(StorageError::io("list", dir))?;
             let file_name = entry.file_name();
@@ -45,6 +46,7 @@ impl Log {
             };
             match segment::parse_file_name(file_name) {
                 Some((base, LOG_SUFFIX)) => bases.push(base),
+                Some((base, TXN_INDEX_SUFFIX)) => txn_index_bases.push(base),
                 Some((_, suffix))
                     if suffix.ends_with(CLEANED_SUFFIX) || suffix.ends_with("tmp") =>
                 {
@@ -129,6 +131,20 @@ impl Log {
         if segments.is_empty() {
             let base = options.log_start_offset.max(0);
             segments.insert(base, Segment::create(dir, base, &files)?);
+        }
+        // Each segment's aborted transactions, without those whose markers
+        // recovery cut off; and no index outlives its segment (a crash
+        // while deleting one may leave it). Only the files listed are read:
+        // most segments have none, and a start-up opens many segments.
+        for base in &txn_index_bases {
+            let Some(seg) = segments.get_mut(base) else {
+                segment::remove_if_exists(&dir.join(segment::file_name(*base, TXN_INDEX_SUFFIX)))?;
+                continue;
+            };
+            let dropped = seg.load_txn_index()?;
+            if dropped > 0 {
+                info!(log = %name, base_offset = seg.base_offset, dropped, "dropped aborted transactions whose markers are past the recovered log end");
+            }
         }
 
         let mut state = LogState {

@@ -170,19 +170,54 @@ impl Log {
     /// The headers of the batches from `start_offset` below `upper_bound`,
     /// for rebuilding producer state (idempotence, transactions) from the log.
     pub fn batch_headers(&self, start_offset: i64, upper_bound: i64) -> Result<Vec<BatchHeader>> {
-        let mut headers = Vec::new();
+        let batches = self.scan_batches(start_offset, upper_bound, |_| false)?;
+        Ok(batches.into_iter().map(|b| b.header).collect())
+    }
+
+    /// The batches from `start_offset` below `upper_bound` as a replay of
+    /// producer state needs them: the header of each, and the bytes of
+    /// control batches only, whose meaning (COMMIT or ABORT) is in their
+    /// record. Markers are one small record each, so the bytes held are
+    /// bounded by the headers'.
+    pub fn batches_for_replay(
+        &self,
+        start_offset: i64,
+        upper_bound: i64,
+    ) -> Result<Vec<ReplayBatch>> {
+        self.scan_batches(start_offset, upper_bound, BatchHeader::is_control)
+    }
+
+    fn scan_batches(
+        &self,
+        start_offset: i64,
+        upper_bound: i64,
+        wants_bytes: impl Fn(&BatchHeader) -> bool,
+    ) -> Result<Vec<ReplayBatch>> {
+        let mut batches = Vec::new();
         let mut offset = start_offset;
         loop {
             let info = self.read(offset, 1024 * 1024, upper_bound)?;
             if info.regions.is_empty() {
-                return Ok(headers);
+                return Ok(batches);
             }
             for region in &info.regions {
                 let end = region.position + region.len;
                 let mut cursor = BatchCursor::new(&region.file, region.position, end, HEADER_CHUNK);
                 loop {
-                    match cursor.next_header() {
-                        Ok(Some(header)) => headers.push(header),
+                    match cursor.next_located() {
+                        Ok(Some((position, header))) => {
+                            let control = if wants_bytes(&header) {
+                                let mut bytes = vec![0; header.size()];
+                                region
+                                    .file
+                                    .read_exact_at(&mut bytes, position)
+                                    .map_err(StorageError::io("read", &self.dir))?;
+                                Some(bytes)
+                            } else {
+                                None
+                            };
+                            batches.push(ReplayBatch { header, control });
+                        }
                         // `read` walked these very batches; a region that no
                         // longer parses was cut meanwhile (truncation).
                         Ok(None) | Err(segment::CursorError::Corrupt(_)) => break,
@@ -195,4 +230,12 @@ impl Log {
             offset = info.next_offset;
         }
     }
+}
+
+/// One batch of [`Log::batches_for_replay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayBatch {
+    pub header: BatchHeader,
+    /// The whole batch, for control batches; `None` for data batches.
+    pub control: Option<Vec<u8>>,
 }

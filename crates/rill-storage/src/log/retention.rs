@@ -61,6 +61,8 @@ impl Log {
         let active = state.active_mut();
         active.next_offset = active.next_offset.max(log_start_offset);
         let log_end_offset = state.log_end_offset();
+        // Aborts whose markers were cut go with them.
+        state.active_mut().truncate_txn_index(log_end_offset)?;
         state.recovery_point = state.recovery_point.min(log_end_offset);
         state.first_dirty_offset = state.first_dirty_offset.min(log_end_offset);
         state.truncations += 1;

@@ -26,6 +26,7 @@ use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::files::{FileCache, FileId};
 use crate::index::{OffsetIndex, TimeIndex};
+use crate::txn::{self, AbortedTxn};
 
 pub use cursor::{BatchCursor, CursorError};
 use scan::{map_segment, CheckedBatches, MappedBatches};
@@ -33,6 +34,8 @@ use scan::{map_segment, CheckedBatches, MappedBatches};
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// The aborted transactions whose markers the segment holds.
+pub const TXN_INDEX_SUFFIX: &str = "txnindex";
 /// A compacted segment being written; removed if found at start-up.
 pub const CLEANED_SUFFIX: &str = "cleaned";
 
@@ -90,6 +93,11 @@ pub struct Segment {
     /// When this process first appended to the segment: what `segment.ms`
     /// counts from, against the clock, when batches carry no timestamps.
     pub first_append_ms: Option<i64>,
+    /// The aborted transactions whose markers this segment holds, ordered
+    /// by marker offset: the `.txnindex` file's entries, kept in memory so
+    /// that a read_committed fetch reads no file for them. Aborts are rare;
+    /// the file is appended to and fsynced as each is added.
+    pub aborted_txns: Vec<AbortedTxn>,
 }
 
 impl Segment {
@@ -116,13 +124,18 @@ impl Segment {
             offset_of_max_timestamp: base_offset,
             rolling_timestamp_ms: None,
             first_append_ms: None,
+            aborted_txns: Vec::new(),
         }
     }
 
     /// Creates an empty segment file, replacing any leftover of that name.
     pub fn create(dir: &Path, base_offset: i64, files: &FileCache) -> Result<Self> {
         let mut segment = Self::new(dir, base_offset, files);
-        for path in [segment.index_path(), segment.time_index_path()] {
+        for path in [
+            segment.index_path(),
+            segment.time_index_path(),
+            segment.txn_index_path(),
+        ] {
             remove_if_exists(&path)?;
         }
         segment.index_files_on_disk = false;
@@ -142,6 +155,71 @@ impl Segment {
 
     pub fn time_index_path(&self) -> PathBuf {
         self.log_path.with_extension(TIME_INDEX_SUFFIX)
+    }
+
+    pub fn txn_index_path(&self) -> PathBuf {
+        self.log_path.with_extension(TXN_INDEX_SUFFIX)
+    }
+
+    /// Reads the `.txnindex` of a recovered segment, keeping the entries
+    /// whose markers the segment still holds: a crash may have cut a marker
+    /// off after its entry was made durable. Anything dropped is dropped
+    /// from the file too. Returns how many entries were dropped.
+    pub fn load_txn_index(&mut self) -> Result<usize> {
+        let Some(bytes) = read_optional(&self.txn_index_path())? else {
+            self.aborted_txns.clear();
+            return Ok(0);
+        };
+        let (mut entries, damaged) = txn::decode_txn_index(&bytes);
+        let decoded = entries.len();
+        entries.retain(|t| t.last_offset >= self.base_offset && t.last_offset < self.next_offset);
+        entries.sort_by_key(|t| t.last_offset);
+        let dropped = decoded - entries.len();
+        if damaged {
+            warn!(path = %self.txn_index_path().display(), "transaction index holds damaged entries; dropping them");
+        }
+        self.aborted_txns = entries;
+        if damaged || dropped > 0 {
+            self.rewrite_txn_index()?;
+        }
+        Ok(dropped)
+    }
+
+    /// Drops the aborted transactions whose markers are at or past
+    /// `offset` (the segment was cut there), on disk too.
+    pub fn truncate_txn_index(&mut self, offset: i64) -> Result<()> {
+        let before = self.aborted_txns.len();
+        self.aborted_txns.retain(|t| t.last_offset < offset);
+        if self.aborted_txns.len() != before {
+            self.rewrite_txn_index()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the `.txnindex` file with the entries in memory, durably
+    /// (removing it if there are none). Written to a temporary file and
+    /// renamed, so a crash leaves the old entries or the new.
+    pub fn rewrite_txn_index(&self) -> Result<()> {
+        let path = self.txn_index_path();
+        if self.aborted_txns.is_empty() {
+            remove_if_exists(&path)?;
+        } else {
+            // `<base>.txnindex.tmp`: its own name (a `.tmp` per base offset
+            // could be another file's), and one `Log::open` removes.
+            let tmp = self
+                .log_path
+                .with_extension(format!("{TXN_INDEX_SUFFIX}.tmp"));
+            let bytes = txn::encode_txn_index(&self.aborted_txns);
+            fs::write(&tmp, &bytes).map_err(StorageError::io("write", &tmp))?;
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(StorageError::io("fsync", &tmp))?;
+            fs::rename(&tmp, &path).map_err(StorageError::io("rename", &tmp))?;
+        }
+        if let Some(dir) = path.parent() {
+            crate::checkpoint::sync_dir(dir)?;
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -570,9 +648,12 @@ impl Segment {
     /// Removes the segment's files.
     pub fn delete_files(&self, files: &FileCache) -> Result<()> {
         files.evict(self.file_id);
+        // The log file goes last: a crash part-way leaves a segment that
+        // open recovers, never index files without their log.
         for path in [
             self.index_path(),
             self.time_index_path(),
+            self.txn_index_path(),
             self.log_path.clone(),
         ] {
             remove_if_exists(&path)?;
@@ -611,6 +692,33 @@ impl PendingIndexes {
         }
         Ok(())
     }
+}
+
+/// Writes one entry to the `.txnindex` at `path` after its first
+/// `entries_before` entries (what the segment holds in memory) and fsyncs
+/// it (and the directory, if the file is new), so that the entry is durable
+/// on return. Writing at the known position, and cutting the file after
+/// the entry, overwrites whatever a failed earlier write left behind.
+pub fn append_txn_index_entry(path: &Path, entries_before: usize, txn: &AbortedTxn) -> Result<()> {
+    let created = !path.exists();
+    let mut bytes = Vec::with_capacity(txn::TXN_INDEX_ENTRY_LEN);
+    txn.encode(&mut bytes);
+    let position = (entries_before * txn::TXN_INDEX_ENTRY_LEN) as u64;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(StorageError::io("open", path))?;
+    file.write_all_at(&bytes, position)
+        .map_err(StorageError::io("write", path))?;
+    file.set_len(position + bytes.len() as u64)
+        .map_err(StorageError::io("truncate", path))?;
+    file.sync_data().map_err(StorageError::io("fsync", path))?;
+    if let (true, Some(dir)) = (created, path.parent()) {
+        crate::checkpoint::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 pub fn remove_if_exists(path: &Path) -> Result<()> {

@@ -1,0 +1,408 @@
+//! Transactions in a real log: markers appended as the broker will append
+//! them, the aborted-transaction index through truncation, recovery,
+//! retention and compaction, and producer state reloaded over all of it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use common::*;
+use rill_storage::batch::BatchHeader;
+use rill_storage::producer_state::{
+    self, AppendCheck, CompletedTxn, ProducerBatch, ProducerStateConfig, ProducerStateManager,
+};
+use rill_storage::records::BatchBuilder;
+use rill_storage::txn::{self, AbortedTxn, ControlType, EndTxnMarker};
+use rill_storage::{CleanupPolicy, Log, LogConfig, LogOpenOptions};
+
+const TXN_INDEX: &str = "txnindex";
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 400,
+        ..small_config()
+    }
+}
+
+/// A transactional batch of `count` records keyed `k<i>`.
+fn txn_batch(producer_id: i64, first_seq: i32, count: usize) -> Vec<u8> {
+    let mut builder = BatchBuilder::new();
+    builder.producer_id = producer_id;
+    builder.producer_epoch = 0;
+    builder.base_sequence = first_seq;
+    builder.is_transactional = true;
+    for i in 0..count {
+        builder.push(
+            Some(format!("k{i}").as_bytes()),
+            Some(b"transactional"),
+            START_MS,
+        );
+    }
+    builder.build()
+}
+
+/// Checks, appends and records a data batch as the broker does; returns
+/// its first offset.
+fn produce(log: &Log, state: &mut ProducerStateManager, mut bytes: Vec<u8>) -> i64 {
+    let batch = ProducerBatch::from_header(&BatchHeader::parse(&bytes).unwrap()).unwrap();
+    assert_eq!(state.check(&batch).unwrap(), AppendCheck::Append);
+    let info = log.append(&mut bytes, 0).unwrap();
+    let header = BatchHeader::parse(&bytes).unwrap();
+    state.record(&ProducerBatch::from_header(&header).unwrap(), START_MS);
+    info.base_offset
+}
+
+/// Ends `producer_id`'s transaction as the broker will: checks the marker,
+/// appends it, records it, and indexes an abort.
+fn end_txn(
+    log: &Log,
+    state: &mut ProducerStateManager,
+    producer_id: i64,
+    control_type: ControlType,
+) -> Option<CompletedTxn> {
+    let marker = EndTxnMarker {
+        control_type,
+        coordinator_epoch: 0,
+    };
+    state.check_marker(producer_id, 0, 0).unwrap();
+    let mut bytes = txn::build_marker_batch(producer_id, 0, marker, START_MS);
+    let offset = log.append(&mut bytes, 0).unwrap().base_offset;
+    let completed = state.record_marker(producer_id, 0, marker, offset, START_MS);
+    if let Some(completed) = completed.filter(|c| c.is_aborted) {
+        let last_stable_offset = state.last_stable_offset_after(&completed);
+        log.add_aborted_txn(completed.aborted_txn(last_stable_offset))
+            .unwrap();
+    }
+    completed
+}
+
+fn new_state() -> ProducerStateManager {
+    ProducerStateManager::new(ProducerStateConfig::default())
+}
+
+fn txn_index_bases(h: &Harness) -> Vec<i64> {
+    let mut bases: Vec<i64> = fs::read_dir(h.log_dir())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let (stem, suffix) = name.split_once('.')?;
+            (suffix == TXN_INDEX).then(|| stem.parse().unwrap())
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+fn aborted(producer_id: i64, first_offset: i64, last_offset: i64, lso: i64) -> AbortedTxn {
+    AbortedTxn {
+        producer_id,
+        first_offset,
+        last_offset,
+        last_stable_offset: lso,
+    }
+}
+
+/// Three producers, interleaved: 1 aborts [0, 4], 2 commits, 3 aborts
+/// [2, 6] while 2 was still open, then 1 aborts again [7, 8].
+fn interleaved(log: &Log, state: &mut ProducerStateManager) -> Vec<AbortedTxn> {
+    assert_eq!(produce(log, state, txn_batch(1, 0, 1)), 0);
+    assert_eq!(produce(log, state, txn_batch(2, 0, 1)), 1);
+    assert_eq!(produce(log, state, txn_batch(3, 0, 1)), 2);
+    assert_eq!(produce(log, state, txn_batch(1, 1, 1)), 3);
+    let one = end_txn(log, state, 1, ControlType::Abort).unwrap();
+    assert_eq!((one.first_offset, one.last_offset), (0, 4));
+    assert_eq!(state.first_unstable_offset(), Some(1));
+    end_txn(log, state, 2, ControlType::Commit).unwrap();
+    assert_eq!(produce(log, state, txn_batch(3, 1, 1)), 6);
+    // 3's marker lands at 7... after its batch at 6.
+    let three = end_txn(log, state, 3, ControlType::Abort).unwrap();
+    assert_eq!((three.first_offset, three.last_offset), (2, 7));
+    assert_eq!(produce(log, state, txn_batch(1, 2, 1)), 8);
+    let again = end_txn(log, state, 1, ControlType::Abort).unwrap();
+    assert_eq!((again.first_offset, again.last_offset), (8, 9));
+    assert_eq!(state.first_unstable_offset(), None);
+    vec![
+        aborted(1, 0, 4, 1),
+        aborted(3, 2, 7, 8),
+        aborted(1, 8, 9, 10),
+    ]
+}
+
+#[test]
+fn aborted_txns_answer_the_ranges_a_read_committed_fetch_asks_for() {
+    let h = Harness::new(config());
+    let log = h.open();
+    let mut state = new_state();
+    let all = interleaved(&log, &mut state);
+    let [a, b, c] = [all[0], all[1], all[2]];
+    assert_eq!(log.aborted_txns(0, log.log_end_offset()), all);
+    assert_eq!(log.aborted_txns(0, 1), vec![a]);
+    // [2, 3): 1's first transaction (marker at 4) and 3's (from 2).
+    assert_eq!(log.aborted_txns(2, 3), vec![a, b]);
+    assert_eq!(log.aborted_txns(4, 5), vec![a, b]);
+    // From 5 on, 1's first marker is behind the fetch.
+    assert_eq!(log.aborted_txns(5, 6), vec![b]);
+    assert_eq!(log.aborted_txns(7, 10), vec![b, c]);
+    assert_eq!(log.aborted_txns(8, 9), vec![c]);
+    assert_eq!(log.aborted_txns(10, 10), vec![]);
+    // Adding one again changes nothing.
+    log.add_aborted_txn(b).unwrap();
+    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+    let log = h.reopen_clean(log);
+    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+    let bytes: usize = txn_index_bases(&h)
+        .iter()
+        .map(|&base| fs::read(h.segment_file(base, TXN_INDEX)).unwrap().len())
+        .sum();
+    assert_eq!(bytes, 3 * 34);
+}
+
+#[test]
+fn the_search_stops_at_an_entry_whose_last_stable_offset_covers_the_bound() {
+    let h = Harness::new(config());
+    let log = h.open();
+    for _ in 0..20 {
+        log.append(&mut simple_batch(1, START_MS), 0).unwrap();
+    }
+    // Entries made by hand: the first says that nothing began below 6
+    // was open after its marker, so a search bounded at 6 stops there and
+    // never finds the (inconsistent) second, which claims to begin at 3.
+    log.add_aborted_txn(aborted(1, 0, 5, 6)).unwrap();
+    log.add_aborted_txn(aborted(2, 3, 12, 13)).unwrap();
+    assert_eq!(log.aborted_txns(0, 6), vec![aborted(1, 0, 5, 6)]);
+    assert_eq!(log.aborted_txns(0, 7).len(), 2);
+    assert_eq!(log.aborted_txns(6, 20), vec![aborted(2, 3, 12, 13)]);
+}
+
+#[test]
+fn truncation_drops_the_entries_of_markers_it_cuts() {
+    let h = Harness::new(config());
+    let log = h.open();
+    let mut state = new_state();
+    let all = interleaved(&log, &mut state);
+    log.truncate_to(8).unwrap();
+    assert_eq!(log.aborted_txns(0, i64::MAX), all[..2].to_vec());
+    log.truncate_to(5).unwrap();
+    assert_eq!(log.aborted_txns(0, i64::MAX), all[..1].to_vec());
+    let log = h.reopen_clean(log);
+    assert_eq!(log.aborted_txns(0, i64::MAX), all[..1].to_vec());
+    log.truncate_to(4).unwrap();
+    assert_eq!(log.aborted_txns(0, i64::MAX), vec![]);
+    assert_eq!(txn_index_bases(&h), Vec::<i64>::new());
+    let log = h.reopen_clean(log);
+    assert_eq!(log.aborted_txns(0, i64::MAX), vec![]);
+}
+
+#[test]
+fn reopening_after_a_cut_tail_drops_entries_past_the_recovered_end() {
+    let h = Harness::new(LogConfig {
+        segment_bytes: 1 << 20,
+        ..config()
+    });
+    let log = h.open();
+    let mut state = new_state();
+    let all = interleaved(&log, &mut state);
+    assert_eq!(log.segment_count(), 1);
+    log.flush().unwrap();
+    // A crash took the last marker's bytes (9) but not its index entry.
+    let read = read_all(&log);
+    let batches = split_batches(&read);
+    let kept: usize = batches[..batches.len() - 1].iter().map(Vec::len).sum();
+    drop(log);
+    let log_file = h.segment_file(0, "log");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&log_file)
+        .unwrap()
+        .set_len(kept as u64 + 10)
+        .unwrap();
+    let log = h.open_with(LogOpenOptions::default());
+    assert_eq!(log.log_end_offset(), 9);
+    assert_eq!(log.aborted_txns(0, i64::MAX), all[..2].to_vec());
+    assert_eq!(
+        fs::read(h.segment_file(0, TXN_INDEX)).unwrap().len(),
+        2 * 34,
+        "the file was rewritten"
+    );
+}
+
+#[test]
+fn retention_and_restarts_delete_the_index_with_its_segment() {
+    let h = Harness::new(config());
+    let log = h.open();
+    let mut state = new_state();
+    let all = interleaved(&log, &mut state);
+    for _ in 0..10 {
+        log.append(&mut simple_batch(3, START_MS), 0).unwrap();
+    }
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() > 3, "{bases:?}");
+    let with_index = txn_index_bases(&h);
+    assert!(!with_index.is_empty());
+    // Delete every segment up to the one holding the last marker (9).
+    let holding_last = *bases.iter().filter(|&&b| b <= 9).max().unwrap();
+    let next = *bases.iter().find(|&&b| b > holding_last).unwrap();
+    log.delete_before(holding_last).unwrap();
+    assert!(txn_index_bases(&h).iter().all(|&b| b >= holding_last));
+    assert_eq!(
+        log.aborted_txns(holding_last, i64::MAX).last(),
+        Some(&all[2])
+    );
+    log.delete_before(next).unwrap();
+    assert_eq!(txn_index_bases(&h), Vec::<i64>::new());
+    assert_eq!(log.aborted_txns(next, i64::MAX), vec![]);
+
+    // A full restart of the log takes every index.
+    let log = h.reopen_clean(log);
+    let mut state = new_state();
+    let start = log.log_end_offset();
+    produce(&log, &mut state, txn_batch(5, 0, 1));
+    end_txn(&log, &mut state, 5, ControlType::Abort).unwrap();
+    assert_eq!(txn_index_bases(&h).len(), 1);
+    log.truncate_fully_and_start_at(start + 100).unwrap();
+    assert_eq!(txn_index_bases(&h), Vec::<i64>::new());
+    assert_eq!(log.aborted_txns(0, i64::MAX), vec![]);
+}
+
+#[test]
+fn open_removes_indexes_without_a_segment_and_unfinished_rewrites() {
+    let h = Harness::new(config());
+    let log = h.open();
+    let mut state = new_state();
+    let all = interleaved(&log, &mut state);
+    let log = h.reopen_clean(log);
+    drop(log);
+    let orphan = h.segment_file(123_456, TXN_INDEX);
+    fs::write(&orphan, [0u8; 34]).unwrap();
+    let tmp = h.segment_file(0, "txnindex.tmp");
+    fs::write(&tmp, [1u8; 10]).unwrap();
+    let log = h.open_with(LogOpenOptions::default());
+    assert!(!orphan.exists());
+    assert!(!tmp.exists());
+    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+}
+
+#[test]
+fn compaction_keeps_markers_transactional_batches_and_the_index() {
+    let h = Harness::new(LogConfig {
+        cleanup_policy: CleanupPolicy::COMPACT,
+        delete_retention_ms: 1000,
+        segment_bytes: 300,
+        ..small_config()
+    });
+    let log = h.open();
+    let mut state = new_state();
+    let all = interleaved(&log, &mut state);
+    // Overwrite the keys so that the cleaner has something to do.
+    for _ in 0..6 {
+        log.append(&mut simple_batch(2, START_MS), 0).unwrap();
+    }
+    log.roll().unwrap();
+    let before = split_batches(&read_all(&log));
+    let bases_before = txn_index_bases(&h);
+    assert!(!bases_before.is_empty());
+    let inode = |base: i64| fs::metadata(h.segment_file(base, "log")).unwrap().ino();
+    let inodes_before: Vec<u64> = bases_before.iter().map(|&b| inode(b)).collect();
+    let stats = log.compact().unwrap();
+    let inodes_after: Vec<u64> = bases_before.iter().map(|&b| inode(b)).collect();
+    assert!(
+        inodes_before.iter().zip(&inodes_after).any(|(a, b)| a != b),
+        "a segment with an index was rewritten"
+    );
+    assert!(stats.segments_cleaned > 0, "{stats:?}");
+    let after = split_batches(&read_all(&log));
+    // Every transactional and control batch is still there, byte for byte
+    // after the header fields the log rewrites.
+    let kept = |batches: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        batches
+            .iter()
+            .filter(|b| header(b).is_transactional())
+            .cloned()
+            .collect()
+    };
+    assert_eq!(kept(&after), kept(&before));
+    assert!(after.len() < before.len());
+    assert_eq!(txn_index_bases(&h), bases_before);
+    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+    let log = h.reopen_clean(log);
+    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+}
+
+#[test]
+fn load_replays_transactions_and_reindexes_aborts_once() {
+    let h = Harness::new(config());
+    let log = h.open();
+    let mut live = new_state();
+    // A snapshot in the middle of 3's transaction.
+    assert_eq!(produce(&log, &mut live, txn_batch(3, 0, 2)), 0);
+    let snapshot_offset = log.log_end_offset();
+    log.flush().unwrap();
+    producer_state::write_snapshot(
+        log.dir(),
+        snapshot_offset,
+        &live.take_snapshot().unwrap(),
+        true,
+    )
+    .unwrap();
+    // After it: 4 begins, 3 aborts, 4 stays open.
+    assert_eq!(produce(&log, &mut live, txn_batch(4, 0, 1)), 2);
+    let three = end_txn(&log, &mut live, 3, ControlType::Abort).unwrap();
+    assert_eq!((three.first_offset, three.last_offset), (0, 3));
+    let entries = vec![aborted(3, 0, 3, 2)];
+    assert_eq!(log.aborted_txns(0, i64::MAX), entries);
+    let log = h.reopen_clean(log);
+
+    let (loaded, report) = producer_state::load(&log, live.config(), START_MS).unwrap();
+    assert_eq!(report.snapshot_offset, Some(snapshot_offset));
+    assert_eq!(report.batches_replayed, 2);
+    assert_eq!(report.aborts_replayed, 1);
+    assert_eq!(report.unreadable_markers, 0);
+    assert_eq!(loaded.entry(3), live.entry(3));
+    assert_eq!(loaded.entry(4), live.entry(4));
+    assert_eq!(loaded.entry(4).unwrap().current_txn_first_offset(), Some(2));
+    assert_eq!(loaded.first_unstable_offset(), Some(2));
+    // The entry the replay offered was there already.
+    assert_eq!(log.aborted_txns(0, i64::MAX), entries);
+    assert_eq!(fs::read(h.segment_file(0, TXN_INDEX)).unwrap().len(), 34);
+
+    // With the index lost, the replay makes it again, once.
+    let log = h.reopen_clean(log);
+    fs::remove_file(h.segment_file(0, TXN_INDEX)).unwrap();
+    let log = h.reopen_clean(log);
+    assert_eq!(log.aborted_txns(0, i64::MAX), vec![]);
+    let (mut loaded, _) = producer_state::load(&log, live.config(), START_MS).unwrap();
+    assert_eq!(log.aborted_txns(0, i64::MAX), entries);
+    let log = h.reopen_clean(log);
+    let (again, _) = producer_state::load(&log, live.config(), START_MS).unwrap();
+    assert_eq!(log.aborted_txns(0, i64::MAX), entries);
+    assert_eq!(again.entry(4), loaded.entry(4));
+
+    // 4's transaction, open across the restarts, still ends where it began.
+    let four = end_txn(&log, &mut loaded, 4, ControlType::Commit).unwrap();
+    assert_eq!((four.first_offset, four.last_offset), (2, 4));
+    assert_eq!(loaded.first_unstable_offset(), None);
+}
+
+#[test]
+fn load_from_the_log_alone_matches_the_live_state() {
+    let h = Harness::new(config());
+    let log = h.open();
+    let mut live = new_state();
+    let all = interleaved(&log, &mut live);
+    produce(&log, &mut live, txn_batch(2, 1, 3));
+    let log = h.reopen_clean(log);
+    for base in txn_index_bases(&h) {
+        fs::remove_file(h.segment_file(base, TXN_INDEX)).unwrap();
+    }
+    let log = h.reopen_clean(log);
+    let (loaded, report) = producer_state::load(&log, live.config(), START_MS).unwrap();
+    assert_eq!(report.snapshot_offset, None);
+    assert_eq!(report.aborts_replayed, 3);
+    for producer_id in 1..=3 {
+        assert_eq!(loaded.entry(producer_id), live.entry(producer_id));
+    }
+    assert_eq!(loaded.first_unstable_offset(), Some(10));
+    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+}
