@@ -11,9 +11,10 @@
 //! Versions 4 to 17 are written: from v13 a topic is named by its id, from
 //! v12 a partition may carry the current leader (KIP-951's hint, which the
 //! broker sets from v16) and from v16 the response the endpoints of the
-//! leaders it names. Fields rill never sets are written as their defaults:
-//! no aborted transactions (null), no diverging epoch or snapshot id
-//! (tagged fields, omitted). The tests compare every version byte for byte
+//! leaders it names. A read_committed fetch lists the aborted transactions
+//! of the records it returns; a read_uncommitted one writes null there.
+//! Fields rill never sets are written as their defaults: no diverging
+//! epoch or snapshot id (tagged fields, omitted). The tests compare every version byte for byte
 //! with kafka-protocol's own encoder.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -52,6 +53,10 @@ pub struct FetchPartitionOut<R> {
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub preferred_read_replica: i32,
+    /// The aborted transactions among the records, as (producer id, first
+    /// offset), for a read_committed fetch; None (null on the wire) for a
+    /// read_uncommitted one.
+    pub aborted_transactions: Option<Vec<(i64, i64)>>,
     /// The partition's leader and leader epoch, for a client that asked
     /// the wrong broker (KIP-951); written from v12 when set.
     pub current_leader: Option<(i32, i32)>,
@@ -158,11 +163,19 @@ pub fn encode_fetch_response<R: RecordSource>(
             if version >= 5 {
                 out.put_i64(partition.log_start_offset);
             }
-            // Aborted transactions: null.
-            if flexible {
-                put_unsigned_varint(&mut out, 0);
-            } else {
-                out.put_i32(-1);
+            match &partition.aborted_transactions {
+                None if flexible => put_unsigned_varint(&mut out, 0),
+                None => out.put_i32(-1),
+                Some(aborted) => {
+                    put_array_len(&mut out, flexible, aborted.len())?;
+                    for (producer_id, first_offset) in aborted {
+                        out.put_i64(*producer_id);
+                        out.put_i64(*first_offset);
+                        if flexible {
+                            put_unsigned_varint(&mut out, 0); // tagged fields
+                        }
+                    }
+                }
             }
             if version >= 11 {
                 out.put_i32(partition.preferred_read_replica);
@@ -285,9 +298,9 @@ fn put_string(out: &mut BytesMut, flexible: bool, value: &str) -> Result<(), Str
 mod tests {
     use super::*;
     use kafka_protocol::messages::fetch_response::{
-        FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+        AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
     };
-    use kafka_protocol::messages::{BrokerId, FetchResponse, ResponseKind, TopicName};
+    use kafka_protocol::messages::{BrokerId, FetchResponse, ProducerId, ResponseKind, TopicName};
     use kafka_protocol::protocol::StrBytes;
 
     fn sample() -> FetchResponseOut<Bytes> {
@@ -298,6 +311,11 @@ mod tests {
             last_stable_offset: 900,
             log_start_offset: 7,
             preferred_read_replica: -1,
+            aborted_transactions: match index {
+                0 => Some(vec![(4000, 12), (4001, 19)]),
+                1 => Some(vec![]),
+                _ => None,
+            },
             current_leader: (index == 2).then_some((3, 17)),
             records: records.into_iter().map(Bytes::from_static).collect(),
         };
@@ -361,7 +379,18 @@ mod tests {
                             .with_last_stable_offset(p.last_stable_offset)
                             .with_log_start_offset(p.log_start_offset)
                             .with_preferred_read_replica(BrokerId(p.preferred_read_replica))
-                            .with_aborted_transactions(None)
+                            .with_aborted_transactions(p.aborted_transactions.as_ref().map(
+                                |aborted| {
+                                    aborted
+                                        .iter()
+                                        .map(|(producer_id, first_offset)| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(*producer_id))
+                                                .with_first_offset(*first_offset)
+                                        })
+                                        .collect()
+                                },
+                            ))
                             .with_current_leader(match p.current_leader {
                                 Some((id, epoch)) => LeaderIdAndEpoch::default()
                                     .with_leader_id(BrokerId(id))

@@ -69,11 +69,21 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     SupportedApi::new(ApiKey::CreateTopics, 2, 7),
     SupportedApi::new(ApiKey::DeleteTopics, 1, 6),
     SupportedApi::new(ApiKey::DeleteRecords, 0, 2),
-    // Idempotent producers only (no transactional ids). v5 differs only in
-    // transactional errors (KIP-890); left out until a client sends it.
+    // Idempotent and transactional producers. v5 belongs to transaction
+    // version 2 (KIP-890 part 2), which is not served.
     SupportedApi::new(ApiKey::InitProducerId, 0, 4),
     // v0 and v1 are gone from kafka-protocol 0.18 (and from Kafka 4).
     SupportedApi::new(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    // Transactions (KIP-98, KIP-447), transaction version 0/1. v4 of
+    // AddPartitionsToTxn is the batched, verify-only form brokers send
+    // (KIP-890 part 1). AddPartitionsToTxn v5, EndTxn v5 and
+    // TxnOffsetCommit v5 belong to transaction version 2 (KIP-890 part 2)
+    // and are not served.
+    SupportedApi::new(ApiKey::AddPartitionsToTxn, 0, 4),
+    SupportedApi::new(ApiKey::AddOffsetsToTxn, 0, 4),
+    SupportedApi::new(ApiKey::EndTxn, 0, 4),
+    SupportedApi::new(ApiKey::WriteTxnMarkers, 1, 1),
+    SupportedApi::new(ApiKey::TxnOffsetCommit, 0, 4),
     // v0 is gone from kafka-protocol 0.18 (and from Kafka 4).
     SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
     SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
@@ -91,6 +101,12 @@ pub const SUPPORTED_APIS: &[SupportedApi] = &[
     // KIP-595's view of the controller quorum; v2 adds the nodes' endpoints.
     SupportedApi::new(ApiKey::DescribeQuorum, 0, 2),
     SupportedApi::new(ApiKey::DescribeCluster, 0, 2),
+    // The producers a partition remembers, and the coordinators'
+    // transactions (KIP-664's hanging-transaction tools).
+    SupportedApi::new(ApiKey::DescribeProducers, 0, 0),
+    SupportedApi::new(ApiKey::DescribeTransactions, 0, 0),
+    // v1 adds the duration filter (KIP-994).
+    SupportedApi::new(ApiKey::ListTransactions, 0, 1),
     // KIP-966's paged topic metadata, with eligible leader replicas.
     SupportedApi::new(ApiKey::DescribeTopicPartitions, 0, 0),
 ];
