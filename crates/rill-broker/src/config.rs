@@ -10,6 +10,7 @@ use rill_storage::LogConfig;
 use rill_types::NodeId;
 
 pub use crate::group::GroupConfig;
+pub use crate::txn::coordinator::TxnCoordinatorConfig;
 pub use rill_controller::raft::QuorumConfig;
 
 /// Kafka's `process.roles`: what a node does.
@@ -168,6 +169,8 @@ pub struct BrokerConfig {
 
     /// The group coordinator's settings (`group.*`, `offsets.*`).
     pub groups: GroupConfig,
+    /// The transaction coordinator's settings.
+    pub txns: TxnCoordinatorConfig,
 }
 
 impl BrokerConfig {
@@ -236,6 +239,7 @@ impl Default for BrokerConfig {
             fetch_bytes_max: Self::FETCH_BYTES_MAX_DEFAULT,
             connections_max_idle: Self::CONNECTIONS_MAX_IDLE_DEFAULT,
             groups: GroupConfig::default(),
+            txns: TxnCoordinatorConfig::default(),
         }
     }
 }

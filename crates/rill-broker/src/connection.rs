@@ -472,6 +472,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
     let api_version = request.api_version;
     let correlation_id = request.header.correlation_id;
     broker.metrics.request_received(api_key, api_version);
+    tracing::trace!(?api_key, api_version, correlation_id, "request");
     let answer = |reply| {
         Next::Answer(Pending {
             api_key,
@@ -627,6 +628,52 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
                 async move { ResponseKind::OffsetDelete(deleted.await) },
             ))
         }
+        RequestKind::AddPartitionsToTxn(body) => {
+            let broker = Arc::clone(b);
+            answer(later(async move {
+                ResponseKind::AddPartitionsToTxn(
+                    handlers::add_partitions_to_txn::handle(&broker, v, body).await,
+                )
+            }))
+        }
+        RequestKind::AddOffsetsToTxn(body) => {
+            let broker = Arc::clone(b);
+            answer(later(async move {
+                ResponseKind::AddOffsetsToTxn(
+                    handlers::add_offsets_to_txn::handle(&broker, v, body).await,
+                )
+            }))
+        }
+        RequestKind::EndTxn(body) => {
+            let broker = Arc::clone(b);
+            answer(later(async move {
+                ResponseKind::EndTxn(handlers::end_txn::handle(&broker, v, body).await)
+            }))
+        }
+        RequestKind::DescribeTransactions(body) => ready(ResponseKind::DescribeTransactions(
+            handlers::describe_transactions::handle(b, v, body),
+        )),
+        RequestKind::ListTransactions(body) => ready(ResponseKind::ListTransactions(
+            handlers::list_transactions::handle(b, v, body),
+        )),
+        RequestKind::TxnOffsetCommit(body) => {
+            // Appended here, in request order, as OffsetCommit.
+            let committed = handlers::txn_offset_commit::handle(b, v, body);
+            answer(later(async move {
+                ResponseKind::TxnOffsetCommit(committed.await)
+            }))
+        }
+        RequestKind::WriteTxnMarkers(body) => {
+            let broker = Arc::clone(b);
+            answer(later(async move {
+                ResponseKind::WriteTxnMarkers(
+                    handlers::write_txn_markers::handle(&broker, v, body).await,
+                )
+            }))
+        }
+        RequestKind::DescribeProducers(body) => ready(ResponseKind::DescribeProducers(
+            handlers::describe_producers::handle(b, v, body),
+        )),
         other => {
             // The version table let it through, so a handler must exist: a bug.
             warn!(api_key = ?api_key, "no handler for an advertised API; closing the connection");

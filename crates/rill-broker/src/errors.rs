@@ -60,6 +60,10 @@ pub fn producer_state_error_code(error: &ProducerStateError) -> i16 {
         ProducerStateError::InvalidSequence { .. } => ResponseError::InvalidRecord,
         ProducerStateError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         ProducerStateError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        ProducerStateError::InvalidTxnState { .. } => ResponseError::InvalidTxnState,
+        ProducerStateError::TransactionCoordinatorFenced { .. } => {
+            ResponseError::TransactionCoordinatorFenced
+        }
     };
     kind.code()
 }

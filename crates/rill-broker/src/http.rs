@@ -131,6 +131,7 @@ async fn answer(
                     metadata: &*broker.controller,
                     replicas: &broker.replicas,
                     groups: &broker.groups,
+                    txns: &broker.txns,
                 })
             };
             match tokio::task::spawn_blocking(render).await {

@@ -38,11 +38,13 @@ mod handlers;
 mod http;
 pub mod metadata;
 mod metrics;
+mod peer;
 mod producer_ids;
 pub mod replica;
 mod replication;
 pub mod server;
 pub mod topic_config;
+pub mod txn;
 
 pub use config::BrokerConfig;
 pub use server::{start, Broker, RunningBroker, StartError};

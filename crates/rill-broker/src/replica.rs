@@ -17,16 +17,28 @@
 //! append of a batch with a producer id and recorded from every follower
 //! append (so that a new leader recognises a retry), rebuilt after a
 //! truncation, snapshotted by housekeeping and at shutdown.
+//!
+//! Transactions (DESIGN.md §8): a producer's transactional batches open a
+//! transaction in the producer state; a marker the transaction
+//! coordinator sends ([`Partition::append_marker`], WriteTxnMarkers) ends
+//! it, and an abort is entered in the log's transaction index. The **last
+//! stable offset** is the first offset of the earliest transaction not
+//! yet decided *and replicated* (its marker below the high watermark), or
+//! the high watermark: read_committed consumers read only below it
+//! ([`Partition::last_stable_offset`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use rill_controller::{MetadataImage, TopicId};
 use rill_storage::batch::{self, BatchHeader};
 use rill_storage::producer_state::{
-    self, AppendCheck, ProducerBatch, ProducerStateConfig, ProducerStateError, ProducerStateManager,
+    self, AppendCheck, CompletedTxn, ProducerBatch, ProducerStateConfig, ProducerStateError,
+    ProducerStateManager,
 };
+use rill_storage::txn::{self, AbortedTxn, EndTxnMarker};
 use rill_storage::{AppendInfo, Log, LogConfig, LogManager, StorageError, TimestampType};
 use rill_types::{Clock, NodeId, PartitionIndex, TopicPartition};
 use tokio::sync::{watch, Notify};
@@ -58,6 +70,22 @@ pub struct Partition {
     /// the check (Kafka holds its log lock the same way). Appends without a
     /// producer id do not take it.
     producers: Mutex<ProducerStateManager>,
+    /// Transactions whose marker is written but not yet below the high
+    /// watermark, by first offset (value: the marker's offset). They hold
+    /// the last stable offset back, as Kafka's `unreplicatedTxns`: a
+    /// marker lost with a leader change must not have been read past.
+    /// Locked after `producers`.
+    completed_txns: Mutex<BTreeMap<i64, i64>>,
+    /// Copies of the first offset of the earliest open transaction
+    /// (`producers`) and of the earliest key of `completed_txns`
+    /// (`i64::MAX`: none), so that a read_committed fetch finds the last
+    /// stable offset without the producers lock, which appends hold.
+    /// Written under their locks, `completed_first` before
+    /// `first_unstable` when a marker moves a transaction from one to the
+    /// other, so that a reader that sees the open one gone sees the
+    /// completed one (it reads them the other way round).
+    first_unstable: AtomicI64,
+    completed_first: AtomicI64,
     /// Bumped when the high watermark moves or the leadership changes:
     /// what acks=all waits on, for this partition alone.
     changes: watch::Sender<u64>,
@@ -189,6 +217,15 @@ pub enum ReplicationError {
     Timeout,
 }
 
+/// Why a coordinator's append did not become durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurableError {
+    #[error("flushing failed: {0}")]
+    Flush(String),
+    #[error(transparent)]
+    Replication(ReplicationError),
+}
+
 /// An ISR change for the controller (AlterPartition).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IsrChange {
@@ -276,12 +313,6 @@ impl Partition {
                 "clients may not write control batches".to_string(),
             ));
         }
-        if header.is_transactional() {
-            return Err(AppendError::InvalidTxnState(format!(
-                "transactional batch of producer {} is not part of an ongoing transaction (this broker has no transactions)",
-                batch.producer_id
-            )));
-        }
         let mut producers = self.lock_producers();
         match producers.check(&batch)? {
             AppendCheck::Duplicate(original) => {
@@ -331,6 +362,7 @@ impl Partition {
                     .expect("the batch has a producer id");
                 assert_eq!(recorded.first_offset, info.base_offset);
                 producers.record(&recorded, self.clock.now_ms());
+                self.publish_unstable(&producers);
                 drop(producers);
                 self.maybe_advance_high_watermark(&state);
                 self.wake_fetches();
@@ -359,16 +391,220 @@ impl Partition {
         let info = self.log.append_replicated(records)?;
         let now_ms = self.clock.now_ms();
         for bytes in batch::split(records).filter_map(Result::ok) {
-            if let Ok(header) = BatchHeader::parse(bytes) {
-                if header.is_control() {
-                    continue;
+            let Ok(header) = BatchHeader::parse(bytes) else {
+                continue;
+            };
+            if header.producer_id < 0 {
+                continue;
+            }
+            if header.is_control() {
+                // The log checked the batch; a marker it cannot read was
+                // written by no Kafka-compatible leader.
+                match txn::parse_marker(bytes) {
+                    Ok(Some(marker)) => {
+                        let completed = producers.record_marker(
+                            header.producer_id,
+                            header.producer_epoch,
+                            marker,
+                            header.base_offset,
+                            now_ms,
+                        );
+                        let indexed = self.complete_txn(&producers, completed);
+                        self.publish_unstable(&producers);
+                        indexed?;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        warn!(topic = %self.tp.topic, partition = self.tp.partition, offset = header.base_offset, %error, "unreadable control batch from the leader")
+                    }
                 }
-                if let Some(recorded) = ProducerBatch::from_header(&header) {
-                    producers.record(&recorded, now_ms);
-                }
+                continue;
+            }
+            if let Some(recorded) = ProducerBatch::from_header(&header) {
+                producers.record(&recorded, now_ms);
             }
         }
+        self.publish_unstable(&producers);
         Ok(info)
+    }
+
+    /// Appends a transaction marker as leader (WriteTxnMarkers from the
+    /// transaction coordinator): ends the producer's transaction here, and
+    /// enters an abort in the transaction index. Refused as Kafka's
+    /// `appendEndTxnMarker` refuses it: an epoch older than the producer's
+    /// (INVALID_PRODUCER_EPOCH) or a coordinator epoch older than the last
+    /// marker's (TRANSACTION_COORDINATOR_FENCED). A marker for a producer
+    /// with no transaction here is appended all the same (the coordinator
+    /// retries markers; Kafka writes them too) and ends nothing.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: EndTxnMarker,
+    ) -> Result<LeaderAppend, AppendError> {
+        let state = self.read_state();
+        if state.leader != self.node_id {
+            return Err(AppendError::NotLeader);
+        }
+        if (state.isr.len() as i32) < state.min_insync_replicas {
+            return Err(AppendError::NotEnoughReplicas {
+                isr: state.isr.len(),
+                min: state.min_insync_replicas,
+            });
+        }
+        let mut producers = self.lock_producers();
+        producers.check_marker(producer_id, producer_epoch, marker.coordinator_epoch)?;
+        let now_ms = self.clock.now_ms();
+        let mut records = txn::build_marker_batch(producer_id, producer_epoch, marker, now_ms);
+        let info = self.log.append(&mut records, state.leader_epoch)?;
+        let completed = producers.record_marker(
+            producer_id,
+            producer_epoch,
+            marker,
+            info.base_offset,
+            now_ms,
+        );
+        let indexed = self.complete_txn(&producers, completed);
+        self.publish_unstable(&producers);
+        indexed?;
+        drop(producers);
+        self.maybe_advance_high_watermark(&state);
+        self.wake_fetches();
+        Ok(LeaderAppend {
+            info,
+            duplicate: false,
+            leader_epoch: state.leader_epoch,
+        })
+    }
+
+    /// Appends a transaction coordinator's own transactional records
+    /// (TxnOffsetCommit's offsets, to `__consumer_offsets`) as leader.
+    /// Kafka appends them with origin COORDINATOR: the producer's epoch is
+    /// checked, its sequences are not (the coordinator numbers nothing).
+    pub fn append_as_coordinator(&self, records: &mut [u8]) -> Result<LeaderAppend, AppendError> {
+        let state = self.read_state();
+        if state.leader != self.node_id {
+            return Err(AppendError::NotLeader);
+        }
+        if (state.isr.len() as i32) < state.min_insync_replicas {
+            return Err(AppendError::NotEnoughReplicas {
+                isr: state.isr.len(),
+                min: state.min_insync_replicas,
+            });
+        }
+        let Some((header, batch)) = producer_batch(records)? else {
+            return Err(AppendError::InvalidRecord(
+                "a coordinator's transactional batch needs a producer id".to_string(),
+            ));
+        };
+        assert!(header.is_transactional() && !header.is_control());
+        let mut producers = self.lock_producers();
+        if let Some(entry) = producers.entry(batch.producer_id) {
+            if batch.producer_epoch < entry.producer_epoch() {
+                return Err(AppendError::Producer(
+                    ProducerStateError::InvalidProducerEpoch {
+                        producer_id: batch.producer_id,
+                        producer_epoch: batch.producer_epoch,
+                        current_epoch: entry.producer_epoch(),
+                    },
+                ));
+            }
+        }
+        let info = self.log.append(records, state.leader_epoch)?;
+        let appended = BatchHeader::parse(records).expect("the log validated the batch");
+        let recorded = ProducerBatch::from_header(&appended).expect("the batch has a producer id");
+        producers.record(&recorded, self.clock.now_ms());
+        self.publish_unstable(&producers);
+        drop(producers);
+        self.maybe_advance_high_watermark(&state);
+        self.wake_fetches();
+        Ok(LeaderAppend {
+            info,
+            duplicate: false,
+            leader_epoch: state.leader_epoch,
+        })
+    }
+
+    /// After a marker ended a transaction: an abort goes into the log's
+    /// transaction index, and the transaction holds the last stable offset
+    /// until its marker is replicated. Called under the producers lock.
+    fn complete_txn(
+        &self,
+        producers: &ProducerStateManager,
+        completed: Option<CompletedTxn>,
+    ) -> Result<(), StorageError> {
+        let Some(completed) = completed else {
+            return Ok(());
+        };
+        assert!(completed.first_offset <= completed.last_offset);
+        if completed.is_aborted {
+            self.log.add_aborted_txn(AbortedTxn {
+                producer_id: completed.producer_id,
+                first_offset: completed.first_offset,
+                last_offset: completed.last_offset,
+                last_stable_offset: producers.last_stable_offset_after(&completed),
+            })?;
+        }
+        {
+            let mut completed_txns = self.lock_completed_txns();
+            completed_txns.insert(completed.first_offset, completed.last_offset);
+            let first = completed_txns.keys().next().copied().unwrap_or(i64::MAX);
+            self.completed_first.store(first, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Publishes the producer state's first unstable offset for
+    /// [`Partition::last_stable_offset`]; called under the producers lock
+    /// after every change to it.
+    fn publish_unstable(&self, producers: &ProducerStateManager) {
+        let first = producers.first_unstable_offset().unwrap_or(i64::MAX);
+        self.first_unstable.store(first, Ordering::Release);
+    }
+
+    fn lock_completed_txns(&self) -> MutexGuard<'_, BTreeMap<i64, i64>> {
+        self.completed_txns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last stable offset: read_committed consumers read below it. The
+    /// first offset of the earliest transaction that is still open here,
+    /// or decided but with its marker not yet replicated; else the high
+    /// watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        // `first_unstable` before `completed_first`: see the fields.
+        let ongoing = self.first_unstable.load(Ordering::Acquire);
+        let mut completed = self.completed_first.load(Ordering::Acquire);
+        if completed < high_watermark {
+            // Markers below the high watermark are replicated: their
+            // transactions no longer hold anything back.
+            let mut completed_txns = self.lock_completed_txns();
+            completed_txns.retain(|_, marker| *marker >= high_watermark);
+            completed = completed_txns.keys().next().copied().unwrap_or(i64::MAX);
+            self.completed_first.store(completed, Ordering::Release);
+        }
+        high_watermark.min(ongoing).min(completed)
+    }
+
+    /// Whether `producer_id` at `producer_epoch` has a transaction open
+    /// here: its next transactional batch needs no verification with the
+    /// transaction coordinator (KIP-890 part 1).
+    pub fn has_open_txn(&self, producer_id: i64, producer_epoch: i16) -> bool {
+        self.lock_producers().entry(producer_id).is_some_and(|e| {
+            e.producer_epoch() == producer_epoch && e.current_txn_first_offset().is_some()
+        })
+    }
+
+    /// The producers with a transaction open here: (producer id, epoch,
+    /// first offset of the transaction), for DescribeProducers and the
+    /// hanging-transaction tools.
+    pub fn producer_entries(&self) -> Vec<(i64, producer_state::ProducerEntry)> {
+        self.lock_producers()
+            .entries()
+            .map(|(id, entry)| (*id, entry.clone()))
+            .collect()
     }
 
     /// As follower: takes the leader's high watermark, up to this log's
@@ -380,6 +616,28 @@ impl Partition {
             self.wake_fetches();
         }
         moved
+    }
+
+    /// Waits until a leader append is committed as acks=all commits it:
+    /// flushed here, then replicated to the ISR, within `timeout`. What the
+    /// coordinators' own writes (groups, transactions, markers) wait for
+    /// before they count.
+    pub async fn wait_durable(
+        self: &Arc<Self>,
+        appended: &LeaderAppend,
+        timeout: Duration,
+    ) -> Result<(), DurableError> {
+        let end = appended.info.last_offset + 1;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let partition = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || partition.log.flush_until(end)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(DurableError::Flush(error.to_string())),
+            Err(error) => return Err(DurableError::Flush(error.to_string())),
+        }
+        self.wait_replicated(end, appended.leader_epoch, deadline)
+            .await
+            .map_err(DurableError::Replication)
     }
 
     /// As leader: records that follower `replica` fetched from
@@ -949,7 +1207,12 @@ impl ReplicaManager {
                             min_insync_replicas: 1,
                         }),
                         followers: Mutex::new(Followers::default()),
+                        first_unstable: AtomicI64::new(
+                            producers.first_unstable_offset().unwrap_or(i64::MAX),
+                        ),
                         producers: Mutex::new(producers),
+                        completed_txns: Mutex::new(BTreeMap::new()),
+                        completed_first: AtomicI64::new(i64::MAX),
                         changes: watch::Sender::new(0),
                         fetch_waiters: Mutex::new(Vec::new()),
                         clock: Arc::clone(&self.clock),
@@ -1050,7 +1313,15 @@ impl ReplicaManager {
         // must not be remembered as appended. Snapshots past the new end
         // are ignored by the load.
         if let Some(producers) = self.load_producers(&partition.tp, &partition.log) {
-            *partition.lock_producers() = producers;
+            let mut current = partition.lock_producers();
+            *current = producers;
+            partition.publish_unstable(&current);
+            // What was completed is in the reloaded state or truncated away.
+            let mut completed_txns = partition.lock_completed_txns();
+            completed_txns.clear();
+            partition.completed_first.store(i64::MAX, Ordering::Release);
+            drop(completed_txns);
+            drop(current);
         }
     }
 

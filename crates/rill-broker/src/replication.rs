@@ -23,27 +23,25 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
+    BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rill_controller::{MetadataCommand, MetadataImage};
 use rill_storage::batch::BatchHeader;
 use rill_types::{NodeId, TopicPartition};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::peer::PeerConnection;
 use crate::replica::{AppendError, IsrChange, Partition, ReplicaManager};
 
 /// What replication uses of a node — its id, its replicas, the committed
@@ -72,10 +70,7 @@ const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// `replica.fetch.max.bytes` and `replica.fetch.response.max.bytes`.
 const PARTITION_FETCH_BYTES: i32 = 1024 * 1024;
 const RESPONSE_FETCH_BYTES: i32 = 10 * 1024 * 1024;
-/// An answer larger than this is not one (a guard on the size prefix).
-const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Connect and answer timeouts beyond the fetch's own wait.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The answer timeout beyond the fetch's own wait.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Backoff after a failed connection or a refused partition
 /// (`replica.fetch.backoff.ms`).
@@ -224,7 +219,7 @@ async fn fetch_loop(
     partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
     stop: CancellationToken,
 ) {
-    let mut connection: Option<LeaderConnection> = None;
+    let mut connection: Option<PeerConnection> = None;
     loop {
         if stop.is_cancelled() {
             return;
@@ -246,7 +241,7 @@ async fn fetch_loop(
             None => {
                 let connected = tokio::select! {
                     _ = stop.cancelled() => return,
-                    connected = LeaderConnection::connect(&addr, cx.node_id) => connected,
+                    connected = PeerConnection::connect(&addr, format!("rill-replica-fetcher-{}", cx.node_id)) => connected,
                 };
                 match connected {
                     Ok(conn) => connection.insert(conn),
@@ -306,7 +301,7 @@ enum Outcome {
 
 async fn fetch_round(
     cx: &ReplicationContext,
-    conn: &mut LeaderConnection,
+    conn: &mut PeerConnection,
     due: &[Followed],
 ) -> Result<Vec<(TopicPartition, Outcome)>, String> {
     let mut outcomes = Vec::new();
@@ -478,7 +473,7 @@ fn whole_batches(records: &[u8]) -> &[u8] {
 /// Cuts each partition's log where it diverges from the leader's.
 async fn truncate(
     cx: &ReplicationContext,
-    conn: &mut LeaderConnection,
+    conn: &mut PeerConnection,
     untruncated: &[&Followed],
 ) -> Result<Vec<(TopicPartition, Outcome)>, String> {
     let mut outcomes = Vec::new();
@@ -602,78 +597,6 @@ fn cut_where_diverging(
         Outcome::Truncated(followed.leader_epoch)
     } else {
         Outcome::Retruncate
-    }
-}
-
-/// One connection to a leader broker's Kafka listener: requests one at a
-/// time, each bounded by a timeout.
-struct LeaderConnection {
-    stream: TcpStream,
-    correlation_id: i32,
-    client_id: StrBytes,
-}
-
-impl LeaderConnection {
-    async fn connect(addr: &str, node_id: NodeId) -> Result<LeaderConnection, String> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| format!("connecting to {addr} timed out"))?
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        Ok(LeaderConnection {
-            stream,
-            correlation_id: 0,
-            client_id: StrBytes::from_string(format!("rill-replica-fetcher-{node_id}")),
-        })
-    }
-
-    async fn send<R: Request>(
-        &mut self,
-        body: R,
-        version: i16,
-        timeout: Duration,
-    ) -> Result<R::Response, String> {
-        tokio::time::timeout(timeout, self.exchange(body, version))
-            .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
-    }
-
-    async fn exchange<R: Request>(&mut self, body: R, version: i16) -> Result<R::Response, String> {
-        let key = ApiKey::try_from(R::KEY).map_err(|()| format!("unknown API key {}", R::KEY))?;
-        self.correlation_id = self.correlation_id.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(self.client_id.clone()));
-        let mut payload = BytesMut::new();
-        header
-            .encode(&mut payload, key.request_header_version(version))
-            .and_then(|()| body.encode(&mut payload, version))
-            .map_err(|e| format!("cannot encode {key:?} v{version}: {e}"))?;
-        let mut frame = BytesMut::with_capacity(4 + payload.len());
-        frame.put_u32(payload.len() as u32);
-        frame.put_slice(&payload);
-        let io = |e: std::io::Error| format!("{key:?}: {e}");
-        self.stream.write_all(&frame).await.map_err(io)?;
-        let size = self.stream.read_u32().await.map_err(io)? as usize;
-        if size > RESPONSE_BYTES_MAX {
-            return Err(format!("a {size}-byte answer to {key:?}"));
-        }
-        let mut answer = vec![0; size];
-        self.stream.read_exact(&mut answer).await.map_err(io)?;
-        let mut answer = Bytes::from(answer);
-        let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
-            .map_err(|e| format!("cannot decode the header of {key:?}: {e}"))?;
-        if header.correlation_id != self.correlation_id {
-            return Err(format!(
-                "answer {} to request {}",
-                header.correlation_id, self.correlation_id
-            ));
-        }
-        let decoded = R::Response::decode(&mut answer, version)
-            .map_err(|e| format!("cannot decode {key:?} v{version}: {e}"))?;
-        Ok(decoded)
     }
 }
 

@@ -25,6 +25,7 @@ use crate::group::GroupCoordinator;
 use crate::metrics::{CloseReason, Metrics};
 use crate::producer_ids::ProducerIdManager;
 use crate::replica::ReplicaManager;
+use crate::txn::coordinator::TransactionCoordinator;
 use crate::{connection, http};
 
 /// The name of the controller's directory inside the data dir. It is not a
@@ -106,6 +107,9 @@ pub struct Broker {
     /// The group coordinator of the `__consumer_offsets` partitions this
     /// node leads.
     pub groups: Arc<GroupCoordinator>,
+    /// The transaction coordinator of the `__transaction_state`
+    /// partitions this node leads.
+    pub txns: Arc<TransactionCoordinator>,
     /// What `/metrics` serves.
     pub(crate) metrics: Metrics,
 }
@@ -130,6 +134,7 @@ impl Broker {
         self.metrics.observe_image(&image);
         self.replicas.apply_image(&image);
         self.groups.on_image(&image, &self.replicas);
+        self.txns.on_image(&image);
     }
 }
 
@@ -499,7 +504,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     };
 
     let shutdown = CancellationToken::new();
-    let broker = Arc::new(Broker {
+    let broker = Arc::new_cyclic(|broker| Broker {
         shutdown: shutdown.clone(),
         replicas: Arc::new(ReplicaManager::new(
             config.node_id,
@@ -525,6 +530,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             config.groups.clone(),
             config.node_id,
             Arc::clone(&clock),
+        )),
+        txns: Arc::new(TransactionCoordinator::new(
+            config.txns.clone(),
+            config.node_id,
+            Arc::clone(&clock),
+            broker.clone(),
         )),
         cluster_id,
         controller: Arc::new(controller.clone()),
@@ -580,6 +591,10 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         tasks.spawn(GroupCoordinator::run(
             Arc::clone(&broker.groups),
             Arc::clone(&broker.replicas),
+            shutdown.clone(),
+        ));
+        tasks.spawn(TransactionCoordinator::run(
+            Arc::clone(&broker.txns),
             shutdown.clone(),
         ));
         let replication = crate::replication::ReplicationContext {

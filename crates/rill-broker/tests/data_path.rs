@@ -329,6 +329,14 @@ async fn every_advertised_api_and_version_answers() {
         ListGroupsRequest,
         DeleteGroupsRequest,
         OffsetDeleteRequest,
+        AddPartitionsToTxnRequest,
+        AddOffsetsToTxnRequest,
+        EndTxnRequest,
+        WriteTxnMarkersRequest,
+        TxnOffsetCommitRequest,
+        DescribeProducersRequest,
+        DescribeTransactionsRequest,
+        ListTransactionsRequest,
     );
     // Produce is the one API whose empty request (acks=0) gets no answer; the
     // round-trip test above covers each of its versions.

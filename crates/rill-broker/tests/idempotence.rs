@@ -137,7 +137,8 @@ async fn init_producer_id_hands_out_new_ids_at_every_version() {
     assert_eq!(response.error_code, 42);
     assert_eq!(response.producer_id.0, -1);
 
-    // No transactions: a transactional id is refused for good.
+    // A transactional id goes to its transaction coordinator: before any
+    // FindCoordinator has made __transaction_state, this node is not it.
     for version in [0, 4] {
         let response = client
             .send(
@@ -149,7 +150,7 @@ async fn init_producer_id_hands_out_new_ids_at_every_version() {
                     .with_producer_epoch(-1),
             )
             .await;
-        assert_eq!(response.error_code, 53, "v{version}");
+        assert_eq!(response.error_code, 16, "v{version}"); // NOT_COORDINATOR
         assert_eq!(response.producer_id.0, -1);
     }
     let response = client
@@ -225,7 +226,8 @@ async fn batches_with_producer_ids_follow_kafkas_batch_rules() {
     assert_eq!(produce(&mut client, mixed.freeze()).await.0, 87);
     // A producer id needs a sequence.
     assert_eq!(produce(&mut client, batch(pid, 0, -1, 1)).await.0, 87);
-    // A transactional batch cannot be part of a transaction here.
+    // A transactional batch in a request without a transactional id cannot
+    // be verified as part of a transaction: INVALID_TXN_STATE.
     assert_eq!(
         produce(&mut client, batch_with(pid, 0, 0, 1, true)).await.0,
         48

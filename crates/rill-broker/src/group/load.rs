@@ -6,11 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rill_controller::{MetadataImage, TopicId};
-use rill_storage::{batch, records as storage_records};
+use rill_storage::{batch, records as storage_records, txn};
 use tracing::{debug, info, warn};
 
 use super::records::{self, GroupValue, RecordKey};
 use super::state::{Committed, Group};
+use super::txn::{LoadedTxns, PendingTxnOffset};
 use super::{partition_for, GroupCoordinator, Load, State, Writes, OFFSETS_TOPIC};
 use crate::replica::{Partition, ReplicaManager};
 
@@ -62,6 +63,10 @@ impl GroupCoordinator {
                 .collect();
             for partition in lost {
                 state.owned.remove(&partition);
+                for pending in state.pending_txn.values_mut() {
+                    pending.retain(|p| p.offsets_partition != partition);
+                }
+                state.pending_txn.retain(|_, pending| !pending.is_empty());
                 state
                     .groups
                     .retain(|id, _| count > 0 && partition_for(id, count) != partition);
@@ -156,6 +161,7 @@ impl GroupCoordinator {
         let mut values: HashMap<String, Option<GroupValue>> = HashMap::new();
         let mut offsets: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
         let mut records = 0u64;
+        let mut txns = LoadedTxns::default();
         // To the log end, not the high watermark: as the new leader, its
         // log is the partition's, and what lies above the high watermark
         // is committed once the followers fetch it (Kafka loads to the log
@@ -182,6 +188,26 @@ impl GroupCoordinator {
                     break;
                 };
                 if header.is_control() {
+                    // A transaction's marker: its offsets count, or not.
+                    match txn::parse_marker(batch) {
+                        Ok(Some(marker)) => {
+                            let commit = marker.control_type == txn::ControlType::Commit;
+                            for done in txns.marker(header.producer_id, commit) {
+                                let group_offsets = offsets.entry(done.group).or_default();
+                                let key = (done.topic, done.partition);
+                                if group_offsets
+                                    .get(&key)
+                                    .is_none_or(|c| c.record_offset < done.committed.record_offset)
+                                {
+                                    group_offsets.insert(key, done.committed);
+                                }
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            warn!(partition, offset = header.base_offset, %error, "unreadable marker in __consumer_offsets; skipped")
+                        }
+                    }
                     continue;
                 }
                 let decoded = match storage_records::decode_records(batch) {
@@ -205,6 +231,32 @@ impl GroupCoordinator {
                         }
                     };
                     match key {
+                        RecordKey::Offset {
+                            group,
+                            topic,
+                            partition: index,
+                        } if header.is_transactional() => {
+                            // Pending until the transaction's marker.
+                            match record.value.as_deref().map(records::decode_offset) {
+                                Some(Ok(value)) => txns.offset(
+                                    header.producer_id,
+                                    PendingTxnOffset {
+                                        offsets_partition: partition,
+                                        group,
+                                        topic,
+                                        partition: index,
+                                        committed: Committed {
+                                            value,
+                                            record_offset,
+                                        },
+                                    },
+                                ),
+                                None => {}
+                                Some(Err(error)) => {
+                                    warn!(partition, offset = record_offset, %error, "skipped")
+                                }
+                            }
+                        }
                         RecordKey::Offset {
                             group,
                             topic,
@@ -268,6 +320,14 @@ impl GroupCoordinator {
         }
         let groups = loaded.len();
         state.groups.extend(loaded);
+        // Offsets of transactions still open at the log end.
+        for (producer_id, pending) in txns.pending {
+            state
+                .pending_txn
+                .entry(producer_id)
+                .or_default()
+                .extend(pending);
+        }
         state.owned.insert(partition, Load::Loaded);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if records > 0 {

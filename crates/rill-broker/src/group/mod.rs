@@ -30,6 +30,7 @@ mod load;
 mod persist;
 pub mod records;
 pub mod state;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -50,6 +51,8 @@ use crate::replica::ReplicaManager;
 use persist::{group_write_error_code, Appended, AppendedCommit, Writes};
 use records::{OffsetValue, RecordKey};
 use state::{Committed, Group, GroupState, JoinAnswer, JoinRequest, Joined, SyncAnswer, Synced};
+use txn::PendingTxnOffset;
+pub use txn::TxnCommitter;
 
 /// The internal topic that holds groups and their offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -183,6 +186,9 @@ struct State {
     /// Every topic's id in the last image: committed offsets of a topic
     /// that is gone (or was made again) are removed, as Kafka does.
     topic_ids: HashMap<String, TopicId>,
+    /// Offsets committed in transactions not yet decided, by producer id
+    /// (see `txn`).
+    pending_txn: HashMap<i64, Vec<PendingTxnOffset>>,
 }
 
 /// A group summary for ListGroups.
@@ -718,6 +724,20 @@ impl GroupCoordinator {
         })
     }
 
+    /// The partitions of a group with offsets pending in an open
+    /// transaction: OffsetFetch with `require_stable` answers them
+    /// UNSTABLE_OFFSET_COMMIT.
+    pub fn unstable_offsets(&self, group_id: &str) -> HashSet<(String, i32)> {
+        let state = self.lock();
+        state
+            .pending_txn
+            .values()
+            .flatten()
+            .filter(|p| p.group == group_id)
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect()
+    }
+
     /// Every committed offset of the groups this node has loaded, as
     /// (group, topic, partition, offset); read-only, for the metrics'
     /// consumer lag at scrape time.
@@ -960,6 +980,7 @@ impl GroupCoordinator {
         let mut state = self.lock();
         state.owned.clear();
         state.groups.clear();
+        state.pending_txn.clear();
     }
 
     fn tick(&self, replicas: &ReplicaManager) {

@@ -13,7 +13,9 @@ use super::records::{self, OffsetValue, RecordKey};
 use super::state::Group;
 use super::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::errors::append_error_code;
-use crate::replica::{AppendError, LeaderAppend, Partition, ReplicaManager, ReplicationError};
+use crate::replica::{
+    AppendError, DurableError, LeaderAppend, Partition, ReplicaManager, ReplicationError,
+};
 
 /// How long a coordinator's write may wait to be committed to the ISR
 /// (Kafka's `offsets.commit.timeout.ms`).
@@ -71,25 +73,16 @@ impl GroupCoordinator {
     /// COORDINATOR_NOT_AVAILABLE, as Kafka maps them for its coordinators.
     pub(super) async fn durable(appended: Appended) -> Result<i64, i16> {
         let (replica, appended) = appended?;
-        let end = appended.info.last_offset + 1;
-        let flush_replica = Arc::clone(&replica);
-        match tokio::task::spawn_blocking(move || flush_replica.log.flush_until(end)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                warn!(partition = replica.tp.partition, %error, "flushing __consumer_offsets failed");
-                return Err(ResponseError::CoordinatorNotAvailable.code());
-            }
-            Err(_) => return Err(ResponseError::CoordinatorNotAvailable.code()),
-        }
-        let deadline = tokio::time::Instant::now() + OFFSETS_COMMIT_TIMEOUT;
         match replica
-            .wait_replicated(end, appended.leader_epoch, deadline)
+            .wait_durable(&appended, OFFSETS_COMMIT_TIMEOUT)
             .await
         {
             Ok(()) => Ok(appended.info.base_offset),
-            Err(ReplicationError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
+            Err(DurableError::Replication(ReplicationError::NotLeader)) => {
+                Err(ResponseError::NotCoordinator.code())
+            }
             Err(error) => {
-                debug!(partition = replica.tp.partition, %error, "__consumer_offsets write not committed");
+                debug!(partition = replica.tp.partition, %error, "__consumer_offsets write not durable");
                 Err(ResponseError::CoordinatorNotAvailable.code())
             }
         }

@@ -1096,6 +1096,31 @@ impl Group {
         Ok(())
     }
 
+    /// Kafka's checks of a TxnOffsetCommit's member (KIP-447): a member
+    /// id it names must be in the group, a generation it names must be
+    /// the group's, and a static member must own its instance id. A
+    /// producer that names neither (before v3) is not checked.
+    pub fn check_txn_commit(
+        &self,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        if self.state == GroupState::Dead {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        if let Some(kind) = self.check_static(member_id, group_instance_id) {
+            return Err(kind);
+        }
+        if !member_id.is_empty() && !self.members.contains_key(member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if generation >= 0 && generation != self.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
     /// Records a durable commit unless a later record for the partition
     /// was applied first.
     pub fn apply_commit(&mut self, topic: String, partition: i32, committed: Committed) {

@@ -23,6 +23,12 @@
 //! `preferred_read_replica` instead of sending records (Kafka's
 //! `RackAwareReplicaSelector`); the client then fetches there.
 //!
+//! Isolation (v4+): a read_uncommitted consumer reads to the high
+//! watermark; a read_committed one only to the last stable offset (below
+//! every transaction not yet decided), and gets the aborted transactions
+//! among the records it reads, from the log's transaction index, so that
+//! it can drop their records. Every answer carries the partition's LSO.
+//!
 //! Fetch sessions (KIP-227) are declined: the response's session id is 0,
 //! so clients send full fetch requests, as the protocol allows.
 
@@ -183,7 +189,8 @@ impl Waiting {
             let Some(partition) = broker.replicas.get(topic, index) else {
                 return true;
             };
-            let upper_bound = readable_end(&partition, request.replica_id.0);
+            let upper_bound =
+                readable_end(&partition, request.replica_id.0, request.isolation_level);
             if *next_offset >= upper_bound {
                 continue;
             }
@@ -216,6 +223,7 @@ fn read(
         replica_id: request.replica_id.0,
         follower_reads: version >= 11,
         rack: request.rack_id.as_str(),
+        read_committed: request.replica_id.0 < 0 && request.isolation_level == READ_COMMITTED,
     };
     let mut total = 0usize;
     let mut any_error = false;
@@ -257,6 +265,7 @@ fn read(
                         last_stable_offset: high_watermark,
                         log_start_offset,
                         preferred_read_replica: -1,
+                        aborted_transactions: None,
                         current_leader,
                         records: Vec::new(),
                     }
@@ -297,11 +306,17 @@ fn read(
 
 type PartitionError = (KafkaError, i64, i64);
 
+/// Fetch's `isolation_level` for a read_committed consumer.
+const READ_COMMITTED: i8 = 1;
+
 /// Where a fetch may read to: the log end for a follower, the high
-/// watermark for a consumer.
-fn readable_end(partition: &crate::replica::Partition, replica_id: i32) -> i64 {
+/// watermark for a read_uncommitted consumer, the last stable offset for a
+/// read_committed one.
+fn readable_end(partition: &crate::replica::Partition, replica_id: i32, isolation: i8) -> i64 {
     if replica_id >= 0 {
         partition.log.log_end_offset()
+    } else if isolation == READ_COMMITTED {
+        partition.last_stable_offset()
     } else {
         partition.high_watermark()
     }
@@ -315,6 +330,8 @@ struct Asker<'a> {
     follower_reads: bool,
     /// The consumer's rack (`client.rack`), or empty.
     rack: &'a str,
+    /// A consumer with isolation read_committed.
+    read_committed: bool,
 }
 
 /// The in-sync replica in the consumer's rack that the leader sends it
@@ -367,9 +384,10 @@ fn read_partition(
                 partition_index: fetch.partition,
                 error_code: 0,
                 high_watermark: partition.high_watermark(),
-                last_stable_offset: partition.high_watermark(),
+                last_stable_offset: partition.last_stable_offset(),
                 log_start_offset: log.log_start_offset(),
                 preferred_read_replica: preferred,
+                aborted_transactions: None,
                 current_leader: None,
                 records: Vec::new(),
             });
@@ -385,7 +403,14 @@ fn read_partition(
         }
     }
     let high_watermark = partition.high_watermark();
-    let upper_bound = readable_end(&partition, replica_id);
+    let last_stable_offset = partition.last_stable_offset();
+    let upper_bound = if replica_id >= 0 {
+        log.log_end_offset()
+    } else if asker.read_committed {
+        last_stable_offset
+    } else {
+        high_watermark
+    };
 
     let partition_max = usize::try_from(fetch.partition_max_bytes).unwrap_or(0);
     let room = bytes_max.saturating_sub(bytes_so_far).min(partition_max);
@@ -413,6 +438,20 @@ fn read_partition(
     let log_start_offset = info
         .as_ref()
         .map_or_else(|| log.log_start_offset(), |i| i.log_start_offset);
+    // The aborted transactions with records among those read (Kafka's
+    // `collectAbortedTxns` up to the end of the read).
+    // An empty read (a long poll looking again) has none, and skips the
+    // log's lock.
+    let aborted_transactions = asker.read_committed.then(|| {
+        let end = info.as_ref().map_or(fetch.fetch_offset, |i| i.next_offset);
+        if end <= fetch.fetch_offset {
+            return Vec::new();
+        }
+        log.aborted_txns(fetch.fetch_offset, end)
+            .into_iter()
+            .map(|txn| (txn.producer_id, txn.first_offset))
+            .collect()
+    });
     let mut records: Vec<Region> = info
         .map(|i| i.regions.into_iter().map(Region).collect())
         .unwrap_or_default();
@@ -426,9 +465,10 @@ fn read_partition(
         partition_index: fetch.partition,
         error_code: 0,
         high_watermark,
-        last_stable_offset: high_watermark,
+        last_stable_offset,
         log_start_offset,
         preferred_read_replica: -1,
+        aborted_transactions,
         current_leader: None,
         records,
     })

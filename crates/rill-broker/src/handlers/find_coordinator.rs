@@ -1,14 +1,13 @@
-//! FindCoordinator (key 10), v0..=6: which node coordinates a group.
+//! FindCoordinator (key 10), v0..=6: which node coordinates a group or a
+//! transactional id.
 //!
 //! The coordinator of a group is the leader of its `__consumer_offsets`
-//! partition (see `crate::group`). The first FindCoordinator makes that
-//! topic (50 compacted partitions by default), as Kafka does. v4+ asks for
-//! many keys at once and gets one answer per key; v0..=3 ask for one.
-//!
-//! Only group keys (type 0) are served: rill has no transaction
-//! coordinator, so a transactional key (type 1) is refused with
-//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED, final in every client (see
-//! `init_producer_id`), and a share-group key (type 2) with INVALID_REQUEST.
+//! partition (see `crate::group`), that of a transactional id (key type 1)
+//! the leader of its `__transaction_state` partition (see `crate::txn`).
+//! The first FindCoordinator of each kind makes its topic (50 compacted
+//! partitions by default), as Kafka does. v4+ asks for many keys at once
+//! and gets one answer per key; v0..=3 ask for one. A share-group key
+//! (type 2) is refused with INVALID_REQUEST.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tracing::{info, warn};
 use super::{create_topic, str_bytes, KafkaError};
 use crate::group::{partition_for, OFFSETS_TOPIC};
 use crate::server::Broker;
+use crate::txn::TRANSACTION_STATE_TOPIC;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -77,29 +77,28 @@ async fn find(
     key_type: i8,
     key: &str,
 ) -> Result<(i32, String, i32), KafkaError> {
-    match key_type {
-        KEY_TYPE_GROUP => {}
-        KEY_TYPE_TRANSACTION => {
-            return Err(KafkaError::with_message(
-                ResponseError::TransactionalIdAuthorizationFailed,
-                "this broker has no transaction coordinator",
-            ))
-        }
+    let topic = match key_type {
+        KEY_TYPE_GROUP => OFFSETS_TOPIC,
+        KEY_TYPE_TRANSACTION => TRANSACTION_STATE_TOPIC,
         _ => {
             return Err(KafkaError::with_message(
                 ResponseError::InvalidRequest,
                 format!("unsupported coordinator key type {key_type}"),
             ))
         }
-    }
+    };
     if key.is_empty() {
         return Err(KafkaError::new(ResponseError::InvalidRequest));
     }
-    let partitions = offsets_topic_partitions(broker).await?;
+    let partitions = if key_type == KEY_TYPE_GROUP {
+        offsets_topic_partitions(broker).await?
+    } else {
+        transaction_state_partitions(broker).await?
+    };
     let index = partition_for(key, partitions);
     let image = broker.controller.image();
     let leader = image
-        .topic(OFFSETS_TOPIC)
+        .topic(topic)
         .and_then(|t| t.partition(index))
         .map(|p| p.leader)
         .and_then(|leader| image.broker(leader))
@@ -110,41 +109,55 @@ async fn find(
     }
 }
 
-/// The partition count of `__consumer_offsets`, making the topic first if
-/// it does not exist. A topic someone made by hand is used as it is.
-async fn offsets_topic_partitions(broker: &Arc<Broker>) -> Result<i32, KafkaError> {
+/// A coordinator's internal topic, as it is made on first use.
+struct InternalTopic {
+    partitions: i32,
+    /// Capped at the unfenced brokers there are, so that a single node
+    /// can make it.
+    replication_factor: i16,
+    /// Beyond `cleanup.policy=compact` and `compression.type=producer`.
+    configs: Vec<(&'static str, String)>,
+}
+
+/// The partition count of `name`, a coordinator's internal topic, making
+/// it first as `wanted` says (once, under `creating`, however many lookups
+/// find it missing) if it does not exist. A topic someone made by hand is
+/// used as it is.
+async fn internal_topic_partitions(
+    broker: &Arc<Broker>,
+    name: &'static str,
+    creating: &tokio::sync::Mutex<()>,
+    wanted: impl FnOnce() -> InternalTopic,
+) -> Result<i32, KafkaError> {
     let existing = |broker: &Broker| {
         broker
             .controller
             .image()
-            .topic(OFFSETS_TOPIC)
+            .topic(name)
             .map(|t| t.partitions.len() as i32)
             .filter(|count| *count > 0)
     };
     if let Some(count) = existing(broker) {
         return Ok(count);
     }
-    let _creating = broker.groups.creating_lock().lock().await;
+    let _creating = creating.lock().await;
     if let Some(count) = existing(broker) {
         return Ok(count);
     }
-    let config = &broker.groups.config;
+    let topic = wanted();
     let brokers = broker.controller.image().unfenced_brokers().count().max(1);
-    let replication_factor = config
-        .offsets_topic_replication_factor
+    let replication_factor = topic
+        .replication_factor
         .min(i16::try_from(brokers).unwrap_or(i16::MAX));
-    let configs = BTreeMap::from([
+    let mut configs = BTreeMap::from([
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("compression.type".to_string(), "producer".to_string()),
-        (
-            "segment.bytes".to_string(),
-            config.offsets_topic_segment_bytes.to_string(),
-        ),
     ]);
+    configs.extend(topic.configs.into_iter().map(|(k, v)| (k.to_string(), v)));
     match create_topic(
         broker,
-        OFFSETS_TOPIC,
-        config.offsets_topic_partitions,
+        name,
+        topic.partitions,
         replication_factor,
         configs,
         None,
@@ -156,16 +169,65 @@ async fn offsets_topic_partitions(broker: &Arc<Broker>) -> Result<i32, KafkaErro
     {
         Ok(created) => {
             info!(
+                topic = name,
                 partitions = created.partitions,
-                replication_factor, "created __consumer_offsets"
+                replication_factor,
+                "created a coordinator's internal topic"
             );
             Ok(created.partitions)
         }
         Err(error) => {
             // Someone else made it meanwhile, or the controller could not:
             // either way the client asks again.
-            warn!(code = error.code, message = ?error.message, "creating __consumer_offsets failed");
+            warn!(topic = name, code = error.code, message = ?error.message, "creating a coordinator's internal topic failed");
             existing(broker).ok_or(KafkaError::new(ResponseError::CoordinatorNotAvailable))
         }
     }
+}
+
+/// The partition count of `__consumer_offsets`, making it first if needed.
+async fn offsets_topic_partitions(broker: &Arc<Broker>) -> Result<i32, KafkaError> {
+    let config = &broker.groups.config;
+    let wanted = || InternalTopic {
+        partitions: config.offsets_topic_partitions,
+        replication_factor: config.offsets_topic_replication_factor,
+        configs: vec![(
+            "segment.bytes",
+            config.offsets_topic_segment_bytes.to_string(),
+        )],
+    };
+    internal_topic_partitions(broker, OFFSETS_TOPIC, broker.groups.creating_lock(), wanted).await
+}
+
+/// The partition count of `__transaction_state`, making it first if
+/// needed, with Kafka's `transaction.state.log.*` settings
+/// (`min.insync.replicas` capped at the replication factor the topic
+/// gets, so that a single node can write it).
+async fn transaction_state_partitions(broker: &Arc<Broker>) -> Result<i32, KafkaError> {
+    let config = &broker.txns.config;
+    let brokers = broker.controller.image().unfenced_brokers().count().max(1);
+    let replication_factor = config
+        .state_replication_factor
+        .min(i16::try_from(brokers).unwrap_or(i16::MAX));
+    let wanted = || InternalTopic {
+        partitions: config.state_partitions,
+        replication_factor,
+        configs: vec![
+            ("segment.bytes", config.state_segment_bytes.to_string()),
+            (
+                "min.insync.replicas",
+                config
+                    .state_min_isr
+                    .min(i32::from(replication_factor))
+                    .to_string(),
+            ),
+        ],
+    };
+    internal_topic_partitions(
+        broker,
+        TRANSACTION_STATE_TOPIC,
+        broker.txns.creating_lock(),
+        wanted,
+    )
+    .await
 }

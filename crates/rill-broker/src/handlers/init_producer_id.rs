@@ -11,15 +11,11 @@
 //! the owner from a client that names someone else's id to fence it; and
 //! the Java client bumps an idempotent producer's epoch by itself anyway.
 //!
-//! rill has no transaction coordinator, so a transactional id is refused
-//! with TRANSACTIONAL_ID_AUTHORIZATION_FAILED. Kafka would send such a
-//! client to FindCoordinator and answer COORDINATOR_NOT_AVAILABLE while no
-//! coordinator can be found; clients retry that until `max.block.ms`
-//! (60 s in Java) and then fail with a timeout that names nothing. The
-//! authorization error is final in every client (Java's
-//! `TransactionalIdAuthorizationException`, librdkafka's fatal error,
-//! kafkajs and kafka-python alike): `initTransactions()` fails at once, and
-//! the broker's log says why.
+//! With a transactional id, the transaction coordinator answers (Kafka's
+//! same method, `crate::txn`): the id's producer id with its epoch bumped,
+//! which fences the previous producer of that id and aborts its open
+//! transaction (the client is told CONCURRENT_TRANSACTIONS and asks again
+//! once the abort is done).
 
 use std::sync::Arc;
 
@@ -29,6 +25,8 @@ use tracing::{debug, warn};
 
 use crate::errors::producer_id_error_code;
 use crate::server::Broker;
+use crate::txn::coordinator::code_for_version;
+use crate::txn::state::TxnApi;
 
 /// Kafka's "no producer id" and "no epoch" on the wire.
 const NO_PRODUCER_ID: i64 = -1;
@@ -36,7 +34,7 @@ const NO_PRODUCER_EPOCH: i16 = -1;
 
 pub async fn handle(
     broker: &Arc<Broker>,
-    _version: i16,
+    version: i16,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let error = |kind: ResponseError| {
@@ -51,11 +49,26 @@ pub async fn handle(
             // malformed request, like the Java client does.
             return error(ResponseError::InvalidRequest);
         }
-        warn!(
-            transactional_id = %transactional_id.0.as_str(),
-            "InitProducerId with a transactional id refused: transactions are not supported"
-        );
-        return error(ResponseError::TransactionalIdAuthorizationFailed);
+        let producer_id: i64 = request.producer_id.into();
+        let expected =
+            (producer_id != NO_PRODUCER_ID).then_some((producer_id, request.producer_epoch));
+        return match broker
+            .txns
+            .init_producer_id(
+                transactional_id.0.as_str(),
+                request.transaction_timeout_ms,
+                expected,
+            )
+            .await
+        {
+            Ok((producer_id, producer_epoch)) => InitProducerIdResponse::default()
+                .with_producer_id(producer_id.into())
+                .with_producer_epoch(producer_epoch),
+            Err(code) => InitProducerIdResponse::default()
+                .with_error_code(code_for_version(TxnApi::InitProducerId, version, code))
+                .with_producer_id(NO_PRODUCER_ID.into())
+                .with_producer_epoch(NO_PRODUCER_EPOCH),
+        };
     }
     // v3+ may carry the producer's current id and epoch: both or neither
     // (Kafka's KafkaApis answers INVALID_REQUEST to one without the other).

@@ -1,5 +1,6 @@
 //! ListOffsets (key 2): the earliest offset, the latest (the high
-//! watermark), the first offset at or after a timestamp, or the offset of
+//! watermark, or the last stable offset for isolation read_committed, v2+),
+//! the first offset at or after a timestamp, or the offset of
 //! the record with the largest timestamp; and the tiered-storage answers of
 //! a broker whose segments are all local (earliest local = earliest, latest
 //! tiered = none).
@@ -24,7 +25,11 @@ const EARLIEST_LOCAL: i64 = -4;
 /// KIP-1005: the last offset copied to tiered storage: none, here.
 const LATEST_TIERED: i64 = -5;
 
+/// ListOffsets' `isolation_level` for read_committed.
+const READ_COMMITTED: i8 = 1;
+
 pub fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let read_committed = version >= 2 && request.isolation_level == READ_COMMITTED;
     let topics = request
         .topics
         .into_iter()
@@ -45,6 +50,7 @@ pub fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) -> Lis
                         p.partition_index,
                         p.current_leader_epoch,
                         p.timestamp,
+                        read_committed,
                     ) {
                         Ok((timestamp, offset, leader_epoch)) => response
                             .with_timestamp(timestamp)
@@ -71,6 +77,7 @@ fn lookup(
     index: i32,
     current_leader_epoch: i32,
     timestamp: i64,
+    read_committed: bool,
 ) -> Result<(i64, i64, i32), KafkaError> {
     let Some(partition) = broker.replicas.get(topic, index) else {
         return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
@@ -84,9 +91,15 @@ fn lookup(
         code: storage_error_code(&error),
         message: Some(error.to_string()),
     };
+    // What this reader may see: records at or past it are not offered.
+    let visible_end = if read_committed {
+        partition.last_stable_offset()
+    } else {
+        partition.high_watermark()
+    };
     match timestamp {
         LATEST => {
-            let offset = partition.high_watermark();
+            let offset = visible_end;
             Ok((-1, offset, epoch_at(&partition, offset)))
         }
         EARLIEST | EARLIEST_LOCAL => {
@@ -96,7 +109,7 @@ fn lookup(
         // As Kafka answers when remote storage is off.
         LATEST_TIERED => Ok((-1, -1, -1)),
         MAX_TIMESTAMP => match log.max_timestamp_offset().map_err(storage)? {
-            Some(found) if found.offset < partition.high_watermark() => Ok((
+            Some(found) if found.offset < visible_end => Ok((
                 found.timestamp,
                 found.offset,
                 epoch_at(&partition, found.offset),
@@ -105,7 +118,7 @@ fn lookup(
         },
         timestamp if timestamp >= 0 => {
             match log.offset_for_timestamp(timestamp).map_err(storage)? {
-                Some(found) if found.offset < partition.high_watermark() => Ok((
+                Some(found) if found.offset < visible_end => Ok((
                     found.timestamp,
                     found.offset,
                     epoch_at(&partition, found.offset),

@@ -28,40 +28,24 @@ pub fn handle(
     _version: i16,
     request: OffsetCommitRequest,
 ) -> impl Future<Output = OffsetCommitResponse> + Send + 'static {
-    let image = broker.controller.image();
-    let metadata_max = broker.groups.config.offset_metadata_max_bytes;
-    // Every partition's code, in request order; 0 for those the group
-    // decides together.
-    let mut codes: Vec<Vec<i16>> = Vec::with_capacity(request.topics.len());
-    let mut commits = Vec::new();
-    for topic in &request.topics {
-        let name = topic.name.0.as_str();
-        let known = image.topic(name);
-        let mut topic_codes = Vec::with_capacity(topic.partitions.len());
-        for p in &topic.partitions {
-            let metadata = p
-                .committed_metadata
-                .as_ref()
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default();
-            let code = if known.and_then(|t| t.partition(p.partition_index)).is_none() {
-                ResponseError::UnknownTopicOrPartition.code()
-            } else if metadata.len() > metadata_max {
-                ResponseError::OffsetMetadataTooLarge.code()
-            } else {
-                commits.push(OffsetCommit {
-                    topic: name.to_string(),
-                    partition: p.partition_index,
-                    offset: p.committed_offset,
-                    leader_epoch: p.committed_leader_epoch,
-                    metadata,
-                });
-                0
-            };
-            topic_codes.push(code);
-        }
-        codes.push(topic_codes);
-    }
+    let (codes, commits) = check_partitions(
+        broker,
+        request.topics.iter().map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    (
+                        p.partition_index,
+                        p.committed_offset,
+                        p.committed_leader_epoch,
+                        p.committed_metadata.as_ref().map(|m| m.as_str()),
+                    )
+                })
+                .collect();
+            (topic.name.0.as_str(), partitions)
+        }),
+    );
     let committed = broker.groups.commit(
         &broker.replicas,
         request.group_id.as_str(),
@@ -71,6 +55,49 @@ pub fn handle(
         commits,
     );
     async move { answer(request, codes, committed.await) }
+}
+
+/// One topic's partitions as a commit asks for them: (partition, offset,
+/// leader epoch, metadata).
+pub(super) type AskedTopic<'a> = (&'a str, Vec<(i32, i64, i32, Option<&'a str>)>);
+
+/// The checks of each partition a commit names (OffsetCommit's and
+/// TxnOffsetCommit's alike): it must exist, and its metadata fit
+/// `offset.metadata.max.bytes`. Returns every partition's code by topic in
+/// request order (0 for those the group then decides together) and the
+/// commits of those that passed.
+pub(super) fn check_partitions<'a>(
+    broker: &Broker,
+    topics: impl Iterator<Item = AskedTopic<'a>>,
+) -> (Vec<Vec<i16>>, Vec<OffsetCommit>) {
+    let image = broker.controller.image();
+    let metadata_max = broker.groups.config.offset_metadata_max_bytes;
+    let mut codes = Vec::new();
+    let mut commits = Vec::new();
+    for (name, partitions) in topics {
+        let known = image.topic(name);
+        let mut topic_codes = Vec::with_capacity(partitions.len());
+        for (partition, offset, leader_epoch, metadata) in partitions {
+            let metadata = metadata.unwrap_or_default().to_string();
+            let code = if known.and_then(|t| t.partition(partition)).is_none() {
+                ResponseError::UnknownTopicOrPartition.code()
+            } else if metadata.len() > metadata_max {
+                ResponseError::OffsetMetadataTooLarge.code()
+            } else {
+                commits.push(OffsetCommit {
+                    topic: name.to_string(),
+                    partition,
+                    offset,
+                    leader_epoch,
+                    metadata,
+                });
+                0
+            };
+            topic_codes.push(code);
+        }
+        codes.push(topic_codes);
+    }
+    (codes, commits)
 }
 
 /// The response: each partition's own code, or else the group's.

@@ -5,6 +5,13 @@
 //! has fetched them, which it does only once it has fsynced them) — and
 //! runs on its own, so a pipelining producer's next request is appended
 //! while this one waits. The wait is bounded by the request's `timeout_ms`.
+//!
+//! A transactional batch that would open a transaction in its partition is
+//! first verified with the transaction coordinator (KIP-890 part 1: the
+//! partition must have been added to the producer's ongoing transaction),
+//! so that a late or stray write cannot start a transaction nobody will
+//! ever end (a hanging transaction, which would hold the last stable
+//! offset back for good). See `txn_verification`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -71,6 +78,10 @@ struct Durable {
 }
 
 pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest) -> Produced {
+    let transactional_id = request
+        .transactional_id
+        .as_ref()
+        .map(|id| id.0.as_str().to_string());
     let acks = request.acks;
     let timeout =
         Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0)).min(PRODUCE_WAIT_MAX);
@@ -94,7 +105,18 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
             let result = if !valid_acks {
                 Err(KafkaError::new(ResponseError::InvalidRequiredAcks).into())
             } else {
-                append(broker, &name, data.index, data.records, acks)
+                match super::txn_verification::verify(
+                    broker,
+                    transactional_id.as_deref(),
+                    &name,
+                    data.index,
+                    data.records.as_deref(),
+                )
+                .await
+                {
+                    Ok(()) => append(broker, &name, data.index, data.records, acks),
+                    Err(error) => Err(error.into()),
+                }
             };
             match result {
                 Ok((
@@ -218,8 +240,8 @@ fn append(
     records: Option<bytes::Bytes>,
     acks: i16,
 ) -> Result<(Arc<Partition>, LeaderAppend), Rejected> {
-    if topic == crate::group::OFFSETS_TOPIC {
-        // The group coordinator's records; Kafka lets no client write them.
+    if topic == crate::group::OFFSETS_TOPIC || topic == crate::txn::TRANSACTION_STATE_TOPIC {
+        // The coordinators' records; Kafka lets no client write them.
         return Err(KafkaError::with_message(
             ResponseError::InvalidTopicException,
             "cannot append to an internal topic",

@@ -8,8 +8,10 @@
 //! every log flush (reported by `rill-storage` through its
 //! [`FlushObserver`] hook, so that the storage crate has no metrics
 //! dependency). What the broker *is* — partitions, log sizes and offsets,
-//! consumer-group lag — is read from its state when scraped, so nothing
-//! on the produce or fetch path updates a gauge.
+//! consumer-group lag, open transactions, how far each last stable offset
+//! trails its high watermark — is read from its state when scraped, so
+//! nothing on the produce or fetch path updates a gauge. So are the
+//! completed transactions, which the transaction coordinator counts itself.
 //!
 //! The registry belongs to one broker rather than to the process, so
 //! brokers started side by side in one process (the in-process tests)
@@ -42,6 +44,7 @@ use crate::group::GroupCoordinator;
 use crate::handlers::fetch::FetchAnswer;
 use crate::metadata::MetadataClient;
 use crate::replica::ReplicaManager;
+use crate::txn::coordinator::TransactionCoordinator;
 
 /// The content type of the text exposition format, version 0.0.4.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -648,6 +651,7 @@ pub(crate) struct Sources<'a> {
     pub metadata: &'a dyn MetadataClient,
     pub replicas: &'a ReplicaManager,
     pub groups: &'a GroupCoordinator,
+    pub txns: &'a TransactionCoordinator,
 }
 
 /// The gauges read from the broker's state at scrape time.
@@ -686,6 +690,13 @@ fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFam
         "As leader: how many offsets a follower's log end is behind this node's.",
         &["topic", "partition", "follower"],
     );
+    let lso_lag = gauge_vec(
+        "rill_partition_lso_lag",
+        "As leader: a partition's high watermark minus its last stable offset, the offsets \
+         read_committed consumers cannot read yet because a transaction is open there (or \
+         its marker is not yet replicated).",
+        &["topic", "partition"],
+    );
     let mut under = 0;
     for partition in &partitions {
         let topic = partition.tp.topic.as_str();
@@ -711,6 +722,13 @@ fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFam
         let state = partition.state();
         if state.leader == node_id && state.isr.len() < state.replicas.len() {
             under += 1;
+        }
+        if state.leader == node_id {
+            // The last stable offset reads the high watermark again; one
+            // that moved in between would make the lag negative, shown as 0.
+            let high_watermark = partition.high_watermark();
+            let lag = high_watermark - partition.last_stable_offset();
+            lso_lag.with_label_values(&labels).set(lag.max(0));
         }
     }
     under_replicated.set(under);
@@ -759,6 +777,29 @@ fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFam
     .expect("valid gauge");
     metadata_offset.set(i64::try_from(image.version).unwrap_or(i64::MAX));
 
+    let txns = sources.txns.counts();
+    let txns_ongoing = IntGauge::new(
+        "rill_transactions_ongoing",
+        "Transactions open among the transactional ids this node coordinates: Ongoing, or \
+         decided (PrepareCommit, PrepareAbort) with their markers still being written.",
+    )
+    .expect("valid gauge");
+    txns_ongoing.set(i64::try_from(txns.ongoing).unwrap_or(i64::MAX));
+    let txns_committed = IntCounter::new(
+        "rill_transactions_committed_total",
+        "Transactions this node, as their coordinator, completed as committed (every \
+         partition has its marker and the completion is written).",
+    )
+    .expect("valid counter");
+    txns_committed.inc_by(txns.committed);
+    let txns_aborted = IntCounter::new(
+        "rill_transactions_aborted_total",
+        "Transactions this node, as their coordinator, completed as aborted (by their \
+         producer, a timeout or a fence).",
+    )
+    .expect("valid counter");
+    txns_aborted.inc_by(txns.aborted);
+
     let mut families = Vec::new();
     families.extend(controller_active.collect());
     families.extend(fenced.collect());
@@ -771,6 +812,10 @@ fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFam
     families.extend(follower_lag.collect());
     families.extend(committed.collect());
     families.extend(lag.collect());
+    families.extend(lso_lag.collect());
+    families.extend(txns_ongoing.collect());
+    families.extend(txns_committed.collect());
+    families.extend(txns_aborted.collect());
     families
 }
 
