@@ -1,9 +1,11 @@
 //! A small blocking Kafka client for the admin requests librdkafka has no
 //! API for: IncrementalAlterConfigs, OffsetFetch of every topic of a group,
-//! OffsetDelete, Metadata's cluster id and controller, and the ApiVersions
-//! table itself; and for ListOffsets, where librdkafka's client-side
-//! lookups take time quadratic in the partitions asked for (170 s for
-//! 100,000), while one request per leader takes well under a second.
+//! OffsetDelete, Metadata's cluster id and controller, the ApiVersions
+//! table itself, and the transaction APIs (ListTransactions,
+//! DescribeTransactions, DescribeProducers, WriteTxnMarkers); and for
+//! ListOffsets, where librdkafka's client-side lookups take time quadratic
+//! in the partitions asked for (170 s for 100,000), while one request per
+//! leader takes well under a second.
 //!
 //! One request at a time over a `TcpStream`, encoded and decoded with the
 //! `kafka-protocol` crate. Every connection first asks the broker which
@@ -128,6 +130,20 @@ impl Connection {
         &self.addr
     }
 
+    /// This connection if it is to `addr` (the broker asked is usually the
+    /// one already connected to), else a new one to `addr`, kept in `other`.
+    pub fn or_connect<'a>(
+        &'a mut self,
+        addr: &str,
+        timeout: Duration,
+        other: &'a mut Option<Connection>,
+    ) -> anyhow::Result<&'a mut Connection> {
+        if addr == self.addr {
+            return Ok(self);
+        }
+        Ok(other.insert(Connection::connect(addr, timeout)?))
+    }
+
     /// Sends `body` at the highest version in `handled` (the versions whose
     /// fields the caller fills) that the broker speaks, and returns the
     /// version used with the answer.
@@ -220,6 +236,32 @@ impl Connection {
     }
 }
 
+/// What a coordinator is looked up for: FindCoordinator's key types.
+#[derive(Debug, Clone, Copy)]
+pub enum CoordinatorKey<'a> {
+    /// A consumer group (key type 0).
+    Group(&'a str),
+    /// A transactional id (key type 1).
+    Transaction(&'a str),
+}
+
+impl CoordinatorKey<'_> {
+    fn key(&self) -> &str {
+        match self {
+            CoordinatorKey::Group(key) | CoordinatorKey::Transaction(key) => key,
+        }
+    }
+}
+
+impl std::fmt::Display for CoordinatorKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoordinatorKey::Group(group) => write!(f, "group '{group}'"),
+            CoordinatorKey::Transaction(id) => write!(f, "transactional id '{id}'"),
+        }
+    }
+}
+
 /// Finds the coordinator of `group` through `bootstrap` and connects to it.
 /// Retries while the coordinator is being chosen or loaded (the offsets
 /// topic may be created by this very request), up to `timeout`.
@@ -228,18 +270,34 @@ pub fn group_coordinator(
     group: &str,
     timeout: Duration,
 ) -> anyhow::Result<Connection> {
+    coordinator(bootstrap, CoordinatorKey::Group(group), timeout).map(|(_, connection)| connection)
+}
+
+/// Finds the coordinator of `key` through `bootstrap` and connects to it:
+/// its node id and the connection. Retries while the coordinator is being
+/// chosen or loaded (its internal topic may be created by this very
+/// request), up to `timeout`.
+pub fn coordinator(
+    bootstrap: &mut Connection,
+    key: CoordinatorKey<'_>,
+    timeout: Duration,
+) -> anyhow::Result<(i32, Connection)> {
     let deadline = Instant::now() + timeout;
     loop {
         let request =
-            FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.into()));
-        // v4 and later batch keys in another field.
-        let (_, answer) = bootstrap.send(request, 0..=3)?;
+            FindCoordinatorRequest::default().with_key(StrBytes::from_string(key.key().into()));
+        // v4 and later batch keys in another field; the key type is v1's.
+        let (_, answer) = match key {
+            CoordinatorKey::Group(_) => bootstrap.send(request, 0..=3)?,
+            CoordinatorKey::Transaction(_) => bootstrap.send(request.with_key_type(1), 1..=3)?,
+        };
         match ResponseError::try_from_code(answer.error_code) {
             None => {
                 let addr = format!("{}:{}", answer.host, answer.port);
                 // The coordinator is usually the broker already connected to.
-                return Connection::connect(&addr, timeout)
-                    .with_context(|| format!("cannot reach the coordinator of group '{group}'"));
+                let connection = Connection::connect(&addr, timeout)
+                    .with_context(|| format!("cannot reach the coordinator of {key}"))?;
+                return Ok((answer.node_id.0, connection));
             }
             Some(error) if is_retriable(error) && Instant::now() < deadline => {
                 std::thread::sleep(RETRY_BACKOFF);
@@ -247,12 +305,102 @@ pub fn group_coordinator(
             Some(error) => {
                 let message = answer.error_message.map(|m| m.to_string());
                 bail!(
-                    "cannot find the coordinator of group '{group}': {}",
+                    "cannot find the coordinator of {key}: {}",
                     with_message(error, message.as_deref())
                 );
             }
         }
     }
+}
+
+/// A broker as Metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: i32,
+    /// `host:port`.
+    pub addr: String,
+}
+
+/// What Metadata says of one topic: the leader of each partition (-1 for
+/// none), and the cluster's brokers.
+#[derive(Debug)]
+pub struct TopicLeaders {
+    pub leaders: BTreeMap<i32, i32>,
+    pub brokers: Vec<Node>,
+}
+
+impl TopicLeaders {
+    /// The leader of `partition`, failing clearly if the partition does
+    /// not exist or has no leader now.
+    pub fn leader(&self, topic: &str, partition: i32) -> anyhow::Result<Node> {
+        let Some(&leader) = self.leaders.get(&partition) else {
+            bail!("topic '{topic}' has no partition {partition}");
+        };
+        if leader < 0 {
+            bail!("partition {partition} of topic '{topic}' has no leader now");
+        }
+        self.broker(leader)
+            .cloned()
+            .ok_or_else(|| anyhow!("the leader of partition {partition} of topic '{topic}', node {leader}, is not among the brokers"))
+    }
+
+    pub fn broker(&self, id: i32) -> Option<&Node> {
+        self.brokers.iter().find(|node| node.id == id)
+    }
+}
+
+/// Metadata of `topic` (never creating it) through `bootstrap`.
+pub fn topic_leaders(bootstrap: &mut Connection, topic: &str) -> anyhow::Result<TopicLeaders> {
+    let name = TopicName(StrBytes::from_string(topic.to_string()));
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name.clone()))
+        ]))
+        .with_allow_auto_topic_creation(false);
+    let (_, metadata) = bootstrap.send(request, 1..=12)?;
+    let Some(found) = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref() == Some(&name))
+    else {
+        bail!("topic '{topic}' does not exist");
+    };
+    match ResponseError::try_from_code(found.error_code) {
+        None => {}
+        Some(ResponseError::UnknownTopicOrPartition) => bail!("topic '{topic}' does not exist"),
+        Some(error) => bail!("cannot look up topic '{topic}': {error}"),
+    }
+    Ok(TopicLeaders {
+        leaders: found
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0))
+            .collect(),
+        brokers: nodes(&metadata.brokers),
+    })
+}
+
+/// Every broker of the cluster (Metadata of no topic through `bootstrap`).
+pub fn brokers(bootstrap: &mut Connection) -> anyhow::Result<Vec<Node>> {
+    let request = MetadataRequest::default()
+        .with_topics(Some(Vec::new()))
+        .with_allow_auto_topic_creation(false);
+    let (_, metadata) = bootstrap.send(request, 1..=12)?;
+    Ok(nodes(&metadata.brokers))
+}
+
+fn nodes(
+    brokers: &[kafka_protocol::messages::metadata_response::MetadataResponseBroker],
+) -> Vec<Node> {
+    let mut nodes: Vec<Node> = brokers
+        .iter()
+        .map(|b| Node {
+            id: b.node_id.0,
+            addr: format!("{}:{}", b.host, b.port),
+        })
+        .collect();
+    nodes.sort_by_key(|node| node.id);
+    nodes
 }
 
 /// ListOffsets for `partitions` of `topic` at `timestamp` (-2 for the log
@@ -269,46 +417,20 @@ pub fn list_offsets(
     timestamp: i64,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let name = TopicName(StrBytes::from_string(topic.to_string()));
-    let request = MetadataRequest::default()
-        .with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(name.clone()))
-        ]))
-        .with_allow_auto_topic_creation(false);
-    let (_, metadata) = bootstrap.send(request, 1..=12)?;
-    let Some(found) = metadata
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref() == Some(&name))
-    else {
-        bail!("topic '{topic}' does not exist");
-    };
-    if let Some(error) = ResponseError::try_from_code(found.error_code) {
-        bail!("cannot look up topic '{topic}': {error}");
-    }
-    let leaders: BTreeMap<i32, i32> = found
-        .partitions
-        .iter()
-        .map(|p| (p.partition_index, p.leader_id.0))
-        .collect();
+    let found = topic_leaders(bootstrap, topic)?;
     let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
     for partition in partitions {
-        if let Some(&leader) = leaders.get(partition).filter(|&&leader| leader >= 0) {
+        if let Some(&leader) = found.leaders.get(partition).filter(|&&leader| leader >= 0) {
             by_leader.entry(leader).or_default().push(*partition);
         }
     }
     let mut offsets = BTreeMap::new();
     for (leader, asked) in by_leader {
-        let Some(broker) = metadata.brokers.iter().find(|b| b.node_id.0 == leader) else {
+        let Some(broker) = found.broker(leader) else {
             continue;
         };
-        let addr = format!("{}:{}", broker.host, broker.port);
-        // The leader is usually the broker already connected to.
         let mut other = None;
-        let connection = if addr == bootstrap.addr() {
-            &mut *bootstrap
-        } else {
-            other.insert(Connection::connect(&addr, timeout)?)
-        };
+        let connection = bootstrap.or_connect(&broker.addr, timeout, &mut other)?;
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
@@ -358,6 +480,23 @@ pub fn with_message(error: ResponseError, message: Option<&str>) -> String {
         }
         _ => error.to_string(),
     }
+}
+
+/// Kafka's name of an error (`INVALID_PRODUCER_EPOCH`), as its `Errors`
+/// enum and its tools spell it.
+pub fn error_name(error: ResponseError) -> String {
+    if let ResponseError::Unknown(code) = error {
+        return format!("UNKNOWN_CODE_{code}");
+    }
+    let camel = format!("{error:?}");
+    let mut name = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// The name of an API key as Kafka's protocol guide spells it (the

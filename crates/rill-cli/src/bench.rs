@@ -6,9 +6,10 @@
 //! - this module: the command line, what the modes share (topic checks,
 //!   producer settings, payloads, the report as a table or one JSON object);
 //! - `produce`: `--producers` producers send `--records` records, each timed
-//!   from `send` to its delivery report;
+//!   from `send` to its delivery report, or in transactions of
+//!   `--records-per-transaction` records, each commit timed too;
 //! - `consume`: `--consumers` consumers read `--records` records, by manual
-//!   assignment or in a consumer group;
+//!   assignment or in a consumer group, read_committed or read_uncommitted;
 //! - `e2e`: records sent at a fixed rate while a consumer reads them, each
 //!   timed from its send time to its consumption;
 //! - `limits`: sequential disk writes with fdatasync and loopback TCP.

@@ -148,6 +148,27 @@ struct ServeArgs {
     /// How often expired offsets are removed, in milliseconds [default: 600000].
     #[arg(long, env = "RILL_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
     offsets_retention_check_interval_ms: Option<u64>,
+    /// The longest transaction timeout a producer may ask for, in milliseconds [default: 900000].
+    #[arg(long, env = "RILL_TRANSACTION_MAX_TIMEOUT_MS")]
+    transaction_max_timeout_ms: Option<i32>,
+    /// How long a transactional id unused is kept, in milliseconds [default: 604800000].
+    #[arg(long, env = "RILL_TRANSACTIONAL_ID_EXPIRATION_MS")]
+    transactional_id_expiration_ms: Option<i64>,
+    /// How often transactions past their timeout are looked for and aborted, in milliseconds [default: 10000].
+    #[arg(
+        long,
+        env = "RILL_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS"
+    )]
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
+    /// Partitions of __transaction_state when it is created [default: 50].
+    #[arg(long, env = "RILL_TRANSACTION_STATE_LOG_NUM_PARTITIONS")]
+    transaction_state_log_num_partitions: Option<i32>,
+    /// Replicas of each __transaction_state partition, capped at the brokers there are [default: 3].
+    #[arg(long, env = "RILL_TRANSACTION_STATE_LOG_REPLICATION_FACTOR")]
+    transaction_state_log_replication_factor: Option<i16>,
+    /// min.insync.replicas of __transaction_state, capped at its replication factor [default: 2].
+    #[arg(long, env = "RILL_TRANSACTION_STATE_LOG_MIN_ISR")]
+    transaction_state_log_min_isr: Option<i32>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -187,6 +208,12 @@ struct FileSettings {
     offsets_topic_num_partitions: Option<i32>,
     offsets_retention_minutes: Option<u64>,
     offsets_retention_check_interval_ms: Option<u64>,
+    transaction_max_timeout_ms: Option<i32>,
+    transactional_id_expiration_ms: Option<i64>,
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
+    transaction_state_log_num_partitions: Option<i32>,
+    transaction_state_log_replication_factor: Option<i16>,
+    transaction_state_log_min_isr: Option<i32>,
 }
 
 fn main() -> ExitCode {
@@ -340,6 +367,21 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     setting!(group_max_size => config.groups.max_size);
     setting!(group_max_count => config.groups.groups_max);
     setting!(offsets_topic_num_partitions => config.groups.offsets_topic_partitions);
+    setting!(transaction_max_timeout_ms => config.txns.limits.transaction_max_timeout_ms);
+    setting!(transactional_id_expiration_ms => config.txns.transactional_id_expiration_ms);
+    setting!(transaction_state_log_num_partitions => config.txns.state_partitions);
+    setting!(transaction_state_log_replication_factor => config.txns.state_replication_factor);
+    setting!(transaction_state_log_min_isr => config.txns.state_min_isr);
+    if let Some(ms) = args
+        .transaction_abort_timed_out_transaction_cleanup_interval_ms
+        .or(file.transaction_abort_timed_out_transaction_cleanup_interval_ms)
+    {
+        anyhow::ensure!(
+            ms > 0,
+            "transaction-abort-timed-out-transaction-cleanup-interval-ms must be positive"
+        );
+        config.txns.abort_timed_out_interval = std::time::Duration::from_millis(ms);
+    }
     if let Some(minutes) = args
         .offsets_retention_minutes
         .or(file.offsets_retention_minutes)
@@ -489,6 +531,27 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     anyhow::ensure!(
         groups.offsets_topic_partitions >= 1,
         "offsets-topic-num-partitions must be at least 1"
+    );
+    let txns = &config.txns;
+    anyhow::ensure!(
+        txns.limits.transaction_max_timeout_ms >= 1,
+        "transaction-max-timeout-ms must be positive"
+    );
+    anyhow::ensure!(
+        txns.transactional_id_expiration_ms >= 1,
+        "transactional-id-expiration-ms must be positive"
+    );
+    anyhow::ensure!(
+        txns.state_partitions >= 1,
+        "transaction-state-log-num-partitions must be at least 1"
+    );
+    anyhow::ensure!(
+        txns.state_replication_factor >= 1,
+        "transaction-state-log-replication-factor must be at least 1"
+    );
+    anyhow::ensure!(
+        txns.state_min_isr >= 1,
+        "transaction-state-log-min-isr must be at least 1"
     );
     anyhow::ensure!(
         config.num_partitions >= 1,

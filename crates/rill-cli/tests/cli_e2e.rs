@@ -1043,6 +1043,26 @@ fn every_command_fails_fast_when_the_broker_is_down() {
         ],
         &["group", "delete", "g"],
         &["group", "delete", "g", "--topic", "t"],
+        &["txn", "list"],
+        &["txn", "describe", "x"],
+        &[
+            "txn",
+            "describe-producers",
+            "--topic",
+            "t",
+            "--partition",
+            "0",
+        ],
+        &[
+            "txn",
+            "abort",
+            "--topic",
+            "t",
+            "--partition",
+            "0",
+            "--producer-id",
+            "1",
+        ],
         &["cluster", "describe"],
     ];
     for args in commands {

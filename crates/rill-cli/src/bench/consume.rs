@@ -8,13 +8,18 @@
 //! `--records`th, so that connecting and a group's join (which a broker may
 //! hold back for `group.initial.rebalance.delay.ms`) are not counted as
 //! reading time. Nothing is committed: the same group can be measured again.
+//!
+//! `--isolation-level read_committed` (librdkafka's default, and so what
+//! this mode always did) reads up to the last stable offset and drops the
+//! records of aborted transactions; `read_uncommitted` reads up to the high
+//! watermark. Transaction markers are never counted as records.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -37,9 +42,31 @@ pub struct ConsumeArgs {
     /// Read as members of this consumer group (without it, partitions are assigned by hand).
     #[arg(long)]
     group: Option<String>,
+    /// Which records a fetch may return: those of committed (and of no)
+    /// transactions only, or every record below the high watermark.
+    #[arg(long, value_enum, default_value = "read_committed")]
+    isolation_level: IsolationLevel,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum IsolationLevel {
+    #[value(name = "read_committed")]
+    ReadCommitted,
+    #[value(name = "read_uncommitted")]
+    ReadUncommitted,
+}
+
+impl IsolationLevel {
+    /// librdkafka's `isolation.level` value.
+    fn as_config(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadCommitted => "read_committed",
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+        }
+    }
 }
 
 /// What the consumer threads share.
@@ -127,6 +154,7 @@ pub(super) fn run(args: &ConsumeArgs) -> anyhow::Result<Outcome> {
             ("partitions", partitions.len().into()),
             ("consumers", args.consumers.into()),
             ("group", args.group.clone().into()),
+            ("isolation_level", args.isolation_level.as_config().into()),
         ],
     })
 }
@@ -136,7 +164,9 @@ fn consume_one(args: &ConsumeArgs, assigned: &[i32], shared: &Shared) -> anyhow:
     // nothing committed under it, the broker never hears of it.
     let group = args.group.as_deref().unwrap_or("rill-bench");
     let mut config = consumer_config(&args.bootstrap, group);
-    config.set("auto.offset.reset", "earliest");
+    config
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", args.isolation_level.as_config());
     let consumer: BaseConsumer = config
         .create()
         .kafka_context(|| "cannot create a consumer".to_string())?;

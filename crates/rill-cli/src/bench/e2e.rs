@@ -194,7 +194,7 @@ fn write(
     partitions: &[i32],
     progress: &Progress,
 ) -> anyhow::Result<Produced> {
-    let producer = create_producer(&args.producer, &args.bootstrap, clock)?;
+    let producer = create_producer(&args.producer.client_config(&args.bootstrap), clock)?;
     let payloads = Payloads::new(args.record_size, run_id);
     let mut random = SplitMix64(run_id);
     let mut value = vec![0u8; args.record_size];

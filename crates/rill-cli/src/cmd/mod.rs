@@ -1,7 +1,7 @@
 //! The client commands of `rill`: everyday work against any
 //! Kafka-compatible broker.
 //!
-//! Layout: `topic`, `produce`, `consume`, `group` and `cluster` are one
+//! Layout: `topic`, `produce`, `consume`, `group`, `txn` and `cluster` are one
 //! module per command; this module holds what they share — the connection
 //! flags, the librdkafka client set-up with a context that keeps
 //! librdkafka's own log quiet (at `debug`) but remembers its last error for
@@ -31,6 +31,7 @@ pub mod group;
 pub mod local_cluster;
 pub mod produce;
 pub mod topic;
+pub mod txn;
 
 /// The client commands, flattened into `rill`'s own list.
 #[derive(Debug, Subcommand)]
@@ -45,6 +46,10 @@ pub enum ClientCommand {
     /// List, describe, reset the offsets of, and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// List and describe transactions, describe a partition's producers,
+    /// and abort a hanging transaction.
+    #[command(subcommand)]
+    Txn(txn::TxnCommand),
     /// Show the cluster (its id, nodes, controller and API versions), or
     /// start a local one.
     #[command(subcommand)]
@@ -62,6 +67,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Produce(args) => produce::run(&args),
         ClientCommand::Consume(args) => consume::run(&args),
         ClientCommand::Group(command) => group::run(command),
+        ClientCommand::Txn(command) => txn::run(command),
         ClientCommand::Cluster(command) => cluster::run(command),
     };
     match result {
@@ -77,6 +83,7 @@ impl ClientCommand {
             ClientCommand::Produce(args) => Some(&args.connect),
             ClientCommand::Consume(args) => Some(&args.connect),
             ClientCommand::Group(command) => Some(command.connect()),
+            ClientCommand::Txn(command) => Some(command.connect()),
             ClientCommand::Cluster(command) => command.connect(),
         }
     }
