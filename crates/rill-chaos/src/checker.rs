@@ -57,7 +57,7 @@ impl Analysis {
     }
 }
 
-fn add(finding: &mut Finding, example: serde_json::Value) {
+pub fn add(finding: &mut Finding, example: serde_json::Value) {
     finding.count += 1;
     if finding.examples.len() < EXAMPLES_MAX {
         finding.examples.push(example);

@@ -68,6 +68,21 @@ pub enum F {
     /// run (without `drops`) comes once every fault is healed: the
     /// workload must make progress after it.
     Heal,
+    /// The txn workload: a transactional producer began transaction
+    /// `txn` (`ok`), or could not (`fail`). Its sends carry `txn`.
+    #[serde(rename = "txn-begin")]
+    TxnBegin,
+    /// The producer asked to commit `txn` (`invoke`): `ok` when
+    /// `commit_transaction` returned success, `info` when it returned an
+    /// error (the commit may or may not have happened; a later `ok` for
+    /// the same `txn` after a retry still counts).
+    #[serde(rename = "txn-commit")]
+    TxnCommit,
+    /// The producer asked to abort `txn`: `ok` when `abort_transaction`
+    /// returned success, `info` when it did not (a transaction never asked
+    /// to commit must stay invisible either way).
+    #[serde(rename = "txn-abort")]
+    TxnAbort,
 }
 
 /// One record a consumer or the final reader got.
@@ -113,6 +128,10 @@ pub struct Op {
     pub drops: Option<Vec<(i32, i32)>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The txn workload: the transaction (`p{producer}-t{number}`) a
+    /// send or a `txn-*` operation belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
 }
 
 impl Op {
@@ -134,6 +153,7 @@ impl Op {
             cut: None,
             drops: None,
             error: None,
+            txn: None,
         }
     }
 }

@@ -10,6 +10,9 @@
 //!   nftables rules that partition it.
 //! - `nemesis`: the seeded schedule of faults.
 //! - `workload`: the queue workload's producers, consumers and final reads.
+//! - `txn_workload`: the txn workload's transactional producers and
+//!   `read_committed` readers.
+//! - `txn_checker`: what a txn workload's history must satisfy.
 //! - `report`: `report.json` and `report.svg`.
 //!
 //! **Invariant:** no rill crate is a dependency. rill is tested as a user
@@ -21,6 +24,8 @@ mod history;
 mod nemesis;
 mod netns;
 mod report;
+mod txn_checker;
+mod txn_workload;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -90,7 +95,9 @@ struct RunArgs {
     /// and `nft`; without them it is left out and the report says why).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
     faults: Vec<String>,
-    /// queue (txn needs transactions, which rill does not serve yet).
+    /// queue (producers, consumers, a group: nothing acknowledged lost) or
+    /// txn (transactional producers, read_committed readers: no aborted
+    /// read, no torn transaction, nothing committed lost).
     #[arg(long, default_value = "queue")]
     workload: String,
     /// The nemesis's seed; random (and printed) when not given.
@@ -126,21 +133,23 @@ fn main() -> ExitCode {
 
 fn check(path: &Path) -> anyhow::Result<bool> {
     let ops = history::read(path)?;
-    let analysis = checker::check(&ops);
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&analysis).context("encode")?
-    );
-    Ok(analysis.valid)
+    let (text, valid) = if txn_checker::is_txn_history(&ops) {
+        let analysis = txn_checker::check(&ops);
+        (serde_json::to_string_pretty(&analysis), analysis.valid)
+    } else {
+        let analysis = checker::check(&ops);
+        (serde_json::to_string_pretty(&analysis), analysis.valid)
+    };
+    println!("{}", text.context("encode")?);
+    Ok(valid)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
-    if args.workload != "queue" {
-        bail!(
-            "workload {:?}: only queue runs (txn needs transactions, which rill does not serve yet)",
-            args.workload
-        );
-    }
+    let txn = match args.workload.as_str() {
+        "queue" => false,
+        "txn" => true,
+        other => bail!("unknown workload {other:?} (queue, txn)"),
+    };
     anyhow::ensure!(
         (1..=netns::NODES_MAX).contains(&args.nodes),
         "--nodes must be 1 to {}",
@@ -246,22 +255,22 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let stop_consumers = Arc::new(AtomicBool::new(false));
     let next_value = Arc::new(AtomicU64::new(0));
     let mut producers = Vec::new();
-    for (process, idempotent) in [("idempotent", true), ("plain", false)] {
-        let (bootstrap, recorder, next_value, stop) = (
-            bootstrap.clone(),
-            Arc::clone(&recorder),
-            Arc::clone(&next_value),
-            Arc::clone(&stop_producers),
-        );
-        producers.push(thread::spawn(move || {
-            workload::produce(&bootstrap, process, idempotent, recorder, next_value, stop)
-        }));
-    }
     let mut consumers = Vec::new();
-    for (process, mode) in [
-        ("assign", workload::Mode::Assign),
-        ("group", workload::Mode::Group),
-    ] {
+    if txn {
+        for index in 0..txn_workload::PRODUCERS {
+            let (bootstrap, recorder, next_value, stop) = (
+                bootstrap.clone(),
+                Arc::clone(&recorder),
+                Arc::clone(&next_value),
+                Arc::clone(&stop_producers),
+            );
+            let partitions = args.partitions;
+            producers.push(thread::spawn(move || {
+                txn_workload::produce(
+                    &bootstrap, index, partitions, seed, recorder, next_value, stop,
+                )
+            }));
+        }
         let (bootstrap, recorder, stop) = (
             bootstrap.clone(),
             Arc::clone(&recorder),
@@ -269,8 +278,34 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         );
         let partitions = args.partitions;
         consumers.push(thread::spawn(move || {
-            workload::consume(&bootstrap, process, mode, partitions, recorder, stop)
+            txn_workload::read(&bootstrap, "reader", partitions, recorder, stop)
         }));
+    } else {
+        for (process, idempotent) in [("idempotent", true), ("plain", false)] {
+            let (bootstrap, recorder, next_value, stop) = (
+                bootstrap.clone(),
+                Arc::clone(&recorder),
+                Arc::clone(&next_value),
+                Arc::clone(&stop_producers),
+            );
+            producers.push(thread::spawn(move || {
+                workload::produce(&bootstrap, process, idempotent, recorder, next_value, stop)
+            }));
+        }
+        for (process, mode) in [
+            ("assign", workload::Mode::Assign),
+            ("group", workload::Mode::Group),
+        ] {
+            let (bootstrap, recorder, stop) = (
+                bootstrap.clone(),
+                Arc::clone(&recorder),
+                Arc::clone(&stop_consumers),
+            );
+            let partitions = args.partitions;
+            consumers.push(thread::spawn(move || {
+                workload::consume(&bootstrap, process, mode, partitions, recorder, stop)
+            }));
+        }
     }
 
     let start = Instant::now();
@@ -323,7 +358,11 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     restart_crashed(&mut cluster, &recorder, &mut crashes)?;
     println!("rill-chaos: reading every partition from the start");
-    workload::final_read(&bootstrap, args.partitions, &recorder)?;
+    if txn {
+        txn_workload::final_read(&bootstrap, args.partitions, &recorder)?;
+    } else {
+        workload::final_read(&bootstrap, args.partitions, &recorder)?;
+    }
     // A node that stopped during the final read stopped serving it.
     restart_crashed(&mut cluster, &recorder, &mut crashes)?;
     recorder.finish()?;
@@ -331,9 +370,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     drop(netns);
 
     let ops = history::read(&history_path)?;
-    let analysis = checker::check(&ops);
-    let report = report::Report {
-        analysis: &analysis,
+    let run = RunFacts {
         seed,
         faults,
         fault_kinds: kinds.iter().map(ToString::to_string).collect(),
@@ -350,28 +387,39 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         faults_unavailable,
         crashes: crashes.clone(),
         network,
-        nodes: args.nodes,
-        partitions: args.partitions,
-        replication_factor: args.replication_factor,
-        min_insync_replicas: args.min_insync_replicas,
-        duration_s: args.duration,
+        args: &args,
     };
-    report::write_json(&report, &args.out.join("report.json"))?;
+    let valid = if txn {
+        let analysis = txn_checker::check(&ops);
+        run.write(&analysis, "txn")?;
+        println!(
+            "rill-chaos: seed {seed}, {faults} faults, transactions: {} committed, {} aborted, {} indeterminate; {} lost, {} aborted reads, {} torn, {} duplicates; {}; report in {}",
+            analysis.txns_committed,
+            analysis.txns_aborted,
+            analysis.txns_indeterminate,
+            analysis.lost,
+            analysis.aborted_reads,
+            analysis.torn,
+            analysis.duplicates,
+            verdict(analysis.valid, &analysis.anomalies),
+            args.out.join("report.json").display()
+        );
+        analysis.valid
+    } else {
+        let analysis = checker::check(&ops);
+        run.write(&analysis, "queue")?;
+        println!(
+            "rill-chaos: seed {seed}, {faults} faults, {} acknowledged, {} indeterminate, {} lost, {} duplicated; {}; report in {}",
+            analysis.acked,
+            analysis.indeterminate,
+            analysis.lost,
+            analysis.duplicated,
+            verdict(analysis.valid, &analysis.anomalies),
+            args.out.join("report.json").display()
+        );
+        analysis.valid
+    };
     report::write_svg(&ops, &args.out.join("report.svg"))?;
-    let found: Vec<String> = analysis
-        .anomalies
-        .iter()
-        .map(|(name, finding)| format!("{name}: {}", finding.count))
-        .collect();
-    println!(
-        "rill-chaos: seed {seed}, {faults} faults, {} acknowledged, {} indeterminate, {} lost, {} duplicated; {}; report in {}",
-        analysis.acked,
-        analysis.indeterminate,
-        analysis.lost,
-        analysis.duplicated,
-        if analysis.valid { "valid".to_string() } else { format!("INVALID ({})", found.join(", ")) },
-        args.out.join("report.json").display()
-    );
     if !crashes.is_empty() {
         println!(
             "rill-chaos: {} node crash(es), each restarted: {}",
@@ -379,7 +427,56 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             crashes.join("; ")
         );
     }
-    Ok(analysis.valid)
+    Ok(valid)
+}
+
+/// What `report.json` says about the run besides the checker's analysis.
+struct RunFacts<'a> {
+    seed: u64,
+    faults: usize,
+    fault_kinds: Vec<String>,
+    faults_by_kind: std::collections::BTreeMap<String, usize>,
+    faults_unavailable: Vec<String>,
+    crashes: Vec<String>,
+    network: String,
+    args: &'a RunArgs,
+}
+
+impl RunFacts<'_> {
+    fn write<A: serde::Serialize>(&self, analysis: &A, workload: &str) -> anyhow::Result<()> {
+        let report = report::Report {
+            analysis,
+            workload: workload.to_string(),
+            seed: self.seed,
+            faults: self.faults,
+            fault_kinds: self.fault_kinds.clone(),
+            faults_by_kind: self.faults_by_kind.clone(),
+            faults_unavailable: self.faults_unavailable.clone(),
+            crashes: self.crashes.clone(),
+            network: self.network.clone(),
+            nodes: self.args.nodes,
+            partitions: self.args.partitions,
+            replication_factor: self.args.replication_factor,
+            min_insync_replicas: self.args.min_insync_replicas,
+            duration_s: self.args.duration,
+        };
+        report::write_json(&report, &self.args.out.join("report.json"))
+    }
+}
+
+/// `valid`, or `INVALID (name: count, …)`.
+fn verdict(
+    valid: bool,
+    anomalies: &std::collections::BTreeMap<String, checker::Finding>,
+) -> String {
+    if valid {
+        return "valid".to_string();
+    }
+    let found: Vec<String> = anomalies
+        .iter()
+        .map(|(name, finding)| format!("{name}: {}", finding.count))
+        .collect();
+    format!("INVALID ({})", found.join(", "))
 }
 
 /// Starts again every node that exited by itself, as a supervisor

@@ -165,9 +165,10 @@ fn draw_cut(rng: &mut SplitMix64, node: i32, nodes: &[i32]) -> (Cut, Vec<(i32, i
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a few lines, well mixed, and
 /// fixed forever, so a seed in an old report still gives its schedule
-/// (a library's generator may change between versions).
+/// (a library's generator may change between versions). The txn
+/// workload draws its aborts from it too.
 #[derive(Debug)]
-struct SplitMix64(u64);
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     fn next(&mut self) -> u64 {
@@ -180,7 +181,7 @@ impl SplitMix64 {
 
     /// Below `n` (> 0); the modulo bias is negligible for the small `n`
     /// used here.
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0);
         self.next() % n
     }

@@ -9,15 +9,17 @@ use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::checker::Analysis;
 use crate::history::{Op, Type, F};
 
 /// What `report.json` holds.
 #[derive(Debug, Serialize)]
-pub struct Report<'a> {
-    /// `valid`, `acked`, `lost`, `duplicated`, `anomalies`… come from here.
+pub struct Report<'a, A: Serialize> {
+    /// `valid`, `anomalies` and the workload's counts come from here (the
+    /// queue checker's [`crate::checker::Analysis`] or the txn checker's `TxnAnalysis`).
     #[serde(flatten)]
-    pub analysis: &'a Analysis,
+    pub analysis: &'a A,
+    /// `queue` or `txn`.
+    pub workload: String,
     pub seed: u64,
     /// How many faults were injected.
     pub faults: usize,
@@ -40,7 +42,7 @@ pub struct Report<'a> {
     pub duration_s: u64,
 }
 
-pub fn write_json(report: &Report<'_>, path: &Path) -> anyhow::Result<()> {
+pub fn write_json<A: Serialize>(report: &Report<'_, A>, path: &Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report).context("encode the report")?;
     std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))
 }

@@ -37,7 +37,7 @@ const MESSAGE_TIMEOUT_MS: &str = "30000";
 /// How long the end of the run waits for outstanding sends.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(40);
 /// Records one poll op holds at most.
-const POLL_BATCH_MAX: usize = 500;
+pub const POLL_BATCH_MAX: usize = 500;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often a consumer commits what it read (when no commit is
 /// outstanding), and how long a commit may take to show in a read-back
@@ -51,7 +51,7 @@ const CONSUMER_SOCKET_TIMEOUT_MS: &str = "10000";
 const COMMITTED_INTERVAL: Duration = Duration::from_secs(1);
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the final reader tries to reach each partition's end.
-const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(90);
+pub const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long topic creation may take (a controller election included).
 const CREATE_TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -415,7 +415,7 @@ impl Commits {
 }
 
 /// Up to [`POLL_BATCH_MAX`] records, and the error that ended the batch.
-fn poll_batch<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> (Vec<Record>, Option<String>) {
+pub fn poll_batch<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> (Vec<Record>, Option<String>) {
     let mut records = Vec::new();
     let mut timeout = POLL_TIMEOUT;
     while records.len() < POLL_BATCH_MAX {

@@ -5,7 +5,10 @@
 //! - as root with `ip` and `nft` only (skipped with the reason otherwise):
 //!   3 nodes in a network namespace, kill, pause and partition faults
 //!   (isolate, split, one-way) for 60 s, at least 8, and the namespace
-//!   gone afterwards.
+//!   gone afterwards;
+//! - 3 nodes, the txn workload (transactional producers, `read_committed`
+//!   readers), kill and pause faults for 45 s: no lost committed write,
+//!   no aborted read, no torn transaction, no duplicate.
 //!
 //! `rill-chaos` cannot depend on the binary of another package, so the
 //! tests find it: `RILL_BIN` if set, else `target/debug/rill` (under
@@ -31,6 +34,8 @@ const SEED: u64 = 12;
 /// Every fault type (kill, pause, partition), 60 s: the bounded
 /// run with partitions (at least 8 faults).
 const PARTITION_SEED: u64 = 2;
+/// The txn run's seed: 45 s of kills and pauses.
+const TXN_SEED: u64 = 3;
 /// How long a rill-chaos stopped by SIGTERM may take to clean up.
 const TERM_GRACE: Duration = Duration::from_secs(20);
 
@@ -247,4 +252,41 @@ fn a_bounded_run_under_every_fault_type_is_valid() {
         "rill-chaos left its namespace {namespace}"
     );
     eprintln!("bounded partition run: {:?}", started.elapsed());
+}
+
+#[test]
+fn a_bounded_txn_run_under_kill_and_pause_is_valid() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut run = Run::start(&[
+        "--nodes",
+        "3",
+        "--duration",
+        "45",
+        "--faults",
+        "kill,pause",
+        "--workload",
+        "txn",
+        "--seed",
+        &TXN_SEED.to_string(),
+    ]);
+    let report = run.finish(TXN_SEED);
+    assert_eq!(report["valid"], true, "{report:#}");
+    assert_eq!(report["workload"], "txn");
+    assert_eq!(report["seed"], TXN_SEED);
+    for count in ["lost", "aborted_reads", "torn", "duplicates"] {
+        assert_eq!(report[count], 0, "{count}: {report:#}");
+    }
+    assert!(
+        report["txns_committed"].as_u64().unwrap() >= 100,
+        "{report:#}"
+    );
+    assert!(report["txns_aborted"].as_u64().unwrap() >= 10, "{report:#}");
+    assert!(report["faults"].as_u64().unwrap() >= 5, "{report:#}");
+    assert!(
+        report["faults_by_kind"]["kill"].as_u64().unwrap() >= 2,
+        "{report:#}"
+    );
+    assert_eq!(report["crashes"], serde_json::json!([]), "{report:#}");
+    eprintln!("bounded txn run: {:?}", started.elapsed());
 }
