@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of rill with real Kafka clients: confluent-kafka and
 # kafka-python (pytest), and kafkajs (node --test: kafkajs.test.mjs, groups.test.mjs,
-# cluster.test.mjs).
+# cluster.test.mjs, transactions.test.mjs).
 #
 #   tests/clients/run.sh            # both suites
 #   tests/clients/run.sh python     # one suite
@@ -44,7 +44,7 @@ for s in "${suites[@]}"; do
       ;;
     node)
       echo "== client tests: node (kafkajs)"
-      (cd "$here/node" && node --test --test-concurrency=1 kafkajs.test.mjs groups.test.mjs cluster.test.mjs) || status=1
+      (cd "$here/node" && node --test --test-concurrency=1 kafkajs.test.mjs groups.test.mjs cluster.test.mjs transactions.test.mjs) || status=1
       ;;
   esac
 done
