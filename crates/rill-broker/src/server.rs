@@ -815,7 +815,17 @@ async fn log_cleaner(broker: Arc<Broker>, shutdown: CancellationToken) {
     loop {
         let worker = Arc::clone(&broker);
         let round = tokio::task::spawn_blocking(move || {
-            worker.replicas.logs().clean_dirtiest(dedupe_buffer_bytes)
+            let replicas = &worker.replicas;
+            // Nothing at or past a partition's last stable offset is
+            // cleaned: no open transaction, nothing above the high
+            // watermark.
+            replicas
+                .logs()
+                .clean_dirtiest(dedupe_buffer_bytes, |tp, log| {
+                    replicas
+                        .get(tp.topic.as_str(), tp.partition)
+                        .map_or_else(|| log.high_watermark(), |p| p.last_stable_offset())
+                })
         })
         .await;
         let cleaned = match round {

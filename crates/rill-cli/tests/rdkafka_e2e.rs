@@ -925,10 +925,15 @@ fn delete_records_moves_the_log_start() {
 }
 
 /// Reads partition 0 of `topic` from its start up to its high watermark,
-/// allowing the gaps compaction leaves; returns (key, value) in order.
-fn read_compacted(broker: &Broker, topic: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+/// allowing the gaps compaction leaves, at `isolation.level`; returns
+/// (key, value) in order. The last record must be a data record.
+fn read_compacted(
+    broker: &Broker,
+    topic: &str,
+    isolation: &str,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let (_, high) = watermarks(broker, topic, 0);
-    let consumer = consumer(broker, &[]);
+    let consumer = consumer(broker, &[("isolation.level", isolation)]);
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, 0, Offset::Beginning)
@@ -1009,13 +1014,13 @@ fn the_log_cleaner_removes_overwritten_values_within_seconds() {
     latest.push((b"last".to_vec(), Some(b"x".to_vec())));
     let started = Instant::now();
     let compacted = poll_until(Duration::from_secs(20), || {
-        let read = read_compacted(&broker, topic);
+        let read = read_compacted(&broker, topic, "read_committed");
         (read == latest).then_some(read)
     })
     .unwrap_or_else(|| {
         panic!(
             "overwritten values were still readable after 20 s: {:?}",
-            read_compacted(&broker, topic)
+            read_compacted(&broker, topic, "read_committed")
         )
     });
     assert_eq!(compacted, latest);
@@ -1027,6 +1032,83 @@ fn the_log_cleaner_removes_overwritten_values_within_seconds() {
             .any(|line| line.starts_with("rill_log_cleaner_runs_total{result=\"ok\"}")),
         "{metrics}"
     );
+}
+
+/// The log cleaner understands transactions, as Kafka's: records of
+/// aborted transactions are removed (a read_uncommitted consumer no longer
+/// sees them), records of committed ones are deduplicated like any others,
+/// and the markers stay, so read_committed consumers read through.
+#[test]
+fn the_log_cleaner_removes_aborted_and_superseded_transactional_records() {
+    let broker = Broker::start_new_with_args(&["--log-cleaner-backoff-ms", "100"]);
+    let topic = "compacted-txn";
+    create_topic_with(
+        &broker,
+        topic,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("max.compaction.lag.ms", "100"),
+            ("segment.bytes", "200"),
+            ("segment.ms", "100"),
+        ],
+    );
+    let producer = producer(
+        &broker,
+        &[
+            ("linger.ms", "0"),
+            ("enable.idempotence", "true"),
+            ("transactional.id", "compaction-e2e"),
+        ],
+    );
+    producer
+        .init_transactions(CLIENT_TIMEOUT)
+        .expect("init transactions");
+    let keys = 5;
+    let rounds = [
+        ("committed-0", true),
+        ("aborted-1", false),
+        ("committed-2", true),
+        ("aborted-3", false),
+    ];
+    for (value, commit) in rounds {
+        producer.begin_transaction().expect("begin a transaction");
+        let records: Vec<Record> = (0..keys)
+            .map(|k| Record {
+                key: Some(format!("k{k}").into_bytes()),
+                ..Record::value(value)
+            })
+            .collect();
+        expect_delivered(produce_all(&producer, topic, Some(0), &records));
+        if commit {
+            producer.commit_transaction(CLIENT_TIMEOUT).expect("commit");
+        } else {
+            producer.abort_transaction(CLIENT_TIMEOUT).expect("abort");
+        }
+    }
+    // A plain record after the last marker rolls it out of the active
+    // segment, and ends the reads.
+    let plain = self::producer(&broker, &[("linger.ms", "0")]);
+    let last = Record {
+        key: Some(b"last".to_vec()),
+        ..Record::value("x")
+    };
+    expect_delivered(produce_all(&plain, topic, Some(0), &[last]));
+    let mut latest: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..keys)
+        .map(|k| (format!("k{k}").into_bytes(), Some(b"committed-2".to_vec())))
+        .collect();
+    latest.push((b"last".to_vec(), Some(b"x".to_vec())));
+    poll_until(Duration::from_secs(20), || {
+        (read_compacted(&broker, topic, "read_uncommitted") == latest).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "aborted or superseded records were still readable after 20 s: {:?}",
+            read_compacted(&broker, topic, "read_uncommitted")
+        )
+    });
+    assert_eq!(read_compacted(&broker, topic, "read_committed"), latest);
 }
 
 #[test]

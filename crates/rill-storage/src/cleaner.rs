@@ -23,11 +23,20 @@
 //! until `delete.retention.ms` past their batch's timestamp, so that a
 //! consumer reading more slowly than that still sees the deletion.
 //!
-//! Control batches and transactional batches are kept as they are (Kafka
-//! drops aborted records and, later, markers; keeping them is always
-//! safe, since read_committed consumers skip aborted records by the
-//! index). A cleaned segment keeps its base offset and every marker, so its
-//! `.txnindex` stays as it was.
+//! Transactions: a pass cleans only below the partition's *last stable
+//! offset* (which its caller gives), so every transactional batch it sees
+//! belongs to a transaction that has ended; the log's aborted-transaction
+//! index says which ended in an abort. Records of committed transactions
+//! are deduplicated as any others (and supersede older values); records of
+//! aborted ones are removed and never supersede anything. A transactional
+//! batch left without records stays as an empty batch, and every control
+//! batch (commit or abort marker) stays as it is: a producer state rebuilt
+//! from the log (after a crash, from a snapshot older than the cleaned
+//! range) still finds each transaction opened and closed, and keeps each
+//! producer's epoch and last sequence. Kafka goes further and removes a
+//! marker whose transaction has no data left once `delete.retention.ms`
+//! has passed; rill keeps markers (a few dozen bytes each), so a cleaned
+//! segment keeps its `.txnindex` as it was.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,6 +51,7 @@ use crate::error::{CorruptBatch, Result, StorageError};
 use crate::log::{ClosedSegment, Log, SegmentSummary};
 use crate::records::{self, BatchBuilder};
 use crate::segment::{self, BatchCursor, CursorError, CLEANED_SUFFIX, LOG_SUFFIX};
+use crate::txn::AbortedTxn;
 
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -55,6 +65,8 @@ pub struct CleanerStats {
     pub records_read: u64,
     pub records_kept: u64,
     pub tombstones_dropped: u64,
+    /// Records of aborted transactions removed.
+    pub aborted_records_dropped: u64,
     /// Bytes of the segments the pass went through (rewritten or not).
     pub bytes_read: u64,
     pub bytes_before: u64,
@@ -70,8 +82,9 @@ pub struct CleanerStats {
 pub struct Dirtiness {
     /// Below this every key was deduplicated by an earlier pass.
     pub first_dirty_offset: i64,
-    /// A pass stops here: the active segment's base, or the first dirty
-    /// segment holding a record newer than `min.compaction.lag.ms`.
+    /// A pass stops here: the active segment's base, the last stable
+    /// offset, or the first dirty segment holding a record newer than
+    /// `min.compaction.lag.ms`, whichever comes first.
     pub first_uncleanable_offset: i64,
     /// Bytes of the closed segments wholly below `first_dirty_offset`.
     pub clean_bytes: u64,
@@ -84,23 +97,26 @@ pub struct Dirtiness {
 }
 
 impl Dirtiness {
-    /// Judges a log from its closed segments (in offset order), as of `now_ms`.
+    /// Judges a log from its closed segments (in offset order), as of
+    /// `now_ms`, cleaning nothing at or past `stable_offset`.
     pub(crate) fn of(
         segments: &[SegmentSummary],
         first_dirty_offset: i64,
         active_base_offset: i64,
+        stable_offset: i64,
         config: &LogConfig,
         now_ms: i64,
     ) -> Self {
         let lag_horizon_ms = now_ms.saturating_sub(config.min_compaction_lag_ms);
-        let mut first_uncleanable_offset = active_base_offset;
+        let mut first_uncleanable_offset = active_base_offset.min(stable_offset);
         if config.min_compaction_lag_ms > 0 {
             if let Some(young) = segments
                 .iter()
                 .filter(|s| s.next_offset > first_dirty_offset)
                 .find(|s| s.max_timestamp > lag_horizon_ms)
             {
-                first_uncleanable_offset = young.base_offset.max(first_dirty_offset);
+                first_uncleanable_offset =
+                    first_uncleanable_offset.min(young.base_offset.max(first_dirty_offset));
             }
         }
         let mut clean_bytes = 0;
@@ -109,7 +125,13 @@ impl Dirtiness {
         for s in segments {
             if s.next_offset <= first_dirty_offset {
                 clean_bytes += s.size;
-            } else if s.base_offset < first_uncleanable_offset {
+            } else if s.base_offset < first_uncleanable_offset
+                && first_dirty_offset < first_uncleanable_offset
+            {
+                // The segment overlaps `[first_dirty, first_uncleanable)`;
+                // one straddling the cleaner's point with nothing cleanable
+                // after it is not counted, or the cleaner would take the
+                // log again and again with nothing to do.
                 cleanable_bytes += s.size;
                 if s.first_timestamp >= 0 {
                     oldest_dirty_ms = Some(
@@ -200,9 +222,43 @@ impl KeyMap {
     }
 }
 
+/// The aborted transactions below a pass's end, by producer: a
+/// transactional batch is aborted when its producer's transaction that
+/// spans it (first offset to marker) is one of them. A producer has at
+/// most one transaction open at a time, so the spans of one producer never
+/// overlap.
+#[derive(Debug, Default)]
+struct AbortedRanges(HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    fn new(txns: Vec<AbortedTxn>) -> Self {
+        let mut ranges = Self::default();
+        for txn in txns {
+            ranges
+                .0
+                .entry(txn.producer_id)
+                .or_default()
+                .push((txn.first_offset, txn.last_offset));
+        }
+        ranges
+    }
+
+    fn contains(&self, header: &BatchHeader) -> bool {
+        header.is_transactional()
+            && !header.is_control()
+            && self.0.get(&header.producer_id).is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|&(first, last)| first <= header.base_offset && header.base_offset <= last)
+            })
+    }
+}
+
 impl Log {
-    /// How dirty the log is now; `None` unless its policy is compact.
-    pub fn dirtiness(&self) -> Option<Dirtiness> {
+    /// How dirty the log is now, cleaning nothing at or past
+    /// `stable_offset` (the partition's last stable offset); `None` unless
+    /// its policy is compact.
+    pub fn dirtiness(&self, stable_offset: i64) -> Option<Dirtiness> {
         let config = self.config();
         if !config.cleanup_policy.compact {
             return None;
@@ -212,25 +268,33 @@ impl Log {
             &segments,
             first_dirty_offset,
             active_base_offset,
+            stable_offset,
             &config,
             self.clock_now_ms(),
         ))
     }
 
-    /// Compacts all the closed segments (whatever the cleaner cleaned
-    /// before), if the log's policy says so.
-    pub fn compact(&self) -> Result<CleanerStats> {
-        self.clean_pass(true, DEDUPE_BUFFER_BYTES_DEFAULT)
+    /// Compacts all the closed segments below `stable_offset` (whatever
+    /// the cleaner cleaned before), if the log's policy says so.
+    pub fn compact(&self, stable_offset: i64) -> Result<CleanerStats> {
+        self.clean_pass(true, DEDUPE_BUFFER_BYTES_DEFAULT, stable_offset)
     }
 
     /// One pass of the log cleaner: deduplicates the dirty tail (as far as
-    /// a key map of `dedupe_buffer_bytes` covers) against everything before
-    /// it, and moves the cleaner's point past what it covered.
-    pub fn clean(&self, dedupe_buffer_bytes: u64) -> Result<CleanerStats> {
-        self.clean_pass(false, dedupe_buffer_bytes)
+    /// a key map of `dedupe_buffer_bytes` covers, and never at or past
+    /// `stable_offset`, the partition's last stable offset) against
+    /// everything before it, and moves the cleaner's point past what it
+    /// covered.
+    pub fn clean(&self, dedupe_buffer_bytes: u64, stable_offset: i64) -> Result<CleanerStats> {
+        self.clean_pass(false, dedupe_buffer_bytes, stable_offset)
     }
 
-    fn clean_pass(&self, from_start: bool, dedupe_buffer_bytes: u64) -> Result<CleanerStats> {
+    fn clean_pass(
+        &self,
+        from_start: bool,
+        dedupe_buffer_bytes: u64,
+        stable_offset: i64,
+    ) -> Result<CleanerStats> {
         let config = self.config();
         let mut stats = CleanerStats::default();
         if !config.cleanup_policy.compact {
@@ -251,6 +315,7 @@ impl Log {
             &summaries,
             first_dirty_offset,
             view.active_base_offset,
+            stable_offset,
             &config,
             now_ms,
         );
@@ -259,9 +324,12 @@ impl Log {
         if dirtiness.cleanable_bytes == 0 {
             return Ok(stats);
         }
+        // Below `uncleanable` every transaction has ended; these aborted.
+        let aborted = AbortedRanges::new(self.aborted_txns(i64::MIN, uncleanable));
 
         // Pass 1: the latest offset of every key in the dirty tail, until
-        // the map is full.
+        // the map is full. Markers carry no keys, and aborted records
+        // supersede nothing.
         let mut latest = KeyMap::new(dedupe_buffer_bytes);
         let mut end_offset = uncleanable;
         for seg in segments
@@ -275,7 +343,7 @@ impl Log {
                 let last_offset = header.base_offset + i64::from(header.last_offset_delta);
                 if last_offset < first_dirty_offset
                     || header.is_control()
-                    || header.is_transactional()
+                    || aborted.contains(header)
                 {
                     return Ok(ControlFlow::Continue(()));
                 }
@@ -308,19 +376,24 @@ impl Log {
             let mut out = Vec::with_capacity(size as usize);
             let mut changed = false;
             for_each_batch(seg, |header, bytes| {
-                if header.is_control() || header.is_transactional() {
+                if header.is_control() || header.base_offset >= end_offset {
                     out.extend_from_slice(bytes);
                     return Ok(ControlFlow::Continue(()));
                 }
                 let all = records::decode_records(bytes)?;
                 let read = all.len();
                 let keep_tombstones = header.max_timestamp >= tombstone_horizon;
+                let is_aborted = aborted.contains(header);
                 let mut kept = Vec::with_capacity(all.len());
                 for record in all {
                     let offset = header.base_offset + i64::from(record.offset_delta);
                     if offset >= end_offset {
                         // Past what the key map covered: the next pass's.
                         kept.push(record);
+                        continue;
+                    }
+                    if is_aborted {
+                        stats.aborted_records_dropped += 1;
                         continue;
                     }
                     let Some(key) = &record.key else { continue };
@@ -338,8 +411,9 @@ impl Log {
                 if kept.len() == read {
                     out.extend_from_slice(bytes);
                 } else if !kept.is_empty() || header.producer_id >= 0 {
-                    // An emptied batch of an idempotent producer is kept as
-                    // an empty batch so its sequence state survives.
+                    // An emptied batch of an idempotent or transactional
+                    // producer is kept as an empty batch, so that its
+                    // sequence state and its transaction's start survive.
                     out.extend_from_slice(&rebuild(header, kept)?);
                     changed = true;
                 } else {
@@ -465,20 +539,23 @@ mod tests {
             segment(20, 30, 200, 3),
         ];
         // Cleaned below 20: 200 clean bytes, 200 dirty.
-        let d = Dirtiness::of(&segments, 20, 30, &config, 10);
+        let d = Dirtiness::of(&segments, 20, 30, i64::MAX, &config, 10);
         assert_eq!((d.clean_bytes, d.cleanable_bytes), (200, 200));
         assert_eq!(d.dirty_ratio(), 0.5);
         assert!(!d.needs_cleaning(), "Kafka cleans only strictly above");
         // Never cleaned: everything is dirty.
-        let d = Dirtiness::of(&segments, 0, 30, &config, 10);
+        let d = Dirtiness::of(&segments, 0, 30, i64::MAX, &config, 10);
         assert_eq!(d.dirty_ratio(), 1.0);
         assert!(d.needs_cleaning());
         // All cleaned: nothing to do.
-        let d = Dirtiness::of(&segments, 30, 30, &config, 10);
+        let d = Dirtiness::of(&segments, 30, 30, i64::MAX, &config, 10);
         assert_eq!(d.dirty_ratio(), 0.0);
         assert!(!d.needs_cleaning());
         // No closed segments at all.
-        assert_eq!(Dirtiness::of(&[], 0, 0, &config, 10).dirty_ratio(), 0.0);
+        assert_eq!(
+            Dirtiness::of(&[], 0, 0, i64::MAX, &config, 10).dirty_ratio(),
+            0.0
+        );
     }
 
     #[test]
@@ -495,19 +572,42 @@ mod tests {
             segment(20, 30, 100, 950),
         ];
         // At 1000 the third segment is younger than the min lag.
-        let d = Dirtiness::of(&segments, 10, 30, &config, 1000);
+        let d = Dirtiness::of(&segments, 10, 30, i64::MAX, &config, 1000);
         assert_eq!(d.first_uncleanable_offset, 20);
         assert_eq!((d.clean_bytes, d.cleanable_bytes), (100, 100));
         assert!(!d.compaction_due, "its oldest dirty record is 500 ms old");
         assert!(!d.needs_cleaning(), "a ratio of 0.5 is below 0.9");
         // At 1501 the oldest dirty record is past the max lag.
-        let d = Dirtiness::of(&segments, 10, 30, &config, 1501);
+        let d = Dirtiness::of(&segments, 10, 30, i64::MAX, &config, 1501);
         assert_eq!(d.first_uncleanable_offset, 30);
         assert!(d.compaction_due);
         assert!(d.needs_cleaning());
         // A log with nothing cleanable is never due.
-        let d = Dirtiness::of(&segments, 30, 30, &config, 100_000);
+        let d = Dirtiness::of(&segments, 30, 30, i64::MAX, &config, 100_000);
         assert!(!d.compaction_due);
+    }
+
+    #[test]
+    fn nothing_at_or_past_the_stable_offset_is_cleanable() {
+        let config = LogConfig {
+            cleanup_policy: crate::CleanupPolicy::COMPACT,
+            ..LogConfig::default()
+        };
+        let segments = [segment(0, 10, 100, 1), segment(10, 20, 100, 2)];
+        // An open transaction at 15: the second segment is cut there.
+        let d = Dirtiness::of(&segments, 0, 20, 15, &config, 10);
+        assert_eq!(d.first_uncleanable_offset, 15);
+        assert_eq!(d.cleanable_bytes, 200);
+        // Once cleaned up to 15, the segment straddling it has nothing
+        // cleanable left until the transaction ends.
+        let d = Dirtiness::of(&segments, 15, 20, 15, &config, 10);
+        assert_eq!(d.cleanable_bytes, 0);
+        assert!(!d.needs_cleaning());
+        let d = Dirtiness::of(&segments, 15, 20, 20, &config, 10);
+        assert_eq!(d.cleanable_bytes, 100);
+        // A stable offset below the cleaner's point cleans nothing either.
+        let d = Dirtiness::of(&segments, 15, 20, 5, &config, 10);
+        assert_eq!(d.cleanable_bytes, 0);
     }
 
     #[test]

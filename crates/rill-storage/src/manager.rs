@@ -311,8 +311,15 @@ impl LogManager {
     /// the dirtiest that needs it (see [`crate::Dirtiness::needs_cleaning`]) with a
     /// key map of at most `dedupe_buffer_bytes`. A log whose pass fails (a
     /// corrupt batch the cleaner cannot read, a full disk) is reported in
-    /// the round and not taken again (see `uncleanable`).
-    pub fn clean_dirtiest(&self, dedupe_buffer_bytes: u64) -> CleanerRound {
+    /// the round and not taken again (see `uncleanable`). `stable_offset`
+    /// gives each log's last stable offset (the partition's, which its
+    /// replica knows): nothing at or past it is cleaned, so that no open
+    /// transaction and nothing above the high watermark is.
+    pub fn clean_dirtiest(
+        &self,
+        dedupe_buffer_bytes: u64,
+        stable_offset: impl Fn(&TopicPartition, &Log) -> i64,
+    ) -> CleanerRound {
         let uncleanable = self
             .uncleanable
             .lock()
@@ -322,12 +329,13 @@ impl LogManager {
             uncleanable_partitions: uncleanable.len(),
             ..CleanerRound::default()
         };
-        let mut dirtiest: Option<(TopicPartition, Arc<Log>, f64)> = None;
+        let mut dirtiest: Option<(TopicPartition, Arc<Log>, i64, f64)> = None;
         for (tp, log) in self.snapshot() {
             if uncleanable.contains(&tp) {
                 continue;
             }
-            let Some(dirtiness) = log.dirtiness() else {
+            let stable = stable_offset(&tp, &log);
+            let Some(dirtiness) = log.dirtiness(stable) else {
                 continue;
             };
             let ratio = dirtiness.dirty_ratio();
@@ -338,12 +346,12 @@ impl LogManager {
             // Logs due by max.compaction.lag.ms count as fully dirty, so
             // that a clean but overdue log is not starved by dirtier ones.
             let rank = if dirtiness.compaction_due { 2.0 } else { ratio };
-            if dirtiest.as_ref().is_none_or(|(_, _, best)| rank > *best) {
-                dirtiest = Some((tp, log, rank));
+            if dirtiest.as_ref().is_none_or(|(_, _, _, best)| rank > *best) {
+                dirtiest = Some((tp, log, stable, rank));
             }
         }
-        if let Some((tp, log, _)) = dirtiest {
-            let result = log.clean(dedupe_buffer_bytes);
+        if let Some((tp, log, stable, _)) = dirtiest {
+            let result = log.clean(dedupe_buffer_bytes, stable);
             if let Err(error) = &result {
                 warn!(topic = %tp.topic, partition = tp.partition, %error, "cleaning this log failed; the cleaner leaves it alone from now on");
                 self.uncleanable

@@ -1257,7 +1257,7 @@ fn compaction_keeps_the_latest_value_per_key_with_offsets_unchanged() {
     put(&log, "a", Some("4"), ts);
     put(&log, "d", Some("1"), ts);
     let (_, active_before) = read_all_from(&log, 6);
-    let stats = log.compact().unwrap();
+    let stats = log.compact(i64::MAX).unwrap();
     assert!(stats.segments_cleaned >= 1, "{stats:?}");
     let s = |x: &str| x.to_string();
     assert_eq!(
@@ -1281,7 +1281,7 @@ fn compaction_keeps_the_latest_value_per_key_with_offsets_unchanged() {
         batch::check(&b).unwrap();
     }
     // A second pass finds nothing to do.
-    assert_eq!(log.compact().unwrap().segments_cleaned, 0);
+    assert_eq!(log.compact(i64::MAX).unwrap().segments_cleaned, 0);
     // Survives a clean reopen, and a crash reopen that rescans everything.
     let expected = kv(&log);
     let bytes = read_all(&log);
@@ -1310,7 +1310,7 @@ fn compaction_drops_tombstones_only_after_delete_retention_ms() {
     let s = |x: &str| x.to_string();
     // The tombstone's batch is delete.retention.ms old at t + 1010.
     h.clock.set_ms(t + 1010);
-    log.compact().unwrap();
+    log.compact(i64::MAX).unwrap();
     assert_eq!(
         kv(&log),
         vec![
@@ -1320,7 +1320,7 @@ fn compaction_drops_tombstones_only_after_delete_retention_ms() {
         ]
     );
     h.clock.set_ms(t + 1011);
-    let stats = log.compact().unwrap();
+    let stats = log.compact(i64::MAX).unwrap();
     assert_eq!(stats.tombstones_dropped, 1, "{stats:?}");
     assert_eq!(
         kv(&log),
@@ -1354,7 +1354,7 @@ fn the_cleaner_cleans_only_as_far_as_its_key_map_reaches() {
     // Room for two keys: the map covers offsets 0..2, so only k0 and k1's
     // first values can go, and nothing of k2, k3.
     let two_keys = 2 * (2 + 48);
-    let stats = log.clean(two_keys).unwrap();
+    let stats = log.clean(two_keys, i64::MAX).unwrap();
     assert!(stats.key_map_full, "{stats:?}");
     assert_eq!(stats.end_offset, 2);
     assert_eq!(
@@ -1363,29 +1363,29 @@ fn the_cleaner_cleans_only_as_far_as_its_key_map_reaches() {
         "the map saw only the first values: nothing superseded yet"
     );
     // The next passes go on from offset 2 and finish the tail.
-    let stats = log.clean(two_keys).unwrap();
+    let stats = log.clean(two_keys, i64::MAX).unwrap();
     assert_eq!(stats.end_offset, 4);
-    let stats = log.clean(two_keys).unwrap();
+    let stats = log.clean(two_keys, i64::MAX).unwrap();
     assert_eq!(stats.end_offset, 6);
     assert_eq!(
         kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
         vec![2, 3, 4, 5, 6, 7],
         "k0 and k1's second values cover their first"
     );
-    let stats = log.clean(two_keys).unwrap();
+    let stats = log.clean(two_keys, i64::MAX).unwrap();
     assert_eq!(stats.end_offset, 8);
     assert!(!stats.key_map_full);
     assert_eq!(
         kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
         vec![4, 5, 6, 7]
     );
-    assert_eq!(log.dirtiness().unwrap().cleanable_bytes, 0);
+    assert_eq!(log.dirtiness(i64::MAX).unwrap().cleanable_bytes, 0);
     // A map with room for all keys cleans the tail in one pass.
     for k in 0..4 {
         put(&log, &format!("k{k}"), Some("2"), START_MS);
     }
     log.roll().unwrap();
-    let stats = log.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+    let stats = log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX).unwrap();
     assert_eq!(stats.end_offset, 12);
     assert_eq!(
         kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -1407,13 +1407,13 @@ fn the_cleaner_leaves_records_younger_than_min_compaction_lag() {
     log.roll().unwrap();
     h.clock.set_ms(START_MS + 1000);
     // Only the first segment is old enough; alone it supersedes nothing.
-    let dirtiness = log.dirtiness().unwrap();
+    let dirtiness = log.dirtiness(i64::MAX).unwrap();
     assert_eq!(dirtiness.first_uncleanable_offset, 1);
-    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX).unwrap();
     assert_eq!(kv(&log).len(), 3);
     // Once the second is old enough, it covers the first; the third is not.
     h.clock.set_ms(START_MS + 1600);
-    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX).unwrap();
     assert_eq!(kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
 }
 
@@ -1423,7 +1423,7 @@ fn compaction_does_nothing_under_delete_policy_or_without_closed_segments() {
     put(&log, "a", Some("1"), 1);
     put(&log, "a", Some("2"), 2);
     assert_eq!(
-        log.compact().unwrap().segments_cleaned,
+        log.compact(i64::MAX).unwrap().segments_cleaned,
         0,
         "only the active segment"
     );
@@ -1432,7 +1432,7 @@ fn compaction_does_nothing_under_delete_policy_or_without_closed_segments() {
     put(&log, "a", Some("1"), 1);
     put(&log, "a", Some("2"), 2);
     log.roll().unwrap();
-    assert_eq!(log.compact().unwrap().segments_cleaned, 0);
+    assert_eq!(log.compact(i64::MAX).unwrap().segments_cleaned, 0);
     assert_eq!(offsets(&read_all(&log)), vec![0, 1]);
 }
 
@@ -1451,7 +1451,7 @@ fn compaction_keeps_records_of_multi_record_batches_in_place() {
     append(&log, &[batch_of(&[(Some(b"y"), Some(b"2"), 4)])], 4);
     log.roll().unwrap();
     put(&log, "q", Some("1"), 5);
-    log.compact().unwrap();
+    log.compact(i64::MAX).unwrap();
     let bytes = read_all(&log);
     let batches = split_batches(&bytes);
     let first = header(&batches[0]);
@@ -1631,7 +1631,7 @@ fn a_closed_log_refuses_every_operation() {
     );
     expect_closed(log.delete_before(1), "delete_before");
     expect_closed(log.apply_retention(), "apply_retention");
-    expect_closed(log.compact(), "compact");
+    expect_closed(log.compact(i64::MAX), "compact");
     expect_closed(log.roll(), "roll");
     // Offsets are still answered.
     assert_eq!(log.log_end_offset(), 6);
@@ -1790,7 +1790,7 @@ fn compaction_keeps_log_append_time_and_crc() {
     put(&log, "b", Some("2"), 4);
     log.roll().unwrap();
     put(&log, "c", Some("1"), 5);
-    log.compact().unwrap();
+    log.compact(i64::MAX).unwrap();
     let bytes = read_all(&log);
     let batches = split_batches(&bytes);
     let first = batch::check(&batches[0]).unwrap();
@@ -1828,7 +1828,7 @@ fn compaction_rewrites_compressed_batches_with_their_codec() {
         put(&log, "c", Some("2"), START_MS);
         log.roll().unwrap();
         put(&log, "z", Some("1"), START_MS);
-        log.compact().unwrap();
+        log.compact(i64::MAX).unwrap();
         let bytes = read_all(&log);
         let batches = split_batches(&bytes);
         let first = header(&batches[0]);
@@ -1868,7 +1868,7 @@ fn compaction_keeps_emptied_batches_of_idempotent_producers() {
     put(&log, "b", Some("2"), START_MS);
     log.roll().unwrap();
     put(&log, "z", Some("1"), START_MS);
-    log.compact().unwrap();
+    log.compact(i64::MAX).unwrap();
     let headers = log.batch_headers(0, i64::MAX).unwrap();
     let first = headers[0];
     assert_eq!(
@@ -1900,7 +1900,7 @@ fn compaction_keeps_emptied_batches_of_idempotent_producers() {
 }
 
 #[test]
-fn compaction_leaves_transactional_and_control_batches_alone() {
+fn compaction_empties_a_superseded_committed_batch_and_keeps_its_marker() {
     let (_h, log) = harness(compact_config());
     let mut txn = BatchBuilder::new();
     txn.producer_id = 7;
@@ -1921,12 +1921,23 @@ fn compaction_leaves_transactional_and_control_batches_alone() {
     put(&log, "a", Some("2"), START_MS);
     log.roll().unwrap();
     put(&log, "z", Some("1"), START_MS);
-    log.compact().unwrap();
+    log.compact(i64::MAX).unwrap();
     let stored = split_batches(&read_all(&log));
     assert_eq!(stored.len(), 4);
     assert_eq!(header(&stored[0]).base_offset, 0);
-    assert!(header(&stored[0]).is_transactional());
-    assert_eq!(stored[0][batch::MAGIC_AT..], txn[batch::MAGIC_AT..]);
+    // The committed "a" = 1 is superseded by "a" = 2: its batch stays,
+    // empty, with its producer fields, for the producer state.
+    let emptied = header(&stored[0]);
+    assert!(emptied.is_transactional());
+    assert_eq!(emptied.record_count, 0);
+    assert_eq!(
+        (
+            emptied.producer_id,
+            emptied.base_sequence,
+            emptied.last_offset_delta
+        ),
+        (7, 0, 0)
+    );
     assert!(header(&stored[1]).is_control());
     assert_eq!(stored[1][batch::MAGIC_AT..], marker[batch::MAGIC_AT..]);
 }
@@ -2073,7 +2084,8 @@ mod manager {
 
         let mut errors = Vec::new();
         for _ in 0..10 {
-            let round = manager.clean_dirtiest(rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT);
+            let round =
+                manager.clean_dirtiest(rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
             match round.cleaned {
                 None => break,
                 Some((tp, Err(error))) => errors.push((tp, error)),
@@ -2083,7 +2095,12 @@ mod manager {
         assert_eq!(errors.len(), 1, "{errors:?}");
         let (failed, error) = errors.remove(0);
         assert_eq!(failed, damaged);
-        assert_eq!(manager.clean_dirtiest(1 << 20).uncleanable_partitions, 1);
+        assert_eq!(
+            manager
+                .clean_dirtiest(1 << 20, |_, _| i64::MAX)
+                .uncleanable_partitions,
+            1
+        );
         match &error {
             StorageError::CorruptLog { path, position, .. } => {
                 assert_eq!(path, &first_segment);
@@ -2264,13 +2281,13 @@ mod manager {
             checkpoint_lines(dir.path(), "log-start-offset-checkpoint"),
             vec!["events 0 2", "events 1 0"]
         );
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT);
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
         assert_eq!(round.max_dirty_ratio, 1.0);
         let (cleaned, stats) = round.cleaned.unwrap();
         assert_eq!(cleaned, tp(1));
         assert_eq!(stats.unwrap().segments_cleaned, 1);
         assert_eq!(offsets(&read_all(&compact)), vec![1]);
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT);
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
         assert_eq!(round.max_dirty_ratio, 0.0);
         assert!(round.cleaned.is_none(), "nothing dirty is left");
     }
@@ -2298,7 +2315,9 @@ mod manager {
             put(&quarter, key, Some("1"), START_MS);
             quarter.roll().unwrap();
         }
-        quarter.clean(DEDUPE_BUFFER_BYTES_DEFAULT).unwrap();
+        quarter
+            .clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX)
+            .unwrap();
         put(&quarter, "a", Some("2"), START_MS);
         quarter.roll().unwrap();
         // Never cleaned: ratio 1, but its minimum is 1 (strictly above, as
@@ -2308,30 +2327,30 @@ mod manager {
             .unwrap();
         put(&whole, "a", Some("1"), START_MS);
         whole.roll().unwrap();
-        let dirtiness = quarter.dirtiness().unwrap();
+        let dirtiness = quarter.dirtiness(i64::MAX).unwrap();
         assert_eq!(dirtiness.dirty_ratio(), 0.25);
         assert!(!dirtiness.needs_cleaning());
-        assert!(!whole.dirtiness().unwrap().needs_cleaning());
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT);
+        assert!(!whole.dirtiness(i64::MAX).unwrap().needs_cleaning());
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
         assert_eq!(round.max_dirty_ratio, 1.0);
         assert!(round.cleaned.is_none());
 
         // A lower minimum makes the quarter-dirty log cleanable.
         quarter.set_config(config(0.2, i64::MAX)).unwrap();
         let (cleaned, _) = manager
-            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT)
+            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX)
             .cleaned
             .unwrap();
         assert_eq!(cleaned, tp(0));
-        assert_eq!(quarter.dirtiness().unwrap().dirty_ratio(), 0.0);
+        assert_eq!(quarter.dirtiness(i64::MAX).unwrap().dirty_ratio(), 0.0);
 
         // max.compaction.lag.ms passed: cleaned whatever the ratio says.
         whole.set_config(config(1.0, 1000)).unwrap();
-        assert!(!whole.dirtiness().unwrap().compaction_due);
+        assert!(!whole.dirtiness(i64::MAX).unwrap().compaction_due);
         clock.set_ms(START_MS + 1001);
-        assert!(whole.dirtiness().unwrap().compaction_due);
+        assert!(whole.dirtiness(i64::MAX).unwrap().compaction_due);
         let (cleaned, _) = manager
-            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT)
+            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX)
             .cleaned
             .unwrap();
         assert_eq!(cleaned, tp(1));

@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 
 use common::*;
 use rill_storage::batch::BatchHeader;
@@ -284,50 +283,154 @@ fn open_removes_indexes_without_a_segment_and_unfinished_rewrites() {
     assert_eq!(log.aborted_txns(0, i64::MAX), all);
 }
 
-#[test]
-fn compaction_keeps_markers_transactional_batches_and_the_index() {
-    let h = Harness::new(LogConfig {
+/// A transactional batch of one record.
+fn txn_record(producer_id: i64, seq: i32, key: &str, value: &str) -> Vec<u8> {
+    let mut builder = BatchBuilder::new();
+    builder.producer_id = producer_id;
+    builder.producer_epoch = 0;
+    builder.base_sequence = seq;
+    builder.is_transactional = true;
+    builder.push(Some(key.as_bytes()), Some(value.as_bytes()), START_MS);
+    builder.build()
+}
+
+fn plain_record(log: &Log, key: &str, value: &str) -> i64 {
+    let mut bytes = batch_of(&[(Some(key.as_bytes()), Some(value.as_bytes()), START_MS)]);
+    log.append(&mut bytes, 0).unwrap().base_offset
+}
+
+/// The (key, value) of every data record left in the log, in offset order.
+fn key_values(log: &Log) -> Vec<(String, String)> {
+    let data: Vec<u8> = split_batches(&read_all(log))
+        .into_iter()
+        .filter(|b| !header(b).is_control())
+        .flatten()
+        .collect();
+    decode_all(&data)
+        .into_iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.unwrap()).unwrap(),
+                String::from_utf8(r.value.unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn compacted_config() -> LogConfig {
+    LogConfig {
         cleanup_policy: CleanupPolicy::COMPACT,
         delete_retention_ms: 1000,
         segment_bytes: 300,
         ..small_config()
-    });
+    }
+}
+
+#[test]
+fn compaction_drops_aborted_records_dedupes_committed_ones_and_keeps_markers() {
+    let h = Harness::new(compacted_config());
     let log = h.open();
     let mut state = new_state();
-    let all = interleaved(&log, &mut state);
-    // Overwrite the keys so that the cleaner has something to do.
-    for _ in 0..6 {
-        log.append(&mut simple_batch(2, START_MS), 0).unwrap();
-    }
+    plain_record(&log, "a", "plain-1");
+    // An aborted value never supersedes the older plain one.
+    produce(&log, &mut state, txn_record(1, 0, "a", "aborted"));
+    produce(&log, &mut state, txn_record(1, 1, "z", "aborted"));
+    let abort = end_txn(&log, &mut state, 1, ControlType::Abort).unwrap();
+    // A committed value is superseded like any other...
+    produce(&log, &mut state, txn_record(2, 0, "b", "committed-1"));
+    end_txn(&log, &mut state, 2, ControlType::Commit).unwrap();
+    plain_record(&log, "b", "plain-2");
+    // ...and supersedes like any other.
+    plain_record(&log, "c", "plain-3");
+    produce(&log, &mut state, txn_record(3, 0, "c", "committed-2"));
+    end_txn(&log, &mut state, 3, ControlType::Commit).unwrap();
     log.roll().unwrap();
     let before = split_batches(&read_all(&log));
     let bases_before = txn_index_bases(&h);
     assert!(!bases_before.is_empty());
-    let inode = |base: i64| fs::metadata(h.segment_file(base, "log")).unwrap().ino();
-    let inodes_before: Vec<u64> = bases_before.iter().map(|&b| inode(b)).collect();
-    let stats = log.compact().unwrap();
-    let inodes_after: Vec<u64> = bases_before.iter().map(|&b| inode(b)).collect();
-    assert!(
-        inodes_before.iter().zip(&inodes_after).any(|(a, b)| a != b),
-        "a segment with an index was rewritten"
-    );
+    let aborted_before = log.aborted_txns(0, i64::MAX);
+    assert_eq!(aborted_before.len(), 1);
+    assert_eq!(aborted_before[0].first_offset, abort.first_offset);
+
+    let stats = log.compact(i64::MAX).unwrap();
     assert!(stats.segments_cleaned > 0, "{stats:?}");
+    assert_eq!(stats.aborted_records_dropped, 2, "{stats:?}");
+    assert_eq!(
+        key_values(&log),
+        [
+            ("a".into(), "plain-1".into()),
+            ("b".into(), "plain-2".into()),
+            ("c".into(), "committed-2".into()),
+        ]
+    );
+    // Every batch is still there (markers whole, emptied transactional
+    // batches as empty batches), at its offsets.
     let after = split_batches(&read_all(&log));
-    // Every transactional and control batch is still there, byte for byte
-    // after the header fields the log rewrites.
-    let kept = |batches: &[Vec<u8>]| -> Vec<Vec<u8>> {
+    let spans = |batches: &[Vec<u8>]| -> Vec<(i64, i32, bool, bool)> {
         batches
             .iter()
-            .filter(|b| header(b).is_transactional())
+            .filter(|b| header(b).producer_id >= 0)
+            .map(|b| {
+                let h = header(b);
+                (
+                    h.base_offset,
+                    h.last_offset_delta,
+                    h.is_transactional(),
+                    h.is_control(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(spans(&after), spans(&before));
+    let markers = |batches: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        batches
+            .iter()
+            .filter(|b| header(b).is_control())
             .cloned()
             .collect()
     };
-    assert_eq!(kept(&after), kept(&before));
-    assert!(after.len() < before.len());
+    assert_eq!(markers(&after), markers(&before));
+    assert_eq!(markers(&after).len(), 3);
+    // The index is unchanged, and a producer state rebuilt from the
+    // cleaned log alone is the live one: every transaction closed, every
+    // producer at its epoch and last sequence.
     assert_eq!(txn_index_bases(&h), bases_before);
-    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+    assert_eq!(log.aborted_txns(0, i64::MAX), aborted_before);
     let log = h.reopen_clean(log);
-    assert_eq!(log.aborted_txns(0, i64::MAX), all);
+    assert_eq!(log.aborted_txns(0, i64::MAX), aborted_before);
+    let (loaded, _) = producer_state::load(&log, state.config(), START_MS).unwrap();
+    for producer_id in 1..=3 {
+        assert_eq!(loaded.entry(producer_id), state.entry(producer_id));
+    }
+    assert_eq!(loaded.first_unstable_offset(), None);
+    // A second pass finds nothing more to do.
+    assert_eq!(log.compact(i64::MAX).unwrap().segments_cleaned, 0);
+}
+
+#[test]
+fn compaction_stops_at_the_first_offset_of_an_open_transaction() {
+    let h = Harness::new(compacted_config());
+    let log = h.open();
+    let mut state = new_state();
+    plain_record(&log, "a", "plain-1");
+    let open = produce(&log, &mut state, txn_record(1, 0, "a", "open"));
+    plain_record(&log, "a", "plain-2");
+    log.roll().unwrap();
+    assert_eq!(state.first_unstable_offset(), Some(open));
+    // Below the open transaction nothing supersedes plain-1 yet.
+    let stats = log.compact(open).unwrap();
+    assert_eq!(stats.end_offset, open);
+    assert_eq!(stats.records_kept, stats.records_read, "{stats:?}");
+    assert_eq!(
+        key_values(&log).first(),
+        Some(&("a".to_string(), "plain-1".to_string()))
+    );
+    // Once it commits, the latest value wins.
+    end_txn(&log, &mut state, 1, ControlType::Commit).unwrap();
+    log.roll().unwrap();
+    assert_eq!(state.first_unstable_offset(), None);
+    log.compact(i64::MAX).unwrap();
+    assert_eq!(key_values(&log), [("a".into(), "plain-2".into())]);
 }
 
 #[test]

@@ -39,7 +39,7 @@ mod txn;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rill_types::Clock;
@@ -160,6 +160,10 @@ pub struct Log {
     /// start keep it within the log. Starts at the log start until
     /// [`Log::restore_high_watermark`] gives the checkpointed value.
     high_watermark: AtomicI64,
+    /// Whether any segment has held an aborted transaction since the log
+    /// was opened (never reset): a read_committed fetch of a log that has
+    /// none, the common case, skips the index search and its lock.
+    has_aborted_txns: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Condvar, Mutex};
 
 use rill_types::Clock;
@@ -187,6 +187,9 @@ impl Log {
             flushed: Condvar::new(),
             structure: Mutex::new(()),
             high_watermark: AtomicI64::new(state.log_start_offset),
+            has_aborted_txns: AtomicBool::new(
+                state.segments.values().any(|s| !s.aborted_txns.is_empty()),
+            ),
             state: Mutex::new(state),
             flush_observer: None,
         };

@@ -2,6 +2,8 @@
 //! memory with the segment, added to as aborts are written and searched by
 //! read_committed fetches.
 
+use std::sync::atomic::Ordering;
+
 use crate::error::Result;
 use crate::segment;
 use crate::txn::AbortedTxn;
@@ -18,6 +20,7 @@ impl Log {
     /// the first segment (retention took it meanwhile) is not indexed.
     pub fn add_aborted_txn(&self, txn: AbortedTxn) -> Result<()> {
         txn.assert_valid();
+        self.has_aborted_txns.store(true, Ordering::Release);
         // The structure lock keeps the segment and its file in place while
         // the entry is written without the state lock: no truncation,
         // retention or cleaner swap runs meanwhile, and appends, which
@@ -79,6 +82,9 @@ impl Log {
     /// `upper_bound`, ordered by first offset (Kafka's
     /// `collectAbortedTxns`). Reads no file.
     pub fn aborted_txns(&self, start_offset: i64, upper_bound: i64) -> Vec<AbortedTxn> {
+        if !self.has_aborted_txns.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         let state = lock(&self.state);
         // An entry lives with its marker, at or after `start_offset`.
         let from = state
