@@ -86,6 +86,9 @@ pub struct Partition {
     /// completed one (it reads them the other way round).
     first_unstable: AtomicI64,
     completed_first: AtomicI64,
+    /// Verifications of transactional producers under way (KIP-890 part
+    /// 1). Locked after `producers`.
+    verifications: Mutex<Verifications>,
     /// Bumped when the high watermark moves or the leadership changes:
     /// what acks=all waits on, for this partition alone.
     changes: watch::Sender<u64>,
@@ -173,6 +176,70 @@ pub struct LeaderAppend {
     /// The leader epoch the batch was appended in: acks=all waits for the
     /// high watermark in this epoch.
     pub leader_epoch: i32,
+}
+
+/// Proof that a transactional batch's partition was found in its
+/// producer's ongoing transaction (KIP-890 part 1), handed out by
+/// [`Partition::start_verification`] before the coordinator is asked. A
+/// marker for the producer written meanwhile voids it, so that a batch
+/// verified just before its transaction was aborted (timed out, say)
+/// cannot open a new, hanging, transaction after the abort: Kafka's
+/// verification guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerificationGuard(u64);
+
+/// The verifications under way in a partition, by producer id: the epoch
+/// verified, the guard handed out and when.
+#[derive(Debug, Default)]
+struct Verifications {
+    next: u64,
+    by_producer: HashMap<i64, (i16, VerificationGuard, Instant)>,
+}
+
+impl Verifications {
+    /// Past this many entries, those older than `VERIFICATION_STALE` (a
+    /// verification whose batch never came) are dropped.
+    const PRUNE_AT: usize = 4096;
+    const STALE: Duration = Duration::from_secs(60);
+
+    fn start(&mut self, producer_id: i64, producer_epoch: i16) -> VerificationGuard {
+        if self.by_producer.len() >= Self::PRUNE_AT {
+            self.by_producer
+                .retain(|_, (_, _, started)| started.elapsed() < Self::STALE);
+        }
+        self.next += 1;
+        let guard = VerificationGuard(self.next);
+        self.by_producer
+            .insert(producer_id, (producer_epoch, guard, Instant::now()));
+        guard
+    }
+
+    /// Takes the entry if it is `guard`, for `producer_epoch`.
+    fn take(&mut self, producer_id: i64, producer_epoch: i16, guard: VerificationGuard) -> bool {
+        let matches = self
+            .by_producer
+            .get(&producer_id)
+            .is_some_and(|&(epoch, held, _)| epoch == producer_epoch && held == guard);
+        if matches {
+            self.by_producer.remove(&producer_id);
+        }
+        matches
+    }
+
+    fn cancel(&mut self, producer_id: i64, guard: VerificationGuard) {
+        if self
+            .by_producer
+            .get(&producer_id)
+            .is_some_and(|&(_, held, _)| held == guard)
+        {
+            self.by_producer.remove(&producer_id);
+        }
+    }
+
+    /// A marker for the producer voids its verification.
+    fn void(&mut self, producer_id: i64) {
+        self.by_producer.remove(&producer_id);
+    }
 }
 
 /// Why a leader append was refused.
@@ -286,6 +353,20 @@ impl Partition {
         records: &mut [u8],
         require_min_isr: bool,
     ) -> Result<LeaderAppend, AppendError> {
+        self.append_verified(records, require_min_isr, None)
+    }
+
+    /// [`Partition::append_as_leader`] for a client's batch that passed
+    /// transaction verification with `verified`: a transactional batch
+    /// that opens its producer's transaction here is refused
+    /// (INVALID_TXN_STATE) unless it carries a guard that no marker for
+    /// its producer has voided since.
+    pub fn append_verified(
+        &self,
+        records: &mut [u8],
+        require_min_isr: bool,
+        verified: Option<VerificationGuard>,
+    ) -> Result<LeaderAppend, AppendError> {
         let state = self.read_state();
         if state.leader != self.node_id {
             return Err(AppendError::NotLeader);
@@ -353,6 +434,24 @@ impl Partition {
                 })
             }
             AppendCheck::Append => {
+                if header.is_transactional()
+                    && !txn_open(&producers, batch.producer_id, batch.producer_epoch)
+                {
+                    let verified = verified.is_some_and(|guard| {
+                        self.lock_verifications().take(
+                            batch.producer_id,
+                            batch.producer_epoch,
+                            guard,
+                        )
+                    });
+                    if !verified {
+                        return Err(AppendError::InvalidTxnState(
+                            "the transaction this batch was verified for has ended here \
+                             (or it was never verified)"
+                                .to_string(),
+                        ));
+                    }
+                }
                 let info = self.log.append(records, leader_epoch)?;
                 // The log wrote the offsets (and, under LogAppendTime, the
                 // max timestamp) into the batch.
@@ -409,6 +508,7 @@ impl Partition {
                             header.base_offset,
                             now_ms,
                         );
+                        self.lock_verifications().void(header.producer_id);
                         let indexed = self.complete_txn(&producers, completed);
                         self.publish_unstable(&producers);
                         indexed?;
@@ -464,6 +564,7 @@ impl Partition {
             info.base_offset,
             now_ms,
         );
+        self.lock_verifications().void(producer_id);
         let indexed = self.complete_txn(&producers, completed);
         self.publish_unstable(&producers);
         indexed?;
@@ -592,9 +693,23 @@ impl Partition {
     /// here: its next transactional batch needs no verification with the
     /// transaction coordinator (KIP-890 part 1).
     pub fn has_open_txn(&self, producer_id: i64, producer_epoch: i16) -> bool {
-        self.lock_producers().entry(producer_id).is_some_and(|e| {
-            e.producer_epoch() == producer_epoch && e.current_txn_first_offset().is_some()
-        })
+        txn_open(&self.lock_producers(), producer_id, producer_epoch)
+    }
+
+    /// Starts verifying a transactional batch of `producer_id` at
+    /// `producer_epoch`: the guard its append must carry (see
+    /// [`VerificationGuard`]), replacing any earlier one of the producer.
+    pub fn start_verification(&self, producer_id: i64, producer_epoch: i16) -> VerificationGuard {
+        self.lock_verifications().start(producer_id, producer_epoch)
+    }
+
+    /// Forgets a verification the coordinator refused.
+    pub fn cancel_verification(&self, producer_id: i64, guard: VerificationGuard) {
+        self.lock_verifications().cancel(producer_id, guard);
+    }
+
+    fn lock_verifications(&self) -> MutexGuard<'_, Verifications> {
+        self.verifications.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The producers with a transaction open here: (producer id, epoch,
@@ -973,6 +1088,13 @@ impl Partition {
     }
 }
 
+/// Whether `producer_id` at `producer_epoch` has a transaction open.
+fn txn_open(producers: &ProducerStateManager, producer_id: i64, producer_epoch: i16) -> bool {
+    producers.entry(producer_id).is_some_and(|e| {
+        e.producer_epoch() == producer_epoch && e.current_txn_first_offset().is_some()
+    })
+}
+
 /// How many fetch registrations a partition keeps before it drops those
 /// of fetches that have ended.
 const FETCH_WAITERS_PRUNE_AT: usize = 64;
@@ -1213,6 +1335,7 @@ impl ReplicaManager {
                         producers: Mutex::new(producers),
                         completed_txns: Mutex::new(BTreeMap::new()),
                         completed_first: AtomicI64::new(i64::MAX),
+                        verifications: Mutex::new(Verifications::default()),
                         changes: watch::Sender::new(0),
                         fetch_waiters: Mutex::new(Vec::new()),
                         clock: Arc::clone(&self.clock),
@@ -1500,6 +1623,103 @@ mod tests {
             Err(AppendError::NotLeader)
         ));
     }
+
+    /// A one-node cluster leading topic `t`'s single partition.
+    fn lone_leader(dir: &std::path::Path) -> (Arc<ReplicaManager>, Arc<Partition>) {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let logs = LogManager::open(dir, LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
+        let replicas = Arc::new(ReplicaManager::new(
+            1,
+            logs,
+            LogConfig::default(),
+            ProducerStateConfig::default(),
+            clock,
+        ));
+        let mut image = MetadataImage::default();
+        for next in [
+            MetadataCommand::RegisterBroker {
+                node_id: 1,
+                incarnation_id: uuid::Uuid::nil(),
+                directory_id: uuid::Uuid::nil(),
+                host: "h".into(),
+                port: 9092,
+                rack: None,
+            },
+            MetadataCommand::UnfenceBroker {
+                node_id: 1,
+                broker_epoch: 1,
+            },
+            MetadataCommand::CreateTopic {
+                name: "t".into(),
+                topic_id: uuid::Uuid::from_u128(1),
+                partitions: 1,
+                replication_factor: 1,
+                configs: BTreeMap::new(),
+                assignments: None,
+            },
+        ] {
+            command(&mut image, next);
+        }
+        replicas.apply_image(&image);
+        let partition = replicas.get("t", 0).unwrap();
+        (replicas, partition)
+    }
+
+    fn txn_batch(producer_id: i64, sequence: i32) -> Vec<u8> {
+        let mut builder = BatchBuilder::new();
+        builder.producer_id = producer_id;
+        builder.producer_epoch = 0;
+        builder.base_sequence = sequence;
+        builder.is_transactional = true;
+        builder.push(None, Some(b"v"), 0);
+        builder.build()
+    }
+
+    /// KIP-890's verification guard: a transactional batch opens its
+    /// producer's transaction only with a guard no marker has voided; once
+    /// open, the transaction's next batches need none.
+    #[test]
+    fn a_marker_voids_a_verification_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_replicas, partition) = lone_leader(dir.path());
+        let abort = EndTxnMarker {
+            control_type: txn::ControlType::Abort,
+            coordinator_epoch: 0,
+        };
+        let refused = |result: Result<LeaderAppend, AppendError>| {
+            assert!(
+                matches!(result, Err(AppendError::InvalidTxnState(_))),
+                "{result:?}"
+            );
+        };
+        // Never verified.
+        refused(partition.append_as_leader(&mut txn_batch(7, 0), false));
+        // Verified, then aborted (timed out) before the batch came: the
+        // batch must not open a new transaction.
+        let guard = partition.start_verification(7, 0);
+        partition.append_marker(7, 0, abort).unwrap();
+        refused(partition.append_verified(&mut txn_batch(7, 0), false, Some(guard)));
+        assert!(!partition.has_open_txn(7, 0));
+        // A later verification replaces an earlier one.
+        let old = partition.start_verification(7, 0);
+        let guard = partition.start_verification(7, 0);
+        refused(partition.append_verified(&mut txn_batch(7, 0), false, Some(old)));
+        partition
+            .append_verified(&mut txn_batch(7, 0), false, Some(guard))
+            .unwrap();
+        assert!(partition.has_open_txn(7, 0));
+        // The guard is spent; the open transaction needs none.
+        partition
+            .append_as_leader(&mut txn_batch(7, 1), false)
+            .unwrap();
+        partition.append_marker(7, 0, abort).unwrap();
+        refused(partition.append_verified(&mut txn_batch(7, 2), false, Some(guard)));
+        // A refused verification leaves nothing behind.
+        let guard = partition.start_verification(7, 0);
+        partition.cancel_verification(7, guard);
+        refused(partition.append_verified(&mut txn_batch(7, 2), false, Some(guard)));
+    }
+
     /// The leader's side of the ISR protocol, step by step with a manual
     /// clock: the high watermark is the smallest log end in the ISR (an
     /// in-sync follower that has not fetched holds it back), a follower

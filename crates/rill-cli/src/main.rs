@@ -154,6 +154,9 @@ struct ServeArgs {
     /// How long a transactional id unused is kept, in milliseconds [default: 604800000].
     #[arg(long, env = "RILL_TRANSACTIONAL_ID_EXPIRATION_MS")]
     transactional_id_expiration_ms: Option<i64>,
+    /// The most transactional ids one __transaction_state partition holds; new ones past it are refused with COORDINATOR_NOT_AVAILABLE [default: 100000].
+    #[arg(long, env = "RILL_TRANSACTIONAL_ID_MAX_COUNT")]
+    transactional_id_max_count: Option<usize>,
     /// How often transactions past their timeout are looked for and aborted, in milliseconds [default: 10000].
     #[arg(
         long,
@@ -210,6 +213,7 @@ struct FileSettings {
     offsets_retention_check_interval_ms: Option<u64>,
     transaction_max_timeout_ms: Option<i32>,
     transactional_id_expiration_ms: Option<i64>,
+    transactional_id_max_count: Option<usize>,
     transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
     transaction_state_log_num_partitions: Option<i32>,
     transaction_state_log_replication_factor: Option<i16>,
@@ -369,6 +373,7 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     setting!(offsets_topic_num_partitions => config.groups.offsets_topic_partitions);
     setting!(transaction_max_timeout_ms => config.txns.limits.transaction_max_timeout_ms);
     setting!(transactional_id_expiration_ms => config.txns.transactional_id_expiration_ms);
+    setting!(transactional_id_max_count => config.txns.limits.transactional_ids_max);
     setting!(transaction_state_log_num_partitions => config.txns.state_partitions);
     setting!(transaction_state_log_replication_factor => config.txns.state_replication_factor);
     setting!(transaction_state_log_min_isr => config.txns.state_min_isr);
@@ -540,6 +545,10 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     anyhow::ensure!(
         txns.transactional_id_expiration_ms >= 1,
         "transactional-id-expiration-ms must be positive"
+    );
+    anyhow::ensure!(
+        txns.limits.transactional_ids_max >= 1,
+        "transactional-id-max-count must be at least 1"
     );
     anyhow::ensure!(
         txns.state_partitions >= 1,

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::KafkaError;
 use crate::errors::{append_error_code, replication_error_code, storage_error_code};
-use crate::replica::{AppendError, LeaderAppend, Partition};
+use crate::replica::{AppendError, LeaderAppend, Partition, VerificationGuard};
 use crate::server::Broker;
 
 /// The longest acks=all waits, whatever the request's `timeout_ms`.
@@ -114,7 +114,7 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 )
                 .await
                 {
-                    Ok(()) => append(broker, &name, data.index, data.records, acks),
+                    Ok(verified) => append(broker, &name, data.index, data.records, acks, verified),
                     Err(error) => Err(error.into()),
                 }
             };
@@ -239,6 +239,7 @@ fn append(
     index: i32,
     records: Option<bytes::Bytes>,
     acks: i16,
+    verified: Option<VerificationGuard>,
 ) -> Result<(Arc<Partition>, LeaderAppend), Rejected> {
     if topic == crate::group::OFFSETS_TOPIC || topic == crate::txn::TRANSACTION_STATE_TOPIC {
         // The coordinators' records; Kafka lets no client write them.
@@ -264,7 +265,7 @@ fn append(
     // its own copy: the request's bytes are shared with the whole frame.
     let mut records = records.to_vec();
     partition
-        .append_as_leader(&mut records, acks == -1)
+        .append_verified(&mut records, acks == -1, verified)
         .map(|appended| (Arc::clone(&partition), appended))
         .map_err(|error| rejected(topic, index, &error))
 }

@@ -10,11 +10,12 @@
 //! the batch answer NOT_ENOUGH_REPLICAS, which producers retry, as
 //! Kafka's `AddPartitionsToTxnManager` maps those errors.
 //!
-//! Kafka also guards the window between the verification and the append
-//! (a verification guard in the producer state, so that an abort landing
-//! in between voids the verification); rill does not yet, which leaves a
-//! transaction timed out and aborted in exactly that window able to open
-//! again in this partition.
+//! The window between the verification and the append is guarded as in
+//! Kafka: the partition hands out a [`VerificationGuard`] before the
+//! coordinator is asked, a marker for the producer written meanwhile voids
+//! it, and the append of a batch that opens a transaction requires it. A
+//! transaction aborted (timed out, say) in exactly that window cannot
+//! open again in this partition.
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tracing::debug;
 
 use super::{str_bytes, wire_topic, KafkaError};
 use crate::peer::PeerConnection;
+use crate::replica::VerificationGuard;
 use crate::server::Broker;
 use crate::txn::{partition_for, TRANSACTION_STATE_TOPIC};
 
@@ -39,26 +41,27 @@ const VERIFY_VERSION: i16 = 4;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Verifies `records` for `topic`/`index` if they need it: a transactional
-/// batch of a producer with no transaction open in the partition.
+/// batch of a producer with no transaction open in the partition. Returns
+/// the guard the append must carry, if it was verified.
 pub async fn verify(
     broker: &Broker,
     transactional_id: Option<&str>,
     topic: &str,
     index: i32,
     records: Option<&[u8]>,
-) -> Result<(), KafkaError> {
+) -> Result<Option<VerificationGuard>, KafkaError> {
     let Some(header) = records.and_then(|r| BatchHeader::parse(r).ok()) else {
-        return Ok(());
+        return Ok(None);
     };
     if !header.is_transactional() || header.is_control() || header.producer_id < 0 {
-        return Ok(());
+        return Ok(None);
     }
     let Some(partition) = broker.replicas.get(topic, index) else {
         // The append answers for a partition that is not here.
-        return Ok(());
+        return Ok(None);
     };
     if partition.has_open_txn(header.producer_id, header.producer_epoch) {
-        return Ok(());
+        return Ok(None);
     }
     let Some(transactional_id) = transactional_id.filter(|id| !id.is_empty()) else {
         return Err(KafkaError::with_message(
@@ -66,7 +69,8 @@ pub async fn verify(
             "a transactional batch in a produce request without a transactional id",
         ));
     };
-    verify_partition(
+    let guard = partition.start_verification(header.producer_id, header.producer_epoch);
+    let verified = verify_partition(
         broker,
         transactional_id,
         header.producer_id,
@@ -74,7 +78,14 @@ pub async fn verify(
         topic,
         index,
     )
-    .await
+    .await;
+    match verified {
+        Ok(()) => Ok(Some(guard)),
+        Err(error) => {
+            partition.cancel_verification(header.producer_id, guard);
+            Err(error)
+        }
+    }
 }
 
 /// Asks the coordinator whether `topic`/`index` is in the ongoing

@@ -43,6 +43,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rill_protocol::kafka_protocol::error::ResponseError;
+use tracing::warn;
 
 use super::records::{self, TopicPartitions, TxnValue, NO_PRODUCER_ID};
 
@@ -406,6 +407,9 @@ pub struct Transactions {
     /// Ordered, so that timeouts, expiries and listings come out in the
     /// same order on every run.
     transactions: BTreeMap<String, TxnMetadata>,
+    /// When a new id was last refused for `transactional_ids_max` with a
+    /// warning: at most one a minute.
+    ids_max_warned_ms: Option<i64>,
 }
 
 impl Transactions {
@@ -413,6 +417,7 @@ impl Transactions {
         Self {
             config,
             transactions: BTreeMap::new(),
+            ids_max_warned_ms: None,
         }
     }
 
@@ -482,6 +487,20 @@ impl Transactions {
         let mut draw = || (new_producer_id.take().expect("one producer id per call"))();
         if !self.transactions.contains_key(transactional_id) {
             if self.transactions.len() >= self.config.transactional_ids_max {
+                if self
+                    .ids_max_warned_ms
+                    .is_none_or(|warned| now - warned >= 60_000)
+                {
+                    self.ids_max_warned_ms = Some(now);
+                    warn!(
+                        transactional_id,
+                        ids = self.transactions.len(),
+                        ids_max = self.config.transactional_ids_max,
+                        "too many transactional ids in this __transaction_state partition: \
+                         new ones are refused with COORDINATOR_NOT_AVAILABLE \
+                         (--transactional-id-max-count)"
+                    );
+                }
                 return Err(ResponseError::CoordinatorNotAvailable);
             }
             let producer_id = draw()?;
