@@ -509,3 +509,264 @@ fn load_from_the_log_alone_matches_the_live_state() {
     assert_eq!(loaded.first_unstable_offset(), Some(10));
     assert_eq!(log.aborted_txns(0, i64::MAX), all);
 }
+
+// ---------------------------------------------------------------------------
+// Compaction of transactional logs against a model.
+
+mod compaction_model {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A plain record for key `k<n>`.
+        Plain(u8),
+        /// A transactional record of producer `.0` for key `k<.1>`,
+        /// opening its transaction if none is open.
+        Write(i64, u8),
+        /// Ends the producer's open transaction, if any: commit or abort.
+        End(i64, bool),
+        Roll,
+        /// A cleaner pass below the last stable offset.
+        Compact,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..4).prop_map(Op::Plain),
+            4 => (1i64..=3, 0u8..4).prop_map(|(p, k)| Op::Write(p, k)),
+            2 => (1i64..=3, any::<bool>()).prop_map(|(p, c)| Op::End(p, c)),
+            1 => Just(Op::Roll),
+            1 => Just(Op::Compact),
+        ]
+    }
+
+    /// A data record as written: its key, value and transaction (an index
+    /// into the outcomes), if any.
+    #[derive(Debug, Clone)]
+    struct Written {
+        key: String,
+        value: String,
+        txn: Option<usize>,
+    }
+
+    struct Model {
+        written: HashMap<i64, Written>,
+        /// Per transaction: None while open, else whether it committed.
+        outcomes: Vec<Option<bool>>,
+        markers: usize,
+    }
+
+    impl Model {
+        /// Whether a read_committed consumer would ever see the record.
+        fn visible(&self, record: &Written) -> bool {
+            record.txn.is_none_or(|t| self.outcomes[t] == Some(true))
+        }
+
+        /// Each key's latest visible value among `records`.
+        fn latest<'a>(
+            &self,
+            records: impl Iterator<Item = (i64, &'a Written)>,
+        ) -> HashMap<String, (i64, String)> {
+            let mut latest: HashMap<String, (i64, String)> = HashMap::new();
+            for (offset, record) in records.filter(|(_, r)| self.visible(r)) {
+                let entry = latest
+                    .entry(record.key.clone())
+                    .or_insert((offset, record.value.clone()));
+                if offset >= entry.0 {
+                    *entry = (offset, record.value.clone());
+                }
+            }
+            latest
+        }
+    }
+
+    /// What the log holds now: its data records by offset, and how many
+    /// control batches.
+    fn stored(log: &Log) -> (Vec<(i64, String, String)>, usize) {
+        let batches = split_batches(&read_all(log));
+        let markers = batches.iter().filter(|b| header(b).is_control()).count();
+        let data: Vec<u8> = batches
+            .into_iter()
+            .filter(|b| !header(b).is_control())
+            .flatten()
+            .collect();
+        let records = decode_all(&data)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.offset,
+                    String::from_utf8(r.key.unwrap()).unwrap(),
+                    String::from_utf8(r.value.unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        (records, markers)
+    }
+
+    /// The invariants after a pass that cleaned below `cleaned_below`:
+    /// every record left was written there; each key's latest visible
+    /// value is what it was; every marker is kept; below the pass's end
+    /// no aborted record is left, and no visible record that a later
+    /// visible one supersedes.
+    fn check(log: &Log, model: &Model, cleaned_below: i64) -> Result<(), TestCaseError> {
+        let (records, markers) = stored(log);
+        prop_assert_eq!(markers, model.markers, "every marker stays");
+        let mut left = Vec::new();
+        for (offset, key, value) in &records {
+            let written = model.written.get(offset);
+            prop_assert!(
+                written.is_some_and(|w| &w.key == key && &w.value == value),
+                "offset {} holds {}={}, written {:?}",
+                offset,
+                key,
+                value,
+                written
+            );
+            left.push((*offset, written.unwrap()));
+        }
+        let all = model.latest(model.written.iter().map(|(o, w)| (*o, w)));
+        let kept = model.latest(left.iter().copied());
+        prop_assert_eq!(&kept, &all, "each key's latest visible value is kept");
+        let below = model.latest(
+            model
+                .written
+                .iter()
+                .filter(|(o, _)| **o < cleaned_below)
+                .map(|(o, w)| (*o, w)),
+        );
+        for (offset, record) in left.iter().filter(|(o, _)| *o < cleaned_below) {
+            prop_assert!(
+                model.visible(record),
+                "aborted {:?} at {} left below {}",
+                record,
+                offset,
+                cleaned_below
+            );
+            prop_assert_eq!(
+                below.get(&record.key).map(|(o, _)| *o),
+                Some(*offset),
+                "{:?} at {} is superseded below {}",
+                record,
+                offset,
+                cleaned_below
+            );
+        }
+        Ok(())
+    }
+
+    fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+        let h = Harness::new(compacted_config());
+        let log = h.open();
+        let mut state = new_state();
+        let mut model = Model {
+            written: HashMap::new(),
+            outcomes: Vec::new(),
+            markers: 0,
+        };
+        let mut sequences: HashMap<i64, i32> = HashMap::new();
+        let mut open: HashMap<i64, usize> = HashMap::new();
+        let compact = |log: &Log, state: &ProducerStateManager, model: &Model| {
+            let stable = state.first_unstable_offset().unwrap_or(i64::MAX);
+            let active_base = *log.segment_base_offsets().last().unwrap();
+            log.compact(stable).unwrap();
+            check(log, model, stable.min(active_base))
+        };
+        for (step, op) in ops.iter().enumerate() {
+            let value = format!("s{step}");
+            match *op {
+                Op::Plain(k) => {
+                    let key = format!("k{k}");
+                    let offset = plain_record(&log, &key, &value);
+                    model.written.insert(
+                        offset,
+                        Written {
+                            key,
+                            value,
+                            txn: None,
+                        },
+                    );
+                }
+                Op::Write(producer_id, k) => {
+                    let txn = *open.entry(producer_id).or_insert_with(|| {
+                        model.outcomes.push(None);
+                        model.outcomes.len() - 1
+                    });
+                    let sequence = sequences.entry(producer_id).or_insert(0);
+                    let key = format!("k{k}");
+                    let bytes = txn_record(producer_id, *sequence, &key, &value);
+                    *sequence += 1;
+                    let offset = produce(&log, &mut state, bytes);
+                    model.written.insert(
+                        offset,
+                        Written {
+                            key,
+                            value,
+                            txn: Some(txn),
+                        },
+                    );
+                }
+                Op::End(producer_id, commit) => {
+                    if let Some(txn) = open.remove(&producer_id) {
+                        let control = if commit {
+                            ControlType::Commit
+                        } else {
+                            ControlType::Abort
+                        };
+                        end_txn(&log, &mut state, producer_id, control);
+                        model.outcomes[txn] = Some(commit);
+                        model.markers += 1;
+                    }
+                }
+                Op::Roll => log.roll().unwrap(),
+                Op::Compact => compact(&log, &state, &model)?,
+            }
+        }
+        log.roll().unwrap();
+        compact(&log, &state, &model)?;
+        // A producer state rebuilt from the cleaned log alone is the live
+        // one: the same transactions open, each producer at its epoch and
+        // last sequences.
+        let log = h.reopen_clean(log);
+        let (loaded, _) = producer_state::load(&log, state.config(), START_MS).unwrap();
+        for producer_id in 1..=3 {
+            prop_assert_eq!(loaded.entry(producer_id), state.entry(producer_id));
+        }
+        prop_assert_eq!(
+            loaded.first_unstable_offset(),
+            state.first_unstable_offset()
+        );
+        Ok(())
+    }
+
+    fn config() -> Config {
+        // PROPTEST_CASES and PROPTEST_RNG_SEED=random for a longer hunt.
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64);
+        let rng_seed = match std::env::var("PROPTEST_RNG_SEED").ok().as_deref() {
+            Some("random") => proptest::test_runner::RngSeed::Random,
+            _ => proptest::test_runner::RngSeed::Fixed(0x5eed_7a11),
+        };
+        Config {
+            cases,
+            failure_persistence: None,
+            rng_seed,
+            ..Config::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn compaction_keeps_what_read_committed_sees(ops in prop::collection::vec(op(), 1..60)) {
+            run(&ops)?;
+        }
+    }
+}
