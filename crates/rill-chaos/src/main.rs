@@ -52,6 +52,17 @@ const NODE_ARGS: &[&str] = &[
     "--broker-session-timeout-ms",
     "3000",
 ];
+/// With `--compact`: the log cleaner looks for work every 200 ms.
+const COMPACT_NODE_ARGS: &[&str] = &["--log-cleaner-backoff-ms", "200"];
+/// With `--compact`: segments roll every 8 KiB or second, and any dirty
+/// segment is cleaned at once.
+const COMPACT_TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "8192"),
+    ("segment.ms", "1000"),
+    ("min.cleanable.dirty.ratio", "0.01"),
+    ("max.compaction.lag.ms", "1000"),
+];
 /// How long the consumers go on reading once the producers are done.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long an interrupted run may take to stop its nodes and clients.
@@ -111,6 +122,12 @@ struct RunArgs {
     /// The topic's min.insync.replicas.
     #[arg(long, default_value_t = 2)]
     min_insync_replicas: i32,
+    /// txn workload only: the topic is compacted (small segments, each
+    /// record its own key, a log cleaner waking every 200 ms), so that the
+    /// cleaner removes aborted records, under the LSO, while the faults
+    /// go on.
+    #[arg(long)]
+    compact: bool,
     /// Where history.jsonl, report.json, report.svg and the node logs go.
     #[arg(long)]
     out: PathBuf,
@@ -150,6 +167,10 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         "txn" => true,
         other => bail!("unknown workload {other:?} (queue, txn)"),
     };
+    anyhow::ensure!(
+        !args.compact || txn,
+        "--compact needs --workload txn (the queue workload's records have no keys)"
+    );
     anyhow::ensure!(
         (1..=netns::NODES_MAX).contains(&args.nodes),
         "--nodes must be 1 to {}",
@@ -236,7 +257,12 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
 
     let history_path = args.out.join("history.jsonl");
     let recorder = Arc::new(Recorder::create(&history_path)?);
-    let mut cluster = Cluster::start(&args.rill, args.nodes, placement, &args.out, NODE_ARGS)?;
+    let node_args: Vec<&str> = if args.compact {
+        [NODE_ARGS, COMPACT_NODE_ARGS].concat()
+    } else {
+        NODE_ARGS.to_vec()
+    };
+    let mut cluster = Cluster::start(&args.rill, args.nodes, placement, &args.out, &node_args)?;
     println!(
         "rill-chaos: {} nodes ready (data in {}), bootstrap {}",
         args.nodes,
@@ -249,6 +275,11 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         args.partitions,
         args.replication_factor,
         args.min_insync_replicas,
+        if args.compact {
+            COMPACT_TOPIC_CONFIGS
+        } else {
+            &[]
+        },
     )?;
 
     let stop_producers = Arc::new(AtomicBool::new(false));

@@ -182,13 +182,16 @@ pub fn produce(
                 op.partition = Some(partition);
                 recorder.record(op.clone());
                 let payload = value.to_string();
+                // Each record its own key, so that compaction (--compact)
+                // removes only aborted records.
+                let key = format!("{txn}/{value}");
                 let sent = Box::new(Sent {
                     value,
                     txn: txn.clone(),
                 });
                 let record = BaseRecord::with_opaque_to(TOPIC, sent)
                     .partition(partition)
-                    .key(txn.as_str())
+                    .key(key.as_str())
                     .payload(&payload);
                 if let Err((error, _)) = producer.send(record) {
                     // Not enqueued: it certainly was not sent. The
@@ -203,6 +206,14 @@ pub fn produce(
             let healthy = if enqueued && rng.below(100) >= ABORT_PERCENT {
                 commit(&producer, &process, &txn, &recorder)
             } else {
+                // Delivered first, so that the aborted records are in the
+                // log (and what read_committed readers must skip, and
+                // what the cleaner removes) rather than purged unsent by
+                // the abort. A flush that fails changes nothing: the
+                // abort follows either way.
+                if enqueued {
+                    let _ = producer.flush(CALL_TIMEOUT);
+                }
                 abort(&producer, &process, &txn, &recorder)
             };
             if !healthy {

@@ -63,6 +63,7 @@ pub fn create_topic(
     partitions: i32,
     replication_factor: i32,
     min_insync_replicas: i32,
+    configs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -76,12 +77,15 @@ pub fn create_topic(
     let deadline = Instant::now() + CREATE_TOPIC_TIMEOUT;
     let min_insync_replicas = min_insync_replicas.to_string();
     loop {
-        let topic = NewTopic::new(
+        let mut topic = NewTopic::new(
             TOPIC,
             partitions,
             TopicReplication::Fixed(replication_factor),
         )
         .set("min.insync.replicas", &min_insync_replicas);
+        for (key, value) in configs {
+            topic = topic.set(key, value);
+        }
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let result = runtime.block_on(admin.create_topics([&topic], &options));
         let error = match result {
