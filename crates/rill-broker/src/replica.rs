@@ -1528,28 +1528,7 @@ mod tests {
     #[test]
     fn appends_carry_an_epoch_in_which_this_node_led() {
         let dir = tempfile::tempdir().unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let logs =
-            LogManager::open(dir.path(), LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
-        let replicas = Arc::new(ReplicaManager::new(
-            1,
-            logs,
-            LogConfig::default(),
-            ProducerStateConfig::default(),
-            clock,
-        ));
-        let mut image = MetadataImage::default();
-        command(
-            &mut image,
-            MetadataCommand::RegisterBroker {
-                node_id: 1,
-                incarnation_id: uuid::Uuid::nil(),
-                directory_id: uuid::Uuid::nil(),
-                host: "h".into(),
-                port: 9092,
-                rack: None,
-            },
-        );
+        let (replicas, partition, image) = lone_leader(dir.path());
         let unfence = MetadataCommand::UnfenceBroker {
             node_id: 1,
             broker_epoch: 1,
@@ -1559,20 +1538,6 @@ mod tests {
             broker_epoch: 1,
         };
         let fence_again = fence.clone();
-        command(&mut image, unfence.clone());
-        command(
-            &mut image,
-            MetadataCommand::CreateTopic {
-                name: "t".into(),
-                topic_id: uuid::Uuid::from_u128(1),
-                partitions: 1,
-                replication_factor: 1,
-                configs: BTreeMap::new(),
-                assignments: None,
-            },
-        );
-        replicas.apply_image(&image);
-        let partition = replicas.get("t", 0).unwrap();
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flipper = {
@@ -1624,8 +1589,9 @@ mod tests {
         ));
     }
 
-    /// A one-node cluster leading topic `t`'s single partition.
-    fn lone_leader(dir: &std::path::Path) -> (Arc<ReplicaManager>, Arc<Partition>) {
+    /// A one-node cluster (node 1, broker epoch 1) leading topic `t`'s single
+    /// partition, and its image.
+    fn lone_leader(dir: &std::path::Path) -> (Arc<ReplicaManager>, Arc<Partition>, MetadataImage) {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let logs = LogManager::open(dir, LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
         let replicas = Arc::new(ReplicaManager::new(
@@ -1662,7 +1628,7 @@ mod tests {
         }
         replicas.apply_image(&image);
         let partition = replicas.get("t", 0).unwrap();
-        (replicas, partition)
+        (replicas, partition, image)
     }
 
     fn txn_batch(producer_id: i64, sequence: i32) -> Vec<u8> {
@@ -1681,7 +1647,7 @@ mod tests {
     #[test]
     fn a_marker_voids_a_verification_under_way() {
         let dir = tempfile::tempdir().unwrap();
-        let (_replicas, partition) = lone_leader(dir.path());
+        let (_replicas, partition, _) = lone_leader(dir.path());
         let abort = EndTxnMarker {
             control_type: txn::ControlType::Abort,
             coordinator_epoch: 0,

@@ -961,6 +961,16 @@ fn read_compacted(
     read
 }
 
+/// A compacted topic whose segments roll at 200 bytes or 100 ms and are
+/// cleaned as soon as the cleaner (waking every 100 ms) sees them.
+const QUICKLY_COMPACTED: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("min.cleanable.dirty.ratio", "0.01"),
+    ("max.compaction.lag.ms", "100"),
+    ("segment.bytes", "200"),
+    ("segment.ms", "100"),
+];
+
 /// The log cleaner is its own loop, waking every `log.cleaner.backoff.ms`
 /// rather than on retention's 300 s timer: on a compacted topic with a tiny
 /// `min.cleanable.dirty.ratio` and `max.compaction.lag.ms`, overwritten
@@ -970,18 +980,7 @@ fn read_compacted(
 fn the_log_cleaner_removes_overwritten_values_within_seconds() {
     let broker = Broker::start_new_with_args(&["--log-cleaner-backoff-ms", "100"]);
     let topic = "compacted";
-    create_topic_with(
-        &broker,
-        topic,
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("max.compaction.lag.ms", "100"),
-            ("segment.bytes", "200"),
-            ("segment.ms", "100"),
-        ],
-    );
+    create_topic_with(&broker, topic, 1, QUICKLY_COMPACTED);
     let producer = producer(&broker, &[("linger.ms", "0")]);
     let keys = 5;
     let rounds = 4;
@@ -1042,18 +1041,7 @@ fn the_log_cleaner_removes_overwritten_values_within_seconds() {
 fn the_log_cleaner_removes_aborted_and_superseded_transactional_records() {
     let broker = Broker::start_new_with_args(&["--log-cleaner-backoff-ms", "100"]);
     let topic = "compacted-txn";
-    create_topic_with(
-        &broker,
-        topic,
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("max.compaction.lag.ms", "100"),
-            ("segment.bytes", "200"),
-            ("segment.ms", "100"),
-        ],
-    );
+    create_topic_with(&broker, topic, 1, QUICKLY_COMPACTED);
     let producer = producer(
         &broker,
         &[

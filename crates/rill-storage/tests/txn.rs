@@ -517,7 +517,6 @@ mod compaction_model {
     use std::collections::HashMap;
 
     use proptest::prelude::*;
-    use proptest::test_runner::Config;
 
     use super::*;
 
@@ -743,26 +742,8 @@ mod compaction_model {
         Ok(())
     }
 
-    fn config() -> Config {
-        // PROPTEST_CASES and PROPTEST_RNG_SEED=random for a longer hunt.
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(64);
-        let rng_seed = match std::env::var("PROPTEST_RNG_SEED").ok().as_deref() {
-            Some("random") => proptest::test_runner::RngSeed::Random,
-            _ => proptest::test_runner::RngSeed::Fixed(0x5eed_7a11),
-        };
-        Config {
-            cases,
-            failure_persistence: None,
-            rng_seed,
-            ..Config::default()
-        }
-    }
-
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(proptest_config(0x5eed_7a11))]
 
         #[test]
         fn compaction_keeps_what_read_committed_sees(ops in prop::collection::vec(op(), 1..60)) {
