@@ -28,7 +28,7 @@
 //! ([`Partition::last_stable_offset`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ use rill_storage::txn::{self, AbortedTxn, EndTxnMarker};
 use rill_storage::{AppendInfo, Log, LogConfig, LogManager, StorageError, TimestampType};
 use rill_types::{Clock, NodeId, PartitionIndex, TopicPartition};
 use tokio::sync::{watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::topic_config::{dynamic_topic_defaults, log_config};
 
@@ -89,6 +89,9 @@ pub struct Partition {
     /// Verifications of transactional producers under way (KIP-890 part
     /// 1). Locked after `producers`.
     verifications: Mutex<Verifications>,
+    /// An abort could not be indexed (see `complete_txn`): no producer
+    /// snapshot is written from now on, so that a restart replays it.
+    abort_unindexed: AtomicBool,
     /// Bumped when the high watermark moves or the leadership changes:
     /// what acks=all waits on, for this partition alone.
     changes: watch::Sender<u64>,
@@ -509,9 +512,8 @@ impl Partition {
                             now_ms,
                         );
                         self.lock_verifications().void(header.producer_id);
-                        let indexed = self.complete_txn(&producers, completed);
+                        self.complete_txn(&producers, completed);
                         self.publish_unstable(&producers);
-                        indexed?;
                     }
                     Ok(None) => {}
                     Err(error) => {
@@ -565,9 +567,8 @@ impl Partition {
             now_ms,
         );
         self.lock_verifications().void(producer_id);
-        let indexed = self.complete_txn(&producers, completed);
+        self.complete_txn(&producers, completed);
         self.publish_unstable(&producers);
-        indexed?;
         drop(producers);
         self.maybe_advance_high_watermark(&state);
         self.wake_fetches();
@@ -629,30 +630,44 @@ impl Partition {
     /// After a marker ended a transaction: an abort goes into the log's
     /// transaction index, and the transaction holds the last stable offset
     /// until its marker is replicated. Called under the producers lock.
-    fn complete_txn(
-        &self,
-        producers: &ProducerStateManager,
-        completed: Option<CompletedTxn>,
-    ) -> Result<(), StorageError> {
+    ///
+    /// An abort the index cannot take (the disk failed) holds the last
+    /// stable offset at the transaction's start for good: read_committed
+    /// readers of the partition stop there rather than read records they
+    /// would not know to skip. Producer snapshots stop too, so that the
+    /// next start replays the marker from the log and indexes it then.
+    fn complete_txn(&self, producers: &ProducerStateManager, completed: Option<CompletedTxn>) {
         let Some(completed) = completed else {
-            return Ok(());
+            return;
         };
         assert!(completed.first_offset <= completed.last_offset);
+        let mut held_until = completed.last_offset;
         if completed.is_aborted {
-            self.log.add_aborted_txn(AbortedTxn {
+            let indexed = self.log.add_aborted_txn(AbortedTxn {
                 producer_id: completed.producer_id,
                 first_offset: completed.first_offset,
                 last_offset: completed.last_offset,
                 last_stable_offset: producers.last_stable_offset_after(&completed),
-            })?;
+            });
+            if let Err(error) = indexed {
+                error!(
+                    topic = %self.tp.topic,
+                    partition = self.tp.partition,
+                    producer_id = completed.producer_id,
+                    first_offset = completed.first_offset,
+                    marker = completed.last_offset,
+                    %error,
+                    "cannot index an aborted transaction: read_committed reads of this \
+                     partition stop at its first offset until a restart indexes it from the log"
+                );
+                self.abort_unindexed.store(true, Ordering::Release);
+                held_until = i64::MAX;
+            }
         }
-        {
-            let mut completed_txns = self.lock_completed_txns();
-            completed_txns.insert(completed.first_offset, completed.last_offset);
-            let first = completed_txns.keys().next().copied().unwrap_or(i64::MAX);
-            self.completed_first.store(first, Ordering::Release);
-        }
-        Ok(())
+        let mut completed_txns = self.lock_completed_txns();
+        completed_txns.insert(completed.first_offset, held_until);
+        let first = completed_txns.keys().next().copied().unwrap_or(i64::MAX);
+        self.completed_first.store(first, Ordering::Release);
     }
 
     /// Publishes the producer state's first unstable offset for
@@ -1065,6 +1080,10 @@ impl Partition {
     /// crash could take back; without, the caller syncs the file system
     /// before it relies on the snapshot (shutdown). Blocking.
     pub fn snapshot_producers(&self, sync: bool) -> Result<(), StorageError> {
+        if self.abort_unindexed.load(Ordering::Acquire) {
+            // The next start must replay the unindexed abort's marker.
+            return Ok(());
+        }
         let (offset, bytes) = {
             let mut producers = self.lock_producers();
             // Under the lock no producer's append is half done: every batch
@@ -1336,6 +1355,7 @@ impl ReplicaManager {
                         completed_txns: Mutex::new(BTreeMap::new()),
                         completed_first: AtomicI64::new(i64::MAX),
                         verifications: Mutex::new(Verifications::default()),
+                        abort_unindexed: AtomicBool::new(false),
                         changes: watch::Sender::new(0),
                         fetch_waiters: Mutex::new(Vec::new()),
                         clock: Arc::clone(&self.clock),
@@ -1637,7 +1657,8 @@ mod tests {
         builder.producer_epoch = 0;
         builder.base_sequence = sequence;
         builder.is_transactional = true;
-        builder.push(None, Some(b"v"), 0);
+        // Now, as markers are stamped: no time-based roll between them.
+        builder.push(None, Some(b"v"), SystemClock.now_ms());
         builder.build()
     }
 
@@ -1684,6 +1705,48 @@ mod tests {
         let guard = partition.start_verification(7, 0);
         partition.cancel_verification(7, guard);
         refused(partition.append_verified(&mut txn_batch(7, 2), false, Some(guard)));
+    }
+
+    /// An abort the transaction index cannot take (here: its file's path
+    /// is a directory) holds the last stable offset at the transaction's
+    /// start, and stops producer snapshots, so that a restart replays it.
+    #[test]
+    fn an_abort_that_cannot_be_indexed_holds_the_last_stable_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_replicas, partition, _) = lone_leader(dir.path());
+        let guard = partition.start_verification(7, 0);
+        let first = partition
+            .append_verified(&mut txn_batch(7, 0), false, Some(guard))
+            .unwrap()
+            .info
+            .base_offset;
+        assert_eq!(first, 0);
+        std::fs::create_dir(partition.log.dir().join(format!("{:020}.txnindex", 0))).unwrap();
+        let abort = EndTxnMarker {
+            control_type: txn::ControlType::Abort,
+            coordinator_epoch: 0,
+        };
+        partition.append_marker(7, 0, abort).unwrap();
+        partition.append_as_leader(&mut batch(), false).unwrap();
+        assert!(!partition.has_open_txn(7, 0));
+        assert_eq!(partition.log.segment_base_offsets(), [0]);
+        assert_eq!(partition.high_watermark(), 3);
+        assert_eq!(partition.last_stable_offset(), first);
+        partition.snapshot_producers(true).unwrap();
+        let snapshots = std::fs::read_dir(partition.log.dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".snapshot")
+            })
+            .count();
+        assert_eq!(
+            snapshots, 0,
+            "no producer snapshot past the unindexed abort"
+        );
     }
 
     /// The leader's side of the ISR protocol, step by step with a manual
