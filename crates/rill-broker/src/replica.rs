@@ -704,6 +704,18 @@ impl Partition {
         high_watermark.min(ongoing).min(completed)
     }
 
+    /// What the log cleaner may do here: clean below the last stable
+    /// offset, keeping what each producer's state needs. The producers are
+    /// read after the offset, so that every producer that wrote below it
+    /// is among them.
+    pub fn clean_bounds(&self) -> rill_storage::CleanBounds {
+        let stable_offset = self.last_stable_offset();
+        rill_storage::CleanBounds {
+            stable_offset,
+            producers: self.lock_producers().tails(),
+        }
+    }
+
     /// Whether `producer_id` at `producer_epoch` has a transaction open
     /// here: its next transactional batch needs no verification with the
     /// transaction coordinator (KIP-890 part 1).

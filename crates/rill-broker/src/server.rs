@@ -817,14 +817,18 @@ async fn log_cleaner(broker: Arc<Broker>, shutdown: CancellationToken) {
         let round = tokio::task::spawn_blocking(move || {
             let replicas = &worker.replicas;
             // Nothing at or past a partition's last stable offset is
-            // cleaned: no open transaction, nothing above the high
-            // watermark.
+            // cleaned (no open transaction, nothing above the high
+            // watermark), and its producers keep what their state needs.
             replicas
                 .logs()
                 .clean_dirtiest(dedupe_buffer_bytes, |tp, log| {
-                    replicas
-                        .get(tp.topic.as_str(), tp.partition)
-                        .map_or_else(|| log.high_watermark(), |p| p.last_stable_offset())
+                    replicas.get(tp.topic.as_str(), tp.partition).map_or_else(
+                        || rill_storage::CleanBounds {
+                            stable_offset: log.high_watermark(),
+                            producers: Default::default(),
+                        },
+                        |p| p.clean_bounds(),
+                    )
                 })
         })
         .await;

@@ -54,10 +54,11 @@ const NODE_ARGS: &[&str] = &[
 ];
 /// With `--compact`: the log cleaner looks for work every 200 ms.
 const COMPACT_NODE_ARGS: &[&str] = &["--log-cleaner-backoff-ms", "200"];
-/// With `--compact`: segments roll every 8 KiB or second, and any dirty
-/// segment is cleaned at once.
+/// With `--compact`: segments roll every 8 KiB or second, any dirty
+/// segment is cleaned at once, and markers with nothing left go after 1 s.
 const COMPACT_TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("cleanup.policy", "compact"),
+    ("delete.retention.ms", "1000"),
     ("segment.bytes", "8192"),
     ("segment.ms", "1000"),
     ("min.cleanable.dirty.ratio", "0.01"),

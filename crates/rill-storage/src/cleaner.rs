@@ -24,19 +24,26 @@
 //! consumer reading more slowly than that still sees the deletion.
 //!
 //! Transactions: a pass cleans only below the partition's *last stable
-//! offset* (which its caller gives), so every transactional batch it sees
-//! belongs to a transaction that has ended; the log's aborted-transaction
-//! index says which ended in an abort. Records of committed transactions
-//! are deduplicated as any others (and supersede older values); records of
-//! aborted ones are removed and never supersede anything. A transactional
-//! batch left without records stays as an empty batch, and every control
-//! batch (commit or abort marker) stays as it is: a producer state rebuilt
-//! from the log (after a crash, from a snapshot older than the cleaned
-//! range) still finds each transaction opened and closed, and keeps each
-//! producer's epoch and last sequence. Kafka goes further and removes a
-//! marker whose transaction has no data left once `delete.retention.ms`
-//! has passed; rill keeps markers (a few dozen bytes each), so a cleaned
-//! segment keeps its `.txnindex` as it was.
+//! offset* (which its caller gives, with the partition's producers: see
+//! [`CleanBounds`]), so every transactional batch it sees belongs to a
+//! transaction that has ended; the log's aborted-transaction index says
+//! which ended in an abort. Records of committed transactions are
+//! deduplicated as any others (and supersede older values); records of
+//! aborted ones are removed and never supersede anything.
+//!
+//! Batches and markers go as in Kafka's cleaner. A batch left without
+//! records is removed, unless it is an active producer's last data batch
+//! (kept empty: its sequence and epoch are what a producer state rebuilt
+//! from the log needs). A commit or abort marker whose transaction has no
+//! batch left is first rewritten with a *delete horizon* (KIP-534: the
+//! batch's base timestamp, flagged in its attributes) `delete.retention.ms`
+//! ahead, and removed by a pass after that time, so that a consumer that
+//! read the transaction's data before it went still gets its marker; an
+//! abort's `.txnindex` entry goes with its marker. A marker after its
+//! producer's last data batch (it may carry a newer epoch) stays while the
+//! producer is active. Together these keep the log's transactions whole
+//! for a read_committed consumer and for a replay: no batch of a
+//! transaction is left without its marker.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -51,7 +58,7 @@ use crate::error::{CorruptBatch, Result, StorageError};
 use crate::log::{ClosedSegment, Log, SegmentSummary};
 use crate::records::{self, BatchBuilder};
 use crate::segment::{self, BatchCursor, CursorError, CLEANED_SUFFIX, LOG_SUFFIX};
-use crate::txn::AbortedTxn;
+use crate::txn::{self, AbortedTxn};
 
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -67,6 +74,11 @@ pub struct CleanerStats {
     pub tombstones_dropped: u64,
     /// Records of aborted transactions removed.
     pub aborted_records_dropped: u64,
+    /// Batches left with no record and removed whole.
+    pub batches_removed: u64,
+    /// Commit and abort markers removed (their transactions empty, their
+    /// delete horizon passed).
+    pub markers_removed: u64,
     /// Bytes of the segments the pass went through (rewritten or not).
     pub bytes_read: u64,
     pub bytes_before: u64,
@@ -222,6 +234,99 @@ impl KeyMap {
     }
 }
 
+/// How far the cleaner may go in a partition, as the partition's replica
+/// knows it (Kafka's last stable offset and `lastRecordsOfActiveProducers`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CleanBounds {
+    /// Nothing at or past this offset is cleaned: the last stable offset.
+    pub stable_offset: i64,
+    /// The producers the partition remembers, by producer id.
+    pub producers: HashMap<i64, ProducerTail>,
+}
+
+impl CleanBounds {
+    /// No bound: everything closed is cleanable and no producer is active
+    /// (for tests, and for logs whose producers do not matter).
+    pub fn everything() -> Self {
+        Self {
+            stable_offset: i64::MAX,
+            producers: HashMap::new(),
+        }
+    }
+}
+
+/// What the cleaner keeps of an active producer so that its state rebuilt
+/// from the log is still right: the last offset of its last data batch
+/// (which holds its last sequence and epoch), if any; and every marker
+/// after that batch (one may carry a newer epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerTail {
+    pub last_data_offset: Option<i64>,
+}
+
+/// What becomes of a marker in a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MarkerFate {
+    Keep,
+    /// Its transaction has no data left: removable once this time passes.
+    SetHorizon(i64),
+    Remove,
+}
+
+/// Kafka's batch retention, for one pass over a log in offset order: a
+/// batch left without records is removed unless it is its producer's last
+/// data batch; a marker is removed once its transaction has no data left,
+/// `delete.retention.ms` after that was first seen (the delete horizon it
+/// then carries: a consumer that read the transaction's data before it
+/// went still gets the marker), and only if a later data batch of its
+/// producer keeps the producer's epoch, or the producer is gone.
+struct BatchRetention<'a> {
+    producers: &'a HashMap<i64, ProducerTail>,
+    /// Per producer: a data batch of its current transaction was kept.
+    txn_has_data: HashMap<i64, bool>,
+    now_ms: i64,
+    delete_retention_ms: i64,
+}
+
+impl BatchRetention<'_> {
+    fn is_producers_last(&self, header: &BatchHeader) -> bool {
+        header.producer_id >= 0
+            && self
+                .producers
+                .get(&header.producer_id)
+                .is_some_and(|p| p.last_data_offset == Some(header.last_offset()))
+    }
+
+    /// A data batch stays in the log (with records or empty).
+    fn data_kept(&mut self, header: &BatchHeader) {
+        if header.is_transactional() {
+            self.txn_has_data.insert(header.producer_id, true);
+        }
+    }
+
+    fn marker(&mut self, header: &BatchHeader) -> MarkerFate {
+        let has_data = self
+            .txn_has_data
+            .remove(&header.producer_id)
+            .unwrap_or(false);
+        let epoch_kept_elsewhere = self.producers.get(&header.producer_id).is_none_or(|p| {
+            p.last_data_offset
+                .is_some_and(|last| last > header.base_offset)
+        });
+        if has_data || !epoch_kept_elsewhere {
+            return MarkerFate::Keep;
+        }
+        if !header.has_delete_horizon() {
+            return MarkerFate::SetHorizon(self.now_ms.saturating_add(self.delete_retention_ms));
+        }
+        if header.base_timestamp <= self.now_ms {
+            MarkerFate::Remove
+        } else {
+            MarkerFate::Keep
+        }
+    }
+}
+
 /// The aborted transactions below a pass's end, by producer: a
 /// transactional batch is aborted when its producer's transaction that
 /// spans it (first offset to marker) is one of them. A producer has at
@@ -274,27 +379,28 @@ impl Log {
         ))
     }
 
-    /// Compacts all the closed segments below `stable_offset` (whatever
-    /// the cleaner cleaned before), if the log's policy says so.
-    pub fn compact(&self, stable_offset: i64) -> Result<CleanerStats> {
-        self.clean_pass(true, DEDUPE_BUFFER_BYTES_DEFAULT, stable_offset)
+    /// Compacts all the closed segments within `bounds` (whatever the
+    /// cleaner cleaned before), if the log's policy says so.
+    pub fn compact(&self, bounds: &CleanBounds) -> Result<CleanerStats> {
+        self.clean_pass(true, DEDUPE_BUFFER_BYTES_DEFAULT, bounds)
     }
 
     /// One pass of the log cleaner: deduplicates the dirty tail (as far as
     /// a key map of `dedupe_buffer_bytes` covers, and never at or past
-    /// `stable_offset`, the partition's last stable offset) against
+    /// `bounds.stable_offset`, the partition's last stable offset) against
     /// everything before it, and moves the cleaner's point past what it
     /// covered.
-    pub fn clean(&self, dedupe_buffer_bytes: u64, stable_offset: i64) -> Result<CleanerStats> {
-        self.clean_pass(false, dedupe_buffer_bytes, stable_offset)
+    pub fn clean(&self, dedupe_buffer_bytes: u64, bounds: &CleanBounds) -> Result<CleanerStats> {
+        self.clean_pass(false, dedupe_buffer_bytes, bounds)
     }
 
     fn clean_pass(
         &self,
         from_start: bool,
         dedupe_buffer_bytes: u64,
-        stable_offset: i64,
+        bounds: &CleanBounds,
     ) -> Result<CleanerStats> {
+        let stable_offset = bounds.stable_offset;
         let config = self.config();
         let mut stats = CleanerStats::default();
         if !config.cleanup_policy.compact {
@@ -368,16 +474,47 @@ impl Log {
         }
         stats.end_offset = end_offset;
 
-        // Pass 2: rewrite each segment below the end.
+        // Pass 2: rewrite each segment below the end, in offset order from
+        // the log's start, so that a transaction's data is seen before its
+        // marker.
         let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
+        let mut retention = BatchRetention {
+            producers: &bounds.producers,
+            txn_has_data: HashMap::new(),
+            now_ms,
+            delete_retention_ms: config.delete_retention_ms,
+        };
         for seg in segments.iter().filter(|s| s.base_offset < end_offset) {
             let (base_offset, file_id, size) = (seg.base_offset, seg.file_id, seg.size);
             stats.bytes_read += size;
             let mut out = Vec::with_capacity(size as usize);
             let mut changed = false;
+            let mut removed_aborts = Vec::new();
             for_each_batch(seg, |header, bytes| {
-                if header.is_control() || header.base_offset >= end_offset {
+                if header.base_offset >= end_offset {
                     out.extend_from_slice(bytes);
+                    return Ok(ControlFlow::Continue(()));
+                }
+                if header.is_control() {
+                    match retention.marker(header) {
+                        MarkerFate::Keep => out.extend_from_slice(bytes),
+                        MarkerFate::SetHorizon(horizon) => {
+                            let kept = records::decode_records(bytes)?;
+                            out.extend_from_slice(&rebuild(header, kept, Some(horizon))?);
+                            changed = true;
+                        }
+                        MarkerFate::Remove => {
+                            if txn::parse_marker(bytes)
+                                .ok()
+                                .flatten()
+                                .is_some_and(|m| m.control_type == txn::ControlType::Abort)
+                            {
+                                removed_aborts.push((header.producer_id, header.base_offset));
+                            }
+                            stats.markers_removed += 1;
+                            changed = true;
+                        }
+                    }
                     return Ok(ControlFlow::Continue(()));
                 }
                 let all = records::decode_records(bytes)?;
@@ -408,15 +545,20 @@ impl Log {
                 }
                 stats.records_read += read as u64;
                 stats.records_kept += kept.len() as u64;
+                // An empty batch (emptied now, or by an earlier pass) stays
+                // only as its producer's last, so that the producer's epoch
+                // and sequence survive a rebuild of its state from the log.
+                let keep = !kept.is_empty() || retention.is_producers_last(header);
+                if !keep {
+                    stats.batches_removed += 1;
+                    changed = true;
+                    return Ok(ControlFlow::Continue(()));
+                }
+                retention.data_kept(header);
                 if kept.len() == read {
                     out.extend_from_slice(bytes);
-                } else if !kept.is_empty() || header.producer_id >= 0 {
-                    // An emptied batch of an idempotent or transactional
-                    // producer is kept as an empty batch, so that its
-                    // sequence state and its transaction's start survive.
-                    out.extend_from_slice(&rebuild(header, kept)?);
-                    changed = true;
                 } else {
+                    out.extend_from_slice(&rebuild(header, kept, None)?);
                     changed = true;
                 }
                 Ok(ControlFlow::Continue(()))
@@ -437,7 +579,7 @@ impl Log {
                 .sync_all()
                 .map_err(StorageError::io("fsync", &cleaned))?;
             drop(cleaned_file);
-            if self.swap_cleaned(base_offset, file_id, size, &cleaned)? {
+            if self.swap_cleaned(base_offset, file_id, size, &cleaned, &removed_aborts)? {
                 stats.segments_cleaned += 1;
                 stats.bytes_before += size;
                 stats.bytes_after += out.len() as u64;
@@ -452,17 +594,31 @@ impl Log {
 }
 
 /// Re-encodes a batch with only `kept` records, keeping its base offset,
-/// offset span, epoch, producer fields, codec and timestamps.
+/// offset span, epoch, producer fields, codec and timestamps; with a
+/// `delete_horizon` (a marker's, KIP-534), the batch carries it as its base
+/// timestamp and says so in its attributes, and its records keep their
+/// timestamps.
 fn rebuild(
     header: &BatchHeader,
-    kept: Vec<records::Record>,
+    mut kept: Vec<records::Record>,
+    delete_horizon: Option<i64>,
 ) -> std::result::Result<Vec<u8>, CorruptBatch> {
     let mut builder = BatchBuilder::new();
+    if let Some(horizon) = delete_horizon {
+        for record in &mut kept {
+            let timestamp = header.base_timestamp.wrapping_add(record.timestamp_delta);
+            record.timestamp_delta = timestamp.wrapping_sub(horizon);
+        }
+        builder.base_timestamp = Some(horizon);
+        builder.delete_horizon = true;
+        builder.max_timestamp = Some(header.max_timestamp);
+    } else {
+        builder.base_timestamp = Some(header.base_timestamp);
+    }
     builder.base_offset = header.base_offset;
     builder.partition_leader_epoch = header.partition_leader_epoch;
     builder.compression = header.compression()?;
     builder.timestamp_type = header.timestamp_type();
-    builder.base_timestamp = Some(header.base_timestamp);
     builder.producer_id = header.producer_id;
     builder.producer_epoch = header.producer_epoch;
     builder.base_sequence = header.base_sequence;

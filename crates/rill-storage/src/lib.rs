@@ -50,7 +50,9 @@ pub mod txn;
 
 pub use batch::{BatchHeader, Compression, ProducerFields, TimestampType};
 pub use checkpoint::{write_atomically, write_atomically_with};
-pub use cleaner::{CleanerStats, Dirtiness, DEDUPE_BUFFER_BYTES_DEFAULT};
+pub use cleaner::{
+    CleanBounds, CleanerStats, Dirtiness, ProducerTail, DEDUPE_BUFFER_BYTES_DEFAULT,
+};
 pub use config::{CleanupPolicy, LogConfig};
 pub use epoch::{EpochEndOffset, EpochEntry};
 pub use error::{CorruptBatch, InvalidRecord, Result, StorageError};

@@ -22,6 +22,7 @@ use rill_types::{Clock, TopicPartition};
 use tracing::{info, warn};
 
 use crate::checkpoint;
+use crate::cleaner::CleanBounds;
 use crate::cleaner::CleanerStats;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
@@ -311,14 +312,15 @@ impl LogManager {
     /// the dirtiest that needs it (see [`crate::Dirtiness::needs_cleaning`]) with a
     /// key map of at most `dedupe_buffer_bytes`. A log whose pass fails (a
     /// corrupt batch the cleaner cannot read, a full disk) is reported in
-    /// the round and not taken again (see `uncleanable`). `stable_offset`
-    /// gives each log's last stable offset (the partition's, which its
-    /// replica knows): nothing at or past it is cleaned, so that no open
-    /// transaction and nothing above the high watermark is.
+    /// the round and not taken again (see `uncleanable`). `bounds` gives
+    /// each log's [`CleanBounds`] (the partition's, which its replica
+    /// knows): nothing at or past its last stable offset is cleaned, so
+    /// that no open transaction and nothing above the high watermark is,
+    /// and each active producer keeps what its state needs.
     pub fn clean_dirtiest(
         &self,
         dedupe_buffer_bytes: u64,
-        stable_offset: impl Fn(&TopicPartition, &Log) -> i64,
+        bounds: impl Fn(&TopicPartition, &Log) -> CleanBounds,
     ) -> CleanerRound {
         let uncleanable = self
             .uncleanable
@@ -329,13 +331,12 @@ impl LogManager {
             uncleanable_partitions: uncleanable.len(),
             ..CleanerRound::default()
         };
-        let mut dirtiest: Option<(TopicPartition, Arc<Log>, i64, f64)> = None;
+        let mut dirtiest: Option<(TopicPartition, Arc<Log>, f64)> = None;
         for (tp, log) in self.snapshot() {
             if uncleanable.contains(&tp) {
                 continue;
             }
-            let stable = stable_offset(&tp, &log);
-            let Some(dirtiness) = log.dirtiness(stable) else {
+            let Some(dirtiness) = log.dirtiness(bounds(&tp, &log).stable_offset) else {
                 continue;
             };
             let ratio = dirtiness.dirty_ratio();
@@ -346,12 +347,14 @@ impl LogManager {
             // Logs due by max.compaction.lag.ms count as fully dirty, so
             // that a clean but overdue log is not starved by dirtier ones.
             let rank = if dirtiness.compaction_due { 2.0 } else { ratio };
-            if dirtiest.as_ref().is_none_or(|(_, _, _, best)| rank > *best) {
-                dirtiest = Some((tp, log, stable, rank));
+            if dirtiest.as_ref().is_none_or(|(_, _, best)| rank > *best) {
+                dirtiest = Some((tp, log, rank));
             }
         }
-        if let Some((tp, log, stable, _)) = dirtiest {
-            let result = log.clean(dedupe_buffer_bytes, stable);
+        if let Some((tp, log, _)) = dirtiest {
+            // Asked again: the producers are read after the last stable
+            // offset, so that every producer that wrote below it is there.
+            let result = log.clean(dedupe_buffer_bytes, &bounds(&tp, &log));
             if let Err(error) = &result {
                 warn!(topic = %tp.topic, partition = tp.partition, %error, "cleaning this log failed; the cleaner leaves it alone from now on");
                 self.uncleanable

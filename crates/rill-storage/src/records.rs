@@ -60,6 +60,7 @@ const NO_TIMESTAMP: i64 = -1;
 const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
+const ATTR_DELETE_HORIZON: i16 = 0x40;
 
 /// A record header: a key (UTF-8 by convention; Kafka does not enforce it,
 /// so neither do we) and an optional value.
@@ -519,6 +520,9 @@ pub struct BatchBuilder {
     pub base_sequence: i32,
     pub is_transactional: bool,
     pub is_control: bool,
+    /// The base timestamp is a delete horizon (KIP-534: the cleaner's
+    /// mark on a marker it will remove once that time has passed).
+    pub delete_horizon: bool,
     /// Overrides lastOffsetDelta, which is otherwise the largest record
     /// offset delta (0 when there are no records). Compaction keeps the
     /// original batch's value so that the batch still spans the same offsets
@@ -541,6 +545,7 @@ impl Default for BatchBuilder {
             base_sequence: -1,
             is_transactional: false,
             is_control: false,
+            delete_horizon: false,
             last_offset_delta: None,
             records: Vec::new(),
         }
@@ -630,6 +635,9 @@ impl BatchBuilder {
         }
         if self.is_control {
             attributes |= ATTR_CONTROL;
+        }
+        if self.delete_horizon {
+            attributes |= ATTR_DELETE_HORIZON;
         }
         let batch_length = wire_len(batch::BATCH_LENGTH_MIN as usize + section.len(), "batch");
 

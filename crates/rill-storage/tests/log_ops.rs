@@ -12,8 +12,9 @@ use common::*;
 use rill_storage::batch::{self, BatchHeader};
 use rill_storage::records::BatchBuilder;
 use rill_storage::{
-    CleanupPolicy, CorruptBatch, EpochEndOffset, EpochEntry, InvalidRecord, Log, LogConfig,
-    LogOpenOptions, StorageError, TimestampOffset, TimestampType, DEDUPE_BUFFER_BYTES_DEFAULT,
+    CleanBounds, CleanupPolicy, CorruptBatch, EpochEndOffset, EpochEntry, InvalidRecord, Log,
+    LogConfig, LogOpenOptions, StorageError, TimestampOffset, TimestampType,
+    DEDUPE_BUFFER_BYTES_DEFAULT,
 };
 
 /// A log with a segment size large enough that nothing rolls.
@@ -1257,7 +1258,7 @@ fn compaction_keeps_the_latest_value_per_key_with_offsets_unchanged() {
     put(&log, "a", Some("4"), ts);
     put(&log, "d", Some("1"), ts);
     let (_, active_before) = read_all_from(&log, 6);
-    let stats = log.compact(i64::MAX).unwrap();
+    let stats = log.compact(&CleanBounds::everything()).unwrap();
     assert!(stats.segments_cleaned >= 1, "{stats:?}");
     let s = |x: &str| x.to_string();
     assert_eq!(
@@ -1281,7 +1282,12 @@ fn compaction_keeps_the_latest_value_per_key_with_offsets_unchanged() {
         batch::check(&b).unwrap();
     }
     // A second pass finds nothing to do.
-    assert_eq!(log.compact(i64::MAX).unwrap().segments_cleaned, 0);
+    assert_eq!(
+        log.compact(&CleanBounds::everything())
+            .unwrap()
+            .segments_cleaned,
+        0
+    );
     // Survives a clean reopen, and a crash reopen that rescans everything.
     let expected = kv(&log);
     let bytes = read_all(&log);
@@ -1310,7 +1316,7 @@ fn compaction_drops_tombstones_only_after_delete_retention_ms() {
     let s = |x: &str| x.to_string();
     // The tombstone's batch is delete.retention.ms old at t + 1010.
     h.clock.set_ms(t + 1010);
-    log.compact(i64::MAX).unwrap();
+    log.compact(&CleanBounds::everything()).unwrap();
     assert_eq!(
         kv(&log),
         vec![
@@ -1320,7 +1326,7 @@ fn compaction_drops_tombstones_only_after_delete_retention_ms() {
         ]
     );
     h.clock.set_ms(t + 1011);
-    let stats = log.compact(i64::MAX).unwrap();
+    let stats = log.compact(&CleanBounds::everything()).unwrap();
     assert_eq!(stats.tombstones_dropped, 1, "{stats:?}");
     assert_eq!(
         kv(&log),
@@ -1354,7 +1360,7 @@ fn the_cleaner_cleans_only_as_far_as_its_key_map_reaches() {
     // Room for two keys: the map covers offsets 0..2, so only k0 and k1's
     // first values can go, and nothing of k2, k3.
     let two_keys = 2 * (2 + 48);
-    let stats = log.clean(two_keys, i64::MAX).unwrap();
+    let stats = log.clean(two_keys, &CleanBounds::everything()).unwrap();
     assert!(stats.key_map_full, "{stats:?}");
     assert_eq!(stats.end_offset, 2);
     assert_eq!(
@@ -1363,16 +1369,16 @@ fn the_cleaner_cleans_only_as_far_as_its_key_map_reaches() {
         "the map saw only the first values: nothing superseded yet"
     );
     // The next passes go on from offset 2 and finish the tail.
-    let stats = log.clean(two_keys, i64::MAX).unwrap();
+    let stats = log.clean(two_keys, &CleanBounds::everything()).unwrap();
     assert_eq!(stats.end_offset, 4);
-    let stats = log.clean(two_keys, i64::MAX).unwrap();
+    let stats = log.clean(two_keys, &CleanBounds::everything()).unwrap();
     assert_eq!(stats.end_offset, 6);
     assert_eq!(
         kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
         vec![2, 3, 4, 5, 6, 7],
         "k0 and k1's second values cover their first"
     );
-    let stats = log.clean(two_keys, i64::MAX).unwrap();
+    let stats = log.clean(two_keys, &CleanBounds::everything()).unwrap();
     assert_eq!(stats.end_offset, 8);
     assert!(!stats.key_map_full);
     assert_eq!(
@@ -1385,7 +1391,9 @@ fn the_cleaner_cleans_only_as_far_as_its_key_map_reaches() {
         put(&log, &format!("k{k}"), Some("2"), START_MS);
     }
     log.roll().unwrap();
-    let stats = log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX).unwrap();
+    let stats = log
+        .clean(DEDUPE_BUFFER_BYTES_DEFAULT, &CleanBounds::everything())
+        .unwrap();
     assert_eq!(stats.end_offset, 12);
     assert_eq!(
         kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -1409,11 +1417,13 @@ fn the_cleaner_leaves_records_younger_than_min_compaction_lag() {
     // Only the first segment is old enough; alone it supersedes nothing.
     let dirtiness = log.dirtiness(i64::MAX).unwrap();
     assert_eq!(dirtiness.first_uncleanable_offset, 1);
-    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX).unwrap();
+    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, &CleanBounds::everything())
+        .unwrap();
     assert_eq!(kv(&log).len(), 3);
     // Once the second is old enough, it covers the first; the third is not.
     h.clock.set_ms(START_MS + 1600);
-    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX).unwrap();
+    log.clean(DEDUPE_BUFFER_BYTES_DEFAULT, &CleanBounds::everything())
+        .unwrap();
     assert_eq!(kv(&log).iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
 }
 
@@ -1423,7 +1433,9 @@ fn compaction_does_nothing_under_delete_policy_or_without_closed_segments() {
     put(&log, "a", Some("1"), 1);
     put(&log, "a", Some("2"), 2);
     assert_eq!(
-        log.compact(i64::MAX).unwrap().segments_cleaned,
+        log.compact(&CleanBounds::everything())
+            .unwrap()
+            .segments_cleaned,
         0,
         "only the active segment"
     );
@@ -1432,7 +1444,12 @@ fn compaction_does_nothing_under_delete_policy_or_without_closed_segments() {
     put(&log, "a", Some("1"), 1);
     put(&log, "a", Some("2"), 2);
     log.roll().unwrap();
-    assert_eq!(log.compact(i64::MAX).unwrap().segments_cleaned, 0);
+    assert_eq!(
+        log.compact(&CleanBounds::everything())
+            .unwrap()
+            .segments_cleaned,
+        0
+    );
     assert_eq!(offsets(&read_all(&log)), vec![0, 1]);
 }
 
@@ -1451,7 +1468,7 @@ fn compaction_keeps_records_of_multi_record_batches_in_place() {
     append(&log, &[batch_of(&[(Some(b"y"), Some(b"2"), 4)])], 4);
     log.roll().unwrap();
     put(&log, "q", Some("1"), 5);
-    log.compact(i64::MAX).unwrap();
+    log.compact(&CleanBounds::everything()).unwrap();
     let bytes = read_all(&log);
     let batches = split_batches(&bytes);
     let first = header(&batches[0]);
@@ -1631,7 +1648,7 @@ fn a_closed_log_refuses_every_operation() {
     );
     expect_closed(log.delete_before(1), "delete_before");
     expect_closed(log.apply_retention(), "apply_retention");
-    expect_closed(log.compact(i64::MAX), "compact");
+    expect_closed(log.compact(&CleanBounds::everything()), "compact");
     expect_closed(log.roll(), "roll");
     // Offsets are still answered.
     assert_eq!(log.log_end_offset(), 6);
@@ -1790,7 +1807,7 @@ fn compaction_keeps_log_append_time_and_crc() {
     put(&log, "b", Some("2"), 4);
     log.roll().unwrap();
     put(&log, "c", Some("1"), 5);
-    log.compact(i64::MAX).unwrap();
+    log.compact(&CleanBounds::everything()).unwrap();
     let bytes = read_all(&log);
     let batches = split_batches(&bytes);
     let first = batch::check(&batches[0]).unwrap();
@@ -1828,7 +1845,7 @@ fn compaction_rewrites_compressed_batches_with_their_codec() {
         put(&log, "c", Some("2"), START_MS);
         log.roll().unwrap();
         put(&log, "z", Some("1"), START_MS);
-        log.compact(i64::MAX).unwrap();
+        log.compact(&CleanBounds::everything()).unwrap();
         let bytes = read_all(&log);
         let batches = split_batches(&bytes);
         let first = header(&batches[0]);
@@ -1851,10 +1868,26 @@ fn compaction_rewrites_compressed_batches_with_their_codec() {
     }
 }
 
-/// An idempotent producer's batch whose records are all superseded stays as
-/// an empty batch, so its producer state (sequence numbers) survives.
+/// The cleaner's bounds when `producer_id` is active, its last data batch
+/// ending at `last_data_offset`.
+fn with_producer(producer_id: i64, last_data_offset: i64) -> CleanBounds {
+    CleanBounds {
+        producers: [(
+            producer_id,
+            rill_storage::ProducerTail {
+                last_data_offset: Some(last_data_offset),
+            },
+        )]
+        .into(),
+        ..CleanBounds::everything()
+    }
+}
+
+/// An active idempotent producer's last batch, its records all superseded,
+/// stays as an empty batch, so its producer state (sequence numbers)
+/// survives; once the producer is gone (expired), it goes too.
 #[test]
-fn compaction_keeps_emptied_batches_of_idempotent_producers() {
+fn compaction_keeps_an_emptied_last_batch_of_an_active_producer() {
     let (h, log) = harness(compact_config());
     let mut builder = BatchBuilder::new();
     builder.producer_id = 42;
@@ -1868,7 +1901,7 @@ fn compaction_keeps_emptied_batches_of_idempotent_producers() {
     put(&log, "b", Some("2"), START_MS);
     log.roll().unwrap();
     put(&log, "z", Some("1"), START_MS);
-    log.compact(i64::MAX).unwrap();
+    log.compact(&with_producer(42, 1)).unwrap();
     let headers = log.batch_headers(0, i64::MAX).unwrap();
     let first = headers[0];
     assert_eq!(
@@ -1897,6 +1930,11 @@ fn compaction_keeps_emptied_batches_of_idempotent_producers() {
     follower.append_replicated(&bytes).unwrap();
     assert_eq!(read_all(&follower), bytes);
     assert_eq!(follower.log_end_offset(), 5);
+    // With the producer gone, nothing of it is kept.
+    let stats = log.compact(&CleanBounds::everything()).unwrap();
+    assert_eq!(stats.batches_removed, 1, "{stats:?}");
+    let headers = log.batch_headers(0, i64::MAX).unwrap();
+    assert!(headers.iter().all(|h| h.producer_id != 42), "{headers:?}");
 }
 
 #[test]
@@ -1921,12 +1959,13 @@ fn compaction_empties_a_superseded_committed_batch_and_keeps_its_marker() {
     put(&log, "a", Some("2"), START_MS);
     log.roll().unwrap();
     put(&log, "z", Some("1"), START_MS);
-    log.compact(i64::MAX).unwrap();
+    log.compact(&with_producer(7, 0)).unwrap();
     let stored = split_batches(&read_all(&log));
     assert_eq!(stored.len(), 4);
     assert_eq!(header(&stored[0]).base_offset, 0);
-    // The committed "a" = 1 is superseded by "a" = 2: its batch stays,
-    // empty, with its producer fields, for the producer state.
+    // The committed "a" = 1 is superseded by "a" = 2: its batch, the
+    // producer's last, stays, empty, with its producer fields, for the
+    // producer state; and so its marker stays as it was.
     let emptied = header(&stored[0]);
     assert!(emptied.is_transactional());
     assert_eq!(emptied.record_count, 0);
@@ -2084,8 +2123,10 @@ mod manager {
 
         let mut errors = Vec::new();
         for _ in 0..10 {
-            let round =
-                manager.clean_dirtiest(rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
+            let round = manager
+                .clean_dirtiest(rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
+                    CleanBounds::everything()
+                });
             match round.cleaned {
                 None => break,
                 Some((tp, Err(error))) => errors.push((tp, error)),
@@ -2097,7 +2138,7 @@ mod manager {
         assert_eq!(failed, damaged);
         assert_eq!(
             manager
-                .clean_dirtiest(1 << 20, |_, _| i64::MAX)
+                .clean_dirtiest(1 << 20, |_, _| CleanBounds::everything())
                 .uncleanable_partitions,
             1
         );
@@ -2281,13 +2322,17 @@ mod manager {
             checkpoint_lines(dir.path(), "log-start-offset-checkpoint"),
             vec!["events 0 2", "events 1 0"]
         );
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
+            CleanBounds::everything()
+        });
         assert_eq!(round.max_dirty_ratio, 1.0);
         let (cleaned, stats) = round.cleaned.unwrap();
         assert_eq!(cleaned, tp(1));
         assert_eq!(stats.unwrap().segments_cleaned, 1);
         assert_eq!(offsets(&read_all(&compact)), vec![1]);
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
+            CleanBounds::everything()
+        });
         assert_eq!(round.max_dirty_ratio, 0.0);
         assert!(round.cleaned.is_none(), "nothing dirty is left");
     }
@@ -2316,7 +2361,7 @@ mod manager {
             quarter.roll().unwrap();
         }
         quarter
-            .clean(DEDUPE_BUFFER_BYTES_DEFAULT, i64::MAX)
+            .clean(DEDUPE_BUFFER_BYTES_DEFAULT, &CleanBounds::everything())
             .unwrap();
         put(&quarter, "a", Some("2"), START_MS);
         quarter.roll().unwrap();
@@ -2331,14 +2376,18 @@ mod manager {
         assert_eq!(dirtiness.dirty_ratio(), 0.25);
         assert!(!dirtiness.needs_cleaning());
         assert!(!whole.dirtiness(i64::MAX).unwrap().needs_cleaning());
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX);
+        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
+            CleanBounds::everything()
+        });
         assert_eq!(round.max_dirty_ratio, 1.0);
         assert!(round.cleaned.is_none());
 
         // A lower minimum makes the quarter-dirty log cleanable.
         quarter.set_config(config(0.2, i64::MAX)).unwrap();
         let (cleaned, _) = manager
-            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX)
+            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
+                CleanBounds::everything()
+            })
             .cleaned
             .unwrap();
         assert_eq!(cleaned, tp(0));
@@ -2350,7 +2399,9 @@ mod manager {
         clock.set_ms(START_MS + 1001);
         assert!(whole.dirtiness(i64::MAX).unwrap().compaction_due);
         let (cleaned, _) = manager
-            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| i64::MAX)
+            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
+                CleanBounds::everything()
+            })
             .cleaned
             .unwrap();
         assert_eq!(cleaned, tp(1));

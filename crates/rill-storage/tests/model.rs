@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use common::*;
 use proptest::prelude::*;
 use rill_storage::records::BatchBuilder;
-use rill_storage::{CleanupPolicy, EpochEntry, Log, LogConfig, LogOpenOptions, StorageError};
+use rill_storage::{
+    CleanBounds, CleanupPolicy, EpochEntry, Log, LogConfig, LogOpenOptions, StorageError,
+};
 use rill_types::Clock;
 
 const KEYS: [&[u8]; 4] = [b"k0", b"k1", b"k2", b"k3"];
@@ -459,7 +461,7 @@ impl Machine {
     fn compact(&mut self, advance_ms: i64) -> Result<(), TestCaseError> {
         self.h.clock.advance_ms(advance_ms);
         let bases = self.log().segment_base_offsets();
-        self.log().compact(i64::MAX).unwrap();
+        self.log().compact(&CleanBounds::everything()).unwrap();
         if !self.compact {
             return Ok(());
         }

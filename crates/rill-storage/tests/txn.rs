@@ -14,7 +14,7 @@ use rill_storage::producer_state::{
 };
 use rill_storage::records::BatchBuilder;
 use rill_storage::txn::{self, AbortedTxn, ControlType, EndTxnMarker};
-use rill_storage::{CleanupPolicy, Log, LogConfig, LogOpenOptions};
+use rill_storage::{CleanBounds, CleanupPolicy, Log, LogConfig, LogOpenOptions};
 
 const TXN_INDEX: &str = "txnindex";
 
@@ -326,8 +326,86 @@ fn compacted_config() -> LogConfig {
     }
 }
 
+/// The bounds the broker gives the cleaner: the live producer state's
+/// producers, nothing at or past `stable_offset`.
+fn bounds(state: &ProducerStateManager, stable_offset: i64) -> CleanBounds {
+    CleanBounds {
+        stable_offset,
+        producers: state.tails(),
+    }
+}
+
+/// What a rebuilt producer state must agree on with the live one: each
+/// producer's epoch, last sequence and open transaction (the cleaner may
+/// drop the batches before a producer's last, as Kafka's does).
+fn assert_same_producers(loaded: &ProducerStateManager, live: &ProducerStateManager) {
+    for (producer_id, entry) in live.entries() {
+        let rebuilt = loaded
+            .entry(*producer_id)
+            .unwrap_or_else(|| panic!("producer {producer_id} lost"));
+        assert_eq!(
+            rebuilt.producer_epoch(),
+            entry.producer_epoch(),
+            "{producer_id}"
+        );
+        assert_eq!(rebuilt.last_seq(), entry.last_seq(), "{producer_id}");
+        assert_eq!(
+            rebuilt.current_txn_first_offset(),
+            entry.current_txn_first_offset(),
+            "{producer_id}"
+        );
+    }
+    assert_eq!(loaded.first_unstable_offset(), live.first_unstable_offset());
+}
+
+/// What a read_committed consumer gets from the log as librdkafka reads
+/// it: the aborted transactions the log names for the whole range, a
+/// producer's batches skipped from an aborted transaction's first offset
+/// until its abort marker; nothing at or past `last_stable_offset`.
+/// Returns the (offset, key, value) delivered.
+fn read_committed(log: &Log, last_stable_offset: i64) -> Vec<(i64, String, String)> {
+    let mut aborted: Vec<AbortedTxn> = log.aborted_txns(log.log_start_offset(), i64::MAX);
+    aborted.sort_by_key(|t| t.first_offset);
+    let mut delivered = Vec::new();
+    for batch in split_batches(&read_all(log)) {
+        let h = header(&batch);
+        let skipping = |aborted: &Vec<AbortedTxn>| {
+            aborted
+                .iter()
+                .find(|t| t.producer_id == h.producer_id)
+                .is_some_and(|t| t.first_offset <= h.base_offset)
+        };
+        if h.is_control() {
+            let marker = txn::parse_marker(&batch).unwrap();
+            if marker.is_some_and(|m| m.control_type == ControlType::Abort) {
+                if let Some(at) = aborted
+                    .iter()
+                    .position(|t| t.producer_id == h.producer_id && t.first_offset <= h.base_offset)
+                {
+                    aborted.remove(at);
+                }
+            }
+            continue;
+        }
+        if h.is_transactional() && skipping(&aborted) {
+            continue;
+        }
+        for r in decode_all(&batch)
+            .into_iter()
+            .filter(|r| r.offset < last_stable_offset)
+        {
+            delivered.push((
+                r.offset,
+                String::from_utf8(r.key.unwrap()).unwrap(),
+                String::from_utf8(r.value.unwrap()).unwrap(),
+            ));
+        }
+    }
+    delivered
+}
+
 #[test]
-fn compaction_drops_aborted_records_dedupes_committed_ones_and_keeps_markers() {
+fn compaction_drops_aborted_records_dedupes_committed_ones_and_keeps_producers_last_batches() {
     let h = Harness::new(compacted_config());
     let log = h.open();
     let mut state = new_state();
@@ -352,36 +430,43 @@ fn compaction_drops_aborted_records_dedupes_committed_ones_and_keeps_markers() {
     assert_eq!(aborted_before.len(), 1);
     assert_eq!(aborted_before[0].first_offset, abort.first_offset);
 
-    let stats = log.compact(i64::MAX).unwrap();
+    let stats = log.compact(&bounds(&state, i64::MAX)).unwrap();
     assert!(stats.segments_cleaned > 0, "{stats:?}");
     assert_eq!(stats.aborted_records_dropped, 2, "{stats:?}");
+    // Producer 1's first (aborted) batch and plain-3's go whole.
     assert_eq!(
-        key_values(&log),
-        [
-            ("a".into(), "plain-1".into()),
-            ("b".into(), "plain-2".into()),
-            ("c".into(), "committed-2".into()),
-        ]
+        (stats.batches_removed, stats.markers_removed),
+        (2, 0),
+        "{stats:?}"
     );
-    // Every batch is still there (markers whole, emptied transactional
-    // batches as empty batches), at its offsets.
+    let expected = [
+        ("a".to_string(), "plain-1".to_string()),
+        ("b".into(), "plain-2".into()),
+        ("c".into(), "committed-2".into()),
+    ];
+    assert_eq!(key_values(&log), expected);
+    let delivered: Vec<(String, String)> = read_committed(&log, i64::MAX)
+        .into_iter()
+        .map(|(_, k, v)| (k, v))
+        .collect();
+    assert_eq!(delivered, expected);
+    // Producer 1's first aborted batch is gone; its last one stays, empty,
+    // as does producer 2's emptied one: each producer's last data batch.
+    // Every marker stays (each producer's last batch precedes it).
     let after = split_batches(&read_all(&log));
-    let spans = |batches: &[Vec<u8>]| -> Vec<(i64, i32, bool, bool)> {
+    let spans = |batches: &[Vec<u8>]| -> Vec<(i64, i64, bool)> {
         batches
             .iter()
             .filter(|b| header(b).producer_id >= 0)
             .map(|b| {
                 let h = header(b);
-                (
-                    h.base_offset,
-                    h.last_offset_delta,
-                    h.is_transactional(),
-                    h.is_control(),
-                )
+                (h.producer_id, h.base_offset, h.is_control())
             })
             .collect()
     };
-    assert_eq!(spans(&after), spans(&before));
+    let mut expected_spans = spans(&before);
+    expected_spans.retain(|&(producer_id, offset, _)| (producer_id, offset) != (1, 1));
+    assert_eq!(spans(&after), expected_spans);
     let markers = |batches: &[Vec<u8>]| -> Vec<Vec<u8>> {
         batches
             .iter()
@@ -390,21 +475,157 @@ fn compaction_drops_aborted_records_dedupes_committed_ones_and_keeps_markers() {
             .collect()
     };
     assert_eq!(markers(&after), markers(&before));
-    assert_eq!(markers(&after).len(), 3);
-    // The index is unchanged, and a producer state rebuilt from the
-    // cleaned log alone is the live one: every transaction closed, every
-    // producer at its epoch and last sequence.
     assert_eq!(txn_index_bases(&h), bases_before);
     assert_eq!(log.aborted_txns(0, i64::MAX), aborted_before);
+    // A producer state rebuilt from the cleaned log alone agrees with the
+    // live one.
     let log = h.reopen_clean(log);
     assert_eq!(log.aborted_txns(0, i64::MAX), aborted_before);
     let (loaded, _) = producer_state::load(&log, state.config(), START_MS).unwrap();
-    for producer_id in 1..=3 {
-        assert_eq!(loaded.entry(producer_id), state.entry(producer_id));
-    }
-    assert_eq!(loaded.first_unstable_offset(), None);
+    assert_same_producers(&loaded, &state);
     // A second pass finds nothing more to do.
-    assert_eq!(log.compact(i64::MAX).unwrap().segments_cleaned, 0);
+    let stats = log.compact(&bounds(&state, i64::MAX)).unwrap();
+    assert_eq!(stats.segments_cleaned, 0, "{stats:?}");
+}
+
+/// Markers go as Kafka's cleaner removes them: once their transaction has
+/// no data left, a first pass marks them with a delete horizon
+/// (`delete.retention.ms` on), a pass after it removes them, and an
+/// abort's index entry with it; read_committed reads the same throughout.
+#[test]
+fn empty_markers_are_removed_after_the_delete_horizon_with_their_index_entries() {
+    let h = Harness::new(compacted_config());
+    let log = h.open();
+    let mut state = new_state();
+    produce(&log, &mut state, txn_record(1, 0, "a", "aborted"));
+    end_txn(&log, &mut state, 1, ControlType::Abort).unwrap();
+    produce(&log, &mut state, txn_record(2, 0, "b", "committed-1"));
+    end_txn(&log, &mut state, 2, ControlType::Commit).unwrap();
+    plain_record(&log, "b", "plain");
+    // Each producer writes on, so its markers above are not its last word.
+    produce(&log, &mut state, txn_record(1, 1, "c", "committed-2"));
+    end_txn(&log, &mut state, 1, ControlType::Commit).unwrap();
+    produce(&log, &mut state, txn_record(2, 1, "d", "committed-3"));
+    end_txn(&log, &mut state, 2, ControlType::Commit).unwrap();
+    log.roll().unwrap();
+    assert_eq!(log.aborted_txns(0, i64::MAX).len(), 1);
+    let expected = vec![
+        (4, "b".to_string(), "plain".to_string()),
+        (5, "c".into(), "committed-2".into()),
+        (7, "d".into(), "committed-3".into()),
+    ];
+
+    // Pass 1: the aborted data and the superseded committed one go; their
+    // markers get a delete horizon, and stay.
+    let stats = log.compact(&bounds(&state, i64::MAX)).unwrap();
+    assert_eq!(
+        (stats.batches_removed, stats.markers_removed),
+        (2, 0),
+        "{stats:?}"
+    );
+    let horizons = |log: &Log| -> Vec<(i64, bool)> {
+        split_batches(&read_all(log))
+            .iter()
+            .map(|b| header(b))
+            .filter(|h| h.is_control())
+            .map(|h| (h.base_offset, h.has_delete_horizon()))
+            .collect()
+    };
+    assert_eq!(
+        horizons(&log),
+        [(1, true), (3, true), (6, false), (8, false)]
+    );
+    assert_eq!(read_committed(&log, i64::MAX), expected);
+    assert_eq!(log.aborted_txns(0, i64::MAX).len(), 1);
+    // Before the horizon nothing more goes.
+    h.clock.advance_ms(999);
+    assert_eq!(
+        log.compact(&bounds(&state, i64::MAX))
+            .unwrap()
+            .markers_removed,
+        0
+    );
+    // Past it, both markers go, the abort's index entry with its marker.
+    h.clock.advance_ms(2);
+    let stats = log.compact(&bounds(&state, i64::MAX)).unwrap();
+    assert_eq!(stats.markers_removed, 2, "{stats:?}");
+    assert_eq!(horizons(&log), [(6, false), (8, false)]);
+    assert!(log.aborted_txns(0, i64::MAX).is_empty());
+    assert!(txn_index_bases(&h).is_empty());
+    assert_eq!(read_committed(&log, i64::MAX), expected);
+    let log = h.reopen_clean(log);
+    assert!(log.aborted_txns(0, i64::MAX).is_empty());
+    assert_eq!(read_committed(&log, i64::MAX), expected);
+    let (loaded, _) = producer_state::load(&log, state.config(), START_MS).unwrap();
+    assert_same_producers(&loaded, &state);
+}
+
+/// A producer's last word is kept: a marker after its last data batch
+/// carries its epoch, and stays however empty its transaction is; a
+/// producer the partition no longer remembers keeps nothing.
+#[test]
+fn a_producers_last_marker_stays_until_the_producer_is_gone() {
+    let h = Harness::new(compacted_config());
+    let log = h.open();
+    let mut state = new_state();
+    produce(&log, &mut state, txn_record(1, 0, "a", "aborted"));
+    end_txn(&log, &mut state, 1, ControlType::Abort).unwrap();
+    plain_record(&log, "z", "plain");
+    log.roll().unwrap();
+    h.clock.advance_ms(10_000);
+    for _ in 0..3 {
+        log.compact(&bounds(&state, i64::MAX)).unwrap();
+        h.clock.advance_ms(10_000);
+    }
+    // Producer 1's aborted batch is its last data batch: kept, empty; so
+    // its marker is kept too.
+    let kept: Vec<(i64, bool)> = split_batches(&read_all(&log))
+        .iter()
+        .map(|b| header(b))
+        .filter(|h| h.producer_id == 1)
+        .map(|h| (h.base_offset, h.is_control()))
+        .collect();
+    assert_eq!(kept, [(0, false), (1, true)]);
+    // Forgotten (expired), the producer keeps nothing.
+    for _ in 0..2 {
+        log.compact(&CleanBounds::everything()).unwrap();
+        h.clock.advance_ms(10_000);
+    }
+    assert!(split_batches(&read_all(&log))
+        .iter()
+        .all(|b| header(b).producer_id != 1));
+    assert!(log.aborted_txns(0, i64::MAX).is_empty());
+    assert_eq!(key_values(&log), [("z".to_string(), "plain".to_string())]);
+}
+
+/// A cleaner swap cut between its two renames is finished at open: with
+/// the `.log.cleaned` gone the new index is put in place; with it still
+/// there nothing of the swap happened and the old index stays.
+#[test]
+fn open_finishes_or_undoes_a_cleaned_index_swap() {
+    let h = Harness::new(compacted_config());
+    let log = h.open();
+    let mut state = new_state();
+    produce(&log, &mut state, txn_record(1, 0, "a", "aborted"));
+    end_txn(&log, &mut state, 1, ControlType::Abort).unwrap();
+    let log = h.reopen_clean(log);
+    assert_eq!(log.aborted_txns(0, i64::MAX).len(), 1);
+    drop(log);
+    let cleaned_index = h.segment_file(0, "txnindex.cleaned");
+    let cleaned_log = h.segment_file(0, "log.cleaned");
+    // The log's rename had not happened: the swap is undone.
+    fs::write(&cleaned_index, b"").unwrap();
+    fs::write(&cleaned_log, b"").unwrap();
+    let log = h.open();
+    assert_eq!(log.aborted_txns(0, i64::MAX).len(), 1);
+    assert!(!cleaned_index.exists() && !cleaned_log.exists());
+    drop(log);
+    // It had: the (here empty) new index replaces the old.
+    fs::write(&cleaned_index, b"").unwrap();
+    let log = h.open();
+    assert!(log.aborted_txns(0, i64::MAX).is_empty());
+    assert!(!cleaned_index.exists());
+    assert!(txn_index_bases(&h).is_empty());
 }
 
 #[test]
@@ -418,7 +639,7 @@ fn compaction_stops_at_the_first_offset_of_an_open_transaction() {
     log.roll().unwrap();
     assert_eq!(state.first_unstable_offset(), Some(open));
     // Below the open transaction nothing supersedes plain-1 yet.
-    let stats = log.compact(open).unwrap();
+    let stats = log.compact(&bounds(&state, open)).unwrap();
     assert_eq!(stats.end_offset, open);
     assert_eq!(stats.records_kept, stats.records_read, "{stats:?}");
     assert_eq!(
@@ -429,7 +650,7 @@ fn compaction_stops_at_the_first_offset_of_an_open_transaction() {
     end_txn(&log, &mut state, 1, ControlType::Commit).unwrap();
     log.roll().unwrap();
     assert_eq!(state.first_unstable_offset(), None);
-    log.compact(i64::MAX).unwrap();
+    log.compact(&bounds(&state, i64::MAX)).unwrap();
     assert_eq!(key_values(&log), [("a".into(), "plain-2".into())]);
 }
 
@@ -532,6 +753,8 @@ mod compaction_model {
         Roll,
         /// A cleaner pass below the last stable offset.
         Compact,
+        /// The clock moves on (past `delete.retention.ms`, 1 s, or not).
+        Advance(i64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -540,7 +763,8 @@ mod compaction_model {
             4 => (1i64..=3, 0u8..4).prop_map(|(p, k)| Op::Write(p, k)),
             2 => (1i64..=3, any::<bool>()).prop_map(|(p, c)| Op::End(p, c)),
             1 => Just(Op::Roll),
-            1 => Just(Op::Compact),
+            2 => Just(Op::Compact),
+            1 => prop_oneof![Just(400i64), Just(1_500i64)].prop_map(Op::Advance),
         ]
     }
 
@@ -557,7 +781,8 @@ mod compaction_model {
         written: HashMap<i64, Written>,
         /// Per transaction: None while open, else whether it committed.
         outcomes: Vec<Option<bool>>,
-        markers: usize,
+        /// Per transaction, once ended: its marker's offset.
+        markers: HashMap<usize, i64>,
     }
 
     impl Model {
@@ -584,11 +809,15 @@ mod compaction_model {
         }
     }
 
-    /// What the log holds now: its data records by offset, and how many
-    /// control batches.
-    fn stored(log: &Log) -> (Vec<(i64, String, String)>, usize) {
+    /// What the log holds now: its data records by offset, and the
+    /// offsets of its control batches.
+    fn stored(log: &Log) -> (Vec<(i64, String, String)>, Vec<i64>) {
         let batches = split_batches(&read_all(log));
-        let markers = batches.iter().filter(|b| header(b).is_control()).count();
+        let markers = batches
+            .iter()
+            .filter(|b| header(b).is_control())
+            .map(|b| header(b).base_offset)
+            .collect();
         let data: Vec<u8> = batches
             .into_iter()
             .filter(|b| !header(b).is_control())
@@ -609,12 +838,18 @@ mod compaction_model {
 
     /// The invariants after a pass that cleaned below `cleaned_below`:
     /// every record left was written there; each key's latest visible
-    /// value is what it was; every marker is kept; below the pass's end
-    /// no aborted record is left, and no visible record that a later
-    /// visible one supersedes.
-    fn check(log: &Log, model: &Model, cleaned_below: i64) -> Result<(), TestCaseError> {
-        let (records, markers) = stored(log);
-        prop_assert_eq!(markers, model.markers, "every marker stays");
+    /// value is what it was; a read_committed consumer (as librdkafka
+    /// reads: the aborted list and the markers) gets exactly the visible
+    /// records left; a transaction with a record left keeps its marker;
+    /// below the pass's end no aborted record is left, and no visible
+    /// record that a later visible one supersedes.
+    fn check(
+        log: &Log,
+        model: &Model,
+        stable: i64,
+        cleaned_below: i64,
+    ) -> Result<(), TestCaseError> {
+        let (records, marker_offsets) = stored(log);
         let mut left = Vec::new();
         for (offset, key, value) in &records {
             let written = model.written.get(offset);
@@ -631,6 +866,31 @@ mod compaction_model {
         let all = model.latest(model.written.iter().map(|(o, w)| (*o, w)));
         let kept = model.latest(left.iter().copied());
         prop_assert_eq!(&kept, &all, "each key's latest visible value is kept");
+        let visible_left: Vec<i64> = left
+            .iter()
+            .filter(|(o, w)| model.visible(w) && *o < stable)
+            .map(|(o, _)| *o)
+            .collect();
+        let delivered: Vec<i64> = read_committed(log, stable)
+            .iter()
+            .map(|(o, _, _)| *o)
+            .collect();
+        prop_assert_eq!(
+            &delivered,
+            &visible_left,
+            "read_committed reads the visible records"
+        );
+        for (offset, record) in &left {
+            if let Some(marker) = record.txn.and_then(|t| model.markers.get(&t)) {
+                prop_assert!(
+                    marker_offsets.contains(marker),
+                    "{:?} at {} is left without its marker at {}",
+                    record,
+                    offset,
+                    marker
+                );
+            }
+        }
         let below = model.latest(
             model
                 .written
@@ -665,15 +925,15 @@ mod compaction_model {
         let mut model = Model {
             written: HashMap::new(),
             outcomes: Vec::new(),
-            markers: 0,
+            markers: HashMap::new(),
         };
         let mut sequences: HashMap<i64, i32> = HashMap::new();
         let mut open: HashMap<i64, usize> = HashMap::new();
         let compact = |log: &Log, state: &ProducerStateManager, model: &Model| {
             let stable = state.first_unstable_offset().unwrap_or(i64::MAX);
             let active_base = *log.segment_base_offsets().last().unwrap();
-            log.compact(stable).unwrap();
-            check(log, model, stable.min(active_base))
+            log.compact(&bounds(state, stable)).unwrap();
+            check(log, model, stable, stable.min(active_base))
         };
         for (step, op) in ops.iter().enumerate() {
             let value = format!("s{step}");
@@ -716,13 +976,15 @@ mod compaction_model {
                         } else {
                             ControlType::Abort
                         };
+                        let marker_offset = log.log_end_offset();
                         end_txn(&log, &mut state, producer_id, control);
                         model.outcomes[txn] = Some(commit);
-                        model.markers += 1;
+                        model.markers.insert(txn, marker_offset);
                     }
                 }
                 Op::Roll => log.roll().unwrap(),
                 Op::Compact => compact(&log, &state, &model)?,
+                Op::Advance(ms) => h.clock.advance_ms(ms),
             }
         }
         log.roll().unwrap();
@@ -732,13 +994,7 @@ mod compaction_model {
         // last sequences.
         let log = h.reopen_clean(log);
         let (loaded, _) = producer_state::load(&log, state.config(), START_MS).unwrap();
-        for producer_id in 1..=3 {
-            prop_assert_eq!(loaded.entry(producer_id), state.entry(producer_id));
-        }
-        prop_assert_eq!(
-            loaded.first_unstable_offset(),
-            state.first_unstable_offset()
-        );
+        assert_same_producers(&loaded, &state);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use tracing::warn;
 use crate::checkpoint;
 use crate::error::{Result, StorageError};
 use crate::segment::{self, Segment};
+use crate::txn;
 
 use super::{lock, Log};
 
@@ -136,12 +137,21 @@ impl Log {
     /// (`file_id`, `size`). Crash-safe: the old indexes are removed first
     /// (a restart rebuilds missing ones), then the cleaned file is renamed
     /// over the old, which is atomic.
+    ///
+    /// `removed_aborts` (producer id, marker offset) are the abort markers
+    /// the copy no longer holds: their `.txnindex` entries go with them.
+    /// The new index is written first as `<base>.txnindex.cleaned` and
+    /// renamed over the old one after the log's rename; a crash between
+    /// the two renames is finished by [`Log::open`] (the `.log.cleaned` is
+    /// gone, the `.txnindex.cleaned` is not), so that the index never names
+    /// a marker the log does not hold, nor misses one it does.
     pub(crate) fn swap_cleaned(
         &self,
         base_offset: i64,
         file_id: u64,
         size: u64,
         cleaned: &Path,
+        removed_aborts: &[(i64, i64)],
     ) -> Result<bool> {
         let _structure = lock(&self.structure);
         let cleaned_file = File::open(cleaned).map_err(StorageError::io("open", cleaned))?;
@@ -161,14 +171,28 @@ impl Log {
             segment::remove_if_exists(cleaned)?;
             return Ok(false);
         }
-        // The cleaner keeps every marker (and every transactional batch)
-        // in place, so the segment's `.txnindex` stays as it is, on disk
-        // and in memory.
-        replacement.aborted_txns = current.map_or_else(Vec::new, |s| s.aborted_txns.clone());
+        let mut aborted_txns = current.map_or_else(Vec::new, |s| s.aborted_txns.clone());
+        aborted_txns.retain(|t| {
+            !removed_aborts.iter().any(|&(producer_id, marker)| {
+                t.producer_id == producer_id && t.last_offset == marker
+            })
+        });
+        let index_changed = aborted_txns.len() != current.map_or(0, |s| s.aborted_txns.len());
+        replacement.aborted_txns = aborted_txns;
+        let cleaned_index = segment::cleaned_txn_index_path(&replacement);
+        if index_changed {
+            segment::write_synced(
+                &cleaned_index,
+                &txn::encode_txn_index(&replacement.aborted_txns),
+            )?;
+        }
         let log_path = replacement.log_path.clone();
         segment::remove_if_exists(&replacement.index_path())?;
         segment::remove_if_exists(&replacement.time_index_path())?;
         fs::rename(cleaned, &log_path).map_err(StorageError::io("rename", cleaned))?;
+        if index_changed {
+            segment::finish_cleaned_txn_index(&replacement)?;
+        }
         checkpoint::sync_dir(&self.dir)?;
         replacement.synced_size = replacement.size;
         replacement.persist_indexes(true)?;

@@ -17,6 +17,10 @@ use crate::error::{Result, StorageError};
 use crate::files::FileCache;
 use crate::segment::{self, Segment, CLEANED_SUFFIX, LOG_SUFFIX, TXN_INDEX_SUFFIX};
 
+/// `<base>.log.cleaned` and `<base>.txnindex.cleaned`: the cleaner's swap.
+const CLEANED_LOG_SUFFIX: &str = "log.cleaned";
+const CLEANED_TXN_INDEX_SUFFIX: &str = "txnindex.cleaned";
+
 use super::{lock, Log, LogOpenOptions, LogState};
 
 impl Log {
@@ -38,6 +42,8 @@ impl Log {
             .unwrap_or_default();
         let mut bases = Vec::new();
         let mut txn_index_bases = Vec::new();
+        let mut cleaned_txn_indexes = Vec::new();
+        let mut cleaned_logs = Vec::new();
         for entry in fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
             let entry = entry.map_err(StorageError::io("list", dir))?;
             let file_name = entry.file_name();
@@ -47,6 +53,14 @@ impl Log {
             match segment::parse_file_name(file_name) {
                 Some((base, LOG_SUFFIX)) => bases.push(base),
                 Some((base, TXN_INDEX_SUFFIX)) => txn_index_bases.push(base),
+                Some((base, suffix)) if suffix == CLEANED_TXN_INDEX_SUFFIX => {
+                    cleaned_txn_indexes.push(base);
+                }
+                Some((base, suffix)) if suffix == CLEANED_LOG_SUFFIX => {
+                    cleaned_logs.push(base);
+                    info!(log = %name, file = file_name, "removing an unfinished file");
+                    segment::remove_if_exists(&entry.path())?;
+                }
                 Some((_, suffix))
                     if suffix.ends_with(CLEANED_SUFFIX) || suffix.ends_with("tmp") =>
                 {
@@ -54,6 +68,22 @@ impl Log {
                     segment::remove_if_exists(&entry.path())?;
                 }
                 _ => {}
+            }
+        }
+        // A cleaner's swap cut short: with its `.log.cleaned` still there,
+        // nothing of it took effect (both go); without, the log's rename
+        // was done and the index's is finished here.
+        for base in cleaned_txn_indexes {
+            let segment = Segment::existing(dir, base, &files);
+            if cleaned_logs.contains(&base) || !bases.contains(&base) {
+                segment::remove_if_exists(&segment::cleaned_txn_index_path(&segment))?;
+            } else {
+                info!(log = %name, base_offset = base, "finishing a cleaned segment's transaction index");
+                segment::finish_cleaned_txn_index(&segment)?;
+                txn_index_bases.retain(|&b| b != base);
+                if segment.txn_index_path().exists() {
+                    txn_index_bases.push(base);
+                }
             }
         }
         bases.sort_unstable();

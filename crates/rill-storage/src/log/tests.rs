@@ -7,6 +7,7 @@ use rill_types::ManualClock;
 
 use super::*;
 use crate::batch::{self, BatchHeader};
+use crate::cleaner::CleanBounds;
 use crate::error::InvalidRecord;
 use crate::records::{self, BatchBuilder};
 
@@ -156,7 +157,7 @@ fn compaction_keeps_latest_per_key() {
     for keys in [["a", "b"], ["a", "c"], ["b", "c"], ["a", "d"], ["x", "y"]] {
         log.append(&mut batch(&keys, 1_000), 0).unwrap();
     }
-    let stats = log.compact(i64::MAX).unwrap();
+    let stats = log.compact(&CleanBounds::everything()).unwrap();
     assert!(stats.segments_cleaned > 0, "{stats:?}");
     let mut out = Vec::new();
     log.read_into(0, u64::MAX, i64::MAX, &mut out).unwrap();

@@ -419,6 +419,21 @@ impl ProducerStateManager {
         self.producers.is_empty()
     }
 
+    /// What the log cleaner must keep of each producer (see
+    /// [`crate::CleanBounds`]).
+    pub fn tails(&self) -> HashMap<i64, crate::cleaner::ProducerTail> {
+        self.entries()
+            .map(|(&producer_id, entry)| {
+                (
+                    producer_id,
+                    crate::cleaner::ProducerTail {
+                        last_data_offset: entry.batches.back().map(|b| b.last_offset),
+                    },
+                )
+            })
+            .collect()
+    }
+
     pub fn entry(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)
     }

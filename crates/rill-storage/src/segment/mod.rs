@@ -721,6 +721,42 @@ pub fn append_txn_index_entry(path: &Path, entries_before: usize, txn: &AbortedT
     Ok(())
 }
 
+/// Where the cleaner writes a segment's new `.txnindex` before the swap.
+pub fn cleaned_txn_index_path(segment: &Segment) -> PathBuf {
+    segment
+        .log_path
+        .with_extension(format!("{TXN_INDEX_SUFFIX}.{CLEANED_SUFFIX}"))
+}
+
+/// Puts the cleaner's new `.txnindex` of `segment` in place: renamed over
+/// the old one, or, when it holds no entry, both removed.
+pub fn finish_cleaned_txn_index(segment: &Segment) -> Result<()> {
+    let cleaned = cleaned_txn_index_path(segment);
+    let path = segment.txn_index_path();
+    let empty = fs::metadata(&cleaned)
+        .map_err(StorageError::io("stat", &cleaned))?
+        .len()
+        == 0;
+    if empty {
+        remove_if_exists(&path)?;
+        remove_if_exists(&cleaned)?;
+    } else {
+        fs::rename(&cleaned, &path).map_err(StorageError::io("rename", &cleaned))?;
+    }
+    if let Some(dir) = path.parent() {
+        crate::checkpoint::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a new file at `path` and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).map_err(StorageError::io("write", path))?;
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(StorageError::io("fsync", path))
+}
+
 pub fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
