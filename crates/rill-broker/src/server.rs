@@ -14,7 +14,7 @@ use rill_controller::{Controller, ControllerError, ControllerOptions, MetadataIm
 use crate::metadata::MetadataClient;
 use rill_storage::{LogManager, LogManagerConfig, StorageError};
 use rill_types::{Clock, SystemClock};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -234,6 +234,44 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// The Kafka port's backlog once it listens (Kafka's `socket.listen.backlog.size`).
+const KAFKA_LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the Kafka port without listening yet: the address is taken (an
+/// address in use fails the start at once, and port 0 is given its
+/// number), but a client's connection is refused until [`listen_kafka`],
+/// as Kafka's acceptor opens its port only when the broker serves. A
+/// listening port that answers nothing would be worse: librdkafka takes a
+/// connection that was accepted for a live broker, and waits out its
+/// ApiVersions timeout (10 s) on it instead of asking another broker who
+/// leads or coordinates now (chaos finding 11).
+fn bind_kafka(addr: SocketAddr) -> Result<(TcpSocket, SocketAddr), StartError> {
+    let what = "Kafka clients";
+    let error = |source| StartError::Bind { what, addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    // As `TcpListener::bind`: a restart may rebind at once over the
+    // previous process's connections in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    let local = socket.local_addr().map_err(error)?;
+    Ok((socket, local))
+}
+
+fn listen_kafka(socket: TcpSocket, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    socket
+        .listen(KAFKA_LISTEN_BACKLOG)
+        .map_err(|source| StartError::Bind {
+            what: "Kafka clients",
+            addr,
+            source,
+        })
+}
+
 /// What `meta.properties` says of a data dir, as far as it says it yet.
 #[derive(Debug, Clone, Default)]
 struct DataDirIdentity {
@@ -367,17 +405,14 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     // failure, and finding it before recovery saves a long wait.
     // A controller-only node serves no Kafka traffic and takes no port
     // for it.
-    let kafka_listener = if config.roles.is_broker() {
-        Some(bind("Kafka clients", config.kafka_addr).await?)
+    let (kafka_socket, kafka_addr) = if config.roles.is_broker() {
+        let (socket, addr) = bind_kafka(config.kafka_addr)?;
+        (Some(socket), addr)
     } else {
-        None
+        (None, config.kafka_addr)
     };
     let controller_listener = bind("the controller", config.controller_addr).await?;
     let http_listener = bind("HTTP", config.http_addr).await?;
-    let kafka_addr = match &kafka_listener {
-        Some(listener) => local_addr(listener, "Kafka clients", config.kafka_addr)?,
-        None => config.kafka_addr,
-    };
     let http_addr = local_addr(&http_listener, "HTTP", config.http_addr)?;
     let controller_addr = local_addr(
         &controller_listener,
@@ -568,8 +603,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         // Clients are served once this broker is unfenced, as Kafka's
         // brokers enable request processing only then: before, it leads
         // nothing and is in nobody's Metadata, not even its own, which
-        // clients take for a broken answer. Connections wait in the
-        // listener's backlog meanwhile.
+        // clients take for a broken answer. The Kafka port refuses
+        // connections meanwhile (see `bind_kafka`).
         let node_id = broker.config.node_id;
         let unfenced = wait_for_image(&*broker.controller, "this broker to be unfenced", |image| {
             image.broker(node_id).is_some_and(|b| !b.fenced)
@@ -585,7 +620,14 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         })
         .await?;
     }
-    if let Some(kafka_listener) = kafka_listener {
+    if let Some(kafka_socket) = kafka_socket {
+        let kafka_listener = match listen_kafka(kafka_socket, kafka_addr) {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = running.shutdown().await;
+                return Err(error);
+            }
+        };
         tasks.spawn(housekeeping(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(log_cleaner(Arc::clone(&broker), shutdown.clone()));
         tasks.spawn(GroupCoordinator::run(
