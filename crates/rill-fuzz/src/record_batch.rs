@@ -211,6 +211,7 @@ fn check_batches(records: &[u8]) {
             base_sequence: producer.base_sequence,
             is_transactional: producer.is_transactional,
             is_control: producer.is_control,
+            delete_horizon: header.has_delete_horizon(),
             last_offset_delta: Some(header.last_offset_delta),
             records: decoded.clone(),
         }
