@@ -1036,12 +1036,15 @@ fn the_log_cleaner_removes_overwritten_values_within_seconds() {
 /// The log cleaner understands transactions, as Kafka's: records of
 /// aborted transactions are removed (a read_uncommitted consumer no longer
 /// sees them), records of committed ones are deduplicated like any others,
-/// and the markers stay, so read_committed consumers read through.
+/// and markers left with nothing go later, with their aborted-transaction
+/// entries: read_committed consumers read the same throughout.
 #[test]
 fn the_log_cleaner_removes_aborted_and_superseded_transactional_records() {
     let broker = Broker::start_new_with_args(&["--log-cleaner-backoff-ms", "100"]);
     let topic = "compacted-txn";
-    create_topic_with(&broker, topic, 1, QUICKLY_COMPACTED);
+    // Markers whose transactions are left empty go 100 ms after that.
+    let configs = [QUICKLY_COMPACTED, &[("delete.retention.ms", "100")]].concat();
+    create_topic_with(&broker, topic, 1, &configs);
     let producer = producer(
         &broker,
         &[
@@ -1096,6 +1099,28 @@ fn the_log_cleaner_removes_aborted_and_superseded_transactional_records() {
             read_compacted(&broker, topic, "read_uncommitted")
         )
     });
+    assert_eq!(read_compacted(&broker, topic, "read_committed"), latest);
+    // The aborted transactions' markers and their index entries go next
+    // (the last one stays, after producer's last batch): read_committed
+    // still reads the same.
+    let partition_dir = broker.data_dir().join(format!("{topic}-0"));
+    let txn_indexes = || {
+        std::fs::read_dir(&partition_dir)
+            .expect("the partition's directory")
+            .filter(|e| {
+                e.as_ref()
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".txnindex")
+            })
+            .count()
+    };
+    poll_until(Duration::from_secs(20), || {
+        (txn_indexes() <= 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{} transaction indexes left after 20 s", txn_indexes()));
+    assert_eq!(read_compacted(&broker, topic, "read_uncommitted"), latest);
     assert_eq!(read_compacted(&broker, topic, "read_committed"), latest);
 }
 
