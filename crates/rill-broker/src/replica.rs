@@ -133,6 +133,23 @@ impl ReplicaState {
         self.isr.len() < self.effective_min_isr()
     }
 
+    /// Whether `node_id` may append as leader now: NOT_LEADER unless it
+    /// leads; with `require_min_isr` (acks=all and the coordinators'
+    /// writes), NOT_ENOUGH_REPLICAS when the ISR is smaller than
+    /// `min.insync.replicas`.
+    fn check_leader(&self, node_id: NodeId, require_min_isr: bool) -> Result<(), AppendError> {
+        if self.leader != node_id {
+            return Err(AppendError::NotLeader);
+        }
+        if require_min_isr && (self.isr.len() as i32) < self.min_insync_replicas {
+            return Err(AppendError::NotEnoughReplicas {
+                isr: self.isr.len(),
+                min: self.min_insync_replicas,
+            });
+        }
+        Ok(())
+    }
+
     fn assert_consistent(&self) {
         debug_assert!(self.leader == -1 || self.isr.contains(&self.leader));
         debug_assert!(self.isr.iter().all(|r| self.replicas.contains(r)));
@@ -371,15 +388,7 @@ impl Partition {
         verified: Option<VerificationGuard>,
     ) -> Result<LeaderAppend, AppendError> {
         let state = self.read_state();
-        if state.leader != self.node_id {
-            return Err(AppendError::NotLeader);
-        }
-        if require_min_isr && (state.isr.len() as i32) < state.min_insync_replicas {
-            return Err(AppendError::NotEnoughReplicas {
-                isr: state.isr.len(),
-                min: state.min_insync_replicas,
-            });
-        }
+        state.check_leader(self.node_id, require_min_isr)?;
         let leader_epoch = state.leader_epoch;
         let appended = |info| LeaderAppend {
             info,
@@ -503,18 +512,13 @@ impl Partition {
                 // The log checked the batch; a marker it cannot read was
                 // written by no Kafka-compatible leader.
                 match txn::parse_marker(bytes) {
-                    Ok(Some(marker)) => {
-                        let completed = producers.record_marker(
-                            header.producer_id,
-                            header.producer_epoch,
-                            marker,
-                            header.base_offset,
-                            now_ms,
-                        );
-                        self.lock_verifications().void(header.producer_id);
-                        self.complete_txn(&producers, completed);
-                        self.publish_unstable(&producers);
-                    }
+                    Ok(Some(marker)) => self.marker_written(
+                        &mut producers,
+                        header.producer_id,
+                        header.producer_epoch,
+                        marker,
+                        header.base_offset,
+                    ),
                     Ok(None) => {}
                     Err(error) => {
                         warn!(topic = %self.tp.topic, partition = self.tp.partition, offset = header.base_offset, %error, "unreadable control batch from the leader")
@@ -545,30 +549,19 @@ impl Partition {
         marker: EndTxnMarker,
     ) -> Result<LeaderAppend, AppendError> {
         let state = self.read_state();
-        if state.leader != self.node_id {
-            return Err(AppendError::NotLeader);
-        }
-        if (state.isr.len() as i32) < state.min_insync_replicas {
-            return Err(AppendError::NotEnoughReplicas {
-                isr: state.isr.len(),
-                min: state.min_insync_replicas,
-            });
-        }
+        state.check_leader(self.node_id, true)?;
         let mut producers = self.lock_producers();
         producers.check_marker(producer_id, producer_epoch, marker.coordinator_epoch)?;
         let now_ms = self.clock.now_ms();
         let mut records = txn::build_marker_batch(producer_id, producer_epoch, marker, now_ms);
         let info = self.log.append(&mut records, state.leader_epoch)?;
-        let completed = producers.record_marker(
+        self.marker_written(
+            &mut producers,
             producer_id,
             producer_epoch,
             marker,
             info.base_offset,
-            now_ms,
         );
-        self.lock_verifications().void(producer_id);
-        self.complete_txn(&producers, completed);
-        self.publish_unstable(&producers);
         drop(producers);
         self.maybe_advance_high_watermark(&state);
         self.wake_fetches();
@@ -585,15 +578,7 @@ impl Partition {
     /// checked, its sequences are not (the coordinator numbers nothing).
     pub fn append_as_coordinator(&self, records: &mut [u8]) -> Result<LeaderAppend, AppendError> {
         let state = self.read_state();
-        if state.leader != self.node_id {
-            return Err(AppendError::NotLeader);
-        }
-        if (state.isr.len() as i32) < state.min_insync_replicas {
-            return Err(AppendError::NotEnoughReplicas {
-                isr: state.isr.len(),
-                min: state.min_insync_replicas,
-            });
-        }
+        state.check_leader(self.node_id, true)?;
         let Some((header, batch)) = producer_batch(records)? else {
             return Err(AppendError::InvalidRecord(
                 "a coordinator's transactional batch needs a producer id".to_string(),
@@ -625,6 +610,30 @@ impl Partition {
             duplicate: false,
             leader_epoch: state.leader_epoch,
         })
+    }
+
+    /// A marker is in the log at `offset` (appended as leader or copied as
+    /// follower): it ends the producer's transaction, voids a verification
+    /// of the producer under way, and the transaction completes here.
+    /// Called under the producers lock.
+    fn marker_written(
+        &self,
+        producers: &mut ProducerStateManager,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: EndTxnMarker,
+        offset: i64,
+    ) {
+        let completed = producers.record_marker(
+            producer_id,
+            producer_epoch,
+            marker,
+            offset,
+            self.clock.now_ms(),
+        );
+        self.lock_verifications().void(producer_id);
+        self.complete_txn(producers, completed);
+        self.publish_unstable(producers);
     }
 
     /// After a marker ended a transaction: an abort goes into the log's
@@ -702,6 +711,40 @@ impl Partition {
             self.completed_first.store(completed, Ordering::Release);
         }
         high_watermark.min(ongoing).min(completed)
+    }
+
+    /// Reads the whole log, from its start to its end, and calls `visit`
+    /// with each batch (its header and bytes): what a coordinator taking
+    /// the partition over loads. To the log end, not the high watermark:
+    /// as the new leader, its log is the partition's, and what lies above
+    /// the high watermark is committed once the followers fetch it (Kafka's
+    /// coordinators load to the log end too). A batch that does not parse
+    /// ends its chunk. A read that fails ends the whole read with its
+    /// error, after `visit` has seen what came before. Blocking.
+    pub fn read_whole_log(
+        &self,
+        mut visit: impl FnMut(&BatchHeader, &[u8]),
+    ) -> Result<(), StorageError> {
+        const CHUNK_BYTES: u64 = 1024 * 1024;
+        let end = self.log.log_end_offset();
+        let mut next = self.log.log_start_offset();
+        let mut buf = Vec::new();
+        while next < end {
+            buf.clear();
+            let info = self.log.read_into(next, CHUNK_BYTES, end, &mut buf)?;
+            if info.next_offset <= next {
+                break;
+            }
+            next = info.next_offset;
+            for bytes in batch::split(&buf) {
+                let Ok(bytes) = bytes else { break };
+                let Ok(header) = BatchHeader::parse(bytes) else {
+                    break;
+                };
+                visit(&header, bytes);
+            }
+        }
+        Ok(())
     }
 
     /// What the log cleaner may do here: clean below the last stable

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rill_controller::{MetadataImage, TopicId};
-use rill_storage::{batch, records as storage_records, txn};
+use rill_storage::{records as storage_records, txn};
 use tracing::{debug, info, warn};
 
 use super::records::{self, GroupValue, RecordKey};
@@ -16,7 +16,6 @@ use super::{partition_for, GroupCoordinator, Load, State, Writes, OFFSETS_TOPIC}
 use crate::replica::{Partition, ReplicaManager};
 
 /// The most bytes read from `__consumer_offsets` at a time while loading.
-const LOAD_CHUNK_BYTES: u64 = 1024 * 1024;
 
 impl GroupCoordinator {
     /// Follows the metadata: starts loading the `__consumer_offsets`
@@ -162,141 +161,120 @@ impl GroupCoordinator {
         let mut offsets: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
         let mut records = 0u64;
         let mut txns = LoadedTxns::default();
-        // To the log end, not the high watermark: as the new leader, its
-        // log is the partition's, and what lies above the high watermark
-        // is committed once the followers fetch it (Kafka loads to the log
-        // end too).
-        let end = replica.log.log_end_offset();
-        let mut next = replica.log.log_start_offset();
-        let mut buf = Vec::new();
-        while next < end {
-            buf.clear();
-            let info = match replica.log.read_into(next, LOAD_CHUNK_BYTES, end, &mut buf) {
-                Ok(info) => info,
+        // See `Partition::read_whole_log`: to the log end.
+        let read = replica.read_whole_log(|header, bytes| {
+            if header.is_control() {
+                // A transaction's marker: its offsets count, or not.
+                match txn::parse_marker(bytes) {
+                    Ok(Some(marker)) => {
+                        let commit = marker.control_type == txn::ControlType::Commit;
+                        for done in txns.marker(header.producer_id, commit) {
+                            let group_offsets = offsets.entry(done.group).or_default();
+                            let key = (done.topic, done.partition);
+                            if group_offsets
+                                .get(&key)
+                                .is_none_or(|c| c.record_offset < done.committed.record_offset)
+                            {
+                                group_offsets.insert(key, done.committed);
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        warn!(partition, offset = header.base_offset, %error, "unreadable marker in __consumer_offsets; skipped")
+                    }
+                }
+                return;
+            }
+            let decoded = match storage_records::decode_records(bytes) {
+                Ok(decoded) => decoded,
                 Err(error) => {
-                    warn!(partition, %error, "reading __consumer_offsets failed; loading what was read");
-                    break;
+                    warn!(partition, offset = header.base_offset, %error, "unreadable batch in __consumer_offsets; skipped");
+                    return;
                 }
             };
-            if info.next_offset <= next {
-                break;
-            }
-            next = info.next_offset;
-            for batch in batch::split(&buf) {
-                let Ok(batch) = batch else { break };
-                let Ok(header) = batch::BatchHeader::parse(batch) else {
-                    break;
-                };
-                if header.is_control() {
-                    // A transaction's marker: its offsets count, or not.
-                    match txn::parse_marker(batch) {
-                        Ok(Some(marker)) => {
-                            let commit = marker.control_type == txn::ControlType::Commit;
-                            for done in txns.marker(header.producer_id, commit) {
-                                let group_offsets = offsets.entry(done.group).or_default();
-                                let key = (done.topic, done.partition);
-                                if group_offsets
-                                    .get(&key)
-                                    .is_none_or(|c| c.record_offset < done.committed.record_offset)
-                                {
-                                    group_offsets.insert(key, done.committed);
-                                }
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(error) => {
-                            warn!(partition, offset = header.base_offset, %error, "unreadable marker in __consumer_offsets; skipped")
-                        }
-                    }
+            for record in decoded {
+                records += 1;
+                let record_offset = header.base_offset + i64::from(record.offset_delta);
+                let Some(key) = record.key.as_deref() else {
                     continue;
-                }
-                let decoded = match storage_records::decode_records(batch) {
-                    Ok(decoded) => decoded,
+                };
+                let key = match records::decode_key(key) {
+                    Ok(key) => key,
                     Err(error) => {
-                        warn!(partition, offset = header.base_offset, %error, "unreadable batch in __consumer_offsets; skipped");
+                        warn!(partition, offset = record_offset, %error, "skipped");
                         continue;
                     }
                 };
-                for record in decoded {
-                    records += 1;
-                    let record_offset = header.base_offset + i64::from(record.offset_delta);
-                    let Some(key) = record.key.as_deref() else {
-                        continue;
-                    };
-                    let key = match records::decode_key(key) {
-                        Ok(key) => key,
-                        Err(error) => {
-                            warn!(partition, offset = record_offset, %error, "skipped");
-                            continue;
-                        }
-                    };
-                    match key {
-                        RecordKey::Offset {
-                            group,
-                            topic,
-                            partition: index,
-                        } if header.is_transactional() => {
-                            // Pending until the transaction's marker.
-                            match record.value.as_deref().map(records::decode_offset) {
-                                Some(Ok(value)) => txns.offset(
-                                    header.producer_id,
-                                    PendingTxnOffset {
-                                        offsets_partition: partition,
-                                        group,
-                                        topic,
-                                        partition: index,
-                                        committed: Committed {
-                                            value,
-                                            record_offset,
-                                        },
+                match key {
+                    RecordKey::Offset {
+                        group,
+                        topic,
+                        partition: index,
+                    } if header.is_transactional() => {
+                        // Pending until the transaction's marker.
+                        match record.value.as_deref().map(records::decode_offset) {
+                            Some(Ok(value)) => txns.offset(
+                                header.producer_id,
+                                PendingTxnOffset {
+                                    offsets_partition: partition,
+                                    group,
+                                    topic,
+                                    partition: index,
+                                    committed: Committed {
+                                        value,
+                                        record_offset,
                                     },
-                                ),
-                                None => {}
-                                Some(Err(error)) => {
-                                    warn!(partition, offset = record_offset, %error, "skipped")
-                                }
+                                },
+                            ),
+                            None => {}
+                            Some(Err(error)) => {
+                                warn!(partition, offset = record_offset, %error, "skipped")
                             }
                         }
-                        RecordKey::Offset {
-                            group,
-                            topic,
-                            partition: index,
-                        } => {
-                            let group_offsets = offsets.entry(group).or_default();
-                            match record.value.as_deref().map(records::decode_offset) {
-                                None => {
-                                    group_offsets.remove(&(topic, index));
-                                }
-                                Some(Ok(value)) => {
-                                    group_offsets.insert(
-                                        (topic, index),
-                                        Committed {
-                                            value,
-                                            record_offset,
-                                        },
-                                    );
-                                }
-                                Some(Err(error)) => {
-                                    warn!(partition, offset = record_offset, %error, "skipped")
-                                }
+                    }
+                    RecordKey::Offset {
+                        group,
+                        topic,
+                        partition: index,
+                    } => {
+                        let group_offsets = offsets.entry(group).or_default();
+                        match record.value.as_deref().map(records::decode_offset) {
+                            None => {
+                                group_offsets.remove(&(topic, index));
+                            }
+                            Some(Ok(value)) => {
+                                group_offsets.insert(
+                                    (topic, index),
+                                    Committed {
+                                        value,
+                                        record_offset,
+                                    },
+                                );
+                            }
+                            Some(Err(error)) => {
+                                warn!(partition, offset = record_offset, %error, "skipped")
                             }
                         }
-                        RecordKey::Group { group } => {
-                            match record.value.as_deref().map(records::decode_group) {
-                                None => {
-                                    values.insert(group, None);
-                                }
-                                Some(Ok(value)) => {
-                                    values.insert(group, Some(value));
-                                }
-                                Some(Err(error)) => {
-                                    warn!(partition, offset = record_offset, %error, "skipped")
-                                }
+                    }
+                    RecordKey::Group { group } => {
+                        match record.value.as_deref().map(records::decode_group) {
+                            None => {
+                                values.insert(group, None);
+                            }
+                            Some(Ok(value)) => {
+                                values.insert(group, Some(value));
+                            }
+                            Some(Err(error)) => {
+                                warn!(partition, offset = record_offset, %error, "skipped")
                             }
                         }
                     }
                 }
             }
+        });
+        if let Err(error) = read {
+            warn!(partition, %error, "reading __consumer_offsets failed; loading what was read");
         }
         let now = self.now();
         let mut loaded: HashMap<String, Group> = HashMap::new();

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use rill_controller::MetadataImage;
 use rill_protocol::kafka_protocol::error::ResponseError;
-use rill_storage::{batch, records as storage_records};
+use rill_storage::records as storage_records;
 use rill_types::{Clock, NodeId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -37,7 +37,6 @@ use crate::server::Broker;
 /// before the client is told COORDINATOR_NOT_AVAILABLE (and retries).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most bytes read at a time while loading a partition.
-const LOAD_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Between retries of a completion record that could not be written.
 const COMPLETE_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -731,66 +730,47 @@ impl TransactionCoordinator {
         let started = std::time::Instant::now();
         let mut txns = Transactions::new(self.config.limits.clone());
         let mut records_read = 0u64;
-        // To the log end, as the group coordinator loads (see there).
-        let end = replica.log.log_end_offset();
-        let mut next = replica.log.log_start_offset();
-        let mut buf = Vec::new();
-        while next < end {
-            buf.clear();
-            let info = match replica.log.read_into(next, LOAD_CHUNK_BYTES, end, &mut buf) {
-                Ok(info) => info,
+        let read = replica.read_whole_log(|header, bytes| {
+            if header.is_control() {
+                return;
+            }
+            let decoded = match storage_records::decode_records(bytes) {
+                Ok(decoded) => decoded,
                 Err(error) => {
-                    warn!(partition, %error, "reading __transaction_state failed; loading what was read");
-                    break;
+                    warn!(partition, offset = header.base_offset, %error, "unreadable batch in __transaction_state; skipped");
+                    return;
                 }
             };
-            if info.next_offset <= next {
-                break;
-            }
-            next = info.next_offset;
-            for bytes in batch::split(&buf) {
-                let Ok(bytes) = bytes else { break };
-                let Ok(header) = batch::BatchHeader::parse(bytes) else {
-                    break;
-                };
-                if header.is_control() {
+            for record in decoded {
+                records_read += 1;
+                let offset = header.base_offset + i64::from(record.offset_delta);
+                let Some(key) = record.key.as_deref() else {
                     continue;
-                }
-                let decoded = match storage_records::decode_records(bytes) {
-                    Ok(decoded) => decoded,
+                };
+                let id = match records::decode_key(key) {
+                    Ok(id) => id,
                     Err(error) => {
-                        warn!(partition, offset = header.base_offset, %error, "unreadable batch in __transaction_state; skipped");
+                        warn!(partition, offset, %error, "skipped");
                         continue;
                     }
                 };
-                for record in decoded {
-                    records_read += 1;
-                    let offset = header.base_offset + i64::from(record.offset_delta);
-                    let Some(key) = record.key.as_deref() else {
-                        continue;
-                    };
-                    let id = match records::decode_key(key) {
-                        Ok(id) => id,
-                        Err(error) => {
-                            warn!(partition, offset, %error, "skipped");
-                            continue;
-                        }
-                    };
-                    let loaded = match record.value.as_deref() {
-                        None => {
-                            txns.load_tombstone(&id);
-                            Ok(())
-                        }
-                        Some(value) => match records::decode_value(value) {
-                            Ok(value) => txns.load(&id, &value).map_err(|e| e.to_string()),
-                            Err(error) => Err(error.to_string()),
-                        },
-                    };
-                    if let Err(error) = loaded {
-                        warn!(partition, offset, %error, "skipped");
+                let loaded = match record.value.as_deref() {
+                    None => {
+                        txns.load_tombstone(&id);
+                        Ok(())
                     }
+                    Some(value) => match records::decode_value(value) {
+                        Ok(value) => txns.load(&id, &value).map_err(|e| e.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    },
+                };
+                if let Err(error) = loaded {
+                    warn!(partition, offset, %error, "skipped");
                 }
             }
+        });
+        if let Err(error) = read {
+            warn!(partition, %error, "reading __transaction_state failed; loading what was read");
         }
         let prepared: Vec<TxnMetadata> = txns.prepared().into_iter().cloned().collect();
         let count = txns.len();
