@@ -40,6 +40,7 @@ pub mod metadata;
 mod metrics;
 mod peer;
 mod producer_ids;
+mod record_codec;
 pub mod replica;
 mod replication;
 pub mod server;

@@ -15,8 +15,6 @@ use super::txn::{LoadedTxns, PendingTxnOffset};
 use super::{partition_for, GroupCoordinator, Load, State, Writes, OFFSETS_TOPIC};
 use crate::replica::{Partition, ReplicaManager};
 
-/// The most bytes read from `__consumer_offsets` at a time while loading.
-
 impl GroupCoordinator {
     /// Follows the metadata: starts loading the `__consumer_offsets`
     /// partitions this node now leads, and forgets the groups of those it

@@ -14,7 +14,12 @@
 //! Decoding never panics: a record that does not parse is an error the
 //! loader logs and skips, as Kafka's does.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
+
+use crate::record_codec::{
+    get_bytes, get_compact_string, get_i16, get_i32, get_i64, get_nullable_string, get_string,
+    put_bytes, put_nullable_string, put_string, Malformed,
+};
 
 /// What a key says the record is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +71,12 @@ pub struct MemberValue {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable __consumer_offsets record: {0}")]
 pub struct Undecodable(pub &'static str);
+
+impl From<Malformed> for Undecodable {
+    fn from(malformed: Malformed) -> Self {
+        Self(malformed.0)
+    }
+}
 
 const OFFSET_KEY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
@@ -237,105 +248,6 @@ pub fn decode_group(mut buf: &[u8]) -> Result<GroupValue, Undecodable> {
         current_state_timestamp,
         members,
     })
-}
-
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    // Group ids, topics and member ids are bounded by the request they came
-    // in (an i16-length string on the wire), so they always fit.
-    assert!(
-        s.len() <= i16::MAX as usize,
-        "string too long for the record"
-    );
-    out.put_i16(s.len() as i16);
-    out.put_slice(s.as_bytes());
-}
-
-fn put_nullable_string(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => put_string(out, s),
-        None => out.put_i16(-1),
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    assert!(
-        b.len() <= i32::MAX as usize,
-        "bytes too long for the record"
-    );
-    out.put_i32(b.len() as i32);
-    out.put_slice(b);
-}
-
-fn get_i16(buf: &mut &[u8]) -> Result<i16, Undecodable> {
-    if buf.remaining() < 2 {
-        return Err(Undecodable("truncated"));
-    }
-    Ok(buf.get_i16())
-}
-
-fn get_i32(buf: &mut &[u8]) -> Result<i32, Undecodable> {
-    if buf.remaining() < 4 {
-        return Err(Undecodable("truncated"));
-    }
-    Ok(buf.get_i32())
-}
-
-fn get_i64(buf: &mut &[u8]) -> Result<i64, Undecodable> {
-    if buf.remaining() < 8 {
-        return Err(Undecodable("truncated"));
-    }
-    Ok(buf.get_i64())
-}
-
-fn take<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], Undecodable> {
-    if buf.len() < len {
-        return Err(Undecodable("length beyond the record"));
-    }
-    let (head, tail) = buf.split_at(len);
-    *buf = tail;
-    Ok(head)
-}
-
-fn utf8(bytes: &[u8]) -> Result<String, Undecodable> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| Undecodable("string is not UTF-8"))
-}
-
-fn get_nullable_string(buf: &mut &[u8]) -> Result<Option<String>, Undecodable> {
-    let len = get_i16(buf)?;
-    if len < 0 {
-        return Ok(None);
-    }
-    utf8(take(buf, len as usize)?).map(Some)
-}
-
-fn get_string(buf: &mut &[u8]) -> Result<String, Undecodable> {
-    get_nullable_string(buf)?.ok_or(Undecodable("null where a string must be"))
-}
-
-fn get_compact_string(buf: &mut &[u8]) -> Result<String, Undecodable> {
-    let mut len: u64 = 0;
-    for shift in (0..35).step_by(7) {
-        if buf.is_empty() {
-            return Err(Undecodable("truncated"));
-        }
-        let byte = buf.get_u8();
-        len |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            if len == 0 {
-                return Err(Undecodable("null where a string must be"));
-            }
-            return utf8(take(buf, (len - 1) as usize)?);
-        }
-    }
-    Err(Undecodable("varint too long"))
-}
-
-fn get_bytes(buf: &mut &[u8]) -> Result<Bytes, Undecodable> {
-    let len = get_i32(buf)?;
-    if len < 0 {
-        return Ok(Bytes::new());
-    }
-    Ok(Bytes::copy_from_slice(take(buf, len as usize)?))
 }
 
 #[cfg(test)]

@@ -36,7 +36,6 @@ use crate::server::Broker;
 /// How long a `__transaction_state` write may take to become durable
 /// before the client is told COORDINATOR_NOT_AVAILABLE (and retries).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-/// The most bytes read at a time while loading a partition.
 /// Between retries of a completion record that could not be written.
 const COMPLETE_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 

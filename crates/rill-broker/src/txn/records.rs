@@ -21,6 +21,11 @@
 
 use bytes::{Buf, BufMut};
 
+use crate::record_codec::{
+    get_compact_string, get_i16, get_i32, get_i64, get_i8, get_string, get_uvarint,
+    put_compact_string, put_string, put_uvarint, take, Malformed,
+};
+
 /// The key version Kafka writes (and the only one there is).
 pub const KEY_VERSION: i16 = 0;
 /// The value version rill writes: Kafka's at `transaction.version` 0,
@@ -71,6 +76,12 @@ pub struct TopicPartitions {
 #[error("unreadable __transaction_state record: {0}")]
 pub struct Undecodable(pub &'static str);
 
+impl From<Malformed> for Undecodable {
+    fn from(malformed: Malformed) -> Self {
+        Self(malformed.0)
+    }
+}
+
 /// The smallest encoding of one `PartitionsSchema` element: an empty
 /// topic and an empty array (2 + 4 bytes in version 0; 1 + 1 + 1 with the
 /// element's tagged fields in version 1). A count claiming more elements
@@ -94,7 +105,7 @@ pub fn decode_key(mut buf: &[u8]) -> Result<String, Undecodable> {
     if version != KEY_VERSION {
         return Err(Undecodable("unknown key version"));
     }
-    get_string(&mut buf)
+    Ok(get_string(&mut buf)?)
 }
 
 /// `value` in `version` (0 or 1). Version 0 has no tagged fields: the
@@ -299,62 +310,6 @@ fn compact_len(len: usize) -> u32 {
     u32::try_from(len + 1).expect("array too long for the record")
 }
 
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    // Callers refuse transactional ids and topics longer than this
-    // before they reach a record (`state`), so this is a bug if it fires.
-    assert!(
-        s.len() <= i16::MAX as usize,
-        "string too long for the record"
-    );
-    out.put_i16(s.len() as i16);
-    out.put_slice(s.as_bytes());
-}
-
-fn put_compact_string(out: &mut Vec<u8>, s: &str) {
-    assert!(
-        s.len() <= i16::MAX as usize,
-        "string too long for the record"
-    );
-    put_uvarint(out, s.len() as u32 + 1);
-    out.put_slice(s.as_bytes());
-}
-
-fn put_uvarint(out: &mut Vec<u8>, mut value: u32) {
-    while value >= 0x80 {
-        out.put_u8((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.put_u8(value as u8);
-}
-
-fn get_i8(buf: &mut &[u8]) -> Result<i8, Undecodable> {
-    if buf.remaining() < 1 {
-        return Err(Undecodable("truncated"));
-    }
-    Ok(buf.get_i8())
-}
-
-fn get_i16(buf: &mut &[u8]) -> Result<i16, Undecodable> {
-    if buf.remaining() < 2 {
-        return Err(Undecodable("truncated"));
-    }
-    Ok(buf.get_i16())
-}
-
-fn get_i32(buf: &mut &[u8]) -> Result<i32, Undecodable> {
-    if buf.remaining() < 4 {
-        return Err(Undecodable("truncated"));
-    }
-    Ok(buf.get_i32())
-}
-
-fn get_i64(buf: &mut &[u8]) -> Result<i64, Undecodable> {
-    if buf.remaining() < 8 {
-        return Err(Undecodable("truncated"));
-    }
-    Ok(buf.get_i64())
-}
-
 fn get_exact_i64(data: &mut &[u8]) -> Result<i64, Undecodable> {
     if data.len() != 8 {
         return Err(Undecodable("tagged field of the wrong size"));
@@ -369,55 +324,6 @@ fn get_i32s(buf: &mut &[u8], count: usize) -> Result<Vec<i32>, Undecodable> {
         return Err(Undecodable("partition count beyond the record"));
     }
     Ok((0..count).map(|_| buf.get_i32()).collect())
-}
-
-/// An unsigned varint of at most 32 bits, as Kafka's `readUnsignedVarint`.
-fn get_uvarint(buf: &mut &[u8]) -> Result<u32, Undecodable> {
-    let mut value: u32 = 0;
-    for shift in (0..35).step_by(7) {
-        if buf.is_empty() {
-            return Err(Undecodable("truncated"));
-        }
-        let byte = buf.get_u8();
-        // The fifth byte may only carry the top four bits.
-        if shift == 28 && byte > 0x0f {
-            return Err(Undecodable("varint too long"));
-        }
-        value |= u32::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(Undecodable("varint too long"))
-}
-
-fn take<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], Undecodable> {
-    if buf.len() < len {
-        return Err(Undecodable("length beyond the record"));
-    }
-    let (head, tail) = buf.split_at(len);
-    *buf = tail;
-    Ok(head)
-}
-
-fn utf8(bytes: &[u8]) -> Result<String, Undecodable> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| Undecodable("string is not UTF-8"))
-}
-
-fn get_string(buf: &mut &[u8]) -> Result<String, Undecodable> {
-    let len = get_i16(buf)?;
-    if len < 0 {
-        return Err(Undecodable("null where a string must be"));
-    }
-    utf8(take(buf, len as usize)?)
-}
-
-fn get_compact_string(buf: &mut &[u8]) -> Result<String, Undecodable> {
-    let len = get_uvarint(buf)?;
-    if len == 0 {
-        return Err(Undecodable("null where a string must be"));
-    }
-    utf8(take(buf, (len - 1) as usize)?)
 }
 
 #[cfg(test)]
