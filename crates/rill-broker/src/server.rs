@@ -13,7 +13,7 @@ use rill_controller::{Controller, ControllerError, ControllerOptions, MetadataIm
 
 use crate::metadata::MetadataClient;
 use rill_storage::{LogManager, LogManagerConfig, StorageError};
-use rill_types::{Clock, SystemClock};
+use rill_types::{Clock, SystemClock, TopicPartition};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -861,17 +861,22 @@ async fn log_cleaner(broker: Arc<Broker>, shutdown: CancellationToken) {
             // Nothing at or past a partition's last stable offset is
             // cleaned (no open transaction, nothing above the high
             // watermark), and its producers keep what their state needs.
-            replicas
-                .logs()
-                .clean_dirtiest(dedupe_buffer_bytes, |tp, log| {
-                    replicas.get(tp.topic.as_str(), tp.partition).map_or_else(
+            let partition = |tp: &TopicPartition| replicas.get(tp.topic.as_str(), tp.partition);
+            replicas.logs().clean_dirtiest(
+                dedupe_buffer_bytes,
+                |tp, log| {
+                    partition(tp).map_or_else(|| log.high_watermark(), |p| p.last_stable_offset())
+                },
+                |tp, log| {
+                    partition(tp).map_or_else(
                         || rill_storage::CleanBounds {
                             stable_offset: log.high_watermark(),
                             producers: Default::default(),
                         },
                         |p| p.clean_bounds(),
                     )
-                })
+                },
+            )
         })
         .await;
         let cleaned = match round {

@@ -312,14 +312,17 @@ impl LogManager {
     /// the dirtiest that needs it (see [`crate::Dirtiness::needs_cleaning`]) with a
     /// key map of at most `dedupe_buffer_bytes`. A log whose pass fails (a
     /// corrupt batch the cleaner cannot read, a full disk) is reported in
-    /// the round and not taken again (see `uncleanable`). `bounds` gives
-    /// each log's [`CleanBounds`] (the partition's, which its replica
-    /// knows): nothing at or past its last stable offset is cleaned, so
-    /// that no open transaction and nothing above the high watermark is,
-    /// and each active producer keeps what its state needs.
+    /// the round and not taken again (see `uncleanable`). `stable_offset`
+    /// gives each log's last stable offset (the partition's, which its
+    /// replica knows), asked of every compacted log to judge it; `bounds`
+    /// the whole [`CleanBounds`], asked of the log taken only: nothing at
+    /// or past its last stable offset is cleaned, so that no open
+    /// transaction and nothing above the high watermark is, and each
+    /// active producer keeps what its state needs.
     pub fn clean_dirtiest(
         &self,
         dedupe_buffer_bytes: u64,
+        stable_offset: impl Fn(&TopicPartition, &Log) -> i64,
         bounds: impl Fn(&TopicPartition, &Log) -> CleanBounds,
     ) -> CleanerRound {
         let uncleanable = self
@@ -336,7 +339,7 @@ impl LogManager {
             if uncleanable.contains(&tp) {
                 continue;
             }
-            let Some(dirtiness) = log.dirtiness(bounds(&tp, &log).stable_offset) else {
+            let Some(dirtiness) = log.dirtiness(stable_offset(&tp, &log)) else {
                 continue;
             };
             let ratio = dirtiness.dirty_ratio();
@@ -352,7 +355,7 @@ impl LogManager {
             }
         }
         if let Some((tp, log, _)) = dirtiest {
-            // Asked again: the producers are read after the last stable
+            // Asked again, with the producers read after the last stable
             // offset, so that every producer that wrote below it is there.
             let result = log.clean(dedupe_buffer_bytes, &bounds(&tp, &log));
             if let Err(error) = &result {

@@ -2123,10 +2123,11 @@ mod manager {
 
         let mut errors = Vec::new();
         for _ in 0..10 {
-            let round = manager
-                .clean_dirtiest(rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
-                    CleanBounds::everything()
-                });
+            let round = manager.clean_dirtiest(
+                rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT,
+                |_, _| i64::MAX,
+                |_, _| CleanBounds::everything(),
+            );
             match round.cleaned {
                 None => break,
                 Some((tp, Err(error))) => errors.push((tp, error)),
@@ -2138,7 +2139,7 @@ mod manager {
         assert_eq!(failed, damaged);
         assert_eq!(
             manager
-                .clean_dirtiest(1 << 20, |_, _| CleanBounds::everything())
+                .clean_dirtiest(1 << 20, |_, _| i64::MAX, |_, _| CleanBounds::everything())
                 .uncleanable_partitions,
             1
         );
@@ -2322,17 +2323,21 @@ mod manager {
             checkpoint_lines(dir.path(), "log-start-offset-checkpoint"),
             vec!["events 0 2", "events 1 0"]
         );
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
-            CleanBounds::everything()
-        });
+        let round = manager.clean_dirtiest(
+            DEDUPE_BUFFER_BYTES_DEFAULT,
+            |_, _| i64::MAX,
+            |_, _| CleanBounds::everything(),
+        );
         assert_eq!(round.max_dirty_ratio, 1.0);
         let (cleaned, stats) = round.cleaned.unwrap();
         assert_eq!(cleaned, tp(1));
         assert_eq!(stats.unwrap().segments_cleaned, 1);
         assert_eq!(offsets(&read_all(&compact)), vec![1]);
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
-            CleanBounds::everything()
-        });
+        let round = manager.clean_dirtiest(
+            DEDUPE_BUFFER_BYTES_DEFAULT,
+            |_, _| i64::MAX,
+            |_, _| CleanBounds::everything(),
+        );
         assert_eq!(round.max_dirty_ratio, 0.0);
         assert!(round.cleaned.is_none(), "nothing dirty is left");
     }
@@ -2376,18 +2381,22 @@ mod manager {
         assert_eq!(dirtiness.dirty_ratio(), 0.25);
         assert!(!dirtiness.needs_cleaning());
         assert!(!whole.dirtiness(i64::MAX).unwrap().needs_cleaning());
-        let round = manager.clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
-            CleanBounds::everything()
-        });
+        let round = manager.clean_dirtiest(
+            DEDUPE_BUFFER_BYTES_DEFAULT,
+            |_, _| i64::MAX,
+            |_, _| CleanBounds::everything(),
+        );
         assert_eq!(round.max_dirty_ratio, 1.0);
         assert!(round.cleaned.is_none());
 
         // A lower minimum makes the quarter-dirty log cleanable.
         quarter.set_config(config(0.2, i64::MAX)).unwrap();
         let (cleaned, _) = manager
-            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
-                CleanBounds::everything()
-            })
+            .clean_dirtiest(
+                DEDUPE_BUFFER_BYTES_DEFAULT,
+                |_, _| i64::MAX,
+                |_, _| CleanBounds::everything(),
+            )
             .cleaned
             .unwrap();
         assert_eq!(cleaned, tp(0));
@@ -2399,9 +2408,11 @@ mod manager {
         clock.set_ms(START_MS + 1001);
         assert!(whole.dirtiness(i64::MAX).unwrap().compaction_due);
         let (cleaned, _) = manager
-            .clean_dirtiest(DEDUPE_BUFFER_BYTES_DEFAULT, |_, _| {
-                CleanBounds::everything()
-            })
+            .clean_dirtiest(
+                DEDUPE_BUFFER_BYTES_DEFAULT,
+                |_, _| i64::MAX,
+                |_, _| CleanBounds::everything(),
+            )
             .cleaned
             .unwrap();
         assert_eq!(cleaned, tp(1));
