@@ -458,8 +458,9 @@ impl Partition {
                     });
                     if !verified {
                         return Err(AppendError::InvalidTxnState(
-                            "the transaction this batch was verified for has ended here \
-                             (or it was never verified)"
+                            "the producer's transaction ended in this partition (aborted \
+                             or committed) after the batch was checked with its transaction \
+                             coordinator: abort the transaction and begin a new one"
                                 .to_string(),
                         ));
                     }
