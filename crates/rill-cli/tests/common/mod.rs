@@ -11,6 +11,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 pub mod cluster;
+pub mod output;
 pub mod raw;
 
 use std::io::{BufRead, BufReader, Read, Write};
