@@ -217,7 +217,7 @@ struct Verifications {
 }
 
 impl Verifications {
-    /// Past this many entries, those older than `VERIFICATION_STALE` (a
+    /// Past this many entries, those older than `STALE` (a
     /// verification whose batch never came) are dropped.
     const PRUNE_AT: usize = 4096;
     const STALE: Duration = Duration::from_secs(60);

@@ -20,11 +20,12 @@ import net from 'node:net'
 import path from 'node:path'
 import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { after, before, describe, test as nodeTest } from 'node:test'
+import { after, before, describe } from 'node:test'
 
 import kafkajs from 'kafkajs'
 
 import { Broker } from './broker.mjs'
+import { errorTypes, failureTracking, sleep } from './harness.mjs'
 
 const { Kafka, AssignerProtocol, logLevel, Partitioners } = kafkajs
 
@@ -63,34 +64,11 @@ const OFFSET_METADATA_MAX_BYTES = 4096
 
 const HELPER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'group-member.mjs')
 
-const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 const byNumber = (a, b) => a - b
 const range = n => Array.from({ length: n }, (_, i) => i)
 
-/** Kafka error types carried by a kafkajs error, through aggregates and wrappers. */
-function errorTypes(e, depth = 0) {
-  if (!e || depth > 5) return []
-  return [
-    e.type,
-    ...(e.errors || []).flatMap(x => errorTypes(x, depth + 1)),
-    ...(e.groups || []).flatMap(x => errorTypes(x.error, depth + 1)),
-    ...errorTypes(e.cause, depth + 1),
-    ...errorTypes(e.originalError, depth + 1),
-  ].filter(Boolean)
-}
-
 // The broker's log is printed after the suite when any test failed.
-let anyFailed = false
-function test(name, options, fn) {
-  return nodeTest(name, options, async t => {
-    try {
-      await fn(t)
-    } catch (e) {
-      anyFailed = true
-      throw e
-    }
-  })
-}
+const { test, failed } = failureTracking()
 
 let nameSeq = 0
 const newName = base => `kafkajs-groups-${base}-${process.pid}-${nameSeq++}`
@@ -493,7 +471,7 @@ describe('consumer groups with kafkajs', { timeout: 6 * TEST_TIMEOUT_MS }, () =>
   after(async () => {
     for (const child of children) child.child.kill('SIGKILL')
     for (const c of disconnectables) await c.disconnect().catch(() => {})
-    if (broker && anyFailed) {
+    if (broker && failed()) {
       console.error(`----- rill broker log (last lines, ${broker.logPath}) -----\n${broker.logTail(200)}`)
     }
     if (broker) await broker.close()

@@ -9,11 +9,12 @@
 // separate codec packages, so this suite produces with none and gzip only.
 
 import assert from 'node:assert/strict'
-import { after, before, describe, test as nodeTest } from 'node:test'
+import { after, before, describe } from 'node:test'
 
 import kafkajs from 'kafkajs'
 
 import { Broker } from './broker.mjs'
+import { errorTypes, failureTracking, sleep } from './harness.mjs'
 
 const { Kafka, CompressionTypes, ConfigResourceTypes, ConfigSource, logLevel, Partitioners } = kafkajs
 
@@ -22,31 +23,9 @@ const TEST_TIMEOUT_MS = 60_000
 // Kafka's default for retention.ms: 7 days.
 const RETENTION_MS_DEFAULT = '604800000'
 
-const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
-
-/** Kafka error types carried by a kafkajs error, through aggregates and wrappers. */
-function errorTypes(e, depth = 0) {
-  if (!e || depth > 5) return []
-  return [
-    e.type,
-    ...(e.errors || []).flatMap(x => errorTypes(x, depth + 1)),
-    ...errorTypes(e.cause, depth + 1),
-    ...errorTypes(e.originalError, depth + 1),
-  ].filter(Boolean)
-}
 
 // The broker's log is printed after the suite when any test failed.
-let anyFailed = false
-function test(name, options, fn) {
-  return nodeTest(name, options, async t => {
-    try {
-      await fn(t)
-    } catch (e) {
-      anyFailed = true
-      throw e
-    }
-  })
-}
+const { test, failed } = failureTracking()
 
 let topicSeq = 0
 const newTopicName = base => `kafkajs-${base}-${process.pid}-${topicSeq++}`
@@ -86,7 +65,7 @@ describe('kafkajs against rill', { timeout: 5 * TEST_TIMEOUT_MS }, () => {
 
   after(async () => {
     for (const c of clients) await c.disconnect().catch(() => {})
-    if (broker && anyFailed) {
+    if (broker && failed()) {
       console.error(`----- rill broker log (last lines, ${broker.logPath}) -----\n${broker.logTail(150)}`)
     }
     if (broker) await broker.close()

@@ -14,11 +14,12 @@
 // from the beginning (the broker runs with a 100 ms initial rebalance delay).
 
 import assert from 'node:assert/strict'
-import { after, before, describe, test as nodeTest } from 'node:test'
+import { after, before, describe } from 'node:test'
 
 import kafkajs from 'kafkajs'
 
 import { Broker } from './broker.mjs'
+import { errorTypes, failureTracking, sleep } from './harness.mjs'
 
 const { Kafka, logLevel } = kafkajs
 
@@ -32,30 +33,9 @@ const QUIET_MS = 1500
 // INVALID_PRODUCER_EPOCH, new ones PRODUCER_FENCED.
 const FENCED = ['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED']
 
-const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 
-/** Kafka error types carried by a kafkajs error, through aggregates and wrappers. */
-function errorTypes(e, depth = 0) {
-  if (!e || depth > 5) return []
-  return [
-    e.type,
-    ...(e.errors || []).flatMap(x => errorTypes(x, depth + 1)),
-    ...errorTypes(e.cause, depth + 1),
-    ...errorTypes(e.originalError, depth + 1),
-  ].filter(Boolean)
-}
-
-let anyFailed = false
-function test(name, options, fn) {
-  return nodeTest(name, options, async t => {
-    try {
-      await fn(t)
-    } catch (e) {
-      anyFailed = true
-      throw e
-    }
-  })
-}
+// The broker's log is printed after the suite when any test failed.
+const { test, failed } = failureTracking()
 
 let nameSeq = 0
 const newName = base => `kafkajs-txn-${base}-${process.pid}-${nameSeq++}`
@@ -124,7 +104,7 @@ describe('kafkajs transactions against rill', { timeout: 6 * TEST_TIMEOUT_MS }, 
 
   after(async () => {
     for (const c of clients) await c.disconnect().catch(() => {})
-    if (broker && anyFailed) {
+    if (broker && failed()) {
       console.error(`----- rill broker log (last lines, ${broker.logPath}) -----\n${broker.logTail(150)}`)
     }
     if (broker) await broker.close()
