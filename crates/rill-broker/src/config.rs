@@ -9,6 +9,8 @@ use rill_storage::producer_state::ProducerStateConfig;
 use rill_storage::LogConfig;
 use rill_types::NodeId;
 
+pub use crate::disk::DiskThreads;
+
 pub use crate::group::GroupConfig;
 pub use crate::txn::coordinator::TxnCoordinatorConfig;
 pub use rill_controller::raft::QuorumConfig;
@@ -128,6 +130,11 @@ pub struct BrokerConfig {
     /// (`producer.id.expiration.check.interval.ms`).
     pub producer_id_expiration_check_interval: Duration,
 
+    /// The threads that do partitions' disk work (see `crate::disk`): appends
+    /// and other file work (`--io-threads`, Kafka's `num.io.threads`), and
+    /// fsyncs (`--flush-threads`).
+    pub disk_threads: DiskThreads,
+
     /// `socket.request.max.bytes`: a larger request frame closes the connection.
     pub request_bytes_max: usize,
     /// `max.connections`: further connections are accepted and closed at once.
@@ -229,6 +236,7 @@ impl Default for BrokerConfig {
             log_cleaner_dedupe_buffer_bytes: rill_storage::DEDUPE_BUFFER_BYTES_DEFAULT,
             producer_state: ProducerStateConfig::default(),
             producer_id_expiration_check_interval: Duration::from_secs(600),
+            disk_threads: DiskThreads::default(),
             request_bytes_max: rill_protocol::REQUEST_BYTES_MAX_DEFAULT,
             connections_max: Self::CONNECTIONS_MAX_DEFAULT,
             queued_request_bytes_max: Self::QUEUED_REQUEST_BYTES_MAX_DEFAULT,

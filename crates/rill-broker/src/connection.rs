@@ -515,7 +515,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> N
             ))))
         }
         RequestKind::ListOffsets(body) => ready(ResponseKind::ListOffsets(
-            handlers::list_offsets::handle(b, v, body),
+            handlers::list_offsets::handle(b, v, body).await,
         )),
         RequestKind::CreateTopics(body) => ready(ResponseKind::CreateTopics(
             handlers::create_topics::handle(b, v, body).await,

@@ -7,7 +7,7 @@ use rill_controller::{ControllerError, MetadataError};
 use rill_storage::producer_state::ProducerStateError;
 use rill_storage::StorageError;
 
-use crate::replica::{AppendError, ReplicationError};
+use crate::replica::{AppendError, FlushError, ReplicationError};
 
 use rill_protocol::kafka_protocol;
 
@@ -29,6 +29,14 @@ pub fn storage_error_code(error: &StorageError) -> i16 {
     kind.code()
 }
 
+/// The Kafka error code for a failed flush.
+pub fn flush_error_code(error: &FlushError) -> i16 {
+    match error {
+        FlushError::Storage(error) => storage_error_code(error),
+        FlushError::Disk(_) => ResponseError::KafkaStorageError.code(),
+    }
+}
+
 /// The Kafka error code for a refused leader append.
 pub fn append_error_code(error: &AppendError) -> i16 {
     match error {
@@ -38,6 +46,7 @@ pub fn append_error_code(error: &AppendError) -> i16 {
         AppendError::InvalidTxnState(_) => ResponseError::InvalidTxnState.code(),
         AppendError::NotLeader => ResponseError::NotLeaderOrFollower.code(),
         AppendError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas.code(),
+        AppendError::Disk(_) => ResponseError::KafkaStorageError.code(),
     }
 }
 

@@ -10,6 +10,9 @@
 //!   off the connection's path).
 //! - `handlers`: one module per Kafka API with the same shape:
 //!   `handle(broker, version, request) -> response`.
+//! - [`disk`]: the threads that do partitions' disk work (appends, file
+//!   work, fsyncs), each partition on one of them, so that the async
+//!   workers never wait on a disk.
 //! - [`replica`], with [`replica::Partition`] (log, leader epoch, high
 //!   watermark, idempotent producers' state) and [`replica::ReplicaManager`],
 //!   kept in step with the controller's metadata image.
@@ -32,6 +35,7 @@
 
 pub mod config;
 mod connection;
+pub mod disk;
 mod errors;
 pub mod group;
 mod handlers;

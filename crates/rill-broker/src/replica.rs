@@ -44,6 +44,7 @@ use rill_types::{Clock, NodeId, PartitionIndex, TopicPartition};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::disk::{DiskError, DiskExecutor, DiskJob, DiskShard, DiskThreads, QUEUED_JOBS_MAX};
 use crate::topic_config::{dynamic_topic_defaults, log_config};
 
 /// One partition this node holds a replica of.
@@ -99,6 +100,11 @@ pub struct Partition {
     /// purgatory, keyed by partition): woken, and forgotten, by an append
     /// or a high-watermark move of this partition only.
     fetch_waiters: Mutex<Vec<Weak<Notify>>>,
+    /// The thread that does this partition's appends, truncations and
+    /// other file work, and the one that fsyncs it (see [`crate::disk`]):
+    /// the async workers never wait on this partition's disk.
+    io: DiskShard,
+    flusher: DiskShard,
     clock: Arc<dyn Clock>,
 }
 
@@ -286,6 +292,33 @@ pub enum AppendError {
     /// `min.insync.replicas` (checked for acks=all, before the append).
     #[error("{isr} in-sync replicas, fewer than min.insync.replicas {min}")]
     NotEnoughReplicas { isr: usize, min: i32 },
+    /// KAFKA_STORAGE_ERROR: the append's disk job failed (a bug) or the
+    /// broker is shutting down.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
+
+/// A flush queued on a partition's flush thread; awaiting it gives its
+/// result.
+#[derive(Debug)]
+pub struct PendingFlush(DiskJob<Result<(), StorageError>>);
+
+impl std::future::IntoFuture for PendingFlush {
+    type Output = Result<(), FlushError>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { Ok(self.0.await??) })
+    }
+}
+
+/// Why a flush (fsync) did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 /// Why acks=all did not get its answer.
@@ -354,6 +387,42 @@ impl Partition {
     /// The offset below which records are committed: visible to consumers.
     pub fn high_watermark(&self) -> i64 {
         self.log.high_watermark()
+    }
+
+    /// Runs `work`, which may block on this partition's files (an append,
+    /// a truncation, a search by time), on the partition's I/O thread,
+    /// after its work queued before. Async callers use this instead of
+    /// calling the blocking methods themselves.
+    pub async fn on_io_thread<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Partition) -> T + Send + 'static,
+    ) -> Result<T, DiskError> {
+        self.submit_io(work).await?.await
+    }
+
+    /// Queues `work` on the partition's I/O thread and returns its result
+    /// to come, for callers with work for several partitions at once.
+    pub async fn submit_io<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Partition) -> T + Send + 'static,
+    ) -> Result<DiskJob<T>, DiskError> {
+        let partition = Arc::clone(self);
+        self.io.submit(move || work(&partition)).await
+    }
+
+    /// Makes the log durable below `end` (fsync, group-committed: one
+    /// flush covers every append before it), on the partition's flush
+    /// thread, so that the next append does not wait for it.
+    pub async fn flush_until(self: &Arc<Self>, end: i64) -> Result<(), FlushError> {
+        self.submit_flush(end).await?.await
+    }
+
+    /// Queues [`Partition::flush_until`] and returns its result to come,
+    /// for callers flushing several partitions at once.
+    pub async fn submit_flush(self: &Arc<Self>, end: i64) -> Result<PendingFlush, DiskError> {
+        let log = Arc::clone(&self.log);
+        let job = self.flusher.submit(move || log.flush_until(end)).await?;
+        Ok(PendingFlush(job))
     }
 
     /// Appends a producer's batches as leader, and moves the high
@@ -815,11 +884,8 @@ impl Partition {
     ) -> Result<(), DurableError> {
         let end = appended.info.last_offset + 1;
         let deadline = tokio::time::Instant::now() + timeout;
-        let partition = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || partition.log.flush_until(end)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(DurableError::Flush(error.to_string())),
-            Err(error) => return Err(DurableError::Flush(error.to_string())),
+        if let Err(error) = self.flush_until(end).await {
+            return Err(DurableError::Flush(error.to_string()));
         }
         self.wait_replicated(end, appended.leader_epoch, deadline)
             .await
@@ -1215,6 +1281,10 @@ pub struct ReplicaManager {
     /// The version of the last image applied, for the replica fetchers to
     /// follow leadership changes once the partitions have them.
     applied_images: watch::Sender<u64>,
+    /// The threads partitions do their file work and their fsyncs on; each
+    /// partition is given one of each when it is opened.
+    io: DiskExecutor,
+    flushers: DiskExecutor,
 }
 
 impl ReplicaManager {
@@ -1224,8 +1294,9 @@ impl ReplicaManager {
         log_defaults: LogConfig,
         producer_state: ProducerStateConfig,
         clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self {
+        threads: DiskThreads,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
             node_id,
             logs,
             log_defaults,
@@ -1234,7 +1305,9 @@ impl ReplicaManager {
             partitions: RwLock::new(HashMap::new()),
             applied: Mutex::new(None),
             applied_images: watch::Sender::new(0),
-        }
+            io: DiskExecutor::start("rill-io", threads.io, QUEUED_JOBS_MAX)?,
+            flushers: DiskExecutor::start("rill-flush", threads.flush, QUEUED_JOBS_MAX)?,
+        })
     }
 
     pub fn logs(&self) -> &LogManager {
@@ -1414,6 +1487,8 @@ impl ReplicaManager {
                         abort_unindexed: AtomicBool::new(false),
                         changes: watch::Sender::new(0),
                         fetch_waiters: Mutex::new(Vec::new()),
+                        io: self.io.next_shard(),
+                        flusher: self.flushers.next_shard(),
                         clock: Arc::clone(&self.clock),
                     };
                     partition.set_state(wanted.state);
@@ -1670,13 +1745,17 @@ mod tests {
     fn lone_leader(dir: &std::path::Path) -> (Arc<ReplicaManager>, Arc<Partition>, MetadataImage) {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let logs = LogManager::open(dir, LogManagerConfig::default(), Arc::clone(&clock)).unwrap();
-        let replicas = Arc::new(ReplicaManager::new(
-            1,
-            logs,
-            LogConfig::default(),
-            ProducerStateConfig::default(),
-            clock,
-        ));
+        let replicas = Arc::new(
+            ReplicaManager::new(
+                1,
+                logs,
+                LogConfig::default(),
+                ProducerStateConfig::default(),
+                clock,
+                DiskThreads::default(),
+            )
+            .unwrap(),
+        );
         let mut image = MetadataImage::default();
         for next in [
             MetadataCommand::RegisterBroker {
@@ -1824,7 +1903,9 @@ mod tests {
             LogConfig::default(),
             ProducerStateConfig::default(),
             clock,
-        );
+            DiskThreads::default(),
+        )
+        .unwrap();
         let mut image = MetadataImage::default();
         for node_id in 1..=3 {
             command(
@@ -1952,7 +2033,9 @@ mod tests {
                 LogConfig::default(),
                 ProducerStateConfig::default(),
                 Arc::clone(&clock),
-            );
+                DiskThreads::default(),
+            )
+            .unwrap();
             replicas.apply_image(image);
             replicas
         };

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::disk::DiskError;
 use crate::peer::PeerConnection;
 use crate::replica::{AppendError, IsrChange, Partition, ReplicaManager};
 
@@ -339,19 +340,100 @@ async fn fetch_round(
         }
     }
     let worker = cx.clone();
-    let applied = tokio::task::spawn_blocking(move || {
-        answers
-            .into_iter()
-            .filter_map(|(followed, data)| {
-                let tp = followed.partition.tp.clone();
-                apply_fetched(&worker, &followed, data).map(|outcome| (tp, outcome))
-            })
-            .collect::<Vec<_>>()
+    let applied = each_on_io_thread(answers, move |followed, data| {
+        apply_fetched(&worker, followed, data)
     })
-    .await
-    .map_err(|e| format!("applying fetched records panicked: {e}"))?;
-    outcomes.extend(applied);
+    .await;
+    // The appends are made durable before the round ends, so the next
+    // fetch, which tells the leader this log's end, claims only what is
+    // durable here. Every partition's flush is queued before any is
+    // awaited, so that they run at once on their flush threads.
+    let mut flushing = Vec::new();
+    for (followed, applied) in applied {
+        let tp = followed.partition.tp.clone();
+        match applied {
+            Err(_) => outcomes.push((tp, Outcome::Park)),
+            Ok(Applied::Done(outcome)) => outcomes.extend(outcome.map(|o| (tp, o))),
+            Ok(Applied::Follow {
+                appended_end,
+                leader_log_start,
+                leader_high_watermark,
+            }) => {
+                let flush = match appended_end {
+                    Some(end) => Some(followed.partition.submit_flush(end).await),
+                    None => None,
+                };
+                flushing.push((followed, flush, leader_log_start, leader_high_watermark));
+            }
+        }
+    }
+    for (followed, flush, leader_log_start, leader_high_watermark) in flushing {
+        let partition = &followed.partition;
+        let tp = &partition.tp;
+        if let Some(flush) = flush {
+            let flushed = match flush {
+                Ok(flush) => flush.await,
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = flushed {
+                warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot flush fetched records");
+                outcomes.push((tp.clone(), Outcome::Park));
+                continue;
+            }
+        }
+        if leader_log_start > partition.log.log_start_offset() {
+            let replicas = Arc::clone(&cx.replicas);
+            let moved = partition
+                .on_io_thread(move |partition| {
+                    replicas.follow_log_start(partition, leader_log_start)
+                })
+                .await;
+            match moved {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start")
+                }
+                Err(error) => {
+                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start")
+                }
+            }
+        }
+        partition.follow_high_watermark(leader_high_watermark);
+    }
     Ok(outcomes)
+}
+
+/// Runs `work` for each partition on the partition's I/O thread, every
+/// job queued before any is awaited, so that partitions on different
+/// threads are worked on at once.
+async fn each_on_io_thread<A, R>(
+    items: Vec<(Followed, A)>,
+    work: impl Fn(&Followed, A) -> R + Send + Sync + 'static,
+) -> Vec<(Followed, Result<R, DiskError>)>
+where
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    let work = Arc::new(work);
+    let mut jobs = Vec::with_capacity(items.len());
+    for (followed, arg) in items {
+        let work = Arc::clone(&work);
+        let partition = Arc::clone(&followed.partition);
+        let job = {
+            let followed = followed.clone();
+            partition.submit_io(move |_| work(&followed, arg)).await
+        };
+        jobs.push((followed, job));
+    }
+    let mut done = Vec::with_capacity(jobs.len());
+    for (followed, job) in jobs {
+        let result = match job {
+            Ok(job) => job.await,
+            Err(error) => Err(error),
+        };
+        done.push((followed, result));
+    }
+    done
 }
 
 fn fetch_request(node_id: NodeId, ready: &[&Followed]) -> FetchRequest {
@@ -389,13 +471,26 @@ fn fetch_request(node_id: NodeId, ready: &[&Followed]) -> FetchRequest {
         )
 }
 
-/// Appends (and fsyncs) one partition's fetched records, or handles the
-/// leader's refusal. Blocking. `None`: nothing to change in the fetcher.
+/// What the I/O thread did with one partition's part of a fetch answer.
+enum Applied {
+    /// Nothing more to do this round; the outcome for the fetcher, if any.
+    Done(Option<Outcome>),
+    /// Flush what was appended (below `appended_end`, if anything was),
+    /// then take the leader's log start and high watermark.
+    Follow {
+        appended_end: Option<i64>,
+        leader_log_start: i64,
+        leader_high_watermark: i64,
+    },
+}
+
+/// Appends one partition's fetched records, or handles the leader's
+/// refusal. Blocking: runs on the partition's I/O thread.
 fn apply_fetched(
     cx: &ReplicationContext,
     followed: &Followed,
     data: kafka_protocol::messages::fetch_response::PartitionData,
-) -> Option<Outcome> {
+) -> Applied {
     let partition = &followed.partition;
     let tp = &partition.tp;
     let code = data.error_code;
@@ -406,9 +501,9 @@ fn apply_fetched(
             info!(topic = %tp.topic, partition = tp.partition, end, leader_log_start = data.log_start_offset, "behind the leader's log start; restarting the log there");
             if let Err(error) = cx.replicas.restart_log_at(partition, data.log_start_offset) {
                 warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot restart the log");
-                return Some(Outcome::Park);
+                return Applied::Done(Some(Outcome::Park));
             }
-            return None;
+            return Applied::Done(None);
         }
         // Past the leader's log end: cut to the leader's high watermark,
         // which the leader surely holds, and fetch from there.
@@ -417,44 +512,36 @@ fn apply_fetched(
         if let Err(error) = cx.replicas.truncate(partition, to) {
             warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot truncate");
         }
-        return Some(Outcome::Park);
+        return Applied::Done(Some(Outcome::Park));
     }
     if code != 0 {
         debug!(topic = %tp.topic, partition = tp.partition, code, "the leader refused a replica fetch");
-        return Some(Outcome::Park);
+        return Applied::Done(Some(Outcome::Park));
     }
     let records = data.records.unwrap_or_default();
     let whole = whole_batches(&records);
+    let mut appended_end = None;
     if !whole.is_empty() {
         match partition.append_as_follower(whole, followed.leader_epoch) {
-            Ok(info) => {
-                // Durable before the next fetch says it is here.
-                if let Err(error) = partition.log.flush_until(info.last_offset + 1) {
-                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot flush fetched records");
-                    return Some(Outcome::Park);
-                }
-            }
-            Err(AppendError::NotLeader) => return Some(Outcome::Park),
+            Ok(info) => appended_end = Some(info.last_offset + 1),
+            Err(AppendError::NotLeader) => return Applied::Done(Some(Outcome::Park)),
             Err(AppendError::Storage(rill_storage::StorageError::Invalid { reason, .. })) => {
                 // Records that do not start at this log's end: the logs
                 // diverge after all; ask the leader again.
                 warn!(topic = %tp.topic, partition = tp.partition, %reason, "fetched records do not follow this log");
-                return Some(Outcome::Retruncate);
+                return Applied::Done(Some(Outcome::Retruncate));
             }
             Err(error) => {
                 warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot append fetched records");
-                return Some(Outcome::Park);
+                return Applied::Done(Some(Outcome::Park));
             }
         }
     }
-    if let Err(error) = cx
-        .replicas
-        .follow_log_start(partition, data.log_start_offset)
-    {
-        warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start");
+    Applied::Follow {
+        appended_end,
+        leader_log_start: data.log_start_offset,
+        leader_high_watermark: data.high_watermark,
     }
-    partition.follow_high_watermark(data.high_watermark);
-    None
 }
 
 /// The complete batches at the front of a fetched record set (a leader may
@@ -531,19 +618,17 @@ async fn truncate(
         }
     }
     let worker = cx.clone();
-    let cut = tokio::task::spawn_blocking(move || {
-        answers
-            .into_iter()
-            .map(|(followed, answer)| {
-                let tp = followed.partition.tp.clone();
-                let outcome = cut_where_diverging(&worker, &followed, &answer);
-                (tp, outcome)
-            })
-            .collect::<Vec<_>>()
+    let cut = each_on_io_thread(answers, move |followed, answer| {
+        cut_where_diverging(&worker, followed, &answer)
     })
-    .await
-    .map_err(|e| format!("truncation panicked: {e}"))?;
-    outcomes.extend(cut);
+    .await;
+    outcomes.extend(cut.into_iter().map(|(followed, outcome)| {
+        // A truncation that did not run is tried again after a pause.
+        (
+            followed.partition.tp.clone(),
+            outcome.unwrap_or(Outcome::Park),
+        )
+    }));
     Ok(outcomes)
 }
 

@@ -61,6 +61,8 @@ pub enum StartError {
     Quorum(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    #[error("cannot start the disk threads: {0}")]
+    DiskThreads(io::Error),
     #[error("controller: {0}")]
     Controller(#[from] ControllerError),
     /// A start-up step panicked (a bug): the message says which step.
@@ -538,16 +540,24 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         }
     };
 
+    let replicas = match ReplicaManager::new(
+        config.node_id,
+        logs,
+        config.log_defaults.clone(),
+        config.producer_state,
+        Arc::clone(&clock),
+        config.disk_threads,
+    ) {
+        Ok(replicas) => Arc::new(replicas),
+        Err(source) => {
+            let _ = controller.shutdown().await;
+            return Err(StartError::DiskThreads(source));
+        }
+    };
     let shutdown = CancellationToken::new();
     let broker = Arc::new_cyclic(|broker| Broker {
         shutdown: shutdown.clone(),
-        replicas: Arc::new(ReplicaManager::new(
-            config.node_id,
-            logs,
-            config.log_defaults.clone(),
-            config.producer_state,
-            Arc::clone(&clock),
-        )),
+        replicas,
         fetch_waiting: Semaphore::new(config.fetch_waiting_max),
         request_bytes: Arc::new(Semaphore::new(
             config

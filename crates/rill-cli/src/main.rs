@@ -106,6 +106,12 @@ struct ServeArgs {
     /// The most client connections at once [default: 10000].
     #[arg(long, env = "RILL_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Threads that append to partitions and do their other file work; each partition uses one (Kafka's num.io.threads) [default: 8].
+    #[arg(long, env = "RILL_IO_THREADS")]
+    io_threads: Option<usize>,
+    /// Threads that fsync partitions; each partition uses one [default: 8].
+    #[arg(long, env = "RILL_FLUSH_THREADS")]
+    flush_threads: Option<usize>,
     /// The most bytes of requests being read or handled at once, across all connections [default: 536870912].
     #[arg(long, env = "RILL_QUEUED_MAX_REQUEST_BYTES")]
     queued_max_request_bytes: Option<usize>,
@@ -197,6 +203,8 @@ struct FileSettings {
     num_partitions: Option<i32>,
     socket_request_max_bytes: Option<usize>,
     max_connections: Option<usize>,
+    io_threads: Option<usize>,
+    flush_threads: Option<usize>,
     queued_max_request_bytes: Option<usize>,
     request_read_timeout_ms: Option<u64>,
     log_retention_check_interval_ms: Option<u64>,
@@ -364,6 +372,8 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     setting!(num_partitions => config.num_partitions);
     setting!(socket_request_max_bytes => config.request_bytes_max);
     setting!(max_connections => config.connections_max);
+    setting!(io_threads => config.disk_threads.io);
+    setting!(flush_threads => config.disk_threads.flush);
     setting!(queued_max_request_bytes => config.queued_request_bytes_max);
     setting!(group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms);
     setting!(group_min_session_timeout_ms => config.groups.min_session_timeout_ms);
@@ -575,6 +585,15 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
         config.connections_max >= 1,
         "max-connections must be at least 1"
     );
+    for (name, threads) in [
+        ("io-threads", config.disk_threads.io),
+        ("flush-threads", config.disk_threads.flush),
+    ] {
+        anyhow::ensure!(
+            (1..=256).contains(&threads),
+            "{name} must be between 1 and 256, not {threads}"
+        );
+    }
     // The largest frame must fit in the pool, or its connection would wait
     // for room that never comes.
     anyhow::ensure!(

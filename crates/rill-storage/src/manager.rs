@@ -73,6 +73,10 @@ pub struct LogManager {
     uncleanable: Mutex<HashSet<TopicPartition>>,
     /// Serialises checkpoint writes, which rewrite whole files.
     checkpointing: Mutex<()>,
+    /// Serialises creating and deleting logs, whose file work is done
+    /// without `logs` locked (so lookups never wait for it), so that one
+    /// log is never opened twice, nor opened while its files are removed.
+    creating: Mutex<()>,
     _lock: File,
 }
 
@@ -179,6 +183,7 @@ impl LogManager {
             logs: RwLock::new(logs),
             uncleanable: Mutex::new(HashSet::new()),
             checkpointing: Mutex::new(()),
+            creating: Mutex::new(()),
             _lock: lock,
         };
         // From here on a crash is not clean; the checkpoints must say where
@@ -234,11 +239,13 @@ impl LogManager {
     /// The log of `tp`, created with `config` if it does not exist; an
     /// existing log gets `config`.
     pub fn get_or_create(&self, tp: &TopicPartition, config: LogConfig) -> Result<Arc<Log>> {
-        let mut logs = self.logs.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(log) = logs.get(tp) {
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = self.get(tp) {
             log.set_config(config)?;
-            return Ok(Arc::clone(log));
+            return Ok(log);
         }
+        // Opening reads (and may recover) the log's files: `logs` is not
+        // locked meanwhile.
         let log = Arc::new(
             Log::open(
                 &self.data_dir.join(tp.dir_name()),
@@ -249,12 +256,16 @@ impl LogManager {
             )?
             .with_flush_observer(self.flush_observer.clone()),
         );
-        logs.insert(tp.clone(), Arc::clone(&log));
+        self.logs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tp.clone(), Arc::clone(&log));
         Ok(log)
     }
 
     /// Deletes `tp`'s log and its files (see [`Log::delete`]).
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         let removed = self
             .logs
             .write()

@@ -28,50 +28,52 @@ const LATEST_TIERED: i64 = -5;
 /// ListOffsets' `isolation_level` for read_committed.
 const READ_COMMITTED: i8 = 1;
 
-pub fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn handle(
+    broker: &Broker,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let read_committed = version >= 2 && request.isolation_level == READ_COMMITTED;
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|topic| {
-            let name = topic.name.0.as_str().to_string();
-            let partitions = topic
-                .partitions
-                .into_iter()
-                .map(|p| {
-                    let response = ListOffsetsPartitionResponse::default()
-                        .with_partition_index(p.partition_index)
-                        .with_timestamp(-1)
-                        .with_offset(-1)
-                        .with_leader_epoch(-1);
-                    match lookup(
-                        broker,
-                        &name,
-                        p.partition_index,
-                        p.current_leader_epoch,
-                        p.timestamp,
-                        read_committed,
-                    ) {
-                        Ok((timestamp, offset, leader_epoch)) => response
-                            .with_timestamp(timestamp)
-                            .with_offset(offset)
-                            // The field exists from v4; below it must keep
-                            // its default or the response cannot be encoded.
-                            .with_leader_epoch(if version >= 4 { leader_epoch } else { -1 }),
-                        Err(error) => response.with_error_code(error.code),
-                    }
-                })
-                .collect();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.as_str().to_string();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let response = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1)
+                .with_leader_epoch(-1);
+            let found = lookup(
+                broker,
+                &name,
+                p.partition_index,
+                p.current_leader_epoch,
+                p.timestamp,
+                read_committed,
+            )
+            .await;
+            partitions.push(match found {
+                Ok((timestamp, offset, leader_epoch)) => response
+                    .with_timestamp(timestamp)
+                    .with_offset(offset)
+                    // The field exists from v4; below it must keep its
+                    // default or the response cannot be encoded.
+                    .with_leader_epoch(if version >= 4 { leader_epoch } else { -1 }),
+                Err(error) => response.with_error_code(error.code),
+            });
+        }
+        topics.push(
             ListOffsetsTopicResponse::default()
                 .with_name(topic.name)
-                .with_partitions(partitions)
-        })
-        .collect();
+                .with_partitions(partitions),
+        );
+    }
     ListOffsetsResponse::default().with_topics(topics)
 }
 
 /// Returns (timestamp, offset, leader epoch of that offset).
-fn lookup(
+async fn lookup(
     broker: &Broker,
     topic: &str,
     index: i32,
@@ -108,22 +110,31 @@ fn lookup(
         }
         // As Kafka answers when remote storage is off.
         LATEST_TIERED => Ok((-1, -1, -1)),
-        MAX_TIMESTAMP => match log.max_timestamp_offset().map_err(storage)? {
-            Some(found) if found.offset < visible_end => Ok((
-                found.timestamp,
-                found.offset,
-                epoch_at(&partition, found.offset),
-            )),
-            _ => Ok((-1, -1, -1)),
-        },
-        timestamp if timestamp >= 0 => {
-            match log.offset_for_timestamp(timestamp).map_err(storage)? {
+        MAX_TIMESTAMP | 0.. => {
+            // Searching the segments and their time indexes reads files:
+            // the partition's I/O thread does it.
+            let found = partition
+                .on_io_thread(move |partition| {
+                    if timestamp == MAX_TIMESTAMP {
+                        partition.log.max_timestamp_offset()
+                    } else {
+                        partition.log.offset_for_timestamp(timestamp)
+                    }
+                })
+                .await
+                .map_err(|error| KafkaError {
+                    code: ResponseError::KafkaStorageError.code(),
+                    message: Some(error.to_string()),
+                })?
+                .map_err(storage)?;
+            match found {
                 Some(found) if found.offset < visible_end => Ok((
                     found.timestamp,
                     found.offset,
                     epoch_at(&partition, found.offset),
                 )),
-                // No record at or after the timestamp: Kafka answers offset -1.
+                // No record at or after the timestamp (or none at all, for
+                // the largest timestamp): Kafka answers offset -1.
                 _ => Ok((-1, -1, -1)),
             }
         }

@@ -28,7 +28,8 @@ use rill_storage::{InvalidRecord, StorageError};
 use tracing::{debug, warn};
 
 use super::KafkaError;
-use crate::errors::{append_error_code, replication_error_code, storage_error_code};
+use crate::disk::DiskJob;
+use crate::errors::{append_error_code, flush_error_code, replication_error_code};
 use crate::replica::{AppendError, LeaderAppend, Partition, VerificationGuard};
 use crate::server::Broker;
 
@@ -86,23 +87,17 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
     let timeout =
         Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0)).min(PRODUCE_WAIT_MAX);
     let valid_acks = matches!(acks, -1..=1);
-    let mut durable = Vec::new();
-    let mut any_error = false;
-    let mut responses = Vec::with_capacity(request.topic_data.len());
-    for (topic_at, topic) in request.topic_data.into_iter().enumerate() {
+
+    // Every partition's append is queued on its partition's I/O thread
+    // first, and only then awaited, so that the partitions of one request
+    // are appended at once on their threads.
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
         let name = topic.name.0.as_str().to_string();
-        let mut partition_responses = Vec::with_capacity(topic.partition_data.len());
-        // This topic's appends, counted once per topic (metrics).
-        let mut bytes_in = 0u64;
-        let mut records_in = 0u64;
-        for (partition_at, data) in topic.partition_data.into_iter().enumerate() {
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for data in topic.partition_data {
             let batch_bytes = data.records.as_ref().map_or(0, |r| r.len() as u64);
-            let mut response = PartitionProduceResponse::default()
-                .with_index(data.index)
-                .with_base_offset(-1)
-                .with_log_append_time_ms(-1)
-                .with_log_start_offset(-1);
-            let result = if !valid_acks {
+            let appending = if !valid_acks {
                 Err(KafkaError::new(ResponseError::InvalidRequiredAcks).into())
             } else {
                 match super::txn_verification::verify(
@@ -114,9 +109,38 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 )
                 .await
                 {
-                    Ok(verified) => append(broker, &name, data.index, data.records, acks, verified),
+                    Ok(verified) => {
+                        submit_append(broker, &name, data.index, data.records, acks, verified).await
+                    }
                     Err(error) => Err(error.into()),
                 }
+            };
+            partitions.push((data.index, batch_bytes, appending));
+        }
+        topics.push((topic.name, name, partitions));
+    }
+
+    let mut durable = Vec::new();
+    let mut any_error = false;
+    let mut responses = Vec::with_capacity(topics.len());
+    for (topic_at, (topic_name, name, partitions)) in topics.into_iter().enumerate() {
+        let mut partition_responses = Vec::with_capacity(partitions.len());
+        // This topic's appends, counted once per topic (metrics).
+        let mut bytes_in = 0u64;
+        let mut records_in = 0u64;
+        for (partition_at, (index, batch_bytes, appending)) in partitions.into_iter().enumerate() {
+            let mut response = PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            let result = match appending {
+                Ok((partition, job)) => match job.await {
+                    Ok(Ok(appended)) => Ok((partition, appended)),
+                    Ok(Err(error)) => Err(rejected(&name, index, &error)),
+                    Err(error) => Err(rejected(&name, index, &AppendError::Disk(error))),
+                },
+                Err(rejected) => Err(rejected),
             };
             match result {
                 Ok((
@@ -153,7 +177,7 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                     record_errors,
                 }) => {
                     any_error = true;
-                    debug!(topic = %name, partition = data.index, code = error.code, message = ?error.message, "produce rejected");
+                    debug!(topic = %name, partition = index, code = error.code, message = ?error.message, "produce rejected");
                     response = response
                         .with_error_code(error.code)
                         .with_error_message(error.message_bytes())
@@ -167,7 +191,7 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
         }
         responses.push(
             TopicProduceResponse::default()
-                .with_name(topic.name)
+                .with_name(topic_name)
                 .with_partition_responses(partition_responses),
         );
     }
@@ -232,15 +256,19 @@ fn add_leader_hints(broker: &Broker, response: &mut ProduceResponse) {
         .collect();
 }
 
-/// Validates and appends one partition's batches as leader.
-fn append(
+/// An append queued on its partition's I/O thread.
+type Appending = (Arc<Partition>, DiskJob<Result<LeaderAppend, AppendError>>);
+
+/// Checks what can be checked at once of one partition's batches and
+/// queues their append, as leader, on the partition's I/O thread.
+async fn submit_append(
     broker: &Broker,
     topic: &str,
     index: i32,
     records: Option<bytes::Bytes>,
     acks: i16,
     verified: Option<VerificationGuard>,
-) -> Result<(Arc<Partition>, LeaderAppend), Rejected> {
+) -> Result<Appending, Rejected> {
     if topic == crate::group::OFFSETS_TOPIC || topic == crate::txn::TRANSACTION_STATE_TOPIC {
         // The coordinators' records; Kafka lets no client write them.
         return Err(KafkaError::with_message(
@@ -261,13 +289,17 @@ fn append(
         )
         .into());
     };
-    // The log rewrites offsets and the leader epoch in place, so it needs
-    // its own copy: the request's bytes are shared with the whole frame.
-    let mut records = records.to_vec();
-    partition
-        .append_verified(&mut records, acks == -1, verified)
-        .map(|appended| (Arc::clone(&partition), appended))
-        .map_err(|error| rejected(topic, index, &error))
+    let job = partition
+        .submit_io(move |partition| {
+            // The log rewrites offsets and the leader epoch in place, so it
+            // needs its own copy: the request's bytes are shared with the
+            // whole frame.
+            let mut records = records.to_vec();
+            partition.append_verified(&mut records, acks == -1, verified)
+        })
+        .await
+        .map_err(|error| rejected(topic, index, &AppendError::Disk(error)))?;
+    Ok((partition, job))
 }
 
 /// A refused append as Kafka answers it. Records without a key on a
@@ -322,35 +354,26 @@ async fn wait_durable(
     durable: Vec<Durable>,
     deadline: tokio::time::Instant,
 ) -> ProduceResponse {
-    let flushed = tokio::task::spawn_blocking(move || {
-        durable
-            .into_iter()
-            .map(|d| {
-                let result = d.partition.log.flush_until(d.end_offset);
-                (d, result)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let flushed = match flushed {
-        Ok(flushed) => flushed,
-        Err(error) => {
-            warn!(%error, "flush task failed");
-            for topic in &mut response.responses {
-                for p in &mut topic.partition_responses {
-                    if p.error_code == 0 {
-                        p.error_code = ResponseError::KafkaStorageError.code();
-                    }
-                }
-            }
-            return response;
-        }
-    };
+    // Every partition's flush is queued first, so that they run at once
+    // on their flush threads.
+    let mut flushing = Vec::with_capacity(durable.len());
+    for d in durable {
+        let flush = d.partition.submit_flush(d.end_offset).await;
+        flushing.push((d, flush));
+    }
+    let mut flushed = Vec::with_capacity(flushing.len());
+    for (d, flush) in flushing {
+        let result = match flush {
+            Ok(flush) => flush.await,
+            Err(error) => Err(error.into()),
+        };
+        flushed.push((d, result));
+    }
     for (d, result) in flushed {
         let p = &mut response.responses[d.topic_at].partition_responses[d.partition_at];
         if let Err(error) = result {
             warn!(topic = %d.partition.tp.topic, partition = d.partition.tp.partition, %error, "flush failed");
-            p.error_code = storage_error_code(&error);
+            p.error_code = flush_error_code(&error);
             p.error_message = Some(super::str_bytes(error.to_string()));
             continue;
         }

@@ -1,0 +1,266 @@
+//! The threads that do the partitions' disk work, so that the async workers
+//! never wait on a disk.
+//!
+//! A [`DiskExecutor`] is a fixed set of threads, each with a bounded queue
+//! of jobs. Every partition is given one thread of it for good, its shard
+//! ([`DiskExecutor::next_shard`], round robin as partitions open), and all
+//! its jobs run there, in the order they were queued. The broker has two:
+//! one for appends, truncations and reads by time (`--io-threads`), one for
+//! fsyncs (`--flush-threads`). They are apart so that a partition's next
+//! append never waits behind its last fsync: a producer keeps appending
+//! while the batch before is being made durable, as it did when fsyncs ran
+//! on tokio's blocking pool. Fsyncs of one partition queue on one thread,
+//! so the first flushes everything appended so far and those queued behind
+//! it find nothing left to do (group commit).
+//!
+//! Bounds: `threads` threads and `queued_jobs_max` waiting jobs per
+//! thread. A caller whose shard's queue is full waits (asynchronously)
+//! for room: a disk slower than its producers slows their partitions
+//! down, not the broker's async workers.
+//!
+//! A job that panics fails only its own caller ([`DiskError::Failed`]);
+//! the thread goes on with the next job.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// How many threads the broker's two executors have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskThreads {
+    /// Appends, truncations, reads by time: `--io-threads` (Kafka's
+    /// `num.io.threads`, 8).
+    pub io: usize,
+    /// Fsyncs: `--flush-threads`.
+    pub flush: usize,
+}
+
+impl Default for DiskThreads {
+    fn default() -> Self {
+        Self { io: 8, flush: 8 }
+    }
+}
+
+/// Jobs waiting per thread. A job holds at most one request's records for
+/// one partition, and the requests read are bounded already
+/// (`queued.max.request.bytes`); this bounds the jobs that hold none.
+pub const QUEUED_JOBS_MAX: usize = 1024;
+
+/// Why a job gave no result.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum DiskError {
+    /// The job panicked (a bug), or the executor is shutting down.
+    #[error("the disk job failed or the broker is shutting down")]
+    Failed,
+}
+
+/// A fixed set of threads, each running its own queue of jobs in order.
+#[derive(Debug)]
+pub struct DiskExecutor {
+    shards: Vec<DiskShard>,
+    /// The shard the next partition gets.
+    next: AtomicUsize,
+}
+
+/// One thread of a [`DiskExecutor`]: a partition keeps its shard, so its
+/// jobs run one at a time, in the order queued.
+#[derive(Debug, Clone)]
+pub struct DiskShard {
+    queue: mpsc::Sender<Job>,
+}
+
+impl DiskExecutor {
+    /// Starts `threads` threads named `{name}-{i}`, each with room for
+    /// `queued_jobs_max` waiting jobs. The threads end once every
+    /// [`DiskShard`] handle is gone and their queues are empty.
+    pub fn start(name: &str, threads: usize, queued_jobs_max: usize) -> std::io::Result<Self> {
+        assert!(threads > 0);
+        assert!(queued_jobs_max > 0);
+        let mut shards = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (queue, mut jobs) = mpsc::channel::<Job>(queued_jobs_max);
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    while let Some(job) = jobs.blocking_recv() {
+                        // A panicking job drops its answer's sender, which
+                        // is how its caller learns; the shard goes on.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    }
+                })?;
+            shards.push(DiskShard { queue });
+        }
+        Ok(Self {
+            shards,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The shard for a partition being opened: round robin, so that a
+    /// node's partitions spread evenly however few there are.
+    pub fn next_shard(&self) -> DiskShard {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.shards[i].clone()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+impl DiskShard {
+    /// Runs `work` on this shard's thread, after every job queued before
+    /// it, and returns its result. Waits for room when the queue is full.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, DiskError> {
+        self.submit(work).await?.await
+    }
+
+    /// Queues `work` (waiting for room when the queue is full) and returns
+    /// its result to come. A caller with jobs for several partitions
+    /// submits them all and then awaits them, so that they run at once on
+    /// their shards.
+    pub async fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<DiskJob<T>, DiskError> {
+        let (answer, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = answer.send(work());
+        });
+        self.queue.send(job).await.map_err(|_| DiskError::Failed)?;
+        Ok(DiskJob(result))
+    }
+}
+
+/// The result of a submitted job, once it has run.
+#[derive(Debug)]
+pub struct DiskJob<T>(oneshot::Receiver<T>);
+
+impl<T> std::future::Future for DiskJob<T> {
+    type Output = Result<T, DiskError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|result| result.map_err(|_| DiskError::Failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_shard_runs_its_jobs_on_its_thread_in_order() {
+        let executor = DiskExecutor::start("test-io", 2, 64).unwrap();
+        let shard = executor.next_shard();
+        // Hold the thread so that every job below is queued before any
+        // runs.
+        let release = Arc::new(Barrier::new(2));
+        let held = {
+            let release = Arc::clone(&release);
+            shard.submit(move || release.wait()).await.unwrap()
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut jobs = Vec::new();
+        for i in 0..50 {
+            let seen = Arc::clone(&seen);
+            let job = shard
+                .submit(move || {
+                    let thread = std::thread::current().name().map(str::to_string);
+                    seen.lock().unwrap().push((i, thread));
+                    i * 2
+                })
+                .await
+                .unwrap();
+            jobs.push(job);
+        }
+        release.wait();
+        held.await.unwrap();
+        let mut results = Vec::new();
+        for job in jobs {
+            results.push(job.await);
+        }
+        assert_eq!(results, (0..50).map(|i| Ok(i * 2)).collect::<Vec<_>>());
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..50).collect::<Vec<_>>()
+        );
+        assert!(seen.iter().all(|(_, t)| t.as_deref() == Some("test-io-0")));
+    }
+
+    #[tokio::test]
+    async fn partitions_spread_round_robin_over_the_threads() {
+        let executor = DiskExecutor::start("test-spread", 3, 1).unwrap();
+        let mut names = Vec::new();
+        for _ in 0..6 {
+            let name = executor
+                .next_shard()
+                .run(|| std::thread::current().name().unwrap().to_string())
+                .await
+                .unwrap();
+            names.push(name);
+        }
+        assert_eq!(
+            names,
+            [
+                "test-spread-0",
+                "test-spread-1",
+                "test-spread-2",
+                "test-spread-0",
+                "test-spread-1",
+                "test-spread-2"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_only_its_caller() {
+        let executor = DiskExecutor::start("test-panic", 1, 2).unwrap();
+        let shard = executor.next_shard();
+        let failed = shard.run(|| -> u32 { panic!("a bug in a disk job") }).await;
+        assert_eq!(failed, Err(DiskError::Failed));
+        assert_eq!(shard.run(|| 7).await, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_its_callers_wait_without_blocking_the_runtime() {
+        let executor = DiskExecutor::start("test-full", 1, 1).unwrap();
+        let shard = executor.next_shard();
+        // The thread blocks in the first job until released; one more job
+        // fits in the queue; the third caller must wait for room.
+        let release = Arc::new(Barrier::new(2));
+        let blocked = {
+            let release = Arc::clone(&release);
+            let shard = shard.clone();
+            tokio::spawn(async move { shard.run(move || release.wait()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let queued = tokio::spawn({
+            let shard = shard.clone();
+            async move { shard.run(|| 2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut waiting = Box::pin(shard.run(|| 3));
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut waiting).await;
+        assert!(early.is_err(), "a job ran past a full queue");
+        // The runtime was free all along: this timer fired.
+        release.wait();
+        assert!(blocked.await.unwrap().is_ok());
+        assert_eq!(queued.await.unwrap(), Ok(2));
+        assert_eq!(waiting.await, Ok(3));
+    }
+}
