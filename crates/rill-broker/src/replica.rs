@@ -44,7 +44,9 @@ use rill_types::{Clock, NodeId, PartitionIndex, TopicPartition};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::disk::{DiskError, DiskExecutor, DiskJob, DiskShard, DiskThreads, QUEUED_JOBS_MAX};
+use crate::disk::{
+    DiskError, DiskExecutor, DiskJob, DiskPressure, DiskShard, DiskThreads, QUEUED_JOBS_MAX,
+};
 use crate::topic_config::{dynamic_topic_defaults, log_config};
 
 /// One partition this node holds a replica of.
@@ -105,6 +107,9 @@ pub struct Partition {
     /// the async workers never wait on this partition's disk.
     io: DiskShard,
     flusher: DiskShard,
+    /// Whether this node's appends have been slow lately: then client
+    /// appends go to `io` too (see [`Partition::append_for_client`]).
+    pressure: Arc<DiskPressure>,
     clock: Arc<dyn Clock>,
 }
 
@@ -298,6 +303,26 @@ pub enum AppendError {
     Disk(#[from] DiskError),
 }
 
+/// A leader append of a client's batches, with the flush acks=all needs
+/// (see [`Partition::append_for_client`]).
+pub type ClientAppended = (LeaderAppend, Option<Result<PendingFlush, DiskError>>);
+
+/// A client append done, or queued on the partition's I/O thread.
+#[derive(Debug)]
+pub enum ClientAppend {
+    Ready(Result<ClientAppended, AppendError>),
+    Queued(DiskJob<Result<ClientAppended, AppendError>>),
+}
+
+impl ClientAppend {
+    pub async fn result(self) -> Result<ClientAppended, AppendError> {
+        match self {
+            ClientAppend::Ready(result) => result,
+            ClientAppend::Queued(job) => job.await?,
+        }
+    }
+}
+
 /// A flush queued on a partition's flush thread; awaiting it gives its
 /// result.
 #[derive(Debug)]
@@ -410,6 +435,62 @@ impl Partition {
         self.io.submit(move || work(&partition)).await
     }
 
+    /// Appends a client's batches as leader ([`Partition::append_verified`])
+    /// and, with `acks_all`, queues their flush on the partition's flush
+    /// thread. The append runs here, on the async worker handling the
+    /// request, while this node's appends are fast, and on the partition's
+    /// I/O thread while any was slow lately ([`DiskPressure`]), so that a
+    /// disk that pushes back holds up the partitions writing to it and not
+    /// the async workers. A request's appends are all started before any
+    /// is awaited ([`ClientAppend::result`]).
+    pub async fn append_for_client(
+        self: &Arc<Self>,
+        records: bytes::Bytes,
+        acks_all: bool,
+        verified: Option<VerificationGuard>,
+    ) -> ClientAppend {
+        if self.pressure.is_on() {
+            let job = self
+                .submit_io(move |partition| {
+                    let appended = partition.append_timed(&records, acks_all, verified)?;
+                    let end = appended.info.last_offset + 1;
+                    // Queued from here: no trip back to the async workers.
+                    let flush = acks_all.then(|| partition.queue_flush(end));
+                    Ok((appended, flush))
+                })
+                .await;
+            return match job {
+                Ok(job) => ClientAppend::Queued(job),
+                Err(error) => ClientAppend::Ready(Err(error.into())),
+            };
+        }
+        let appended = match self.append_timed(&records, acks_all, verified) {
+            Ok(appended) => appended,
+            Err(error) => return ClientAppend::Ready(Err(error)),
+        };
+        let flush = match acks_all {
+            true => Some(self.submit_flush(appended.info.last_offset + 1).await),
+            false => None,
+        };
+        ClientAppend::Ready(Ok((appended, flush)))
+    }
+
+    /// [`Partition::append_verified`] of a copy of `records` (the log
+    /// rewrites offsets and the leader epoch in place, and the request's
+    /// bytes are shared with its whole frame), timed for [`DiskPressure`].
+    fn append_timed(
+        &self,
+        records: &[u8],
+        acks_all: bool,
+        verified: Option<VerificationGuard>,
+    ) -> Result<LeaderAppend, AppendError> {
+        let started = Instant::now();
+        let mut records = records.to_vec();
+        let appended = self.append_verified(&mut records, acks_all, verified);
+        self.pressure.observe(started.elapsed());
+        appended
+    }
+
     /// Makes the log durable below `end` (fsync, group-committed: one
     /// flush covers every append before it), on the partition's flush
     /// thread, so that the next append does not wait for it.
@@ -422,6 +503,16 @@ impl Partition {
     pub async fn submit_flush(self: &Arc<Self>, end: i64) -> Result<PendingFlush, DiskError> {
         let log = Arc::clone(&self.log);
         let job = self.flusher.submit(move || log.flush_until(end)).await?;
+        Ok(PendingFlush(job))
+    }
+
+    /// [`Partition::submit_flush`] from this partition's I/O thread, right
+    /// after an append that must be made durable: the flush is queued
+    /// without a trip back to the async workers, which would cost a thread
+    /// switch on the acks=all path.
+    pub fn queue_flush(&self, end: i64) -> Result<PendingFlush, DiskError> {
+        let log = Arc::clone(&self.log);
+        let job = self.flusher.submit_blocking(move || log.flush_until(end))?;
         Ok(PendingFlush(job))
     }
 
@@ -1285,6 +1376,7 @@ pub struct ReplicaManager {
     /// partition is given one of each when it is opened.
     io: DiskExecutor,
     flushers: DiskExecutor,
+    pressure: Arc<DiskPressure>,
 }
 
 impl ReplicaManager {
@@ -1307,6 +1399,7 @@ impl ReplicaManager {
             applied_images: watch::Sender::new(0),
             io: DiskExecutor::start("rill-io", threads.io, QUEUED_JOBS_MAX)?,
             flushers: DiskExecutor::start("rill-flush", threads.flush, QUEUED_JOBS_MAX)?,
+            pressure: Arc::new(DiskPressure::new()),
         })
     }
 
@@ -1489,6 +1582,7 @@ impl ReplicaManager {
                         fetch_waiters: Mutex::new(Vec::new()),
                         io: self.io.next_shard(),
                         flusher: self.flushers.next_shard(),
+                        pressure: Arc::clone(&self.pressure),
                         clock: Arc::clone(&self.clock),
                     };
                     partition.set_state(wanted.state);

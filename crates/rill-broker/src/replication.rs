@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::disk::DiskError;
 use crate::peer::PeerConnection;
-use crate::replica::{AppendError, IsrChange, Partition, ReplicaManager};
+use crate::replica::{AppendError, IsrChange, Partition, PendingFlush, ReplicaManager};
 
 /// What replication uses of a node — its id, its replicas, the committed
 /// metadata and the controller to propose ISR changes to, and a counter of
@@ -339,35 +339,44 @@ async fn fetch_round(
             }
         }
     }
+    // Only records to append, or a log to cut or restart, need the
+    // partition's I/O thread; the rest (most partitions of most rounds:
+    // nothing new, or a refusal) is settled here without a thread switch.
+    let (blocking, quick): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .partition(|(_, data)| needs_io_thread(data));
+    let mut applied: Vec<_> = quick
+        .into_iter()
+        .map(|(followed, data)| {
+            let applied = apply_fetched(cx, &followed, data);
+            (followed, Ok(applied))
+        })
+        .collect();
     let worker = cx.clone();
-    let applied = each_on_io_thread(answers, move |followed, data| {
-        apply_fetched(&worker, followed, data)
-    })
-    .await;
+    applied.extend(
+        each_on_io_thread(blocking, move |followed, data| {
+            apply_fetched(&worker, followed, data)
+        })
+        .await,
+    );
     // The appends are made durable before the round ends, so the next
     // fetch, which tells the leader this log's end, claims only what is
-    // durable here. Every partition's flush is queued before any is
-    // awaited, so that they run at once on their flush threads.
-    let mut flushing = Vec::new();
+    // durable here. Each append queued its flush; they run at once on
+    // their flush threads.
+    let mut following = Vec::new();
     for (followed, applied) in applied {
         let tp = followed.partition.tp.clone();
         match applied {
             Err(_) => outcomes.push((tp, Outcome::Park)),
             Ok(Applied::Done(outcome)) => outcomes.extend(outcome.map(|o| (tp, o))),
             Ok(Applied::Follow {
-                appended_end,
+                flush,
                 leader_log_start,
                 leader_high_watermark,
-            }) => {
-                let flush = match appended_end {
-                    Some(end) => Some(followed.partition.submit_flush(end).await),
-                    None => None,
-                };
-                flushing.push((followed, flush, leader_log_start, leader_high_watermark));
-            }
+            }) => following.push((followed, flush, leader_log_start, leader_high_watermark)),
         }
     }
-    for (followed, flush, leader_log_start, leader_high_watermark) in flushing {
+    for (followed, flush, leader_log_start, leader_high_watermark) in following {
         let partition = &followed.partition;
         let tp = &partition.tp;
         if let Some(flush) = flush {
@@ -475,17 +484,31 @@ fn fetch_request(node_id: NodeId, ready: &[&Followed]) -> FetchRequest {
 enum Applied {
     /// Nothing more to do this round; the outcome for the fetcher, if any.
     Done(Option<Outcome>),
-    /// Flush what was appended (below `appended_end`, if anything was),
-    /// then take the leader's log start and high watermark.
+    /// Await the flush of what was appended (queued by the append, if
+    /// anything was), then take the leader's log start and high
+    /// watermark.
     Follow {
-        appended_end: Option<i64>,
+        flush: Option<Result<PendingFlush, DiskError>>,
         leader_log_start: i64,
         leader_high_watermark: i64,
     },
 }
 
+/// Whether [`apply_fetched`] may block on files for this answer: it has
+/// records to append, or its log must be cut or restarted.
+fn needs_io_thread(data: &kafka_protocol::messages::fetch_response::PartitionData) -> bool {
+    match data.error_code {
+        0 => data
+            .records
+            .as_ref()
+            .is_some_and(|records| !whole_batches(records).is_empty()),
+        code => code == ResponseError::OffsetOutOfRange.code(),
+    }
+}
+
 /// Appends one partition's fetched records, or handles the leader's
-/// refusal. Blocking: runs on the partition's I/O thread.
+/// refusal. Blocking when [`needs_io_thread`] says so: it then runs on the
+/// partition's I/O thread.
 fn apply_fetched(
     cx: &ReplicationContext,
     followed: &Followed,
@@ -520,10 +543,10 @@ fn apply_fetched(
     }
     let records = data.records.unwrap_or_default();
     let whole = whole_batches(&records);
-    let mut appended_end = None;
+    let mut flush = None;
     if !whole.is_empty() {
         match partition.append_as_follower(whole, followed.leader_epoch) {
-            Ok(info) => appended_end = Some(info.last_offset + 1),
+            Ok(info) => flush = Some(partition.queue_flush(info.last_offset + 1)),
             Err(AppendError::NotLeader) => return Applied::Done(Some(Outcome::Park)),
             Err(AppendError::Storage(rill_storage::StorageError::Invalid { reason, .. })) => {
                 // Records that do not start at this log's end: the logs
@@ -538,7 +561,7 @@ fn apply_fetched(
         }
     }
     Applied::Follow {
-        appended_end,
+        flush,
         leader_log_start: data.log_start_offset,
         leader_high_watermark: data.high_watermark,
     }

@@ -28,9 +28,11 @@ use rill_storage::{InvalidRecord, StorageError};
 use tracing::{debug, warn};
 
 use super::KafkaError;
-use crate::disk::DiskJob;
+use crate::disk::DiskError;
 use crate::errors::{append_error_code, flush_error_code, replication_error_code};
-use crate::replica::{AppendError, LeaderAppend, Partition, VerificationGuard};
+use crate::replica::{
+    AppendError, ClientAppend, LeaderAppend, Partition, PendingFlush, VerificationGuard,
+};
 use crate::server::Broker;
 
 /// The longest acks=all waits, whatever the request's `timeout_ms`.
@@ -69,7 +71,8 @@ impl From<KafkaError> for Rejected {
 /// A partition whose append acks=all must see flushed and replicated.
 struct Durable {
     partition: Arc<Partition>,
-    /// Flush and replicate everything below this offset.
+    /// Flush (the append queued it) and replicate everything below this
+    /// offset.
     end_offset: i64,
     /// The epoch it was appended in: a new leader may not have it.
     leader_epoch: i32,
@@ -135,21 +138,23 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
             let result = match appending {
-                Ok((partition, job)) => match job.await {
-                    Ok(Ok(appended)) => Ok((partition, appended)),
-                    Ok(Err(error)) => Err(rejected(&name, index, &error)),
-                    Err(error) => Err(rejected(&name, index, &AppendError::Disk(error))),
+                Ok((partition, appending)) => match appending.result().await {
+                    Ok(appended) => Ok((partition, appended)),
+                    Err(error) => Err(rejected(&name, index, &error)),
                 },
                 Err(rejected) => Err(rejected),
             };
             match result {
                 Ok((
                     partition,
-                    LeaderAppend {
-                        info,
-                        duplicate,
-                        leader_epoch,
-                    },
+                    (
+                        LeaderAppend {
+                            info,
+                            duplicate,
+                            leader_epoch,
+                        },
+                        flush,
+                    ),
                 )) => {
                     if !duplicate {
                         bytes_in += batch_bytes;
@@ -160,16 +165,15 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
                         .with_base_offset(info.base_offset)
                         .with_log_append_time_ms(info.log_append_time)
                         .with_log_start_offset(info.log_start_offset);
-                    // A duplicate waits like its original: the batch
-                    // that holds its data may not be flushed yet.
-                    if acks == -1 {
-                        durable.push(Durable {
+                    if let Some(flush) = flush {
+                        let d = Durable {
                             partition,
                             end_offset: info.last_offset + 1,
                             leader_epoch,
                             topic_at,
                             partition_at,
-                        });
+                        };
+                        durable.push((d, flush));
                     }
                 }
                 Err(Rejected {
@@ -256,11 +260,11 @@ fn add_leader_hints(broker: &Broker, response: &mut ProduceResponse) {
         .collect();
 }
 
-/// An append queued on its partition's I/O thread.
-type Appending = (Arc<Partition>, DiskJob<Result<LeaderAppend, AppendError>>);
+/// A partition's append under way.
+type Appending = (Arc<Partition>, ClientAppend);
 
 /// Checks what can be checked at once of one partition's batches and
-/// queues their append, as leader, on the partition's I/O thread.
+/// starts their append as leader (see [`Partition::append_for_client`]).
 async fn submit_append(
     broker: &Broker,
     topic: &str,
@@ -289,17 +293,10 @@ async fn submit_append(
         )
         .into());
     };
-    let job = partition
-        .submit_io(move |partition| {
-            // The log rewrites offsets and the leader epoch in place, so it
-            // needs its own copy: the request's bytes are shared with the
-            // whole frame.
-            let mut records = records.to_vec();
-            partition.append_verified(&mut records, acks == -1, verified)
-        })
-        .await
-        .map_err(|error| rejected(topic, index, &AppendError::Disk(error)))?;
-    Ok((partition, job))
+    let appending = partition
+        .append_for_client(records, acks == -1, verified)
+        .await;
+    Ok((partition, appending))
 }
 
 /// A refused append as Kafka answers it. Records without a key on a
@@ -351,18 +348,13 @@ fn rejected(topic: &str, index: i32, error: &AppendError) -> Rejected {
 /// it, and answer.
 async fn wait_durable(
     mut response: ProduceResponse,
-    durable: Vec<Durable>,
+    durable: Vec<(Durable, Result<PendingFlush, DiskError>)>,
     deadline: tokio::time::Instant,
 ) -> ProduceResponse {
-    // Every partition's flush is queued first, so that they run at once
+    // Each partition's flush was queued by its append; they run at once
     // on their flush threads.
-    let mut flushing = Vec::with_capacity(durable.len());
-    for d in durable {
-        let flush = d.partition.submit_flush(d.end_offset).await;
-        flushing.push((d, flush));
-    }
-    let mut flushed = Vec::with_capacity(flushing.len());
-    for (d, flush) in flushing {
+    let mut flushed = Vec::with_capacity(durable.len());
+    for (d, flush) in durable {
         let result = match flush {
             Ok(flush) => flush.await,
             Err(error) => Err(error.into()),
