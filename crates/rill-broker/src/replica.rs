@@ -1766,6 +1766,41 @@ mod tests {
         builder.build()
     }
 
+    /// A client's append runs where it is asked while appends are fast,
+    /// and on the partition's I/O thread once one was slow; either way it
+    /// gets the next offsets and its acks=all flush makes it durable.
+    #[tokio::test]
+    async fn client_appends_move_to_the_io_thread_under_disk_pressure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_replicas, partition, _image) = lone_leader(dir.path());
+        let records = bytes::Bytes::from(batch());
+
+        let inline = partition
+            .append_for_client(records.clone(), true, None)
+            .await;
+        assert!(matches!(inline, ClientAppend::Ready(_)));
+        let (appended, flush) = inline.result().await.unwrap();
+        assert_eq!(appended.info.base_offset, 0);
+        flush
+            .expect("acks=all queues a flush")
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(partition.log.recovery_point() >= 1);
+
+        partition.pressure.observe(DiskPressure::APPEND_SLOW);
+        let queued = partition.append_for_client(records, true, None).await;
+        assert!(matches!(queued, ClientAppend::Queued(_)));
+        let (appended, flush) = queued.result().await.unwrap();
+        assert_eq!(appended.info.base_offset, 1);
+        flush
+            .expect("acks=all queues a flush")
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(partition.log.recovery_point() >= 2);
+    }
+
     /// Leadership is checked with the append, under one lock: while
     /// another thread fences and unfences this node over and over, every
     /// batch the log accepted carries an epoch in which this node led, and
