@@ -23,6 +23,7 @@ RILL="${1:-$here/../target/release/rill}"
 RUNS="${RUNS:-10}"
 RECORDS="${RECORDS:-2000000}"
 command -v kcat >/dev/null || { echo "needs kcat" >&2; exit 1; }
+command -v curl >/dev/null || { echo "needs curl" >&2; exit 1; }
 [ -x "$RILL" ] || { echo "no rill binary at $RILL (cargo build --release -p rill-cli)" >&2; exit 1; }
 
 WORK="$(mktemp -d /tmp/rill-replication-XXXXXX)"
@@ -73,8 +74,24 @@ for i in 1 2 3; do wait_ready "$i"; done
 echo "== limits (data dirs' disk: $WORK)"
 "$RILL" bench limits --dir "$WORK" --disk-mib 512
 
+# fsyncs of node $1 so far (rill_log_flush_duration_seconds): "COUNT OVER_25MS OVER_100MS"
+fsync_counts() {
+  curl -s "http://127.0.0.1:${HTTP[$1]}/metrics" | awk '
+    /^rill_log_flush_duration_seconds_bucket\{le="0.025"\}/ {a=$2}
+    /^rill_log_flush_duration_seconds_bucket\{le="0.1"\}/ {b=$2}
+    /^rill_log_flush_duration_seconds_count/ {n=$2}
+    END {print n+0, n-a, n-b}'
+}
+
 echo "== throughput: acks=all, RF 3 (min.insync.replicas 2)"
+declare -A FSYNCS
+for i in 1 2 3; do FSYNCS[$i]="$(fsync_counts "$i")"; done
 "$RILL" bench produce --bootstrap "$BOOT" --topic rf3 --partitions 1 --records "$RECORDS" --record-size 100 --acks all
+# Slow fsyncs during the run are where the produce latency's tail comes from.
+for i in 1 2 3; do
+  read -r n0 a0 b0 <<<"${FSYNCS[$i]}"; read -r n1 a1 b1 < <(fsync_counts "$i")
+  echo "node $i fsyncs during the run: $((n1 - n0)), over 25 ms: $((a1 - a0)), over 100 ms: $((b1 - b0))"
+done
 echo "== throughput: acks=1, RF 3"
 "$RILL" bench produce --bootstrap "$BOOT" --topic rf3-acks1 --partitions 1 --records "$RECORDS" --record-size 100 --acks 1
 echo "== throughput: acks=all, RF 1"

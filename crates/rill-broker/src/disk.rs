@@ -1,12 +1,13 @@
 //! The threads that do the partitions' disk work, so that the async workers
-//! never wait on a disk.
+//! do not wait on a disk.
 //!
 //! A [`DiskExecutor`] is a fixed set of threads, each with a bounded queue
 //! of jobs. Every partition is given one thread of it for good, its shard
 //! ([`DiskExecutor::next_shard`], round robin as partitions open), and all
 //! its jobs run there, in the order they were queued. The broker has two:
-//! one for appends, truncations and reads by time (`--io-threads`), one for
-//! fsyncs (`--flush-threads`). They are apart so that a partition's next
+//! one for follower appends, truncations, reads by time and, while the
+//! disk pushes back ([`DiskPressure`]), client appends (`--io-threads`);
+//! one for fsyncs (`--flush-threads`). They are apart so that a partition's next
 //! append never waits behind its last fsync: a producer keeps appending
 //! while the batch before is being made durable, as it did when fsyncs ran
 //! on tokio's blocking pool. Fsyncs of one partition queue on one thread,
