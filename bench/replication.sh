@@ -83,19 +83,24 @@ fsync_counts() {
     END {print n+0, n-a, n-b}'
 }
 
+# One throughput run, with the fsyncs each node did meanwhile: slow ones
+# are where a produce latency's tail can come from.
+throughput() {
+  local topic=$1 acks=$2 before=()
+  for i in 1 2 3; do before[$i]="$(fsync_counts "$i")"; done
+  "$RILL" bench produce --bootstrap "$BOOT" --topic "$topic" --partitions 1 --records "$RECORDS" --record-size 100 --acks "$acks"
+  for i in 1 2 3; do
+    read -r n0 a0 b0 <<<"${before[$i]}"; read -r n1 a1 b1 < <(fsync_counts "$i")
+    echo "node $i fsyncs during the run: $((n1 - n0)), over 25 ms: $((a1 - a0)), over 100 ms: $((b1 - b0))"
+  done
+}
+
 echo "== throughput: acks=all, RF 3 (min.insync.replicas 2)"
-declare -A FSYNCS
-for i in 1 2 3; do FSYNCS[$i]="$(fsync_counts "$i")"; done
-"$RILL" bench produce --bootstrap "$BOOT" --topic rf3 --partitions 1 --records "$RECORDS" --record-size 100 --acks all
-# Slow fsyncs during the run are where the produce latency's tail comes from.
-for i in 1 2 3; do
-  read -r n0 a0 b0 <<<"${FSYNCS[$i]}"; read -r n1 a1 b1 < <(fsync_counts "$i")
-  echo "node $i fsyncs during the run: $((n1 - n0)), over 25 ms: $((a1 - a0)), over 100 ms: $((b1 - b0))"
-done
+throughput rf3 all
 echo "== throughput: acks=1, RF 3"
-"$RILL" bench produce --bootstrap "$BOOT" --topic rf3-acks1 --partitions 1 --records "$RECORDS" --record-size 100 --acks 1
+throughput rf3-acks1 1
 echo "== throughput: acks=all, RF 1"
-"$RILL" bench produce --bootstrap "$BOOT" --topic rf1 --partitions 1 --records "$RECORDS" --record-size 100 --acks all
+throughput rf1 all
 
 echo "== latency: 10,000 records/s, linger.ms=0, acks=all, RF 3"
 "$RILL" bench e2e --bootstrap "$BOOT" --topic e2e-rf3 --partitions 1 --rate 10000 --duration 20 --record-size 100 --acks all --linger-ms 0
