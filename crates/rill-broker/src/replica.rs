@@ -455,6 +455,8 @@ impl Partition {
                     let appended = partition.append_timed(&records, acks_all, verified)?;
                     let end = appended.info.last_offset + 1;
                     // Queued from here: no trip back to the async workers.
+                    // A duplicate waits like its original: the batch that
+                    // holds its data may not be flushed yet.
                     let flush = acks_all.then(|| partition.queue_flush(end));
                     Ok((appended, flush))
                 })

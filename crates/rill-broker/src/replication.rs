@@ -397,14 +397,13 @@ async fn fetch_round(
                     replicas.follow_log_start(partition, leader_log_start)
                 })
                 .await;
-            match moved {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start")
-                }
-                Err(error) => {
-                    warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start")
-                }
+            let failed = match moved {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+            };
+            if let Some(error) = failed {
+                warn!(topic = %tp.topic, partition = tp.partition, %error, "cannot follow the leader's log start");
             }
         }
         partition.follow_high_watermark(leader_high_watermark);

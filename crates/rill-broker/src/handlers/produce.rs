@@ -91,9 +91,9 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: ProduceRequest
         Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0)).min(PRODUCE_WAIT_MAX);
     let valid_acks = matches!(acks, -1..=1);
 
-    // Every partition's append is queued on its partition's I/O thread
-    // first, and only then awaited, so that the partitions of one request
-    // are appended at once on their threads.
+    // Every partition's append is started first (here, or queued on the
+    // partition's I/O thread while the disk pushes back) and only then
+    // awaited, so that queued ones run at once on their threads.
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_string();
