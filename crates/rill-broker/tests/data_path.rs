@@ -653,3 +653,46 @@ async fn describe_log_dirs_lists_the_replicas_and_their_sizes() {
         .collect();
     assert_eq!(topics, [("sized".to_string(), vec![1])]);
 }
+
+/// A consumer far behind reads closed segments, which the broker first
+/// reads on the partition's I/O thread to warm the page cache: every
+/// batch comes back once, in order, from any offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_far_behind_reads_closed_segments_in_order() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.client().await;
+    // Small segments: each batch of 20 records rolls a new one.
+    client
+        .create_topic("behind", 1, &[("segment.bytes", "1024")])
+        .await;
+    let batches = 15;
+    for _ in 0..batches {
+        let response = client
+            .send(9, produce_request("behind", 1, one_batch(20)))
+            .await;
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+    let end = (batches * 20) as i64;
+    for start in [0, 45, 201] {
+        let mut next = start;
+        let mut rounds = 0;
+        while next < end {
+            rounds += 1;
+            assert!(rounds <= 2 * batches, "no progress from offset {next}");
+            let response = client.send(12, fetch_request("behind", next, 0)).await;
+            let (error, records) = fetched(&response);
+            assert_eq!(error, 0);
+            let mut at = 0;
+            while at < records.len() {
+                let header =
+                    rill_storage::batch::BatchHeader::parse(&records[at..]).expect("whole batches");
+                // The batch holding `next` first, then the ones after it.
+                assert!(header.base_offset <= next && next <= header.last_offset());
+                same_batch_modulo_offsets(&records[at..at + header.size()], &one_batch(20));
+                next = header.last_offset() + 1;
+                at += header.size();
+            }
+        }
+        assert_eq!(next, end, "read from {start}");
+    }
+}

@@ -72,6 +72,7 @@ pub async fn handle(broker: Arc<Broker>, version: i16, mut request: FetchRequest
         usize::MAX
     }
     .min(broker.config.fetch_bytes_max);
+    prefetch_closed_segments(&broker, version, &request, bytes_max).await;
     let bytes_min = usize::try_from(request.min_bytes).unwrap_or(0);
     let wait =
         Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(FETCH_WAIT_MAX);
@@ -118,6 +119,80 @@ pub async fn handle(broker: Arc<Broker>, version: i16, mut request: FetchRequest
             () = wake.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 return read(&broker, version, &request, bytes_max).0;
+            }
+        }
+    }
+}
+
+/// A chunk of a warming read (see [`prefetch_closed_segments`]).
+const PREFETCH_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Reads of closed segments (a consumer or follower far behind) are done
+/// once on the partitions' I/O threads first, so that what the fetch then
+/// reads and sends from this connection's async worker — the batch
+/// headers `Log::read` scans and the records `sendfile` sends — is in the
+/// page cache, and a cold disk read blocks an I/O thread rather than an
+/// async worker (Kafka's network threads have this problem: KAFKA-7504,
+/// whose fix warmed the pages on the request handler thread the same way).
+/// Reads in the active segment, where consumers that keep up read, are
+/// left alone: they are page-cache hits, and the thread switch would cost
+/// them more than it saves (bench/README.md). The warming is a hint: its
+/// errors are left to the real read.
+async fn prefetch_closed_segments(
+    broker: &Broker,
+    version: i16,
+    request: &FetchRequest,
+    bytes_max: usize,
+) {
+    let replica_id = request.replica_id.0;
+    let mut budget = bytes_max as u64;
+    let mut jobs = Vec::new();
+    for topic in &request.topics {
+        let name = topic.topic.0.as_str();
+        for fetch in &topic.partitions {
+            let Some(partition) = broker.replicas.get(name, fetch.partition) else {
+                continue;
+            };
+            let offset = fetch.fetch_offset;
+            let servable = partition.is_leader() || (replica_id < 0 && version >= 11);
+            if !servable || offset >= partition.log.active_segment_base_offset() {
+                continue;
+            }
+            let wanted = u64::try_from(fetch.partition_max_bytes)
+                .unwrap_or(0)
+                .min(budget);
+            if wanted == 0 {
+                break;
+            }
+            budget -= wanted;
+            let upper_bound = readable_end(&partition, replica_id, request.isolation_level);
+            let job = partition
+                .submit_io(move |partition| warm(partition, offset, wanted, upper_bound))
+                .await;
+            jobs.push(job);
+        }
+    }
+    for job in jobs.into_iter().flatten() {
+        let _ = job.await;
+    }
+}
+
+/// Reads what a fetch from `offset` will send, so that it is in the page
+/// cache. Blocking: runs on the partition's I/O thread.
+fn warm(partition: &crate::replica::Partition, offset: i64, wanted: u64, upper_bound: i64) {
+    use std::os::unix::fs::FileExt;
+    let Ok(info) = partition.log.read(offset, wanted.max(1), upper_bound) else {
+        return;
+    };
+    let mut chunk = vec![0u8; PREFETCH_CHUNK_BYTES.min(info.bytes as usize)];
+    for region in &info.regions {
+        let mut position = region.position;
+        let end = region.position + region.len;
+        while position < end {
+            let len = chunk.len().min((end - position) as usize);
+            match region.file.read_at(&mut chunk[..len], position) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => position += read as u64,
             }
         }
     }

@@ -204,6 +204,12 @@ impl Log {
         lock(&self.state).log_end_offset()
     }
 
+    /// The base offset of the active (last) segment: a read from below it
+    /// reads a closed segment, whose pages may have left the page cache.
+    pub fn active_segment_base_offset(&self) -> i64 {
+        lock(&self.state).active().base_offset
+    }
+
     /// The offset below which records are committed: what consumers may
     /// read.
     ///
