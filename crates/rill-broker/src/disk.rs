@@ -65,6 +65,8 @@ pub struct DiskPressure {
     /// Milliseconds after `started` until which appends go to the I/O
     /// threads.
     until_ms: AtomicU64,
+    /// Client appends sent to an I/O thread because of it (a metric).
+    appends_moved: AtomicU64,
 }
 
 impl DiskPressure {
@@ -77,6 +79,7 @@ impl DiskPressure {
         Self {
             started: Instant::now(),
             until_ms: AtomicU64::new(0),
+            appends_moved: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +95,16 @@ impl DiskPressure {
             let until = self.elapsed_ms() + Self::HOLD.as_millis() as u64;
             self.until_ms.fetch_max(until, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a client append sent to its I/O thread while this is on.
+    pub fn count_moved_append(&self) {
+        self.appends_moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Client appends sent to their I/O threads so far.
+    pub fn appends_moved(&self) -> u64 {
+        self.appends_moved.load(Ordering::Relaxed)
     }
 
     fn elapsed_ms(&self) -> u64 {

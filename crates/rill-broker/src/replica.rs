@@ -450,6 +450,7 @@ impl Partition {
         verified: Option<VerificationGuard>,
     ) -> ClientAppend {
         if self.pressure.is_on() {
+            self.pressure.count_moved_append();
             let job = self
                 .submit_io(move |partition| {
                     let appended = partition.append_timed(&records, acks_all, verified)?;
@@ -1409,6 +1410,11 @@ impl ReplicaManager {
         &self.logs
     }
 
+    /// Whether this node's disk pushes back (see [`DiskPressure`]).
+    pub fn disk_pressure(&self) -> &DiskPressure {
+        &self.pressure
+    }
+
     pub fn log_defaults(&self) -> &LogConfig {
         &self.log_defaults
     }
@@ -1793,6 +1799,7 @@ mod tests {
         partition.pressure.observe(DiskPressure::APPEND_SLOW);
         let queued = partition.append_for_client(records, true, None).await;
         assert!(matches!(queued, ClientAppend::Queued(_)));
+        assert_eq!(partition.pressure.appends_moved(), 1);
         let (appended, flush) = queued.result().await.unwrap();
         assert_eq!(appended.info.base_offset, 1);
         flush

@@ -689,6 +689,12 @@ async fn http_port_answers_health_and_metrics_and_refuses_the_rest() {
         .contains("# TYPE rill_log_flush_duration_seconds histogram\n"));
     assert!(response.body.contains("# TYPE rill_partitions gauge\n"));
     assert_eq!(metrics.value("rill_partitions", &[]), Some(0.0));
+    // A fresh broker's disk has not pushed back.
+    assert_eq!(metrics.value("rill_disk_pressure", &[]), Some(0.0));
+    assert_eq!(
+        metrics.value("rill_appends_on_io_threads_total", &[]),
+        Some(0.0)
+    );
 
     // A client that connects and sends nothing is closed, in bounded time.
     let started = Instant::now();

@@ -800,6 +800,22 @@ fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFam
     .expect("valid counter");
     txns_aborted.inc_by(txns.aborted);
 
+    let pressure = sources.replicas.disk_pressure();
+    let disk_pressure = IntGauge::new(
+        "rill_disk_pressure",
+        "1 while an append on this node took 10 ms or more in the last second (the disk \
+         pushing back): client appends then run on their partitions' I/O threads.",
+    )
+    .expect("valid gauge");
+    disk_pressure.set(i64::from(pressure.is_on()));
+    let appends_moved = IntCounter::new(
+        "rill_appends_on_io_threads_total",
+        "Client appends run on their partition's I/O thread because the disk pushed back \
+         (see rill_disk_pressure); the others run where the request is handled.",
+    )
+    .expect("valid counter");
+    appends_moved.inc_by(pressure.appends_moved());
+
     let mut families = Vec::new();
     families.extend(controller_active.collect());
     families.extend(fenced.collect());
@@ -816,6 +832,8 @@ fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFam
     families.extend(txns_ongoing.collect());
     families.extend(txns_committed.collect());
     families.extend(txns_aborted.collect());
+    families.extend(disk_pressure.collect());
+    families.extend(appends_moved.collect());
     families
 }
 
