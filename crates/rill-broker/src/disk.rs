@@ -122,7 +122,10 @@ impl Default for DiskPressure {
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum DiskError {
     /// The job panicked (a bug), or the executor is shutting down.
-    #[error("the disk job failed or the broker is shutting down")]
+    #[error(
+        "the partition's disk work failed (a broker bug: its log has the panic) or the broker \
+         is shutting down; retry, and report it if it persists"
+    )]
     Failed,
 }
 
@@ -174,10 +177,6 @@ impl DiskExecutor {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         self.shards[i].clone()
     }
-
-    pub fn threads(&self) -> usize {
-        self.shards.len()
-    }
 }
 
 impl DiskShard {
@@ -198,12 +197,9 @@ impl DiskShard {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<DiskJob<T>, DiskError> {
-        let (answer, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = answer.send(work());
-        });
+        let (job, result) = job(work);
         self.queue.send(job).await.map_err(|_| DiskError::Failed)?;
-        Ok(DiskJob(result))
+        Ok(result)
     }
 
     /// [`DiskShard::submit`] for a caller on a disk thread (not in async
@@ -213,15 +209,21 @@ impl DiskShard {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<DiskJob<T>, DiskError> {
-        let (answer, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = answer.send(work());
-        });
+        let (job, result) = job(work);
         self.queue
             .blocking_send(job)
             .map_err(|_| DiskError::Failed)?;
-        Ok(DiskJob(result))
+        Ok(result)
     }
+}
+
+/// `work` as a job for a shard's thread, and its result to come.
+fn job<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> (Job, DiskJob<T>) {
+    let (answer, result) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = answer.send(work());
+    });
+    (job, DiskJob(result))
 }
 
 /// The result of a submitted job, once it has run.
