@@ -6,7 +6,8 @@
 //! ([`DiskExecutor::next_shard`], round robin as partitions open), and all
 //! its jobs run there, in the order they were queued. The broker has two:
 //! one for follower appends, truncations, reads by time and, while the
-//! disk pushes back ([`DiskPressure`]), client appends (`--io-threads`);
+//! disk pushes back ([`DiskPressure`]), client and coordinator appends
+//! (`--io-threads`);
 //! one for fsyncs (`--flush-threads`). They are apart so that a partition's next
 //! append never waits behind its last fsync: a producer keeps appending
 //! while the batch before is being made durable, as it did when fsyncs ran
@@ -17,7 +18,8 @@
 //! Bounds: `threads` threads and `queued_jobs_max` waiting jobs per
 //! thread. A caller whose shard's queue is full waits (asynchronously)
 //! for room: a disk slower than its producers slows their partitions
-//! down, not the broker's async workers.
+//! down, not the broker's async workers. A caller that may not wait (a
+//! coordinator under its lock) is refused instead ([`DiskError::Full`]).
 //!
 //! A job that panics fails only its own caller ([`DiskError::Failed`]);
 //! the thread goes on with the next job.
@@ -30,7 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// How many threads the broker's two executors have.
+/// How many threads the broker's two executors have, and which appends
+/// run on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskThreads {
     /// Appends, truncations, reads by time: `--io-threads` (Kafka's
@@ -38,11 +41,20 @@ pub struct DiskThreads {
     pub io: usize,
     /// Fsyncs: `--flush-threads`.
     pub flush: usize,
+    /// Every client and coordinator append runs on its partition's I/O
+    /// thread, as Kafka runs them on its request handler threads, and not
+    /// only under [`DiskPressure`]: `--appends-on-io-threads`. For a
+    /// machine whose thread switches are cheaper than this 2-core VM's.
+    pub appends_on_io_threads: bool,
 }
 
 impl Default for DiskThreads {
     fn default() -> Self {
-        Self { io: 8, flush: 8 }
+        Self {
+            io: 8,
+            flush: 8,
+            appends_on_io_threads: false,
+        }
     }
 }
 
@@ -53,8 +65,8 @@ pub const QUEUED_JOBS_MAX: usize = 1024;
 
 /// Whether this node's appends have been slow lately, which is how the
 /// broker tells that its disk pushes back (page-cache writeback throttling
-/// the writers, a segment roll on a busy disk). While it does, client
-/// appends go to their partitions' I/O threads; otherwise they run where
+/// the writers, a segment roll on a busy disk). While it does, client and
+/// coordinator appends go to their partitions' I/O threads; otherwise they run where
 /// the request is handled, since every switch to another thread and back
 /// costs a wake-up. Measured on this 2-core VM (bench/README.md): with
 /// every append on the I/O threads, the RF 3 end-to-end p99 at 10,000
@@ -127,6 +139,10 @@ pub enum DiskError {
          is shutting down; retry, and report it if it persists"
     )]
     Failed,
+    /// The partition's queue was full and its caller could not wait (see
+    /// [`DiskShard::try_submit`]): the disk is far behind.
+    #[error("the partition's disk queue is full: its disk is far behind; retry after a backoff")]
+    Full,
 }
 
 /// A fixed set of threads, each running its own queue of jobs in order.
@@ -213,6 +229,21 @@ impl DiskShard {
         self.queue
             .blocking_send(job)
             .map_err(|_| DiskError::Failed)?;
+        Ok(result)
+    }
+
+    /// [`DiskShard::submit`] for a caller that must not wait at all, such
+    /// as one holding a lock that orders its jobs: a full queue refuses
+    /// the job with [`DiskError::Full`].
+    pub fn try_submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<DiskJob<T>, DiskError> {
+        let (job, result) = job(work);
+        self.queue.try_send(job).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => DiskError::Full,
+            mpsc::error::TrySendError::Closed(_) => DiskError::Failed,
+        })?;
         Ok(result)
     }
 }
@@ -360,6 +391,8 @@ mod tests {
         let mut waiting = Box::pin(shard.run(|| 3));
         let early = tokio::time::timeout(Duration::from_millis(100), &mut waiting).await;
         assert!(early.is_err(), "a job ran past a full queue");
+        // A caller that cannot wait is refused instead.
+        assert_eq!(shard.try_submit(|| 4).err(), Some(DiskError::Full));
         // The runtime was free all along: this timer fired.
         release.wait();
         assert!(blocked.await.unwrap().is_ok());

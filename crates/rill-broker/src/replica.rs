@@ -28,7 +28,7 @@
 //! ([`Partition::last_stable_offset`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,11 @@ pub struct Partition {
     /// Whether this node's appends have been slow lately: then client
     /// appends go to `io` too (see [`Partition::append_for_client`]).
     pressure: Arc<DiskPressure>,
+    /// Appends queued on `io` that have not run yet (see
+    /// [`Partition::appends_go_to_io_thread`]).
+    queued_appends: AtomicUsize,
+    /// Every append goes to `io` ([`DiskThreads::appends_on_io_threads`]).
+    appends_on_io_threads: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -307,19 +312,43 @@ pub enum AppendError {
 /// (see [`Partition::append_for_client`]).
 pub type ClientAppended = (LeaderAppend, Option<Result<PendingFlush, DiskError>>);
 
-/// A client append done, or queued on the partition's I/O thread.
+/// A client's append done, or queued on the partition's I/O thread.
+pub type ClientAppend = Appending<ClientAppended>;
+
+/// An append done, or queued on the partition's I/O thread (see
+/// [`Partition::append_for_client`] and [`Partition::append_in_order`]).
 #[derive(Debug)]
-pub enum ClientAppend {
-    Ready(Result<ClientAppended, AppendError>),
-    Queued(DiskJob<Result<ClientAppended, AppendError>>),
+pub enum Appending<T> {
+    Ready(Result<T, AppendError>),
+    Queued(DiskJob<Result<T, AppendError>>),
 }
 
-impl ClientAppend {
-    pub async fn result(self) -> Result<ClientAppended, AppendError> {
+impl<T> Appending<T> {
+    pub async fn result(self) -> Result<T, AppendError> {
         match self {
-            ClientAppend::Ready(result) => result,
-            ClientAppend::Queued(job) => job.await?,
+            Appending::Ready(result) => result,
+            Appending::Queued(job) => job.await?,
         }
+    }
+}
+
+/// An append queued on a partition's I/O thread and not yet run: while
+/// one is, the partition's next appends queue behind it (see
+/// [`Partition::appends_go_to_io_thread`]). Dropped when the job has run,
+/// or was dropped unrun.
+struct QueuedAppend(Arc<Partition>);
+
+impl QueuedAppend {
+    fn new(partition: &Arc<Partition>) -> Self {
+        partition.queued_appends.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(partition))
+    }
+}
+
+impl Drop for QueuedAppend {
+    fn drop(&mut self) {
+        let before = self.0.queued_appends.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0);
     }
 }
 
@@ -435,25 +464,40 @@ impl Partition {
         self.io.submit(move || work(&partition)).await
     }
 
+    /// Where the next append runs: on the partition's I/O thread while any
+    /// append on this node was slow lately ([`DiskPressure`]), so that a
+    /// disk that pushes back holds up the partitions writing to it and not
+    /// the async workers; while appends queued there before have not run
+    /// yet, so that appends land in the order they were started; or always
+    /// if so configured ([`DiskThreads::appends_on_io_threads`]).
+    /// Otherwise on the caller's thread: a page-cache append is quicker
+    /// than the switch to another thread and back (bench/README.md).
+    fn appends_go_to_io_thread(&self) -> bool {
+        self.appends_on_io_threads
+            || self.pressure.is_on()
+            || self.queued_appends.load(Ordering::Acquire) > 0
+    }
+
     /// Appends a client's batches as leader ([`Partition::append_verified`])
     /// and, with `acks_all`, queues their flush on the partition's flush
     /// thread. The append runs here, on the async worker handling the
-    /// request, while this node's appends are fast, and on the partition's
-    /// I/O thread while any was slow lately ([`DiskPressure`]), so that a
-    /// disk that pushes back holds up the partitions writing to it and not
-    /// the async workers. A request's appends are all started before any
-    /// is awaited ([`ClientAppend::result`]).
+    /// request, or on the partition's I/O thread (see
+    /// [`Partition::appends_go_to_io_thread`]). A request's appends are all
+    /// started before any is awaited ([`Appending::result`]).
     pub async fn append_for_client(
         self: &Arc<Self>,
         records: bytes::Bytes,
         acks_all: bool,
         verified: Option<VerificationGuard>,
     ) -> ClientAppend {
-        if self.pressure.is_on() {
+        if self.appends_go_to_io_thread() {
             self.pressure.count_moved_append();
+            let queued = QueuedAppend::new(self);
             let job = self
                 .submit_io(move |partition| {
-                    let appended = partition.append_timed(&records, acks_all, verified)?;
+                    let appended = partition.append_timed(&records, acks_all, verified);
+                    drop(queued);
+                    let appended = appended?;
                     let end = appended.info.last_offset + 1;
                     // Queued from here: no trip back to the async workers.
                     // A duplicate waits like its original: the batch that
@@ -463,19 +507,54 @@ impl Partition {
                 })
                 .await;
             return match job {
-                Ok(job) => ClientAppend::Queued(job),
-                Err(error) => ClientAppend::Ready(Err(error.into())),
+                Ok(job) => Appending::Queued(job),
+                Err(error) => Appending::Ready(Err(error.into())),
             };
         }
         let appended = match self.append_timed(&records, acks_all, verified) {
             Ok(appended) => appended,
-            Err(error) => return ClientAppend::Ready(Err(error)),
+            Err(error) => return Appending::Ready(Err(error)),
         };
         let flush = match acks_all {
             true => Some(self.submit_flush(appended.info.last_offset + 1).await),
             false => None,
         };
-        ClientAppend::Ready(Ok((appended, flush)))
+        Appending::Ready(Ok((appended, flush)))
+    }
+
+    /// Runs a coordinator's `append` to this partition (its own records,
+    /// or a transaction marker) without ever waiting, so that a caller
+    /// holding the lock that orders its decisions can call it: the log
+    /// then holds the records in decision order. The append runs here, or
+    /// is queued on the partition's I/O thread (see
+    /// [`Partition::appends_go_to_io_thread`]), where a full queue refuses
+    /// it ([`DiskError::Full`]). Either way its flush is the caller's
+    /// ([`Partition::wait_durable`]).
+    pub fn append_in_order(
+        self: &Arc<Self>,
+        append: impl FnOnce(&Partition) -> Result<LeaderAppend, AppendError> + Send + 'static,
+    ) -> Appending<LeaderAppend> {
+        let timed = |partition: &Partition| {
+            let started = Instant::now();
+            let appended = append(partition);
+            partition.pressure.observe(started.elapsed());
+            appended
+        };
+        if !self.appends_go_to_io_thread() {
+            return Appending::Ready(timed(self));
+        }
+        self.pressure.count_moved_append();
+        let queued = QueuedAppend::new(self);
+        let partition = Arc::clone(self);
+        let job = self.io.try_submit(move || {
+            let appended = timed(&partition);
+            drop(queued);
+            appended
+        });
+        match job {
+            Ok(job) => Appending::Queued(job),
+            Err(error) => Appending::Ready(Err(error.into())),
+        }
     }
 
     /// [`Partition::append_verified`] of a copy of `records` (the log
@@ -1380,6 +1459,8 @@ pub struct ReplicaManager {
     io: DiskExecutor,
     flushers: DiskExecutor,
     pressure: Arc<DiskPressure>,
+    /// [`DiskThreads::appends_on_io_threads`].
+    appends_on_io_threads: bool,
 }
 
 impl ReplicaManager {
@@ -1403,6 +1484,7 @@ impl ReplicaManager {
             io: DiskExecutor::start("rill-io", threads.io, QUEUED_JOBS_MAX)?,
             flushers: DiskExecutor::start("rill-flush", threads.flush, QUEUED_JOBS_MAX)?,
             pressure: Arc::new(DiskPressure::new()),
+            appends_on_io_threads: threads.appends_on_io_threads,
         })
     }
 
@@ -1591,6 +1673,8 @@ impl ReplicaManager {
                         io: self.io.next_shard(),
                         flusher: self.flushers.next_shard(),
                         pressure: Arc::clone(&self.pressure),
+                        queued_appends: AtomicUsize::new(0),
+                        appends_on_io_threads: self.appends_on_io_threads,
                         clock: Arc::clone(&self.clock),
                     };
                     partition.set_state(wanted.state);
@@ -1808,6 +1892,43 @@ mod tests {
             .await
             .unwrap();
         assert!(partition.log.recovery_point() >= 2);
+    }
+
+    /// A coordinator's appends never wait and keep the order they were
+    /// made in: one queued on the I/O thread under disk pressure holds the
+    /// next ones behind it even once the pressure is over, and appends run
+    /// inline again only when the queue has drained.
+    #[tokio::test]
+    async fn appends_in_order_stay_in_order_across_the_io_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_replicas, partition, _image) = lone_leader(dir.path());
+        let append = |partition: &Partition| partition.append_as_leader(&mut batch(), true);
+
+        // Hold the I/O thread so that what is queued there waits.
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let held = {
+            let release = Arc::clone(&release);
+            partition.submit_io(move |_| release.wait()).await.unwrap()
+        };
+        partition.pressure.observe(DiskPressure::APPEND_SLOW);
+        let first = partition.append_in_order(append);
+        assert!(matches!(first, Appending::Queued(_)));
+        tokio::time::sleep(DiskPressure::HOLD + Duration::from_millis(100)).await;
+        assert!(!partition.pressure.is_on());
+        let second = partition.append_in_order(append);
+        assert!(
+            matches!(second, Appending::Queued(_)),
+            "an append ran inline past one still queued"
+        );
+
+        release.wait();
+        held.await.unwrap();
+        assert_eq!(first.result().await.unwrap().info.base_offset, 0);
+        assert_eq!(second.result().await.unwrap().info.base_offset, 1);
+        assert_eq!(partition.queued_appends.load(Ordering::Acquire), 0);
+        let third = partition.append_in_order(append);
+        assert!(matches!(third, Appending::Ready(_)));
+        assert_eq!(third.result().await.unwrap().info.base_offset, 2);
     }
 
     /// Leadership is checked with the append, under one lock: while

@@ -55,6 +55,15 @@ fn quick_groups(config: &mut BrokerConfig) {
     config.groups.offsets_topic_partitions = 5;
 }
 
+/// [`quick_groups`] with every client and coordinator append on the
+/// partitions' I/O threads (`--appends-on-io-threads`): the coordinator's
+/// appends are queued there under its lock and awaited after it, the path
+/// they take whenever the disk pushes back.
+fn quick_groups_on_io_threads(config: &mut BrokerConfig) {
+    quick_groups(config);
+    config.disk_threads.appends_on_io_threads = true;
+}
+
 /// A consumer's subscription metadata (ConsumerProtocolSubscription v0).
 fn subscription(topics: &[&str]) -> Bytes {
     let mut out = Vec::new();
@@ -267,7 +276,17 @@ async fn find_coordinator_makes_the_offsets_topic_and_answers_each_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joins_syncs_commits_and_leaves() {
-    let broker = TestBroker::start_with(quick_groups).await;
+    a_member_joins_syncs_commits_and_leaves_with(quick_groups).await;
+}
+
+/// [`a_member_joins_syncs_commits_and_leaves`] with every append on the I/O threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_syncs_commits_and_leaves_on_io_threads() {
+    a_member_joins_syncs_commits_and_leaves_with(quick_groups_on_io_threads).await;
+}
+
+async fn a_member_joins_syncs_commits_and_leaves_with(adjust: fn(&mut BrokerConfig)) {
+    let broker = TestBroker::start_with(adjust).await;
     let mut client = broker.client().await;
     client.create_topic("t", 3, &[]).await;
     client
@@ -568,7 +587,17 @@ async fn bad_requests_get_kafka_errors_and_the_group_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_and_offsets_survive_a_restart() {
-    let mut broker = TestBroker::start_with(quick_groups).await;
+    groups_and_offsets_survive_a_restart_with(quick_groups).await;
+}
+
+/// [`groups_and_offsets_survive_a_restart`] with every append on the I/O threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_offsets_survive_a_restart_on_io_threads() {
+    groups_and_offsets_survive_a_restart_with(quick_groups_on_io_threads).await;
+}
+
+async fn groups_and_offsets_survive_a_restart_with(adjust: fn(&mut BrokerConfig)) {
+    let mut broker = TestBroker::start_with(adjust).await;
     let mut client = broker.client().await;
     client.create_topic("t", 2, &[]).await;
     client
@@ -596,7 +625,7 @@ async fn groups_and_offsets_survive_a_restart() {
     assert_eq!(deleted.results[0].error_code, NONE);
     drop(client);
 
-    broker.restart_with(quick_groups).await;
+    broker.restart_with(adjust).await;
     let mut client = broker.client().await;
     // Loading may still be under way.
     let mut attempts = 0;
@@ -763,8 +792,18 @@ async fn oversize_member_metadata_fails_the_sync_not_the_group() {
 /// them like this).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_commits_take_effect_in_request_order() {
+    pipelined_commits_take_effect_in_request_order_with(quick_groups).await;
+}
+
+/// [`pipelined_commits_take_effect_in_request_order`] with every append on the I/O threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commits_take_effect_in_request_order_on_io_threads() {
+    pipelined_commits_take_effect_in_request_order_with(quick_groups_on_io_threads).await;
+}
+
+async fn pipelined_commits_take_effect_in_request_order_with(adjust: fn(&mut BrokerConfig)) {
     const COMMITS: i64 = 50;
-    let broker = TestBroker::start_with(quick_groups).await;
+    let broker = TestBroker::start_with(adjust).await;
     let mut client = broker.client().await;
     client.create_topic("t", 1, &[]).await;
     client
@@ -789,6 +828,13 @@ async fn pipelined_commits_take_effect_in_request_order() {
             [COMMITS],
             "round {round}: an earlier commit overtook a later one"
         );
+    }
+    // Where the commits were appended: on the I/O threads exactly when so
+    // configured (nothing else here makes the disk push back for long).
+    let node = broker.broker();
+    let moved = node.replicas.disk_pressure().appends_moved();
+    if node.config.disk_threads.appends_on_io_threads {
+        assert!(moved >= 20 * COMMITS as u64, "{moved} appends moved");
     }
 }
 

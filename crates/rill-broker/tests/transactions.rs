@@ -26,6 +26,7 @@ use kafka_protocol::messages::{
     WriteTxnMarkersRequest,
 };
 use kafka_protocol::records::{Record, TimestampType};
+use rill_broker::BrokerConfig;
 
 const TOPIC: &str = "txn-orders";
 const TXN: &str = "txn-1";
@@ -410,7 +411,22 @@ async fn bad_input_gets_kafkas_error_codes_and_changes_nothing() {
 
 #[tokio::test]
 async fn commit_and_abort_move_the_lso_and_survive_a_restart() {
-    let mut broker = TestBroker::start().await;
+    commit_and_abort_move_the_lso_and_survive_a_restart_with(|_| {}).await;
+}
+
+/// [`commit_and_abort_move_the_lso_and_survive_a_restart`] with every append on the partitions' I/O threads
+/// (`--appends-on-io-threads`): the coordinator's writes and the markers
+/// are queued there in order and awaited after, as under disk pressure.
+#[tokio::test]
+async fn commit_and_abort_move_the_lso_and_survive_a_restart_on_io_threads() {
+    commit_and_abort_move_the_lso_and_survive_a_restart_with(|config| {
+        config.disk_threads.appends_on_io_threads = true
+    })
+    .await;
+}
+
+async fn commit_and_abort_move_the_lso_and_survive_a_restart_with(adjust: fn(&mut BrokerConfig)) {
+    let mut broker = TestBroker::start_with(adjust).await;
     let mut client = broker.client().await;
     client.create_topic(TOPIC, 1, &[]).await;
     client
@@ -479,7 +495,7 @@ async fn commit_and_abort_move_the_lso_and_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    broker.restart().await;
+    broker.restart_with(adjust).await;
     let mut client = broker.client().await;
     assert_eq!(
         latest(&mut client, true).await,
@@ -491,5 +507,9 @@ async fn commit_and_abort_move_the_lso_and_survive_a_restart() {
     // The same producer id goes on, with its epoch bumped.
     let (code, same_pid, next_epoch) = init(&mut client, 60_000).await;
     assert_eq!((code, same_pid, next_epoch), (NONE, pid, epoch + 1));
+    if broker.broker().config.disk_threads.appends_on_io_threads {
+        // The InitProducerId's write, at least, went through the I/O thread.
+        assert!(broker.broker().replicas.disk_pressure().appends_moved() > 0);
+    }
     broker.stop().await;
 }

@@ -112,6 +112,9 @@ struct ServeArgs {
     /// Threads that fsync partitions; each partition uses one [default: 8].
     #[arg(long, env = "RILL_FLUSH_THREADS")]
     flush_threads: Option<usize>,
+    /// Run every client and coordinator append on its partition's I/O thread, as Kafka does, not only while the disk pushes back [default: false].
+    #[arg(long, env = "RILL_APPENDS_ON_IO_THREADS")]
+    appends_on_io_threads: Option<bool>,
     /// The most bytes of requests being read or handled at once, across all connections [default: 536870912].
     #[arg(long, env = "RILL_QUEUED_MAX_REQUEST_BYTES")]
     queued_max_request_bytes: Option<usize>,
@@ -205,6 +208,7 @@ struct FileSettings {
     max_connections: Option<usize>,
     io_threads: Option<usize>,
     flush_threads: Option<usize>,
+    appends_on_io_threads: Option<bool>,
     queued_max_request_bytes: Option<usize>,
     request_read_timeout_ms: Option<u64>,
     log_retention_check_interval_ms: Option<u64>,
@@ -374,6 +378,7 @@ fn broker_config(args: ServeArgs) -> anyhow::Result<BrokerConfig> {
     setting!(max_connections => config.connections_max);
     setting!(io_threads => config.disk_threads.io);
     setting!(flush_threads => config.disk_threads.flush);
+    setting!(appends_on_io_threads => config.disk_threads.appends_on_io_threads);
     setting!(queued_max_request_bytes => config.queued_request_bytes_max);
     setting!(group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms);
     setting!(group_min_session_timeout_ms => config.groups.min_session_timeout_ms);

@@ -14,7 +14,7 @@ use super::state::Group;
 use super::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::errors::append_error_code;
 use crate::replica::{
-    AppendError, DurableError, LeaderAppend, Partition, ReplicaManager, ReplicationError,
+    AppendError, Appending, DurableError, LeaderAppend, Partition, ReplicaManager, ReplicationError,
 };
 
 /// How long a coordinator's write may wait to be committed to the ISR
@@ -25,9 +25,10 @@ const OFFSETS_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// (None: a tombstone).
 pub(super) type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-/// Records appended to `__consumer_offsets` (or why not), not yet known
-/// to be durable: [`GroupCoordinator::durable`] waits for that.
-pub(super) type Appended = Result<(Arc<Partition>, LeaderAppend), i16>;
+/// Records appended to `__consumer_offsets`, or queued to be (see
+/// [`Partition::append_in_order`]), or why not; not yet known to be
+/// durable: [`GroupCoordinator::durable`] waits for that.
+pub(super) type Appended = Result<(Arc<Partition>, Appending<LeaderAppend>), i16>;
 
 /// An OffsetCommit's append, and its offsets (topic, partition, value) in
 /// record order, to apply once it is durable.
@@ -54,25 +55,23 @@ impl GroupCoordinator {
         let mut bytes = builder.build();
         // Leadership and the ISR size are checked by the append, under the
         // partition's state lock, as for Produce.
-        match replica.append_as_leader(&mut bytes, true) {
-            Ok(appended) => Ok((replica, appended)),
-            Err(AppendError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
-            Err(AppendError::NotEnoughReplicas { .. }) => {
-                Err(ResponseError::CoordinatorNotAvailable.code())
-            }
-            Err(error) => {
-                warn!(partition, %error, "writing to __consumer_offsets failed");
-                Err(write_error_code(append_error_code(&error)))
-            }
+        match replica.append_in_order(move |replica| replica.append_as_leader(&mut bytes, true)) {
+            Appending::Ready(Err(error)) => Err(append_error(partition, &error)),
+            appending => Ok((replica, appending)),
         }
     }
 
-    /// Waits until an append is committed as acks=all is: flushed here and
-    /// replicated to the ISR, within Kafka's `offsets.commit.timeout.ms`.
-    /// A lost leadership is NOT_COORDINATOR; a timeout or a shrunken ISR
-    /// COORDINATOR_NOT_AVAILABLE, as Kafka maps them for its coordinators.
+    /// Waits until an append is committed as acks=all is: made (if it was
+    /// queued), flushed here and replicated to the ISR, within Kafka's
+    /// `offsets.commit.timeout.ms`. A lost leadership is NOT_COORDINATOR; a
+    /// timeout or a shrunken ISR COORDINATOR_NOT_AVAILABLE, as Kafka maps
+    /// them for its coordinators.
     pub(super) async fn durable(appended: Appended) -> Result<i64, i16> {
-        let (replica, appended) = appended?;
+        let (replica, appending) = appended?;
+        let appended = appending
+            .result()
+            .await
+            .map_err(|error| append_error(replica.tp.partition, &error))?;
         match replica
             .wait_durable(&appended, OFFSETS_COMMIT_TIMEOUT)
             .await
@@ -151,6 +150,26 @@ impl GroupCoordinator {
     pub(super) fn catch_up(&self, replicas: &ReplicaManager, partition: i32, group: &mut Group) {
         group.catch_up(self.now());
         self.after_change(replicas, partition, group);
+    }
+}
+
+/// What a client is told when an append to `__consumer_offsets` fails:
+/// a lost leadership sends it to find the coordinator again, too few
+/// in-sync replicas to retry later, a transactional producer's fenced
+/// epoch (TxnOffsetCommit) is PRODUCER_FENCED; the rest as
+/// [`write_error_code`] maps them.
+pub(super) fn append_error(partition: i32, error: &AppendError) -> i16 {
+    match error {
+        AppendError::NotLeader => ResponseError::NotCoordinator.code(),
+        AppendError::NotEnoughReplicas { .. } => ResponseError::CoordinatorNotAvailable.code(),
+        AppendError::Producer(error) => {
+            debug!(partition, %error, "transactional offset commit refused");
+            ResponseError::ProducerFenced.code()
+        }
+        error => {
+            warn!(partition, %error, "writing to __consumer_offsets failed");
+            write_error_code(append_error_code(error))
+        }
     }
 }
 

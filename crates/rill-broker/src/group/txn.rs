@@ -21,13 +21,12 @@ use std::sync::Arc;
 
 use rill_protocol::kafka_protocol::error::ResponseError;
 use rill_storage::records::BatchBuilder;
-use tracing::{debug, warn};
 
+use super::persist::append_error;
 use super::records::{self, OffsetValue, RecordKey};
 use super::state::{Committed, Group};
 use super::{GroupCoordinator, OffsetCommit, OFFSETS_TOPIC};
-use crate::errors::append_error_code;
-use crate::replica::{AppendError, ReplicaManager};
+use crate::replica::{Appending, ReplicaManager};
 
 /// One offset of an open transaction.
 #[derive(Debug, Clone)]
@@ -164,20 +163,11 @@ impl GroupCoordinator {
             builder.push(Some(&key), Some(&records::encode_offset(value)), now);
         }
         let mut bytes = builder.build();
-        let appended = match replica.append_as_coordinator(&mut bytes) {
-            Ok(appended) => Ok((replica, appended)),
-            Err(AppendError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
-            Err(AppendError::NotEnoughReplicas { .. }) => {
-                Err(ResponseError::CoordinatorNotAvailable.code())
-            }
-            Err(AppendError::Producer(error)) => {
-                debug!(group = %group_id, %error, "transactional offset commit refused");
-                Err(ResponseError::ProducerFenced.code())
-            }
-            Err(error) => {
-                warn!(partition, %error, "writing transactional offsets to __consumer_offsets failed");
-                Err(append_error_code(&error))
-            }
+        let appended = match replica
+            .append_in_order(move |replica| replica.append_as_coordinator(&mut bytes))
+        {
+            Appending::Ready(Err(error)) => Err(append_error(partition, &error)),
+            appending => Ok((replica, appending)),
         };
         Ok(Some((partition, appended, values)))
     }

@@ -804,14 +804,15 @@ fn state_families(sources: &Sources<'_>, image: &MetadataImage) -> Vec<MetricFam
     let disk_pressure = IntGauge::new(
         "rill_disk_pressure",
         "1 while an append on this node took 10 ms or more in the last second (the disk \
-         pushing back): client appends then run on their partitions' I/O threads.",
+         pushing back): client and coordinator appends then run on their partitions' I/O threads.",
     )
     .expect("valid gauge");
     disk_pressure.set(i64::from(pressure.is_on()));
     let appends_moved = IntCounter::new(
         "rill_appends_on_io_threads_total",
-        "Client appends run on their partition's I/O thread because the disk pushed back \
-         (see rill_disk_pressure); the others run where the request is handled.",
+        "Client and coordinator appends run on their partition's I/O thread: because the \
+         disk pushed back (see rill_disk_pressure), behind an earlier append queued there, \
+         or always (--appends-on-io-threads); the others run where the request is handled.",
     )
     .expect("valid counter");
     appends_moved.inc_by(pressure.appends_moved());

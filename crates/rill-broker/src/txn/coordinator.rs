@@ -30,7 +30,9 @@ use super::markers::{self, TxnMarker};
 use super::records;
 use super::state::{self, Init, ListFilter, Step, Transactions, Transition, TxnMetadata};
 use super::{partition_for, TRANSACTION_STATE_PARTITIONS_DEFAULT, TRANSACTION_STATE_TOPIC};
-use crate::replica::{AppendError, DurableError, ReplicationError};
+use crate::replica::{
+    AppendError, Appending, DurableError, LeaderAppend, Partition, ReplicationError,
+};
 use crate::server::Broker;
 
 /// How long a `__transaction_state` write may take to become durable
@@ -444,18 +446,7 @@ impl TransactionCoordinator {
         let transition = transition.clone();
         let finish = tokio::spawn(async move {
             let written = match appended {
-                Ok((replica, appended)) => {
-                    match replica.wait_durable(&appended, WRITE_TIMEOUT).await {
-                        Ok(()) => Ok(()),
-                        Err(DurableError::Replication(ReplicationError::NotLeader)) => {
-                            Err(ResponseError::NotCoordinator.code())
-                        }
-                        Err(error) => {
-                            warn!(partition, %error, "a __transaction_state write did not become durable");
-                            Err(ResponseError::CoordinatorNotAvailable.code())
-                        }
-                    }
-                }
+                Ok((replica, appending)) => Self::durable(partition, &replica, appending).await,
                 Err(code) => Err(code),
             };
             coordinator.finish_write(partition, epoch, &transition, written)
@@ -491,13 +482,14 @@ impl TransactionCoordinator {
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Appends `transition`'s record to `partition`, or queues it to be
+    /// (see [`Partition::append_in_order`]); called under the lock.
     fn append(
         &self,
         broker: &Broker,
         partition: i32,
         transition: &Transition,
-    ) -> Result<(Arc<crate::replica::Partition>, crate::replica::LeaderAppend), i16> {
+    ) -> Result<(Arc<Partition>, Appending<LeaderAppend>), i16> {
         let Some(replica) = broker.replicas.get(TRANSACTION_STATE_TOPIC, partition) else {
             return Err(ResponseError::NotCoordinator.code());
         };
@@ -505,14 +497,30 @@ impl TransactionCoordinator {
         let key = transition.key();
         builder.push(Some(&key), transition.value().as_deref(), self.now());
         let mut bytes = builder.build();
-        match replica.append_as_leader(&mut bytes, true) {
-            Ok(appended) => Ok((replica, appended)),
-            Err(AppendError::NotLeader) => Err(ResponseError::NotCoordinator.code()),
-            Err(AppendError::NotEnoughReplicas { .. }) => {
-                Err(ResponseError::CoordinatorNotAvailable.code())
+        match replica.append_in_order(move |replica| replica.append_as_leader(&mut bytes, true)) {
+            Appending::Ready(Err(error)) => Err(append_error(partition, &error)),
+            appending => Ok((replica, appending)),
+        }
+    }
+
+    /// Waits until an append of [`TransactionCoordinator::append`] is made (if it
+    /// was queued), flushed and replicated to the ISR.
+    async fn durable(
+        partition: i32,
+        replica: &Arc<Partition>,
+        appending: Appending<LeaderAppend>,
+    ) -> Result<(), i16> {
+        let appended = appending
+            .result()
+            .await
+            .map_err(|error| append_error(partition, &error))?;
+        match replica.wait_durable(&appended, WRITE_TIMEOUT).await {
+            Ok(()) => Ok(()),
+            Err(DurableError::Replication(ReplicationError::NotLeader)) => {
+                Err(ResponseError::NotCoordinator.code())
             }
             Err(error) => {
-                warn!(partition, %error, "writing to __transaction_state failed");
+                warn!(partition, %error, "a __transaction_state write did not become durable");
                 Err(ResponseError::CoordinatorNotAvailable.code())
             }
         }
@@ -890,5 +898,20 @@ impl TransactionCoordinator {
                 ))
             })
             .collect()
+    }
+}
+
+/// What a client is told when an append to `__transaction_state` fails,
+/// as Kafka maps its transaction-log append errors: NOT_COORDINATOR when
+/// the leadership moved, COORDINATOR_NOT_AVAILABLE otherwise (clients
+/// retry both).
+fn append_error(partition: i32, error: &AppendError) -> i16 {
+    match error {
+        AppendError::NotLeader => ResponseError::NotCoordinator.code(),
+        AppendError::NotEnoughReplicas { .. } => ResponseError::CoordinatorNotAvailable.code(),
+        error => {
+            warn!(partition, %error, "writing to __transaction_state failed");
+            ResponseError::CoordinatorNotAvailable.code()
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::errors::append_error_code;
 use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::metadata::MetadataClient;
 use crate::peer::PeerConnection;
-use crate::replica::{AppendError, DurableError, ReplicaManager, ReplicationError};
+use crate::replica::{AppendError, Appending, DurableError, ReplicaManager, ReplicationError};
 
 /// How long a marker may wait to be replicated to the ISR.
 const MARKER_REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,23 +80,27 @@ pub async fn write_local(
             ));
             continue;
         };
-        match partition.append_marker(
-            marker.producer_id,
-            marker.producer_epoch,
-            marker.end_txn_marker(),
-        ) {
-            Ok(appended) => waits.push(((topic.clone(), *index), partition, appended)),
-            Err(error) => {
-                let code = match &error {
-                    AppendError::NotLeader => ResponseError::NotLeaderOrFollower.code(),
-                    other => append_error_code(other),
-                };
-                debug!(topic, partition = index, producer_id = marker.producer_id, %error, "marker refused");
-                results.push(((topic.clone(), *index), code));
-            }
+        let (producer_id, producer_epoch) = (marker.producer_id, marker.producer_epoch);
+        let end = marker.end_txn_marker();
+        match partition.append_in_order(move |partition| {
+            partition.append_marker(producer_id, producer_epoch, end)
+        }) {
+            Appending::Ready(Err(error)) => results.push((
+                (topic.clone(), *index),
+                marker_error(topic, *index, marker, &error),
+            )),
+            appending => waits.push(((topic.clone(), *index), partition, appending)),
         }
     }
-    for (tp, partition, appended) in waits {
+    for (tp, partition, appending) in waits {
+        let appended = match appending.result().await {
+            Ok(appended) => appended,
+            Err(error) => {
+                let code = marker_error(&tp.0, tp.1, marker, &error);
+                results.push((tp, code));
+                continue;
+            }
+        };
         let code = match partition
             .wait_durable(&appended, MARKER_REPLICATION_TIMEOUT)
             .await
@@ -124,6 +128,15 @@ pub async fn write_local(
         results.push((tp, code));
     }
     results
+}
+
+/// What the coordinator is told of a marker the partition refused.
+fn marker_error(topic: &str, partition: i32, marker: &TxnMarker, error: &AppendError) -> i16 {
+    debug!(topic, partition, producer_id = marker.producer_id, %error, "marker refused");
+    match error {
+        AppendError::NotLeader => ResponseError::NotLeaderOrFollower.code(),
+        other => append_error_code(other),
+    }
 }
 
 /// Sends `marker` to the leaders of its partitions until every one is
