@@ -8,8 +8,10 @@
 //! (NOT_LEADER_OR_FOLLOWER otherwise); a topic whose `cleanup.policy` lacks
 //! `delete` is POLICY_VIOLATION; an offset below zero or above the high
 //! watermark is OFFSET_OUT_OF_RANGE; an offset below the current start
-//! changes nothing. On one node the replicas' low watermark is the
-//! leader's log start, so the answer does not wait for followers.
+//! changes nothing. Unlike Kafka's (`DelayedDeleteRecords`), the answer
+//! does not wait for the followers to move their log start too: they take
+//! the leader's from their next fetch answer, and the answer's
+//! `low_watermark` is the leader's.
 
 use std::sync::Arc;
 
