@@ -570,7 +570,33 @@ impl Partition {
         let mut records = records.to_vec();
         let appended = self.append_verified(&mut records, acks_all, verified);
         self.pressure.observe(started.elapsed());
+        if !acks_all && appended.is_ok() {
+            self.start_writeback_if_due();
+        }
         appended
+    }
+
+    /// After an append that no flush follows soon (acks=0 and acks=1 on
+    /// the leader), has the partition's flush thread start the kernel
+    /// writing its unflushed bytes once there are enough of them
+    /// ([`Log::take_writeback`]): written back in one burst 30 s later,
+    /// they would stall every acks=all fsync on the filesystem meanwhile.
+    /// A full queue skips it; the kernel writes them back in the end.
+    fn start_writeback_if_due(&self) {
+        match self.log.take_writeback() {
+            Ok(Some(writeback)) => {
+                let tp = self.tp.clone();
+                let _ = self.flusher.try_submit(move || {
+                    if let Err(error) = writeback.start() {
+                        debug!(topic = %tp.topic, partition = tp.partition, %error, "starting writeback failed");
+                    }
+                });
+            }
+            Ok(None) => {}
+            Err(error) => {
+                debug!(topic = %self.tp.topic, partition = self.tp.partition, %error, "no writeback")
+            }
+        }
     }
 
     /// Makes the log durable below `end` (fsync, group-committed: one
@@ -1892,6 +1918,32 @@ mod tests {
             .await
             .unwrap();
         assert!(partition.log.recovery_point() >= 2);
+    }
+
+    /// acks=1 appends that pile up unflushed bytes have their writeback
+    /// started (the chunk is claimed, so the log offers nothing more).
+    #[tokio::test]
+    async fn unflushed_client_appends_start_their_writeback() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_replicas, partition, _image) = lone_leader(dir.path());
+        let mut builder = BatchBuilder::new();
+        builder.push(None, Some(&vec![1u8; 1_000_000]), 0);
+        let records = bytes::Bytes::from(builder.build());
+        for _ in 0..5 {
+            let appended = partition
+                .append_for_client(records.clone(), false, None)
+                .await;
+            appended.result().await.unwrap();
+        }
+        assert!(
+            partition.log.take_writeback().unwrap().is_none(),
+            "5 MB unflushed and no writeback claimed"
+        );
+        for _ in 0..5 {
+            partition.log.append(&mut records.to_vec(), 0).unwrap();
+        }
+        // The log's own appends claim nothing: the next chunk is there.
+        assert!(partition.log.take_writeback().unwrap().is_some());
     }
 
     /// A coordinator's appends never wait and keep the order they were

@@ -59,6 +59,7 @@ pub use error::{CorruptBatch, InvalidRecord, Result, StorageError};
 pub use files::FileCache;
 pub use log::{
     AppendInfo, FileRegion, FlushObserver, Log, LogOpenOptions, ReadInfo, TimestampOffset,
+    Writeback,
 };
 pub use manager::{CleanerRound, LogManager, LogManagerConfig};
 pub use txn::{AbortedTxn, ControlType, EndTxnMarker};

@@ -35,6 +35,7 @@ mod search;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod writeback;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -55,6 +56,7 @@ pub(crate) use cleaning::{ClosedSegment, SegmentSummary};
 pub use flush::FlushObserver;
 pub use read::{FileRegion, ReadInfo, ReplayBatch};
 pub use search::TimestampOffset;
+pub use writeback::Writeback;
 
 /// What the log knows from outside itself when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,6 +119,9 @@ struct LogState {
     /// Counts truncations, so that a cleaning pass that raced with one
     /// does not move `first_dirty_offset` over records it never read.
     truncations: u64,
+    /// The segment (by base offset) and position below which the kernel
+    /// was asked to write the active segment back ([`Log::take_writeback`]).
+    writeback_started: (i64, u64),
 }
 
 impl LogState {

@@ -188,6 +188,7 @@ impl Log {
             fsync_failed: false,
             first_dirty_offset: 0,
             truncations: 0,
+            writeback_started: (-1, 0),
         };
         let log_end_offset = state.log_end_offset();
         let first_base = state.segments.keys().next().copied().unwrap_or(0);

@@ -63,6 +63,60 @@ fn flush_observer_sees_each_flush_pass_once() {
     assert_eq!(flushes(), 3);
 }
 
+/// Early writeback claims each chunk of unflushed bytes of the active
+/// segment once, starts after what a flush covered, and begins again in
+/// a new segment.
+#[test]
+fn writeback_claims_each_unflushed_chunk_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 << 20,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config, LogOpenOptions::default());
+    let big = |ts| {
+        let mut b = BatchBuilder::new();
+        b.push(None, Some(&vec![7u8; 1_000_000]), ts);
+        b.build()
+    };
+    let size = |log: &Log| lock(&log.state).active().size;
+    for i in 0..4 {
+        log.append(&mut big(i), 0).unwrap();
+    }
+    assert!(log.take_writeback().unwrap().is_none(), "4 MB: not yet");
+    log.append(&mut big(4), 0).unwrap();
+    let first = log.take_writeback().unwrap().expect("5 MB unflushed");
+    assert_eq!(first.range(), 0..size(&log));
+    first.start().unwrap();
+    assert!(log.take_writeback().unwrap().is_none(), "claimed once");
+
+    // The next chunk starts where the last writeback ended, or past what
+    // a flush made durable.
+    for i in 5..10 {
+        log.append(&mut big(i), 0).unwrap();
+    }
+    let second = log.take_writeback().unwrap().expect("5 more MB");
+    assert_eq!(second.range().start, first.range().end);
+    log.flush().unwrap();
+    let flushed = size(&log);
+    for i in 10..15 {
+        log.append(&mut big(i), 0).unwrap();
+    }
+    let third = log.take_writeback().unwrap().expect("5 MB past the flush");
+    assert_eq!(third.range(), flushed..size(&log));
+    third.start().unwrap();
+
+    // A new segment is counted from its start.
+    log.roll().unwrap();
+    for i in 15..20 {
+        log.append(&mut big(i), 0).unwrap();
+    }
+    assert_eq!(
+        log.take_writeback().unwrap().unwrap().range(),
+        0..size(&log)
+    );
+}
+
 #[test]
 fn append_read_roll_reopen_truncate() {
     let dir = tempfile::tempdir().unwrap();
