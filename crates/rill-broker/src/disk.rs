@@ -7,9 +7,8 @@
 //! its jobs run there, in the order they were queued. The broker has two:
 //! one for follower appends, truncations, reads by time and, while the
 //! disk pushes back ([`DiskPressure`]), client and coordinator appends
-//! (`--io-threads`);
-//! one for fsyncs (`--flush-threads`). They are apart so that a partition's next
-//! append never waits behind its last fsync: a producer keeps appending
+//! (`--io-threads`); one for fsyncs (`--flush-threads`). They are apart so
+//! that a partition's next append never waits behind its last fsync: a producer keeps appending
 //! while the batch before is being made durable, as it did when fsyncs ran
 //! on tokio's blocking pool. Fsyncs of one partition queue on one thread,
 //! so the first flushes everything appended so far and those queued behind
@@ -66,9 +65,9 @@ pub const QUEUED_JOBS_MAX: usize = 1024;
 /// Whether this node's appends have been slow lately, which is how the
 /// broker tells that its disk pushes back (page-cache writeback throttling
 /// the writers, a segment roll on a busy disk). While it does, client and
-/// coordinator appends go to their partitions' I/O threads; otherwise they run where
-/// the request is handled, since every switch to another thread and back
-/// costs a wake-up. Measured on this 2-core VM (bench/README.md): with
+/// coordinator appends go to their partitions' I/O threads; otherwise they
+/// run where the request is handled, since every switch to another thread
+/// and back costs a wake-up. Measured on this 2-core VM (bench/README.md): with
 /// every append on the I/O threads, the RF 3 end-to-end p99 at 10,000
 /// records/s went from about 4 ms to 10–60 ms.
 #[derive(Debug)]
@@ -77,7 +76,8 @@ pub struct DiskPressure {
     /// Milliseconds after `started` until which appends go to the I/O
     /// threads.
     until_ms: AtomicU64,
-    /// Client appends sent to an I/O thread because of it (a metric).
+    /// Client and coordinator appends sent to an I/O thread, for this
+    /// reason or another (`rill_appends_on_io_threads_total`).
     appends_moved: AtomicU64,
 }
 
@@ -109,12 +109,12 @@ impl DiskPressure {
         }
     }
 
-    /// Counts a client append sent to its I/O thread while this is on.
+    /// Counts an append sent to its partition's I/O thread.
     pub fn count_moved_append(&self) {
         self.appends_moved.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Client appends sent to their I/O threads so far.
+    /// Appends sent to their I/O threads so far.
     pub fn appends_moved(&self) -> u64 {
         self.appends_moved.load(Ordering::Relaxed)
     }

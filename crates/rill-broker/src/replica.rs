@@ -107,8 +107,9 @@ pub struct Partition {
     /// the async workers never wait on this partition's disk.
     io: DiskShard,
     flusher: DiskShard,
-    /// Whether this node's appends have been slow lately: then client
-    /// appends go to `io` too (see [`Partition::append_for_client`]).
+    /// Whether this node's appends have been slow lately: then client and
+    /// coordinator appends go to `io` too (see
+    /// [`Partition::appends_go_to_io_thread`]).
     pressure: Arc<DiskPressure>,
     /// Appends queued on `io` that have not run yet (see
     /// [`Partition::appends_go_to_io_thread`]).
@@ -334,8 +335,8 @@ impl<T> Appending<T> {
 
 /// An append queued on a partition's I/O thread and not yet run: while
 /// one is, the partition's next appends queue behind it (see
-/// [`Partition::appends_go_to_io_thread`]). Dropped when the job has run,
-/// or was dropped unrun.
+/// [`Partition::appends_go_to_io_thread`]). Owned by the job, so it is
+/// dropped when the job has run, or was dropped unrun.
 struct QueuedAppend(Arc<Partition>);
 
 impl QueuedAppend {
@@ -491,20 +492,17 @@ impl Partition {
         verified: Option<VerificationGuard>,
     ) -> ClientAppend {
         if self.appends_go_to_io_thread() {
-            self.pressure.count_moved_append();
-            let queued = QueuedAppend::new(self);
             let job = self
-                .submit_io(move |partition| {
-                    let appended = partition.append_timed(&records, acks_all, verified);
-                    drop(queued);
-                    let appended = appended?;
+                .io
+                .submit(self.queued_append(move |partition| {
+                    let appended = partition.append_timed(&records, acks_all, verified)?;
                     let end = appended.info.last_offset + 1;
                     // Queued from here: no trip back to the async workers.
                     // A duplicate waits like its original: the batch that
                     // holds its data may not be flushed yet.
                     let flush = acks_all.then(|| partition.queue_flush(end));
                     Ok((appended, flush))
-                })
+                }))
                 .await;
             return match job {
                 Ok(job) => Appending::Queued(job),
@@ -534,27 +532,34 @@ impl Partition {
         self: &Arc<Self>,
         append: impl FnOnce(&Partition) -> Result<LeaderAppend, AppendError> + Send + 'static,
     ) -> Appending<LeaderAppend> {
-        let timed = |partition: &Partition| {
-            let started = Instant::now();
-            let appended = append(partition);
-            partition.pressure.observe(started.elapsed());
-            appended
-        };
+        let timed = |partition: &Partition| partition.timed(append);
         if !self.appends_go_to_io_thread() {
             return Appending::Ready(timed(self));
         }
-        self.pressure.count_moved_append();
-        let queued = QueuedAppend::new(self);
-        let partition = Arc::clone(self);
-        let job = self.io.try_submit(move || {
-            let appended = timed(&partition);
-            drop(queued);
-            appended
-        });
-        match job {
+        match self.io.try_submit(self.queued_append(timed)) {
             Ok(job) => Appending::Queued(job),
             Err(error) => Appending::Ready(Err(error.into())),
         }
+    }
+
+    /// `append` as a job for the partition's I/O thread: counted as moved
+    /// there, and as queued (holding the partition's next appends behind
+    /// it) until it has run or was dropped unrun.
+    fn queued_append<T>(
+        self: &Arc<Self>,
+        append: impl FnOnce(&Partition) -> T + Send + 'static,
+    ) -> impl FnOnce() -> T + Send + 'static {
+        self.pressure.count_moved_append();
+        let queued = QueuedAppend::new(self);
+        move || append(&queued.0)
+    }
+
+    /// Runs `append`, and tells [`DiskPressure`] how long it took.
+    fn timed<T>(&self, append: impl FnOnce(&Partition) -> T) -> T {
+        let started = Instant::now();
+        let appended = append(self);
+        self.pressure.observe(started.elapsed());
+        appended
     }
 
     /// [`Partition::append_verified`] of a copy of `records` (the log
@@ -566,10 +571,9 @@ impl Partition {
         acks_all: bool,
         verified: Option<VerificationGuard>,
     ) -> Result<LeaderAppend, AppendError> {
-        let started = Instant::now();
         let mut records = records.to_vec();
-        let appended = self.append_verified(&mut records, acks_all, verified);
-        self.pressure.observe(started.elapsed());
+        let appended =
+            self.timed(|partition| partition.append_verified(&mut records, acks_all, verified));
         if !acks_all && appended.is_ok() {
             self.start_writeback_if_due();
         }
@@ -594,7 +598,7 @@ impl Partition {
             }
             Ok(None) => {}
             Err(error) => {
-                debug!(topic = %self.tp.topic, partition = self.tp.partition, %error, "no writeback")
+                debug!(topic = %self.tp.topic, partition = self.tp.partition, %error, "cannot open the active segment to start its writeback")
             }
         }
     }

@@ -494,13 +494,14 @@ enum Applied {
 }
 
 /// Whether [`apply_fetched`] may block on files for this answer: it has
-/// records to append, or its log must be cut or restarted.
+/// records (almost always whole batches to append; [`apply_fetched`]
+/// finds out), or its log must be cut or restarted.
 fn needs_io_thread(data: &kafka_protocol::messages::fetch_response::PartitionData) -> bool {
     match data.error_code {
         0 => data
             .records
             .as_ref()
-            .is_some_and(|records| !whole_batches(records).is_empty()),
+            .is_some_and(|records| !records.is_empty()),
         code => code == ResponseError::OffsetOutOfRange.code(),
     }
 }

@@ -147,7 +147,7 @@ async fn prefetch_closed_segments(
     let replica_id = request.replica_id.0;
     let mut budget = bytes_max as u64;
     let mut jobs = Vec::new();
-    for topic in &request.topics {
+    'topics: for topic in &request.topics {
         let name = topic.topic.0.as_str();
         for fetch in &topic.partitions {
             let Some(partition) = broker.replicas.get(name, fetch.partition) else {
@@ -162,7 +162,7 @@ async fn prefetch_closed_segments(
                 .unwrap_or(0)
                 .min(budget);
             if wanted == 0 {
-                break;
+                break 'topics;
             }
             budget -= wanted;
             let upper_bound = readable_end(&partition, replica_id, request.isolation_level);
